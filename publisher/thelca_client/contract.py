@@ -1,0 +1,347 @@
+"""The wire contract: broker names, message shapes, encode and decode.
+
+Everything a client needs to speak to thelca, with no server dependency.
+The prose version is docs/contract.md; every rule there that concerns the
+bytes on the wire lives here, so that the worker and the client cannot drift.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+DEFAULT_PREFIX: Final = "thelca"
+DEFAULT_AMQP_URL: Final = "amqp://guest:guest@localhost:5672/%2F"
+DEFAULT_MAX_BODY: Final = 1024 * 1024
+CONTENT_TYPE: Final = "application/json"
+DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
+
+STATUS_HEADER: Final = "status"
+AUTHORIZATION_HEADER: Final = "Authorization"
+REPLAY_END_HEADER: Final = "x-replay-end"
+
+COMMANDS: Final = ("create", "read", "update")
+CommandName = Literal["create", "read", "update"]
+
+ITEM_CREATED: Final = "Item created"
+ITEM_UPDATED: Final = "Item updated"
+ITEM_READ: Final = "Item read"
+ACCESS_REFUSED: Final = "Access refused"
+
+# Items are plain JSON; nesting deeper than this is refused (400) because
+# encoders give up on it later, where it would be a 500 instead.
+MAX_JSON_DEPTH: Final = 64
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Names:
+    """The broker objects of one deployment, all under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,200}", self.prefix):
+            raise ValueError(f"invalid prefix {self.prefix!r}: use letters, digits, . _ : -")
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}.commands"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def events_log(self) -> str:
+        return f"{self.prefix}.events.log"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def replay(self) -> str:
+        return f"{self.prefix}.replay"
+
+
+class ContractError(ValueError):
+    """Raised when bytes on the wire do not follow the contract (a 400)."""
+
+    status = 400
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON, UTF-8, one line: the encoding of every message and log line."""
+    return orjson.dumps(value)
+
+
+def loads_object(body: bytes, what: str = "body") -> JSON:
+    """Decode a JSON object, turning every way JSON can fail into a ContractError."""
+    try:
+        value = orjson.loads(body)
+    except (orjson.JSONDecodeError, RecursionError) as error:
+        raise ContractError("The data is not a JSON string") from error
+    if not isinstance(value, dict):
+        raise ContractError(f"{what} must be a JSON object, not {_json_type(value)}")
+    return value
+
+
+def json_depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when value nests no deeper than limit (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(current, dict):
+            stack.extend((child, depth + 1) for child in current.values())
+        elif isinstance(current, list):
+            stack.extend((child, depth + 1) for child in current)
+    return True
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class Command:
+    """A decoded command body. `item` is the raw object the client sent."""
+
+    name: CommandName
+    id: str | None = None
+    item: JSON | None = None
+    expected_version: int | None = None
+
+
+def encode_command(
+    name: CommandName,
+    *,
+    id: str | None = None,  # noqa: A002 - the contract's field name
+    item: Mapping[str, Any] | None = None,
+    expected_version: int | None = None,
+) -> bytes:
+    body: JSON = {"command": name}
+    if id is not None:
+        body["id"] = id
+    if item is not None:
+        body["item"] = dict(item)
+    if expected_version is not None:
+        body["expected_version"] = expected_version
+    return dumps(body)
+
+
+def decode_command(body: bytes) -> Command:
+    """Decode and type-check a command body; raise ContractError naming the field."""
+    data = loads_object(body)
+    name = data.get("command")
+    if name is None:
+        raise ContractError("command is missing: use one of create, read, update")
+    if not isinstance(name, str) or name not in COMMANDS:
+        raise ContractError(f"command must be one of create, read, update, not {_shown(name)}")
+    if name == "create":
+        return Command("create", item=_item_field(data, required=False))
+    item_id = data.get("id")
+    if item_id is None:
+        raise ContractError(f"id is missing: {name} needs the item's id")
+    if not isinstance(item_id, str):
+        raise ContractError(f"id must be a string, not {_json_type(item_id)}")
+    if name == "read":
+        return Command("read", id=item_id)
+    version = data.get("expected_version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise ContractError(f"expected_version must be an integer, not {_json_type(version)}")
+    return Command(
+        "update", id=item_id, item=_item_field(data, required=True), expected_version=version
+    )
+
+
+def _item_field(data: JSON, *, required: bool) -> JSON:
+    item = data.get("item")
+    if item is None:
+        if required:
+            raise ContractError("item is missing: update needs the whole item")
+        return {}
+    if not isinstance(item, dict):
+        raise ContractError(f"item must be an object, not {_json_type(item)}")
+    properties = item.get("properties")
+    if properties is not None and not isinstance(properties, dict):
+        raise ContractError(f"item.properties must be an object, not {_json_type(properties)}")
+    if not json_depth_ok(properties, MAX_JSON_DEPTH):
+        raise ContractError(f"item.properties nests deeper than {MAX_JSON_DEPTH} levels")
+    for key in ("id", "created_at", "created_by"):
+        value = item.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ContractError(f"item.{key} must be a string, not {_json_type(value)}")
+    return item
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------- authorization
+
+
+def bearer_token(headers: Mapping[str, Any] | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header, matched case-insensitively.
+
+    Raises ContractError with status 401; the message never contains the token.
+    """
+    values = [v for k, v in (headers or {}).items() if k.lower() == "authorization"]
+    if not values:
+        raise Unauthenticated("no Authorization header")
+    if len(values) > 1:
+        raise Unauthenticated("more than one Authorization header")
+    value = values[0]
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unauthenticated("the Authorization header is not UTF-8") from None
+    if not isinstance(value, str):
+        raise Unauthenticated("the Authorization header is not a string")
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthenticated("the Authorization header must use the Bearer scheme")
+    token = token.strip()
+    if not token:
+        raise Unauthenticated("the Bearer token is empty")
+    return token
+
+
+def authorization_headers(token: str) -> dict[str, str]:
+    return {AUTHORIZATION_HEADER: f"Bearer {token}"}
+
+
+class Unauthenticated(ContractError):
+    """Raised when a message carries no usable Bearer token (a 401)."""
+
+    status = 401
+
+
+# ---------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    item: JSON | None = None
+    version: int | None = None
+    error: str | None = None
+    extra: JSON = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    def to_json(self) -> JSON:
+        body: JSON = {"status": self.status}
+        if self.item is not None:
+            body["item"] = self.item
+        if self.version is not None:
+            body["version"] = self.version
+        if self.error is not None:
+            body["error"] = self.error
+        body.update(self.extra)
+        return body
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return dumps(reply.to_json())
+
+
+def decode_reply(body: bytes) -> Reply:
+    data = loads_object(body, "reply")
+    status = data.pop("status", None)
+    if not isinstance(status, int):
+        raise ContractError("reply has no integer status")
+    item = data.pop("item", None)
+    version = data.pop("version", None)
+    error = data.pop("error", None)
+    return Reply(status, item=item, version=version, error=error, extra=data)
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Event:
+    """One audit event: what happened, to what, by whom, when."""
+
+    time: str
+    type: str
+    user: str | None
+    value: Any
+    id: str
+    extra: JSON = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        body: JSON = {
+            "time": self.time,
+            "type": self.type,
+            "user": self.user,
+            "value": self.value,
+            "id": self.id,
+        }
+        body.update(self.extra)
+        return body
+
+
+def encode_event(event: Event) -> bytes:
+    return dumps(event.to_json())
+
+
+def decode_event(data: JSON) -> Event:
+    """An event from a decoded log line or message; tolerant of the old server's lines."""
+    known = ("time", "type", "user", "value", "id")
+    extra = {k: v for k, v in data.items() if k not in known}
+    return Event(
+        time=str(data.get("time", "")),
+        type=str(data.get("type", "")),
+        user=data.get("user"),
+        value=data.get("value"),
+        id=str(data.get("id") or ""),
+        extra=extra,
+    )
+
+
+# ---------------------------------------------------------------- replay
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    since: str | None = None
+    until: str | None = None
+    types: tuple[str, ...] | None = None
+
+
+def encode_replay_request(
+    since: str | None = None, until: str | None = None, types: Iterable[str] | None = None
+) -> bytes:
+    body: JSON = {}
+    if since is not None:
+        body["since"] = since
+    if until is not None:
+        body["until"] = until
+    if types is not None:
+        body["types"] = list(types)
+    return dumps(body)

@@ -1,0 +1,5 @@
+import sys
+
+from thelca.cli import main
+
+sys.exit(main())

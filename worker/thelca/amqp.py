@@ -1,0 +1,458 @@
+"""AMQP plumbing: connect, declare, consume in batches, publish with confirms, reconnect.
+
+This is the only module of the worker side that imports pika. It runs one
+SelectConnection per consumer so that publisher confirms are pipelined
+instead of waited for one by one, and it acks a batch of deliveries only
+after the broker has confirmed every message the batch produced.
+
+Everything happens on the connection's own thread (pika connections are not
+thread-safe); `stop()` is the one call that is safe from elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.channel
+import pika.connection
+import pika.exceptions
+import pika.frame
+import pika.spec
+
+from thelca.messaging import BatchHandler, Incoming, Outgoing
+from thelca_client.contract import Names
+
+log = logging.getLogger(__name__)
+
+QUORUM = {"x-queue-type": "quorum"}
+DELIVERY_LIMIT = 20  # redeliveries before a quorum queue dead-letters a command
+
+
+@dataclass(frozen=True)
+class Queue:
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    bind_to: str | None = None
+
+
+@dataclass(frozen=True)
+class Topology:
+    fanout_exchanges: tuple[str, ...]
+    queues: tuple[Queue, ...]
+
+
+def thelca_topology(names: Names) -> Topology:
+    """Every broker object of the contract. Each process declares all of it at start.
+
+    Declaring the same thing twice is harmless; declaring it with other arguments
+    is refused by the broker, so the arguments live here and nowhere else.
+    """
+    dead_letter = {"x-dead-letter-exchange": names.dead}
+    return Topology(
+        fanout_exchanges=(names.events, names.dead),
+        queues=(
+            Queue(
+                names.commands,
+                {
+                    **QUORUM,
+                    **dead_letter,
+                    "x-delivery-limit": DELIVERY_LIMIT,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            ),
+            Queue(names.events_log, {**QUORUM, **dead_letter}, bind_to=names.events),
+            Queue(names.dead, dict(QUORUM), bind_to=names.dead),
+            Queue(names.replay, dict(QUORUM)),
+        ),
+    )
+
+
+def connection_parameters(urls: str) -> list[pika.URLParameters]:
+    """One entry per URL of a comma-separated list, tried in turn."""
+    params = []
+    for url in (u.strip() for u in urls.split(",")):
+        if url:
+            p = pika.URLParameters(url)
+            p.client_properties = {"connection_name": "thelca"}
+            params.append(p)
+    if not params:
+        raise ValueError("no broker URL given")
+    return params
+
+
+def safe_url(url: str) -> str:
+    """A broker URL fit for a log line: the password replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+@dataclass
+class _Batch:
+    """Deliveries handled together, and the publishes that must be confirmed first."""
+
+    delivery_tags: list[int]
+    published: list[Outgoing]
+    unconfirmed: set[int]
+    nacked: bool = False
+
+
+class BatchConsumer:
+    """Consumes one queue in batches and feeds them to a BatchHandler.
+
+    Reconnects with backoff when the broker goes away; deliveries that were
+    not acked are redelivered by the broker, so the handler must be idempotent.
+    """
+
+    def __init__(
+        self,
+        urls: str,
+        queue: str,
+        handler: BatchHandler,
+        topology: Topology,
+        *,
+        prefetch: int = 200,
+        max_batch: int = 200,
+        name: str = "consumer",
+        on_state: Callable[[str], None] | None = None,
+    ) -> None:
+        self.urls = urls
+        self.queue = queue
+        self.handler = handler
+        self.topology = topology
+        self.prefetch = prefetch
+        self.max_batch = max_batch
+        self.name = name
+        self.on_state = on_state or (lambda state: None)
+        self._stopping = threading.Event()
+        self._session: _Session | None = None
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        """Consume until stop() is called, reconnecting whenever the connection is lost."""
+        failures = 0
+        while not self._stopping.is_set():
+            for params in connection_parameters(self.urls):
+                if self._stopping.is_set():
+                    break
+                session = _Session(self, params)
+                with self._lock:
+                    self._session = session
+                session.run()
+                if session.consumed:
+                    failures = 0
+            if self._stopping.is_set():
+                break
+            failures += 1
+            delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
+            self.on_state(f"reconnecting in {delay:.1f}s")
+            self._stopping.wait(delay)
+        self.on_state("stopped")
+
+    def stop(self) -> None:
+        """Stop consuming, finish and ack what is in flight, then close. Thread-safe."""
+        self._stopping.set()
+        with self._lock:
+            session = self._session
+        if session is not None:
+            session.request_stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+
+class _Session:
+    """One connection and its channel. Its state dies with it: no stale delivery tags."""
+
+    DRAIN_TIMEOUT = 30.0
+
+    def __init__(self, owner: BatchConsumer, params: pika.URLParameters) -> None:
+        self.owner = owner
+        self.params = params
+        self.connection: pika.SelectConnection | None = None
+        self.channel: pika.channel.Channel | None = None
+        self.consumed = False
+        self.consumer_tag: str | None = None
+        self._waiting: list[tuple[int, Incoming]] = []
+        self._flush_scheduled = False
+        self._tidy_scheduled = False
+        self._batches: deque[_Batch] = deque()
+        self._next_seq = 1
+        self._seq_to_batch: dict[int, _Batch] = {}
+        self._retry_delay = 0.0
+        self._closing = False
+        self._stop_deadline = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        where = f"{self.params.host}:{self.params.port}"
+        try:
+            self.connection = pika.SelectConnection(
+                self.params,
+                on_open_callback=self._on_connection_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_connection_closed,
+            )
+        except Exception as error:
+            log.warning("%s: cannot connect to %s: %s", self.owner.name, where, error)
+            return
+        self.connection.ioloop.start()
+
+    def request_stop(self) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        try:
+            connection.ioloop.add_callback_threadsafe(self._begin_stop)
+        except Exception:  # the loop is already gone
+            log.debug("stop requested after the loop closed")
+
+    def _on_open_error(self, connection: pika.connection.Connection, error: Any) -> None:
+        log.warning("%s: cannot connect to %s:%s: %s", self.owner.name,
+                    self.params.host, self.params.port, error)
+        self._stop_loop()
+
+    def _on_connection_open(self, connection: pika.connection.Connection) -> None:
+        self.owner.on_state(f"connected to {self.params.host}:{self.params.port}")
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_connection_closed(self, connection: pika.connection.Connection, reason: Any) -> None:
+        if not self._closing:
+            log.warning("%s: connection lost: %s", self.owner.name, reason)
+            self.owner.on_state("disconnected")
+        self._stop_loop()
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
+        if not self._closing:
+            log.warning("%s: channel closed: %s", self.owner.name, reason)
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        self._closing = True
+        if self.connection is not None and not (
+            self.connection.is_closing or self.connection.is_closed
+        ):
+            self.connection.close()
+        else:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self.connection is not None:
+            self.connection.ioloop.stop()
+
+    # ------------------------------------------------------------ set up
+
+    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm)
+        steps: list[Callable[[Callable[[Any], None]], None]] = []
+        for exchange in self.owner.topology.fanout_exchanges:
+            steps.append(lambda cb, e=exchange: channel.exchange_declare(
+                e, exchange_type="fanout", durable=True, callback=cb))
+        for queue in self.owner.topology.queues:
+            steps.append(lambda cb, q=queue: channel.queue_declare(
+                q.name, durable=True, arguments=q.arguments, callback=cb))
+            if queue.bind_to:
+                steps.append(lambda cb, q=queue: channel.queue_bind(
+                    q.name, q.bind_to or "", routing_key="", callback=cb))
+        steps.append(lambda cb: channel.basic_qos(prefetch_count=self.owner.prefetch, callback=cb))
+        self._run_steps(steps, self._on_declared)
+
+    def _run_steps(
+        self, steps: list[Callable[[Callable[[Any], None]], None]], done: Callable[[], None]
+    ) -> None:
+        if not steps:
+            done()
+            return
+        first, rest = steps[0], steps[1:]
+        first(lambda _frame: self._run_steps(rest, done))
+
+    def _on_declared(self) -> None:
+        if self.owner.stopping:
+            self._begin_stop()
+            return
+        recovered = self.owner.handler.recover()
+        if recovered:
+            log.info("%s: republishing %d unconfirmed events", self.owner.name, len(recovered))
+            self._publish_batch([], recovered)
+        assert self.channel is not None
+        self.consumer_tag = self.channel.basic_consume(
+            self.owner.queue, on_message_callback=self._on_message, auto_ack=False
+        )
+        self.consumed = True
+        self.owner.on_state(f"consuming {self.owner.queue}")
+
+    # ------------------------------------------------------------ consume
+
+    def _on_message(
+        self,
+        channel: pika.channel.Channel,
+        method: pika.spec.Basic.Deliver,
+        properties: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        incoming = Incoming(
+            body=body,
+            message_id=properties.message_id,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            headers=dict(properties.headers or {}),
+            type=properties.type,
+            redelivered=bool(method.redelivered),
+        )
+        self._waiting.append((int(method.delivery_tag or 0), incoming))
+        self._schedule_flush(0)
+
+    def _schedule_flush(self, delay: float) -> None:
+        # Deliveries read from the socket together are dispatched before timers
+        # run, so a zero delay gathers them into one batch (group commit).
+        if not self._flush_scheduled and self.connection is not None:
+            self._flush_scheduled = True
+            self.connection.ioloop.call_later(delay, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._waiting or self._closing or self.channel is None:
+            return
+        batch = self._waiting[: self.owner.max_batch]
+        try:
+            publish = self.owner.handler.handle([incoming for _, incoming in batch])
+        except Exception:
+            self._retry_delay = min(30.0, max(0.5, self._retry_delay * 2))
+            log.exception("%s: a batch of %d failed; retrying in %.1fs",
+                          self.owner.name, len(batch), self._retry_delay)
+            self._schedule_flush(self._retry_delay)
+            return
+        self._retry_delay = 0.0
+        del self._waiting[: len(batch)]
+        self._publish_batch([tag for tag, _ in batch], publish)
+        if self._waiting:
+            self._schedule_flush(0)
+
+    # ------------------------------------------------------------ publish and ack
+
+    def _publish_batch(self, delivery_tags: list[int], publish: list[Outgoing]) -> None:
+        assert self.channel is not None
+        batch = _Batch(delivery_tags, publish, set())
+        for message in publish:
+            self.channel.basic_publish(
+                message.exchange, message.routing_key, message.body, _properties(message)
+            )
+            batch.unconfirmed.add(self._next_seq)
+            self._seq_to_batch[self._next_seq] = batch
+            self._next_seq += 1
+        self._batches.append(batch)
+        self._settle()
+
+    def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
+        method = frame.method
+        tag = int(method.delivery_tag)
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        seqs = [s for s in self._seq_to_batch if s <= tag] if method.multiple else [tag]
+        for seq in seqs:
+            batch = self._seq_to_batch.pop(seq, None)
+            if batch is not None:
+                batch.unconfirmed.discard(seq)
+                batch.nacked = batch.nacked or nacked
+        self._settle()
+
+    def _settle(self) -> None:
+        """Ack (or requeue) batches whose publishes are all confirmed, oldest first."""
+        assert self.channel is not None
+        while self._batches and not self._batches[0].unconfirmed:
+            batch = self._batches.popleft()
+            if batch.nacked:
+                log.warning("%s: the broker refused a publish; requeueing %d deliveries",
+                            self.owner.name, len(batch.delivery_tags))
+                for tag in batch.delivery_tags:
+                    self.channel.basic_nack(tag, requeue=True)
+                continue
+            if batch.delivery_tags:
+                self.channel.basic_ack(max(batch.delivery_tags), multiple=True)
+            if batch.published:
+                self.owner.handler.confirmed(batch.published)
+                self._schedule_tidy()
+        if self._stop_deadline and self._drained():
+            self._close_connection()
+
+    def _schedule_tidy(self) -> None:
+        # An empty batch lets the handler commit its bookkeeping (such as
+        # clearing confirmed events from the outbox) when traffic stops.
+        if not self._tidy_scheduled and self.connection is not None:
+            self._tidy_scheduled = True
+            self.connection.ioloop.call_later(1.0, self._tidy)
+
+    def _tidy(self) -> None:
+        self._tidy_scheduled = False
+        if self._waiting or self._closing:
+            return
+        try:
+            self.owner.handler.handle([])
+        except Exception:
+            log.exception("%s: tidying up failed; will try again", self.owner.name)
+
+    # ------------------------------------------------------------ stop
+
+    def _begin_stop(self) -> None:
+        if self._stop_deadline:
+            return
+        self._stop_deadline = time.monotonic() + self.DRAIN_TIMEOUT
+        if self.channel is not None and self.consumer_tag is not None and self.channel.is_open:
+            self.channel.basic_cancel(self.consumer_tag)
+        self._wait_for_drain()
+
+    def _drained(self) -> bool:
+        return not self._waiting and not self._batches
+
+    def _wait_for_drain(self) -> None:
+        if self._drained() or time.monotonic() > self._stop_deadline:
+            self._close_connection()
+        elif self.connection is not None:
+            self.connection.ioloop.call_later(0.05, self._wait_for_drain)
+
+
+def _properties(message: Outgoing) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=message.content_type,
+        delivery_mode=2 if message.persistent else 1,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        type=message.type,
+        headers=message.headers,
+    )
+
+
+def queue_consumers(urls: str, queue: str, timeout: float = 5.0) -> int:
+    """How many consumers a queue has; raises when no broker answers or the queue is missing."""
+    last_error: Exception | None = None
+    for params in connection_parameters(urls):
+        params.socket_timeout = timeout
+        params.blocked_connection_timeout = timeout
+        params.connection_attempts = 1
+        try:
+            connection = pika.BlockingConnection(params)
+        except pika.exceptions.AMQPError as error:
+            last_error = error
+            continue
+        try:
+            frame = connection.channel().queue_declare(queue, passive=True)
+            return int(frame.method.consumer_count)
+        finally:
+            if connection.is_open:
+                connection.close()
+    raise ConnectionError(f"no broker answered: {last_error!r}")

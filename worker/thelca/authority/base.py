@@ -1,0 +1,39 @@
+"""The Authority interface: the one place that decides who may do what.
+
+In the spirit of the original server's Authority: every check returns the
+user id that the item store records, or raises. Authentication (401) is a
+step of its own because the contract answers 400 and 404 between it and the
+item checks (403).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from thelca.domain.model import Item
+from thelca_client.contract import JSON
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. Never holds the token itself."""
+
+    user_id: str
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+
+class Authority(Protocol):
+    """Raises NotAuthenticated (401) or Forbidden (403); returns the user id otherwise."""
+
+    name: str
+
+    def authenticate(self, token: str | None) -> Principal: ...
+
+    def check_create_item(self, principal: Principal, dictionary: JSON) -> str: ...
+
+    def check_read_item(self, principal: Principal, item: Item) -> str: ...
+
+    def check_update_item(self, principal: Principal, current: Item, proposed: Item) -> str: ...
+
+    def check_read_events(self, principal: Principal) -> str: ...

@@ -1,0 +1,98 @@
+"""The one place that wires thelca together from Settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from collections.abc import Callable
+
+from thelca.amqp import BatchConsumer, safe_url, thelca_topology
+from thelca.authority.base import Authority
+from thelca.commands import CommandHandler
+from thelca.errors import ConfigurationError
+from thelca.eventlog import EventLogWriter
+from thelca.logger import EventLogger
+from thelca.settings import OPTIONS, Settings
+from thelca.stores import ItemStore, open_store
+
+log = logging.getLogger("thelca")
+
+AUTHORITIES = ("test-only",)
+
+
+def build_authority(settings: Settings) -> Authority:
+    """The Authority named by the settings; there is deliberately no default."""
+    name = settings.authority
+    env = OPTIONS["authority"].env
+    if not name:
+        raise ConfigurationError(
+            f"no Authority chosen: set {env} (or --authority) to one of "
+            f"{', '.join(AUTHORITIES)}. test-only accepts any token but BAAD and is for "
+            "development only."
+        )
+    if name == "test-only":
+        from thelca.authority.test_only import TestOnlyAuthority
+
+        log.warning("%s=test-only: any token but BAAD is accepted and user ids contain the "
+                    "token. For development and tests only, never in production.", env)
+        return TestOnlyAuthority()
+    raise ConfigurationError(f"{env}={name!r} is not an Authority: use one of "
+                             f"{', '.join(AUTHORITIES)}")
+
+
+@dataclass
+class Role:
+    """A consumer and what it holds open: run() returns once stopped, everything closed."""
+
+    consumer: BatchConsumer
+    close: Callable[[], None]
+
+    def run(self) -> None:
+        try:
+            self.consumer.run()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.consumer.stop()
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    store: ItemStore | None = None,
+    authority: Authority | None = None,
+) -> Role:
+    authority = authority or build_authority(settings)
+    store = store or open_store(settings.store)
+    names = settings.names
+    handler = CommandHandler(store, authority, names, max_body=settings.max_body)
+    log.info("worker: prefix %s, store %s, authority %s, prefetch %d",
+             settings.prefix, safe_url(store.url), authority.name, settings.prefetch)
+    consumer = BatchConsumer(
+        settings.amqp_url, names.commands, handler, thelca_topology(names),
+        prefetch=settings.prefetch, max_batch=settings.prefetch, name="worker",
+        on_state=_state_logger("worker"),
+    )
+    return Role(consumer, store.close)
+
+
+def build_logger(settings: Settings) -> Role:
+    names = settings.names
+    writer = EventLogWriter(settings.event_log)
+    log.info("logger: prefix %s, event log %s (%d lines already)",
+             settings.prefix, writer.path, writer.lines_at_start)
+    consumer = BatchConsumer(
+        settings.amqp_url, names.events_log, EventLogger(writer, names), thelca_topology(names),
+        prefetch=settings.prefetch, max_batch=settings.prefetch, name="logger",
+        on_state=_state_logger("logger"),
+    )
+    return Role(consumer, writer.close)
+
+
+def _state_logger(role: str) -> Callable[[str], None]:
+    def report(state: str) -> None:
+        log.info("%s: %s", role, state)
+
+    return report

@@ -1,0 +1,261 @@
+"""The worker's command handler: from a delivered message to a reply and an event.
+
+For each command, in the contract's order: size (413), token (401), the
+idempotency record, then the service (400, 404, 403, 409). Everything a
+batch changes — items, the processed-command records with their replies,
+the outbox of events — is committed in one store transaction, each command
+inside its own savepoint, before anything is published. The plumbing acks
+the batch only once the broker has confirmed every reply and event, and the
+outbox keeps each event until then, so a crash at any point can neither lose
+an event nor apply a command twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import orjson
+
+from thelca.authority.base import Authority, Principal
+from thelca.domain import model
+from thelca.domain.service import ItemService, Result
+from thelca.errors import CommandRefused, ConcurrentUpdate, StoreUnavailable
+from thelca.messaging import Incoming, Outgoing
+from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
+from thelca_client.contract import (
+    COMMANDS,
+    STATUS_HEADER,
+    Command,
+    ContractError,
+    Event,
+    Names,
+    Reply,
+    bearer_token,
+    decode_command,
+    encode_event,
+    encode_reply,
+)
+
+log = logging.getLogger(__name__)
+
+UPDATE_ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    reply: Reply
+    event: Event | None
+    user: str | None
+    command: Command | None
+
+
+class CommandHandler:
+    def __init__(
+        self,
+        store: ItemStore,
+        authority: Authority,
+        names: Names,
+        *,
+        max_body: int,
+        service: ItemService | None = None,
+    ) -> None:
+        self.store = store
+        self.authority = authority
+        self.names = names
+        self.max_body = max_body
+        self.service = service or ItemService(authority)
+        self._confirmed_event_ids: list[str] = []
+
+    # ------------------------------------------------------------ BatchHandler
+
+    def recover(self) -> list[Outgoing]:
+        return [self._event_message_from_outbox(event) for event in self.store.pending_outbox()]
+
+    def handle(self, batch: list[Incoming]) -> list[Outgoing]:
+        if not batch and not self._confirmed_event_ids:
+            return []
+        confirmed, self._confirmed_event_ids = self._confirmed_event_ids, []
+        try:
+            with self.store.transaction() as tx:
+                tx.remove_outbox(confirmed)
+                return [out for message in batch for out in self._handle_one(tx, message)]
+        except BaseException:
+            self._confirmed_event_ids = confirmed + self._confirmed_event_ids
+            raise
+
+    def confirmed(self, published: list[Outgoing]) -> None:
+        self._confirmed_event_ids.extend(
+            m.message_id for m in published if m.exchange == self.names.events and m.message_id
+        )
+
+    # ------------------------------------------------------------ one command
+
+    def _handle_one(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+        # Without a message_id a command cannot be idempotent; it is still served,
+        # under an id of its own, and the worker's log says so.
+        command_id = message.message_id or f"generated-{uuid.uuid4()}"
+        if not message.message_id:
+            log.warning("a command without message_id is served without idempotency "
+                        "(generated %s)", command_id)
+        if len(message.body) > self.max_body:
+            return self._reply(message, Reply(
+                413, error=f"the body is larger than the limit of {self.max_body} bytes"))
+        try:
+            principal = self.authority.authenticate(bearer_token(message.headers))
+        except (CommandRefused, ContractError) as refused:  # both are 401s here
+            return self._refused_before_auth(message, command_id, str(refused))
+        if message.message_id:
+            prior = tx.get_processed(message.message_id)
+            if prior is not None:
+                return self._repeat(tx, message, principal, prior)
+        try:
+            outcome = self._serve(tx, principal, message, command_id)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            return self._poison(message, principal)
+        if message.message_id and (outcome.command is None or outcome.command.name != "read"):
+            self._remember(tx, message.message_id, outcome)
+        out = self._reply(message, outcome.reply)
+        if outcome.event is not None:
+            out.append(self._event_message(outcome.event))
+        return out
+
+    def _serve(
+        self, tx: StoreTransaction, principal: Principal, message: Incoming, command_id: str
+    ) -> _Outcome:
+        command: Command | None = None
+        for attempt in range(1, UPDATE_ATTEMPTS + 1):
+            try:
+                with tx.savepoint():
+                    command = decode_command(message.body)
+                    result = self._dispatch(tx, principal, command, command_id)
+                reply = Reply(200, item=result.stored.item.to_json(),
+                              version=result.stored.version)
+                return _Outcome(reply, result.event, principal.user_id, command)
+            except (CommandRefused, ContractError) as refused:
+                return self._refusal(refused, principal, command, command_id)
+            except ConcurrentUpdate:
+                if attempt == UPDATE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _dispatch(
+        self, tx: StoreTransaction, principal: Principal, command: Command, command_id: str
+    ) -> Result:
+        if command.name == "create":
+            return self.service.create(tx, principal, command.item or {}, command_id)
+        if command.name == "read":
+            return self.service.read(tx, principal, command.id or "", command_id)
+        return self.service.update(tx, principal, command.id or "", command.item or {},
+                                   command.expected_version, command_id)
+
+    def _refusal(
+        self,
+        refused: CommandRefused | ContractError,
+        principal: Principal,
+        command: Command | None,
+        command_id: str,
+    ) -> _Outcome:
+        event = None
+        if refused.status == 403:
+            event = model.access_refused(
+                command.name if command else None, command.id if command else None,
+                403, principal.user_id, model.utc_now(), command_id)
+        return _Outcome(Reply(refused.status, error=str(refused)), event,
+                        principal.user_id, command)
+
+    def _refused_before_auth(
+        self, message: Incoming, command_id: str, why: str
+    ) -> list[Outgoing]:
+        command, item_id = _peek(message.body)
+        event = model.access_refused(command, item_id, 401, None, model.utc_now(), command_id)
+        out = self._reply(message, Reply(401, error=why))
+        out.append(self._event_message(event))
+        return out
+
+    def _repeat(
+        self, tx: StoreTransaction, message: Incoming, principal: Principal,
+        prior: ProcessedCommand,
+    ) -> list[Outgoing]:
+        """A message_id seen before: the same reply again, and nothing changes."""
+        if prior.user_id != principal.user_id:
+            return self._reply(message, Reply(
+                409, error=f"message_id {message.message_id} was already used by another user"))
+        out = self._reply_bytes(message, prior.reply)
+        pending = tx.get_outbox(prior.event_id) if prior.event_id else None
+        if pending is not None:  # not yet confirmed: publish again, same id
+            out.append(self._event_message_from_outbox(pending))
+        return out
+
+    def _remember(self, tx: StoreTransaction, message_id: str, outcome: _Outcome) -> None:
+        event = outcome.event
+        tx.add_processed(ProcessedCommand(
+            message_id, outcome.user or "", encode_reply(outcome.reply),
+            event.id if event else None))
+        if event is not None:
+            tx.add_outbox(OutboxEvent(event.id, encode_event(event)))
+
+    def _poison(self, message: Incoming, principal: Principal) -> list[Outgoing]:
+        """An unexpected failure: answer 500, keep the command in the dead letters."""
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("command %s failed unexpectedly (error id %s); dead-lettered",
+                      message.message_id, error_id)
+        out = self._reply(message, Reply(
+            500, error=f"internal error; the worker's log has it under error id {error_id}"))
+        out.append(self.dead_letter(message, f"exception (error id {error_id})",
+                                    user=principal.user_id))
+        return out
+
+    # ------------------------------------------------------------ messages
+
+    def dead_letter(self, message: Incoming, reason: str, *, user: str | None) -> Outgoing:
+        """The command as it came, minus its token, with why it could not be processed."""
+        headers = {k: v for k, v in message.headers.items() if k.lower() != "authorization"}
+        headers["x-thelca-reason"] = reason
+        if user is not None:
+            headers["x-thelca-user"] = user
+        if message.reply_to:
+            headers["x-thelca-reply-to"] = message.reply_to
+        return Outgoing(self.names.dead, "", message.body, message_id=message.message_id,
+                        correlation_id=message.correlation_id, headers=headers)
+
+    def _reply(self, message: Incoming, reply: Reply) -> list[Outgoing]:
+        return self._reply_bytes(message, encode_reply(reply), reply.status)
+
+    def _reply_bytes(
+        self, message: Incoming, body: bytes, status: int | None = None
+    ) -> list[Outgoing]:
+        if not message.reply_to:
+            return []
+        if status is None:
+            status = int(orjson.loads(body)["status"])
+        return [Outgoing(
+            "", message.reply_to, body,
+            correlation_id=message.correlation_id or message.message_id,
+            headers={STATUS_HEADER: status}, persistent=False,
+        )]
+
+    def _event_message(self, event: Event) -> Outgoing:
+        return Outgoing(self.names.events, "", encode_event(event), message_id=event.id,
+                        type=event.type)
+
+    def _event_message_from_outbox(self, event: OutboxEvent) -> Outgoing:
+        kind = orjson.loads(event.body).get("type")
+        return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
+                        type=kind if isinstance(kind, str) else None)
+
+
+def _peek(body: bytes) -> tuple[str | None, str | None]:
+    """The command and id of a body, when it can be read, for an Access refused event."""
+    try:
+        data = orjson.loads(body)
+    except (orjson.JSONDecodeError, RecursionError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    command, item_id = data.get("command"), data.get("id")
+    return (command if command in COMMANDS else None,
+            item_id if isinstance(item_id, str) and len(item_id) < 256 else None)

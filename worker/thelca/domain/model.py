@@ -1,0 +1,121 @@
+"""The item model and the events that make the audit trail.
+
+An item is exactly the contract's four fields; its version lives beside it in
+the store, never inside it, so that items read, stored and logged are equal.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from thelca_client.contract import (
+    ACCESS_REFUSED,
+    ITEM_CREATED,
+    ITEM_READ,
+    ITEM_UPDATED,
+    JSON,
+    Event,
+)
+
+# Event ids are derived from the command's message_id so that a redelivered
+# command, or a read answered afresh, produces an event with the same id.
+EVENT_NAMESPACE = uuid.UUID("6f1c2a52-8f0e-4c55-9a57-2a8f4c1f7d10")
+SERVER_FIELDS = ("id", "created_at", "created_by")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    created_at: str
+    created_by: str
+    properties: JSON = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "properties": self.properties,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Item:
+        return cls(
+            id=str(data["id"]),
+            created_at=str(data["created_at"]),
+            created_by=str(data["created_by"]),
+            properties=dict(data.get("properties") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    item: Item
+    version: int
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC with microseconds and +00:00, as the contract writes times."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def new_item_id() -> str:
+    return str(uuid.uuid4())
+
+
+def event_id_for(command_id: str) -> str:
+    return str(uuid.uuid5(EVENT_NAMESPACE, command_id))
+
+
+def item_created(stored: StoredItem, user: str, time: str, command_id: str) -> Event:
+    return _item_event(ITEM_CREATED, stored, user, time, command_id)
+
+
+def item_updated(stored: StoredItem, user: str, time: str, command_id: str) -> Event:
+    return _item_event(ITEM_UPDATED, stored, user, time, command_id)
+
+
+def item_read(stored: StoredItem, user: str, time: str, command_id: str) -> Event:
+    return Event(
+        time=time,
+        type=ITEM_READ,
+        user=user,
+        value=stored.item.id,
+        id=event_id_for(command_id),
+        extra={"version": stored.version, "command_id": command_id},
+    )
+
+
+def access_refused(
+    command: str | None, item_id: str | None, status: int, user: str | None, time: str,
+    command_id: str,
+) -> Event:
+    value: JSON = {}
+    if command is not None:
+        value["command"] = command
+    if item_id is not None:
+        value["id"] = item_id
+    value["status"] = status
+    return Event(
+        time=time,
+        type=ACCESS_REFUSED,
+        user=user,
+        value=value,
+        id=event_id_for(command_id),
+        extra={"command_id": command_id},
+    )
+
+
+def _item_event(kind: str, stored: StoredItem, user: str, time: str, command_id: str) -> Event:
+    return Event(
+        time=time,
+        type=kind,
+        user=user,
+        value=stored.item.to_json(),
+        id=event_id_for(command_id),
+        extra={"version": stored.version, "command_id": command_id},
+    )

@@ -1,0 +1,67 @@
+"""The errors thelca raises: one small tree, each with the status it answers."""
+
+from __future__ import annotations
+
+
+class ThelcaError(Exception):
+    """Base class of every error thelca raises on purpose."""
+
+    status = 500
+
+
+class CommandRefused(ThelcaError):
+    """Raised when a command is answered with a 4xx status; the message is the reply's error."""
+
+    status = 400
+
+
+class InvalidCommand(CommandRefused):
+    """Raised when a command breaks a rule of the item model."""
+
+    status = 400
+
+
+class NotAuthenticated(CommandRefused):
+    """Raised when the Authority does not accept the token."""
+
+    status = 401
+
+
+class Forbidden(CommandRefused):
+    """Raised when the Authority refuses this user this command on this item."""
+
+    status = 403
+
+
+class ItemNotFound(CommandRefused):
+    """Raised when a command names an item id that no item has."""
+
+    status = 404
+
+
+class Conflict(CommandRefused):
+    """Raised when expected_version is stale or a message_id belongs to another user."""
+
+    status = 409
+
+
+class TooLarge(CommandRefused):
+    """Raised when a message body is larger than the configured limit."""
+
+    status = 413
+
+
+class ConcurrentUpdate(ThelcaError):
+    """Raised by a store when another writer changed the item since it was read."""
+
+
+class StoreUnavailable(ThelcaError):
+    """Raised when the store cannot be reached or written: the batch is retried, not refused."""
+
+
+class StoreLocked(ThelcaError):
+    """Raised when another process already writes to the same store."""
+
+
+class ConfigurationError(ThelcaError):
+    """Raised when settings are missing or contradict each other."""

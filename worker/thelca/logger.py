@@ -1,0 +1,57 @@
+"""The logger: appends every event from `<prefix>.events.log` to the event log.
+
+A batch of deliveries is written, flushed and fsynced once, and only then
+acked (by the plumbing), so an acknowledged event is on disk. An event whose
+id was already written is dropped, which makes redeliveries harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from thelca.eventlog import EventLogWriter, to_line
+from thelca.messaging import Incoming, Outgoing
+from thelca_client.contract import Names
+
+log = logging.getLogger(__name__)
+
+
+class EventLogger:
+    def __init__(self, writer: EventLogWriter, names: Names) -> None:
+        self.writer = writer
+        self.names = names
+        self.written = 0
+        self.duplicates = 0
+
+    def recover(self) -> list[Outgoing]:
+        return []
+
+    def handle(self, batch: list[Incoming]) -> list[Outgoing]:
+        lines: list[tuple[str | None, bytes]] = []
+        in_batch: set[str] = set()
+        rejected: list[Outgoing] = []
+        for message in batch:
+            try:
+                event_id, line = to_line(message.body)
+            except ValueError as error:
+                rejected.append(self._dead_letter(message, str(error)))
+                continue
+            if event_id and (event_id in self.writer or event_id in in_batch):
+                self.duplicates += 1
+                continue
+            if event_id:
+                in_batch.add(event_id)
+            lines.append((event_id, line))
+        self.written += self.writer.append(lines)
+        return rejected
+
+    def confirmed(self, published: list[Outgoing]) -> None:
+        return None
+
+    def _dead_letter(self, message: Incoming, reason: str) -> Outgoing:
+        log.error("an event that is not a JSON object (message_id %s) went to %s: %s",
+                  message.message_id, self.names.dead, reason)
+        headers = {k: v for k, v in message.headers.items() if k.lower() != "authorization"}
+        headers["x-thelca-reason"] = f"logger: {reason}"
+        return Outgoing(self.names.dead, "", message.body, message_id=message.message_id,
+                        headers=headers)

@@ -1,0 +1,50 @@
+"""Plain message types passed between the AMQP plumbing and the application.
+
+The plumbing turns pika deliveries into `Incoming` and publishes `Outgoing`;
+nothing outside thelca.amqp sees a pika object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Incoming:
+    body: bytes
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    type: str | None = None
+    redelivered: bool = False
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str | None = None
+    correlation_id: str | None = None
+    type: str | None = None
+    headers: dict[str, Any] | None = None
+    persistent: bool = True
+    content_type: str = "application/json"
+
+
+class BatchHandler(Protocol):
+    """The application side of a consumer. Every method runs on the connection's thread."""
+
+    def recover(self) -> list[Outgoing]:
+        """Messages to publish after each (re)connect, before consuming starts."""
+        ...
+
+    def handle(self, batch: list[Incoming]) -> list[Outgoing]:
+        """Do the batch's work; the batch is acked once all returned messages are confirmed."""
+        ...
+
+    def confirmed(self, published: list[Outgoing]) -> None:
+        """Called once the broker has confirmed every message a recover or handle returned."""
+        ...

@@ -1,0 +1,84 @@
+"""The item store interface that every backend implements.
+
+A store keeps three things, always changed together in one transaction:
+the items with their versions, the commands already processed (with the
+reply they got, so that a redelivery gets it again), and the outbox of
+events not yet confirmed by the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from thelca.domain.model import Item, StoredItem
+
+
+@dataclass(frozen=True)
+class ProcessedCommand:
+    """A command that took effect (or was refused after authentication) and its reply."""
+
+    message_id: str
+    user_id: str
+    reply: bytes
+    event_id: str | None
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    event_id: str
+    body: bytes
+
+
+class StoreTransaction(Protocol):
+    """What one command may do to the store, all of it committed or none."""
+
+    def get_item(self, item_id: str) -> StoredItem | None: ...
+
+    def add_item(self, item: Item) -> StoredItem:
+        """Insert a new item at version 1."""
+        ...
+
+    def replace_item(self, item: Item, version: int) -> StoredItem:
+        """Store item as `version`; raise ConcurrentUpdate unless the stored one is version-1."""
+        ...
+
+    def get_processed(self, message_id: str) -> ProcessedCommand | None: ...
+
+    def add_processed(self, processed: ProcessedCommand) -> None: ...
+
+    def add_outbox(self, event: OutboxEvent) -> None: ...
+
+    def get_outbox(self, event_id: str) -> OutboxEvent | None: ...
+
+    def remove_outbox(self, event_ids: list[str]) -> None: ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """Undo everything done inside the block if it raises (and re-raise)."""
+        ...
+
+
+class ItemStore(Protocol):
+    url: str
+
+    def transaction(self) -> AbstractContextManager[StoreTransaction]:
+        """Commit on normal exit, roll back if the block raises."""
+        ...
+
+    def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
+        """Events committed but not yet confirmed by the broker, oldest first."""
+        ...
+
+    def items(self) -> Iterator[StoredItem]:
+        """Every item, ordered by id."""
+        ...
+
+    def count_items(self) -> int: ...
+
+    def ping(self) -> None:
+        """Raise unless the store answers."""
+        ...
+
+    def close(self) -> None: ...

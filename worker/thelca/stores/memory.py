@@ -1,0 +1,121 @@
+"""An item store in a dict: for tests and for trying thelca; it forgets on exit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from thelca.domain.model import Item, StoredItem
+from thelca.errors import ConcurrentUpdate
+from thelca.stores.base import OutboxEvent, ProcessedCommand
+
+_MISSING: Any = object()
+
+
+class MemoryStore:
+    url = "memory:"
+
+    def __init__(self) -> None:
+        self._items: dict[str, StoredItem] = {}
+        self._processed: dict[str, ProcessedCommand] = {}
+        self._outbox: dict[str, OutboxEvent] = {}  # dicts keep insertion order: oldest first
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[_MemoryTransaction]:
+        with self._lock:
+            tx = _MemoryTransaction(self)
+            try:
+                yield tx
+            except BaseException:
+                tx.rollback_to(0)
+                raise
+
+    def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
+        with self._lock:
+            return list(self._outbox.values())[:limit]
+
+    def items(self) -> Iterator[StoredItem]:
+        with self._lock:
+            snapshot = sorted(self._items.values(), key=lambda s: s.item.id)
+        yield from snapshot
+
+    def count_items(self) -> int:
+        return len(self._items)
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class _MemoryTransaction:
+    """Changes apply at once and are undone from a log on rollback."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._undo: list[Callable[[], None]] = []
+
+    def _set(self, table: dict[str, Any], key: str, value: Any) -> None:
+        old = table.get(key, _MISSING)
+        self._undo.append(lambda: _restore(table, key, old))
+        table[key] = value
+
+    def rollback_to(self, mark: int) -> None:
+        while len(self._undo) > mark:
+            self._undo.pop()()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        mark = len(self._undo)
+        try:
+            yield
+        except BaseException:
+            self.rollback_to(mark)
+            raise
+
+    def get_item(self, item_id: str) -> StoredItem | None:
+        return self._store._items.get(item_id)
+
+    def add_item(self, item: Item) -> StoredItem:
+        if item.id in self._store._items:
+            raise ConcurrentUpdate(f"item {item.id} exists already")
+        stored = StoredItem(item, 1)
+        self._set(self._store._items, item.id, stored)
+        return stored
+
+    def replace_item(self, item: Item, version: int) -> StoredItem:
+        current = self._store._items.get(item.id)
+        if current is None or current.version != version - 1:
+            raise ConcurrentUpdate(f"item {item.id} changed since it was read")
+        stored = StoredItem(item, version)
+        self._set(self._store._items, item.id, stored)
+        return stored
+
+    def get_processed(self, message_id: str) -> ProcessedCommand | None:
+        return self._store._processed.get(message_id)
+
+    def add_processed(self, processed: ProcessedCommand) -> None:
+        self._set(self._store._processed, processed.message_id, processed)
+
+    def add_outbox(self, event: OutboxEvent) -> None:
+        self._set(self._store._outbox, event.event_id, event)
+
+    def get_outbox(self, event_id: str) -> OutboxEvent | None:
+        return self._store._outbox.get(event_id)
+
+    def remove_outbox(self, event_ids: list[str]) -> None:
+        for event_id in event_ids:
+            if event_id in self._store._outbox:
+                old = self._store._outbox.pop(event_id)
+                self._undo.append(lambda e=old: _restore(self._store._outbox, e.event_id, e))
+
+
+def _restore(table: dict[str, Any], key: str, old: Any) -> None:
+    if old is _MISSING:
+        table.pop(key, None)
+    else:
+        table[key] = old

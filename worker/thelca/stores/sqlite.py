@@ -1,0 +1,211 @@
+"""The default item store: one SQLite file, WAL, one writer process.
+
+Durability matches the event log's: synchronous=FULL fsyncs the WAL once per
+commit, and the worker commits once per batch of commands (group commit).
+A lock file next to the database makes a second writer refuse to start
+instead of interleaving with the first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import orjson
+
+from thelca.domain.model import Item, StoredItem
+from thelca.errors import ConcurrentUpdate, StoreLocked, StoreUnavailable
+from thelca.stores.base import OutboxEvent, ProcessedCommand
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    properties BLOB NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processed (
+    message_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    reply BLOB NOT NULL,
+    event_id TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL
+);
+"""
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path, *, writer: bool = True) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self._lock_file: IO[str] | None = None
+        if writer:
+            self._lock_file = _lock_exclusively(self.path)
+        if writer:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        else:  # a reader (health, verify) must not create an empty database
+            self._db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                check_same_thread=False, timeout=30,
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SQLiteTransaction]:
+        with _unavailable_on_error():
+            self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SQLiteTransaction(self._db)
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        with _unavailable_on_error():
+            self._db.execute("COMMIT")
+
+    def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
+        rows = self._db.execute(
+            "SELECT event_id, body FROM outbox ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [OutboxEvent(event_id, bytes(body)) for event_id, body in rows]
+
+    def items(self) -> Iterator[StoredItem]:
+        cursor = self._db.execute(
+            "SELECT id, created_at, created_by, properties, version FROM items ORDER BY id"
+        )
+        for row in cursor:
+            yield _stored(row)
+
+    def count_items(self) -> int:
+        (count,) = self._db.execute("SELECT count(*) FROM items").fetchone()
+        return int(count)
+
+    def ping(self) -> None:
+        self._db.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        self._db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+class _SQLiteTransaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._savepoints = 0
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self._db.execute(f"SAVEPOINT {name}")
+        try:
+            with _unavailable_on_error():
+                yield
+        except BaseException:
+            self._db.execute(f"ROLLBACK TO {name}")
+            self._db.execute(f"RELEASE {name}")
+            raise
+        self._db.execute(f"RELEASE {name}")
+
+    def get_item(self, item_id: str) -> StoredItem | None:
+        row = self._db.execute(
+            "SELECT id, created_at, created_by, properties, version FROM items WHERE id = ?",
+            (item_id,),
+        ).fetchone()
+        return None if row is None else _stored(row)
+
+    def add_item(self, item: Item) -> StoredItem:
+        try:
+            self._db.execute(
+                "INSERT INTO items (id, created_at, created_by, properties, version) "
+                "VALUES (?, ?, ?, ?, 1)",
+                (item.id, item.created_at, item.created_by, orjson.dumps(item.properties)),
+            )
+        except sqlite3.IntegrityError as error:
+            raise ConcurrentUpdate(f"item {item.id} exists already") from error
+        return StoredItem(item, 1)
+
+    def replace_item(self, item: Item, version: int) -> StoredItem:
+        cursor = self._db.execute(
+            "UPDATE items SET properties = ?, version = ? WHERE id = ? AND version = ?",
+            (orjson.dumps(item.properties), version, item.id, version - 1),
+        )
+        if cursor.rowcount != 1:
+            raise ConcurrentUpdate(f"item {item.id} changed since it was read")
+        return StoredItem(item, version)
+
+    def get_processed(self, message_id: str) -> ProcessedCommand | None:
+        row = self._db.execute(
+            "SELECT message_id, user_id, reply, event_id FROM processed WHERE message_id = ?",
+            (message_id,),
+        ).fetchone()
+        return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3])
+
+    def add_processed(self, processed: ProcessedCommand) -> None:
+        self._db.execute(
+            "INSERT INTO processed (message_id, user_id, reply, event_id) VALUES (?, ?, ?, ?)",
+            (processed.message_id, processed.user_id, processed.reply, processed.event_id),
+        )
+
+    def add_outbox(self, event: OutboxEvent) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO outbox (event_id, body) VALUES (?, ?)",
+            (event.event_id, event.body),
+        )
+
+    def get_outbox(self, event_id: str) -> OutboxEvent | None:
+        row = self._db.execute(
+            "SELECT event_id, body FROM outbox WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        return None if row is None else OutboxEvent(row[0], bytes(row[1]))
+
+    def remove_outbox(self, event_ids: list[str]) -> None:
+        self._db.executemany("DELETE FROM outbox WHERE event_id = ?", [(e,) for e in event_ids])
+
+
+@contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    """SQLite's own failures (disk full, I/O error, locked) mean retry later, not a bad command."""
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except sqlite3.Error as error:
+        raise StoreUnavailable(f"the SQLite store failed: {error}") from error
+
+
+def _stored(row: tuple[str, str, str, bytes, int]) -> StoredItem:
+    item_id, created_at, created_by, properties, version = row
+    return StoredItem(Item(item_id, created_at, created_by, orjson.loads(properties)), version)
+
+
+def _lock_exclusively(path: Path) -> IO[str]:
+    """Hold an exclusive lock on PATH.lock for as long as the store is open."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = open(f"{path}.lock", "a")  # noqa: SIM115 - held open until close()
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        raise StoreLocked(
+            f"{path} is already open for writing by another process "
+            "(SQLite is one writer: stop the other worker, or use PostgreSQL for many)"
+        ) from None
+    os.set_inheritable(lock_file.fileno(), False)
+    return lock_file
