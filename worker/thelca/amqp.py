@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pika
@@ -156,7 +157,7 @@ class BatchConsumer:
             if self._stopping.is_set():
                 break
             failures += 1
-            delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
+            delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
             self.on_state(f"reconnecting in {delay:.1f}s")
             self._stopping.wait(delay)
         self.on_state("stopped")
@@ -260,27 +261,26 @@ class _Session:
         self.channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm)
-        steps: list[Callable[[Callable[[Any], None]], None]] = []
+        steps: list[Callable[..., Any]] = []
         for exchange in self.owner.topology.fanout_exchanges:
-            steps.append(lambda cb, e=exchange: channel.exchange_declare(
-                e, exchange_type="fanout", durable=True, callback=cb))
+            steps.append(partial(channel.exchange_declare, exchange, exchange_type="fanout",
+                                 durable=True))
         for queue in self.owner.topology.queues:
-            steps.append(lambda cb, q=queue: channel.queue_declare(
-                q.name, durable=True, arguments=q.arguments, callback=cb))
+            steps.append(partial(channel.queue_declare, queue.name, durable=True,
+                                 arguments=queue.arguments))
             if queue.bind_to:
-                steps.append(lambda cb, q=queue: channel.queue_bind(
-                    q.name, q.bind_to or "", routing_key="", callback=cb))
-        steps.append(lambda cb: channel.basic_qos(prefetch_count=self.owner.prefetch, callback=cb))
+                steps.append(partial(channel.queue_bind, queue.name, queue.bind_to,
+                                     routing_key=""))
+        steps.append(partial(channel.basic_qos, prefetch_count=self.owner.prefetch))
         self._run_steps(steps, self._on_declared)
 
-    def _run_steps(
-        self, steps: list[Callable[[Callable[[Any], None]], None]], done: Callable[[], None]
-    ) -> None:
+    def _run_steps(self, steps: list[Callable[..., Any]], done: Callable[[], None]) -> None:
+        """Run broker calls one after another, each started by the previous one's reply."""
         if not steps:
             done()
             return
         first, rest = steps[0], steps[1:]
-        first(lambda _frame: self._run_steps(rest, done))
+        first(callback=lambda _frame: self._run_steps(rest, done))
 
     def _on_declared(self) -> None:
         if self.owner.stopping:

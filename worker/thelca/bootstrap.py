@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from thelca.amqp import BatchConsumer, safe_url, thelca_topology
 from thelca.authority.base import Authority

@@ -140,10 +140,9 @@ def _run_all(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # A child of its own process group would not see the terminal's Ctrl-C;
-    # the parent forwards signals instead, so the children ignore SIGINT.
-    return subprocess.Popen([sys.executable, "-m", "thelca", role], env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    # In a process group of its own a child does not get the terminal's Ctrl-C
+    # directly; the parent forwards one SIGTERM, so a single Ctrl-C stops gently.
+    return subprocess.Popen([sys.executable, "-m", "thelca", role], env=env, process_group=0)
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:

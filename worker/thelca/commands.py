@@ -150,7 +150,8 @@ class CommandHandler:
         if command.name == "read":
             return self.service.read(tx, principal, command.id or "", command_id)
         return self.service.update(tx, principal, command.id or "", command.item or {},
-                                   command.expected_version, command_id)
+                                   expected_version=command.expected_version,
+                                   command_id=command_id)
 
     def _refusal(
         self,
@@ -163,7 +164,7 @@ class CommandHandler:
         if refused.status == 403:
             event = model.access_refused(
                 command.name if command else None, command.id if command else None,
-                403, principal.user_id, model.utc_now(), command_id)
+                403, user=principal.user_id, time=model.utc_now(), command_id=command_id)
         return _Outcome(Reply(refused.status, error=str(refused)), event,
                         principal.user_id, command)
 
@@ -171,7 +172,8 @@ class CommandHandler:
         self, message: Incoming, command_id: str, why: str
     ) -> list[Outgoing]:
         command, item_id = _peek(message.body)
-        event = model.access_refused(command, item_id, 401, None, model.utc_now(), command_id)
+        event = model.access_refused(command, item_id, 401, user=None, time=model.utc_now(),
+                                     command_id=command_id)
         out = self._reply(message, Reply(401, error=why))
         out.append(self._event_message(event))
         return out

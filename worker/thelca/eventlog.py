@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -151,7 +151,7 @@ def heal_torn_tail(path: Path) -> Path | None:
     return aside
 
 
-def _start_of_last_line(file: Any, size: int) -> int:
+def _start_of_last_line(file: BinaryIO, size: int) -> int:
     position = size
     chunk = 65536
     while position > 0:

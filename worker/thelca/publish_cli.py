@@ -14,7 +14,6 @@ from thelca.settings import Settings, add_options
 from thelca_client.contract import JSON, encode_command
 
 
-
 def add_publish_parser(sub: Any) -> None:
     publish = sub.add_parser(
         "publish", help="send a command and print the reply",

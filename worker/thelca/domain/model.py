@@ -91,7 +91,7 @@ def item_read(stored: StoredItem, user: str, time: str, command_id: str) -> Even
 
 
 def access_refused(
-    command: str | None, item_id: str | None, status: int, user: str | None, time: str,
+    command: str | None, item_id: str | None, status: int, *, user: str | None, time: str,
     command_id: str,
 ) -> Event:
     value: JSON = {}

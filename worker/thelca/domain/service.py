@@ -61,6 +61,7 @@ class ItemService:
         principal: Principal,
         item_id: str,
         proposed: JSON,
+        *,
         expected_version: int | None,
         command_id: str,
     ) -> Result:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from thelca.domain.model import Item, StoredItem
@@ -61,7 +62,7 @@ class _MemoryTransaction:
 
     def _set(self, table: dict[str, Any], key: str, value: Any) -> None:
         old = table.get(key, _MISSING)
-        self._undo.append(lambda: _restore(table, key, old))
+        self._undo.append(partial(_restore, table, key, old))
         table[key] = value
 
     def rollback_to(self, mark: int) -> None:
@@ -111,7 +112,7 @@ class _MemoryTransaction:
         for event_id in event_ids:
             if event_id in self._store._outbox:
                 old = self._store._outbox.pop(event_id)
-                self._undo.append(lambda e=old: _restore(self._store._outbox, e.event_id, e))
+                self._undo.append(partial(_restore, self._store._outbox, event_id, old))
 
 
 def _restore(table: dict[str, Any], key: str, old: Any) -> None:
