@@ -134,7 +134,7 @@ class Command:
 def encode_command(
     name: CommandName,
     *,
-    id: str | None = None,  # noqa: A002 - the contract's field name
+    id: str | None = None,
     item: Mapping[str, Any] | None = None,
     expected_version: int | None = None,
 ) -> bytes:
@@ -272,7 +272,7 @@ def encode_reply(reply: Reply) -> bytes:
 def decode_reply(body: bytes) -> Reply:
     data = loads_object(body, "reply")
     status = data.pop("status", None)
-    if not isinstance(status, int):
+    if not isinstance(status, int) or isinstance(status, bool):
         raise ContractError("reply has no integer status")
     item = data.pop("item", None)
     version = data.pop("version", None)

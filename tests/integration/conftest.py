@@ -7,12 +7,23 @@ tests fail (never skip) with a message saying how to get a broker.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pika
+import pika.exceptions
 import pytest
+
+from thelca_client.contract import Names
 
 LOCAL_URL = "amqp://guest:guest@localhost:5672/%2F"
 HOW_TO_GET_A_BROKER = (
@@ -69,3 +80,153 @@ def _container_url() -> Iterator[str]:
 def prefix() -> str:
     """A prefix of its own for every test, so that runs never collide."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+# ---------------------------------------------------------------- the running system
+
+
+@dataclass
+class RunningSystem:
+    """The real `thelca worker` and `thelca logger` processes on a prefix of their own."""
+
+    amqp_url: str
+    prefix: str
+    directory: Path
+    env: dict[str, str]
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> Names:
+        return Names(self.prefix)
+
+    @property
+    def event_log(self) -> Path:
+        return self.directory / "events.log"
+
+    @property
+    def store_path(self) -> Path:
+        return self.directory / "thelca.db"
+
+    def start(self, role: str) -> None:
+        out = open(self.directory / f"{role}.out", "ab")  # noqa: SIM115 - child owns it
+        self.processes[role] = subprocess.Popen(
+            [sys.executable, "-m", "thelca", role], env=self.env, stdout=out, stderr=out,
+            cwd=self.directory,
+        )
+        out.close()
+
+    def stop(self, role: str) -> int:
+        process = self.processes.pop(role)
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def output(self) -> str:
+        return "".join(
+            (self.directory / f"{role}.out").read_text(errors="replace")
+            for role in ("worker", "logger") if (self.directory / f"{role}.out").exists()
+        )
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        if not self.event_log.exists():
+            return []
+        return [json.loads(line) for line in self.event_log.read_text().splitlines()]
+
+    def wait_for_log(
+        self, condition: Callable[[list[dict[str, Any]]], bool], timeout: float = 10
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.log_lines()
+            if condition(lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
+
+    def events_for(self, command_id: str, timeout: float = 10) -> list[dict[str, Any]]:
+        lines = self.wait_for_log(
+            lambda ls: any(line.get("command_id") == command_id for line in ls), timeout)
+        return [line for line in lines if line.get("command_id") == command_id]
+
+
+def wait_for_consumers(amqp_url: str, queue: str, processes: Sequence[subprocess.Popen[Any]],
+                       timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise AssertionError(f"a thelca process exited early with {process.returncode}")
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+            try:
+                frame = connection.channel().queue_declare(queue, passive=True)
+                if frame.method.consumer_count > 0:
+                    return
+            finally:
+                if connection.is_open:
+                    connection.close()
+        except pika.exceptions.AMQPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"nothing consumed {queue} within {timeout}s")
+
+
+def delete_prefix(amqp_url: str, prefix: str) -> None:
+    names = Names(prefix)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        for queue in (names.commands, names.events_log, names.dead, names.replay):
+            channel = connection.channel()
+            channel.queue_delete(queue)
+        channel = connection.channel()
+        for exchange in (names.events, names.dead):
+            channel.exchange_delete(exchange)
+    finally:
+        connection.close()
+
+
+def system_env(amqp_url: str, prefix: str, directory: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THELCA_")}
+    env.update(
+        THELCA_AMQP_URL=amqp_url,
+        THELCA_PREFIX=prefix,
+        THELCA_STORE=f"sqlite:///{directory / 'thelca.db'}",
+        THELCA_EVENT_LOG=str(directory / "events.log"),
+        THELCA_AUTHORITY="test-only",
+        THELCA_LOG_LEVEL="DEBUG",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def system(amqp_url: str, prefix: str, tmp_path: Path) -> Iterator[RunningSystem]:
+    """A worker and a logger as real subprocesses, stopped and cleaned up afterwards."""
+    yield from _running_system(amqp_url, prefix, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_system(
+    amqp_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningSystem]:
+    """One system for a whole module of tests that do not disturb each other."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    yield from _running_system(amqp_url, prefix, tmp_path_factory.mktemp(prefix))
+
+
+def _running_system(amqp_url: str, prefix: str, directory: Path) -> Iterator[RunningSystem]:
+    running = RunningSystem(amqp_url, prefix, directory,
+                            system_env(amqp_url, prefix, directory))
+    try:
+        running.start("worker")
+        wait_for_consumers(amqp_url, running.names.commands, [running.processes["worker"]])
+        running.start("logger")
+        wait_for_consumers(amqp_url, running.names.events_log, [running.processes["logger"]])
+        yield running
+    finally:
+        for role in list(running.processes):
+            running.stop(role)
+        delete_prefix(amqp_url, prefix)

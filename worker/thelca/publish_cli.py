@@ -53,7 +53,7 @@ def add_publish_parser(sub: Any) -> None:
 
 def run_publish(args: argparse.Namespace, settings: Settings) -> int:
     from thelca_client.client import Client
-    from thelca_client.errors import ThelcaClientError
+    from thelca_client.errors import CommandFailed, ThelcaClientError
 
     token = args.token or os.environ.get("THELCA_TOKEN")
     if not token:
@@ -70,6 +70,8 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
             reply = client.send(body, token=token, message_id=args.message_id,
                                 raise_for_status=False)
+    except CommandFailed as refused:  # the read that `update --properties` starts with
+        reply = refused.reply
     except ThelcaClientError as error:
         print(f"thelca publish: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -62,8 +62,8 @@ def add_options(parser: argparse.ArgumentParser, *groups: str) -> None:
             seen.add(name)
             option = OPTIONS[name]
             default = f"; default {option.default}" if option.default else ""
-            parser.add_argument(option.flag, dest=name, default=None,
-                                help=f"{option.help} (env {option.env}{default})")
+            text = f"{option.help} (env {option.env}{default})".replace("%", "%%")
+            parser.add_argument(option.flag, dest=name, default=None, help=text)
 
 
 @dataclass(frozen=True)

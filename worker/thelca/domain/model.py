@@ -21,8 +21,11 @@ from thelca_client.contract import (
     Event,
 )
 
-# Event ids are derived from the command's message_id so that a redelivered
-# command, or a read answered afresh, produces an event with the same id.
+# Event ids are derived from the command's message_id, the event's type and its
+# user, so that a redelivered command, or a read answered afresh, produces an
+# event with the same id, while a 401 and a later successful attempt with the
+# same message_id (refusals before authentication are not remembered) do not
+# collide and both reach the log.
 EVENT_NAMESPACE = uuid.UUID("6f1c2a52-8f0e-4c55-9a57-2a8f4c1f7d10")
 SERVER_FIELDS = ("id", "created_at", "created_by")
 
@@ -67,8 +70,8 @@ def new_item_id() -> str:
     return str(uuid.uuid4())
 
 
-def event_id_for(command_id: str) -> str:
-    return str(uuid.uuid5(EVENT_NAMESPACE, command_id))
+def event_id_for(command_id: str, kind: str, user: str | None) -> str:
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{command_id}\x1f{kind}\x1f{user or ''}"))
 
 
 def item_created(stored: StoredItem, user: str, time: str, command_id: str) -> Event:
@@ -85,7 +88,7 @@ def item_read(stored: StoredItem, user: str, time: str, command_id: str) -> Even
         type=ITEM_READ,
         user=user,
         value=stored.item.id,
-        id=event_id_for(command_id),
+        id=event_id_for(command_id, ITEM_READ, user),
         extra={"version": stored.version, "command_id": command_id},
     )
 
@@ -105,7 +108,7 @@ def access_refused(
         type=ACCESS_REFUSED,
         user=user,
         value=value,
-        id=event_id_for(command_id),
+        id=event_id_for(command_id, ACCESS_REFUSED, user),
         extra={"command_id": command_id},
     )
 
@@ -116,6 +119,6 @@ def _item_event(kind: str, stored: StoredItem, user: str, time: str, command_id:
         type=kind,
         user=user,
         value=stored.item.to_json(),
-        id=event_id_for(command_id),
+        id=event_id_for(command_id, kind, user),
         extra={"version": stored.version, "command_id": command_id},
     )

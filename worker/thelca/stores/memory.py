@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ class MemoryStore:
         self._items: dict[str, StoredItem] = {}
         self._processed: dict[str, ProcessedCommand] = {}
         self._outbox: dict[str, OutboxEvent] = {}  # dicts keep insertion order: oldest first
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     @contextmanager
     def transaction(self) -> Iterator[_MemoryTransaction]:
@@ -41,7 +42,7 @@ class MemoryStore:
     def items(self) -> Iterator[StoredItem]:
         with self._lock:
             snapshot = sorted(self._items.values(), key=lambda s: s.item.id)
-        yield from snapshot
+        yield from (_copy(stored) for stored in snapshot)
 
     def count_items(self) -> int:
         return len(self._items)
@@ -79,13 +80,14 @@ class _MemoryTransaction:
             raise
 
     def get_item(self, item_id: str) -> StoredItem | None:
-        return self._store._items.get(item_id)
+        stored = self._store._items.get(item_id)
+        return None if stored is None else _copy(stored)
 
     def add_item(self, item: Item) -> StoredItem:
         if item.id in self._store._items:
             raise ConcurrentUpdate(f"item {item.id} exists already")
         stored = StoredItem(item, 1)
-        self._set(self._store._items, item.id, stored)
+        self._set(self._store._items, item.id, _copy(stored))
         return stored
 
     def replace_item(self, item: Item, version: int) -> StoredItem:
@@ -93,26 +95,45 @@ class _MemoryTransaction:
         if current is None or current.version != version - 1:
             raise ConcurrentUpdate(f"item {item.id} changed since it was read")
         stored = StoredItem(item, version)
-        self._set(self._store._items, item.id, stored)
+        self._set(self._store._items, item.id, _copy(stored))
         return stored
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         return self._store._processed.get(message_id)
 
     def add_processed(self, processed: ProcessedCommand) -> None:
+        if processed.message_id in self._store._processed:
+            raise ConcurrentUpdate(f"message_id {processed.message_id} is recorded already")
         self._set(self._store._processed, processed.message_id, processed)
 
     def add_outbox(self, event: OutboxEvent) -> None:
-        self._set(self._store._outbox, event.event_id, event)
+        if event.event_id not in self._store._outbox:
+            self._set(self._store._outbox, event.event_id, event)
 
     def get_outbox(self, event_id: str) -> OutboxEvent | None:
         return self._store._outbox.get(event_id)
 
     def remove_outbox(self, event_ids: list[str]) -> None:
+        outbox = self._store._outbox
+        if not any(event_id in outbox for event_id in event_ids):
+            return
+        # Undo restores the whole outbox: putting entries back one by one would
+        # move them to the end and change the order in which they are republished.
+        before = dict(outbox)
+        self._undo.append(partial(_replace_all, outbox, before))
         for event_id in event_ids:
-            if event_id in self._store._outbox:
-                old = self._store._outbox.pop(event_id)
-                self._undo.append(partial(_restore, self._store._outbox, event_id, old))
+            outbox.pop(event_id, None)
+
+
+def _copy(stored: StoredItem) -> StoredItem:
+    item = stored.item
+    properties = copy.deepcopy(item.properties)
+    return StoredItem(Item(item.id, item.created_at, item.created_by, properties), stored.version)
+
+
+def _replace_all(table: dict[str, Any], contents: dict[str, Any]) -> None:
+    table.clear()
+    table.update(contents)
 
 
 def _restore(table: dict[str, Any], key: str, old: Any) -> None:

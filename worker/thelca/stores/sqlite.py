@@ -158,10 +158,15 @@ class _SQLiteTransaction:
         return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3])
 
     def add_processed(self, processed: ProcessedCommand) -> None:
-        self._db.execute(
-            "INSERT INTO processed (message_id, user_id, reply, event_id) VALUES (?, ?, ?, ?)",
-            (processed.message_id, processed.user_id, processed.reply, processed.event_id),
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO processed (message_id, user_id, reply, event_id) "
+                "VALUES (?, ?, ?, ?)",
+                (processed.message_id, processed.user_id, processed.reply, processed.event_id),
+            )
+        except sqlite3.IntegrityError as error:
+            raise ConcurrentUpdate(
+                f"message_id {processed.message_id} is recorded already") from error
 
     def add_outbox(self, event: OutboxEvent) -> None:
         self._db.execute(

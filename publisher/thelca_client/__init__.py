@@ -1,0 +1,36 @@
+"""thelca_client: publish commands to a thelca worker over RabbitMQ and read its replies."""
+
+from thelca_client.client import Client
+from thelca_client.contract import Names, Reply
+from thelca_client.errors import (
+    BadRequest,
+    CommandFailed,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    PublishFailed,
+    ReplyTimeout,
+    ServerError,
+    ThelcaClientError,
+    Unauthorized,
+    error_for,
+)
+
+__all__ = [
+    "BadRequest",
+    "Client",
+    "CommandFailed",
+    "Conflict",
+    "Forbidden",
+    "Names",
+    "NotFound",
+    "PayloadTooLarge",
+    "PublishFailed",
+    "Reply",
+    "ReplyTimeout",
+    "ServerError",
+    "ThelcaClientError",
+    "Unauthorized",
+    "error_for",
+]

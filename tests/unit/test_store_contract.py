@@ -1,0 +1,554 @@
+"""The item store contract, run by every backend.
+
+In the style of the eventsourcing project's recorder tests: `StoreContract`
+holds the tests and an abstract `make_store()`; each backend subclasses it once
+(`TestMemoryStore`, `TestSQLiteStore`, later a PostgreSQL one). The base class
+uses nothing but the `ItemStore` / `StoreTransaction` interface, so that a new
+backend only has to say how to make a fresh, empty store.
+
+No store-level method (`pending_outbox`, `items`, ...) is called while a
+transaction is open: the interface does not promise it works there.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from thelca.domain.model import Item, StoredItem
+from thelca.errors import ConcurrentUpdate, ConfigurationError, StoreLocked
+from thelca.stores import ItemStore, OutboxEvent, ProcessedCommand, open_store
+from thelca.stores.memory import MemoryStore
+from thelca.stores.sqlite import SQLiteStore
+from thelca_client.contract import JSON
+
+CREATED_AT = "2020-02-18T16:37:09.654917+00:00"
+CREATED_BY = "a-test-only-id-abcd"
+
+RICH_PROPERTIES: JSON = {
+    "type": "STORY",
+    "title": "Ünïcødé ✓ 漢字 🎉 \u202ertl",
+    "ключ": "значение",
+    # NUL is valid JSON (\\u0000): a backend that cannot store it must escape it
+    "escapes": "quote \" backslash \\ newline \n tab \t nul \x00 end",
+    "nested": {
+        "list": [1, -2, 2.5, True, False, None, "x", {"deep": [[], {}]}],
+        "empty_object": {},
+        "empty_list": [],
+        "level": {"level": {"level": {"level": "bottom"}}},
+    },
+    "big": 2**62,
+    "negative": -(2**62),
+    "float": 0.1,
+    "null": None,
+}
+
+
+class Boom(Exception):
+    """Raised by a test to make a transaction or savepoint roll back."""
+
+
+def item(item_id: str, properties: JSON | None = None) -> Item:
+    return Item(item_id, CREATED_AT, CREATED_BY, {} if properties is None else properties)
+
+
+def processed(message_id: str, event_id: str | None = "ev-1") -> ProcessedCommand:
+    return ProcessedCommand(
+        message_id=message_id,
+        user_id=CREATED_BY,
+        reply=b'{"status": 200, "note": "bytes \xff\x00 kept"}',
+        event_id=event_id,
+    )
+
+
+def outbox(event_id: str) -> OutboxEvent:
+    return OutboxEvent(event_id, f'{{"id": "{event_id}", "type": "Item created"}}'.encode())
+
+
+class StoreContract(abc.ABC):
+    """The tests every item store passes. Subclasses only implement make_store()."""
+
+    @abc.abstractmethod
+    def make_store(self) -> ItemStore:
+        """A new, empty store, open for writing."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[ItemStore]:
+        store = self.make_store()
+        try:
+            yield store
+        finally:
+            store.close()
+
+    # ------------------------------------------------------------ items
+
+    def test_a_new_store_is_empty(self, store: ItemStore) -> None:
+        assert store.count_items() == 0
+        assert list(store.items()) == []
+        assert store.pending_outbox() == []
+        store.ping()
+
+    def test_add_item_then_get_item_round_trips_at_version_1(self, store: ItemStore) -> None:
+        original = item("5f73f540-c125-435d-8a5e-6fea05672b7a", RICH_PROPERTIES)
+        with store.transaction() as tx:
+            added = tx.add_item(original)
+            assert added == StoredItem(original, 1)
+            assert tx.get_item(original.id) == StoredItem(original, 1)
+        with store.transaction() as tx:
+            got = tx.get_item(original.id)
+        assert got == StoredItem(original, 1)
+        assert got is not None
+        assert got.item.properties == RICH_PROPERTIES
+        assert got.item.to_json() == original.to_json()
+
+    def test_empty_properties_round_trip(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("a"))
+        with store.transaction() as tx:
+            assert tx.get_item("a") == StoredItem(item("a", {}), 1)
+
+    def test_get_item_of_an_unknown_id_is_none(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            assert tx.get_item("no-such-id") is None
+            tx.add_item(item("a"))
+            assert tx.get_item("no-such-id") is None
+            assert tx.get_item("A") is None
+
+    def test_add_item_of_an_existing_id_raises_concurrent_update(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("a", {"n": 1}))
+            with pytest.raises(ConcurrentUpdate):
+                tx.add_item(item("a", {"n": "same transaction"}))
+        with store.transaction() as tx:
+            with pytest.raises(ConcurrentUpdate):
+                tx.add_item(item("a", {"n": "later transaction"}))
+            assert tx.get_item("a") == StoredItem(item("a", {"n": 1}), 1)
+        assert store.count_items() == 1
+
+    def test_replace_item_bumps_the_version(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("a", {"n": 1}))
+        with store.transaction() as tx:
+            assert tx.replace_item(item("a", {"n": 2}), 2) == StoredItem(item("a", {"n": 2}), 2)
+            assert tx.get_item("a") == StoredItem(item("a", {"n": 2}), 2)
+            assert tx.replace_item(item("a", RICH_PROPERTIES), 3) == StoredItem(
+                item("a", RICH_PROPERTIES), 3
+            )
+        with store.transaction() as tx:
+            assert tx.get_item("a") == StoredItem(item("a", RICH_PROPERTIES), 3)
+        assert store.count_items() == 1
+
+    @pytest.mark.parametrize("version", [-1, 0, 1, 2, 4, 100])
+    def test_replace_item_with_a_version_other_than_stored_plus_1_raises(
+        self, store: ItemStore, version: int
+    ) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("a", {"n": 1}))
+            tx.replace_item(item("a", {"n": 2}), 2)
+        with store.transaction() as tx:
+            with pytest.raises(ConcurrentUpdate):
+                tx.replace_item(item("a", {"n": "stale"}), version)
+            assert tx.get_item("a") == StoredItem(item("a", {"n": 2}), 2)
+        with store.transaction() as tx:
+            assert tx.get_item("a") == StoredItem(item("a", {"n": 2}), 2)
+
+    def test_replace_item_of_an_unknown_id_raises_concurrent_update(
+        self, store: ItemStore
+    ) -> None:
+        with store.transaction() as tx:
+            with pytest.raises(ConcurrentUpdate):
+                tx.replace_item(item("ghost"), 2)
+            assert tx.get_item("ghost") is None
+        assert store.count_items() == 0
+
+    def test_a_stored_item_does_not_change_when_callers_mutate_their_dicts(
+        self, store: ItemStore
+    ) -> None:
+        """Items are values: changing a dict handed in or out must not change the store."""
+        given: JSON = {"tags": ["a"], "nested": {"n": 1}}
+        with store.transaction() as tx:
+            tx.add_item(item("a", given))
+        given["tags"].append("changed after add")
+        given["nested"]["n"] = 2
+        given["new"] = True
+        with store.transaction() as tx:
+            got = tx.get_item("a")
+            assert got is not None
+            got.item.properties["changed after get"] = True
+        with store.transaction() as tx:
+            assert tx.get_item("a") == StoredItem(
+                item("a", {"tags": ["a"], "nested": {"n": 1}}), 1
+            )
+
+    def test_items_are_ordered_by_id(self, store: ItemStore) -> None:
+        # UUIDs, as the service makes them: their order is the same under every collation
+        ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"item-{n}")) for n in range(12)]
+        assert ids != sorted(ids)
+        for item_id in ids:
+            with store.transaction() as tx:
+                tx.add_item(item(item_id, {"id": item_id}))
+        with store.transaction() as tx:
+            tx.replace_item(item(ids[0], {"updated": True}), 2)
+        listed = list(store.items())
+        assert [s.item.id for s in listed] == sorted(ids)
+        assert listed[sorted(ids).index(ids[0])] == StoredItem(item(ids[0], {"updated": True}), 2)
+        assert listed[0] == StoredItem(item(min(ids), {"id": min(ids)}), 1)
+
+    def test_count_items(self, store: ItemStore) -> None:
+        assert store.count_items() == 0
+        with store.transaction() as tx:
+            tx.add_item(item("a"))
+            tx.add_item(item("b"))
+        assert store.count_items() == 2
+        with store.transaction() as tx:
+            tx.replace_item(item("a", {"n": 1}), 2)
+            tx.add_item(item("c"))
+        assert store.count_items() == 3
+
+    # ------------------------------------------------------------ transactions
+
+    def test_a_transaction_commits_on_normal_exit(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("a"))
+            tx.add_processed(processed("m1"))
+            tx.add_outbox(outbox("e1"))
+        with store.transaction() as tx:
+            assert tx.get_item("a") == StoredItem(item("a"), 1)
+            assert tx.get_processed("m1") == processed("m1")
+            assert tx.get_outbox("e1") == outbox("e1")
+        assert store.count_items() == 1
+        assert store.pending_outbox() == [outbox("e1")]
+
+    def test_a_transaction_rolls_back_everything_when_the_block_raises(
+        self, store: ItemStore
+    ) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("kept", {"n": 1}))
+            tx.add_processed(processed("m-kept"))
+            tx.add_outbox(outbox("e-kept"))
+
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.add_item(item("new"))
+            tx.replace_item(item("kept", {"n": 2}), 2)
+            tx.replace_item(item("kept", {"n": 3}), 3)
+            tx.add_processed(processed("m-new"))
+            tx.add_outbox(outbox("e-new"))
+            tx.remove_outbox(["e-kept"])
+            raise Boom
+
+        with store.transaction() as tx:
+            assert tx.get_item("new") is None
+            assert tx.get_item("kept") == StoredItem(item("kept", {"n": 1}), 1)
+            assert tx.get_processed("m-new") is None
+            assert tx.get_processed("m-kept") == processed("m-kept")
+            assert tx.get_outbox("e-new") is None
+            assert tx.get_outbox("e-kept") == outbox("e-kept")
+        assert store.count_items() == 1
+        assert [s.item.id for s in store.items()] == ["kept"]
+        assert store.pending_outbox() == [outbox("e-kept")]
+
+    def test_the_store_works_after_a_rolled_back_transaction(self, store: ItemStore) -> None:
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.add_item(item("a"))
+            raise Boom
+        with store.transaction() as tx:
+            assert tx.add_item(item("a")) == StoredItem(item("a"), 1)
+        assert store.count_items() == 1
+
+    def test_a_refused_write_does_not_spoil_the_transaction(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("a"))
+        with store.transaction() as tx:
+            with pytest.raises(ConcurrentUpdate):
+                tx.add_item(item("a", {"n": "dup"}))
+            with pytest.raises(ConcurrentUpdate):
+                tx.replace_item(item("a", {"n": "stale"}), 5)
+            tx.add_item(item("b"))
+            tx.replace_item(item("a", {"n": 2}), 2)
+        with store.transaction() as tx:
+            assert tx.get_item("a") == StoredItem(item("a", {"n": 2}), 2)
+            assert tx.get_item("b") == StoredItem(item("b"), 1)
+
+    def test_a_savepoint_undoes_only_its_own_block(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("before-tx", {"n": 1}))
+            tx.add_outbox(outbox("e-before-tx"))
+
+        with store.transaction() as tx:
+            tx.add_item(item("before-sp"))
+            tx.add_processed(processed("m-before-sp"))
+            tx.add_outbox(outbox("e-before-sp"))
+            with pytest.raises(Boom), tx.savepoint():
+                tx.add_item(item("in-sp"))
+                tx.replace_item(item("before-tx", {"n": 2}), 2)
+                tx.add_processed(processed("m-in-sp"))
+                tx.add_outbox(outbox("e-in-sp"))
+                tx.remove_outbox(["e-before-tx", "e-before-sp"])
+                raise Boom
+            # inside the same transaction the block is already undone
+            assert tx.get_item("in-sp") is None
+            assert tx.get_item("before-tx") == StoredItem(item("before-tx", {"n": 1}), 1)
+            tx.add_item(item("after-sp"))
+            tx.add_outbox(outbox("e-after-sp"))
+
+        with store.transaction() as tx:
+            assert tx.get_item("before-sp") == StoredItem(item("before-sp"), 1)
+            assert tx.get_item("after-sp") == StoredItem(item("after-sp"), 1)
+            assert tx.get_item("in-sp") is None
+            assert tx.get_item("before-tx") == StoredItem(item("before-tx", {"n": 1}), 1)
+            assert tx.get_processed("m-before-sp") == processed("m-before-sp")
+            assert tx.get_processed("m-in-sp") is None
+            assert tx.get_outbox("e-in-sp") is None
+        assert [s.item.id for s in store.items()] == ["after-sp", "before-sp", "before-tx"]
+        # (the order after a rolled-back removal has a test of its own, below)
+        assert sorted(e.event_id for e in store.pending_outbox()) == [
+            "e-after-sp", "e-before-sp", "e-before-tx",
+        ]
+
+    def test_a_savepoint_keeps_its_block_on_normal_exit(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            with tx.savepoint():
+                tx.add_item(item("a"))
+                tx.add_outbox(outbox("e1"))
+            with tx.savepoint():
+                tx.replace_item(item("a", {"n": 2}), 2)
+        with store.transaction() as tx:
+            assert tx.get_item("a") == StoredItem(item("a", {"n": 2}), 2)
+        assert store.pending_outbox() == [outbox("e1")]
+
+    def test_nested_savepoints_undo_only_the_inner_block(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            with tx.savepoint():
+                tx.add_item(item("outer"))
+                with pytest.raises(Boom), tx.savepoint():
+                    tx.add_item(item("inner"))
+                    raise Boom
+                tx.add_item(item("outer-after"))
+            with pytest.raises(Boom), tx.savepoint():
+                tx.add_item(item("second"))
+                with tx.savepoint():
+                    tx.add_item(item("second-inner"))
+                raise Boom
+        assert [s.item.id for s in store.items()] == ["outer", "outer-after"]
+
+    def test_a_savepoint_rolled_back_then_the_transaction_rolled_back(
+        self, store: ItemStore
+    ) -> None:
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.add_item(item("a"))
+            with pytest.raises(Boom), tx.savepoint():
+                tx.add_item(item("b"))
+                raise Boom
+            tx.add_item(item("c"))
+            raise Boom
+        assert store.count_items() == 0
+        with store.transaction() as tx:
+            assert tx.get_item("a") is None
+
+    # ------------------------------------------------------------ processed commands
+
+    @pytest.mark.parametrize("event_id", ["ev-1", None])
+    def test_processed_commands_round_trip(
+        self, store: ItemStore, event_id: str | None
+    ) -> None:
+        command = processed("message-1", event_id)
+        with store.transaction() as tx:
+            assert tx.get_processed("message-1") is None
+            tx.add_processed(command)
+            assert tx.get_processed("message-1") == command
+        with store.transaction() as tx:
+            got = tx.get_processed("message-1")
+            assert got == command
+            assert got is not None
+            assert isinstance(got.reply, bytes)
+            assert tx.get_processed("message-2") is None
+
+    def test_processed_commands_are_kept_per_message_id(self, store: ItemStore) -> None:
+        first = ProcessedCommand("m1", "alice", b'{"status": 200}', "e1")
+        second = ProcessedCommand("m2", "bob", b'{"status": 403}', None)
+        with store.transaction() as tx:
+            tx.add_processed(first)
+            tx.add_processed(second)
+        with store.transaction() as tx:
+            assert tx.get_processed("m1") == first
+            assert tx.get_processed("m2") == second
+
+    # ------------------------------------------------------------ outbox
+
+    def test_outbox_add_get_remove(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            assert tx.get_outbox("e1") is None
+            tx.add_outbox(outbox("e1"))
+            tx.add_outbox(outbox("e2"))
+            assert tx.get_outbox("e1") == outbox("e1")
+        assert store.pending_outbox() == [outbox("e1"), outbox("e2")]
+        with store.transaction() as tx:
+            tx.remove_outbox(["e1", "not-there"])
+            assert tx.get_outbox("e1") is None
+            assert tx.get_outbox("e2") == outbox("e2")
+        assert store.pending_outbox() == [outbox("e2")]
+        with store.transaction() as tx:
+            tx.remove_outbox([])
+            tx.remove_outbox(["e2"])
+        assert store.pending_outbox() == []
+
+    def test_pending_outbox_is_in_insertion_order(self, store: ItemStore) -> None:
+        ids = ["e-c", "e-a", "e-b", "e-z", "e-0"]  # neither sorted nor reverse-sorted
+        with store.transaction() as tx:
+            for event_id in ids[:3]:
+                tx.add_outbox(outbox(event_id))
+        with store.transaction() as tx:
+            for event_id in ids[3:]:
+                tx.add_outbox(outbox(event_id))
+        assert [e.event_id for e in store.pending_outbox()] == ids
+        assert store.pending_outbox() == [outbox(e) for e in ids]
+        assert [e.event_id for e in store.pending_outbox(limit=2)] == ids[:2]
+        with store.transaction() as tx:
+            tx.remove_outbox(["e-a", "e-z"])
+        assert [e.event_id for e in store.pending_outbox()] == ["e-c", "e-b", "e-0"]
+
+    def test_outbox_events_survive_only_if_committed(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_outbox(outbox("committed"))
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.add_outbox(outbox("rolled-back"))
+            raise Boom
+        assert store.pending_outbox() == [outbox("committed")]
+
+    def test_a_rolled_back_removal_keeps_the_outbox_order(self, store: ItemStore) -> None:
+        """The publisher sends pending events oldest first, also after a failed batch."""
+        with store.transaction() as tx:
+            for event_id in ("e1", "e2", "e3"):
+                tx.add_outbox(outbox(event_id))
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.remove_outbox(["e1", "e2"])
+            raise Boom
+        assert [e.event_id for e in store.pending_outbox()] == ["e1", "e2", "e3"]
+
+    def test_the_same_event_id_is_pending_once(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_outbox(outbox("e1"))
+            tx.add_outbox(outbox("e2"))
+        with store.transaction() as tx:
+            tx.add_outbox(outbox("e1"))
+        assert [e.event_id for e in store.pending_outbox()] == ["e1", "e2"]
+
+
+class TestMemoryStore(StoreContract):
+    def make_store(self) -> ItemStore:
+        return MemoryStore()
+
+
+class TestSQLiteStore(StoreContract):
+    path: Path
+
+    @pytest.fixture(autouse=True)
+    def _database_path(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "store" / "thelca.db"
+
+    def make_store(self) -> ItemStore:
+        return SQLiteStore(self.path)
+
+    def test_the_data_survives_closing_and_reopening(self) -> None:
+        store = SQLiteStore(self.path)
+        with store.transaction() as tx:
+            tx.add_item(item("a", RICH_PROPERTIES))
+            tx.add_item(item("b"))
+            tx.replace_item(item("b", {"n": 2}), 2)
+            tx.add_processed(processed("m1"))
+            tx.add_outbox(outbox("e2"))
+            tx.add_outbox(outbox("e1"))
+        store.close()
+
+        reopened = SQLiteStore(self.path)
+        try:
+            assert list(reopened.items()) == [
+                StoredItem(item("a", RICH_PROPERTIES), 1),
+                StoredItem(item("b", {"n": 2}), 2),
+            ]
+            assert reopened.count_items() == 2
+            assert reopened.pending_outbox() == [outbox("e2"), outbox("e1")]
+            with reopened.transaction() as tx:
+                assert tx.get_processed("m1") == processed("m1")
+                tx.replace_item(item("b", {"n": 3}), 3)
+        finally:
+            reopened.close()
+
+    def test_a_second_writer_is_refused_while_the_first_is_open(self) -> None:
+        first = SQLiteStore(self.path)
+        try:
+            with pytest.raises(StoreLocked) as refused:
+                SQLiteStore(self.path)
+            message = str(refused.value)
+            assert str(self.path) in message
+            assert "already open for writing" in message
+            with first.transaction() as tx:  # the first writer is unharmed
+                tx.add_item(item("a"))
+        finally:
+            first.close()
+
+        second = SQLiteStore(self.path)
+        try:
+            with second.transaction() as tx:
+                assert tx.get_item("a") == StoredItem(item("a"), 1)
+                tx.add_item(item("b"))
+            assert second.count_items() == 2
+        finally:
+            second.close()
+
+    def test_a_reader_opens_beside_the_writer(self) -> None:
+        writer = SQLiteStore(self.path)
+        try:
+            with writer.transaction() as tx:
+                tx.add_item(item("a"))
+            reader = SQLiteStore(self.path, writer=False)
+            try:
+                assert reader.count_items() == 1
+                assert list(reader.items()) == [StoredItem(item("a"), 1)]
+                reader.ping()
+            finally:
+                reader.close()
+        finally:
+            writer.close()
+
+    def test_open_store_opens_sqlite_urls(self) -> None:
+        store = open_store("sqlite:///" + str(self.path))
+        try:
+            assert isinstance(store, SQLiteStore)
+            assert store.path == self.path
+            with store.transaction() as tx:
+                tx.add_item(item("a"))
+            url = store.url
+        finally:
+            store.close()
+        again = open_store(url)
+        try:
+            assert isinstance(again, SQLiteStore)
+            assert again.count_items() == 1
+        finally:
+            again.close()
+
+
+@pytest.mark.parametrize("url", ["memory:", "memory://"])
+def test_open_store_opens_memory_urls(url: str) -> None:
+    store = open_store(url)
+    assert isinstance(store, MemoryStore)
+    assert store.url == "memory:"
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://user:pw@host/db", "thelca.db", "sqlite://relative.db", "", "file:///x.db"]
+)
+def test_open_store_refuses_an_unknown_scheme(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="sqlite:///PATH, memory:"):
+        open_store(url)
+
+
+def test_open_store_refuses_sqlite_without_a_path() -> None:
+    with pytest.raises(ConfigurationError, match="needs a path"):
+        open_store("sqlite:///")
