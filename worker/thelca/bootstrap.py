@@ -20,8 +20,8 @@ log = logging.getLogger("thelca")
 AUTHORITIES = ("test-only",)
 
 
-def build_authority(settings: Settings) -> Authority:
-    """The Authority named by the settings; there is deliberately no default."""
+def check_authority_choice(settings: Settings) -> str:
+    """The chosen Authority's name; refuse a missing or unknown one, naming the variable."""
     name = settings.authority
     env = OPTIONS["authority"].env
     if not name:
@@ -30,14 +30,23 @@ def build_authority(settings: Settings) -> Authority:
             f"{', '.join(AUTHORITIES)}. test-only accepts any token but BAAD and is for "
             "development only."
         )
+    if name not in AUTHORITIES:
+        raise ConfigurationError(f"{env}={name!r} is not an Authority: use one of "
+                                 f"{', '.join(AUTHORITIES)}")
+    return name
+
+
+def build_authority(settings: Settings) -> Authority:
+    """The Authority named by the settings; there is deliberately no default."""
+    name = check_authority_choice(settings)
+    env = OPTIONS["authority"].env
     if name == "test-only":
         from thelca.authority.test_only import TestOnlyAuthority
 
         log.warning("%s=test-only: any token but BAAD is accepted and user ids contain the "
                     "token. For development and tests only, never in production.", env)
         return TestOnlyAuthority()
-    raise ConfigurationError(f"{env}={name!r} is not an Authority: use one of "
-                             f"{', '.join(AUTHORITIES)}")
+    raise AssertionError(f"{name} is listed in AUTHORITIES but not built")
 
 
 @dataclass

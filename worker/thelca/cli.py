@@ -89,7 +89,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from thelca.bootstrap import build_worker
 
     role = build_worker(settings)
-    _stop_on_signals(role.stop)
+    _stop_on_signals(role.stop, "worker")
     role.run()
     return 0
 
@@ -98,15 +98,15 @@ def _run_logger(args: argparse.Namespace, settings: Settings) -> int:
     from thelca.bootstrap import build_logger
 
     role = build_logger(settings)
-    _stop_on_signals(role.stop)
+    _stop_on_signals(role.stop, "logger")
     role.run()
     return 0
 
 
 def _run_all(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.bootstrap import build_authority
+    from thelca.bootstrap import check_authority_choice
 
-    build_authority(settings)  # refuse to start the children without an Authority
+    check_authority_choice(settings)  # refuse to start the children without an Authority
     env = {**os.environ, **settings.environment()}
     roles = {role: _spawn(role, env) for role in ("worker", "logger")}
     stopping = False
@@ -145,7 +145,7 @@ def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "thelca", role], env=env, process_group=0)
 
 
-def _stop_on_signals(stop: Callable[[], None]) -> None:
+def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
     """First SIGTERM/SIGINT: finish what is in flight and stop. Second: exit at once."""
     received: list[int] = []
 
@@ -153,8 +153,8 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
         if received:
             os._exit(128 + signum)
         received.append(signum)
-        log.info("received %s: finishing in-flight work, then stopping (again to exit now)",
-                 signal.Signals(signum).name)
+        log.info("%s: received %s: finishing in-flight work, then stopping "
+                 "(again to exit now)", role, signal.Signals(signum).name)
         stop()
 
     signal.signal(signal.SIGTERM, handler)

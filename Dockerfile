@@ -1,0 +1,16 @@
+# thelca's processes: `docker compose up` runs the worker and the logger from this image.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+COPY publisher ./publisher
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --home-dir /data thelca \
+    && mkdir -p /data && chown thelca /data
+
+USER thelca
+WORKDIR /data
+ENTRYPOINT ["thelca"]
+CMD ["--help"]

@@ -1,0 +1,66 @@
+"""docker-compose.yml and the Dockerfile stay true to the code.
+
+There is no Docker engine on the machines that run these tests, so the file
+is checked by reading it: every thelca service runs a real subcommand, and
+every THELCA_* variable it sets is one the code reads.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from thelca.cli import build_parser
+from thelca.settings import OPTIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _thelca_services() -> dict[str, Any]:
+    return {name: service for name, service in _compose()["services"].items()
+            if service.get("build") == "."}
+
+
+def test_compose_runs_the_worker_and_the_logger_and_rabbitmq_with_management() -> None:
+    services = _compose()["services"]
+    assert "management" in services["rabbitmq"]["image"]
+    assert "15672:15672" in services["rabbitmq"]["ports"]
+    commands = sorted(service["command"][0] for service in _thelca_services().values())
+    assert commands == ["logger", "worker"]
+
+
+def test_every_thelca_service_runs_a_real_subcommand() -> None:
+    parser = build_parser()
+    for name, service in _thelca_services().items():
+        args = parser.parse_args(service["command"])
+        assert getattr(args, "func", None) is not None, f"{name}: not a thelca subcommand"
+
+
+def test_every_variable_compose_sets_is_one_the_code_reads() -> None:
+    known = {option.env for option in OPTIONS.values()}
+    for name, service in _thelca_services().items():
+        for variable in service["environment"]:
+            assert variable in known, f"{name} sets {variable}, which thelca never reads"
+        assert service["environment"]["THELCA_AUTHORITY"], f"{name}: no Authority chosen"
+
+
+def test_compose_waits_for_a_healthy_broker() -> None:
+    for service in _thelca_services().values():
+        assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    assert _compose()["services"]["rabbitmq"]["healthcheck"]["test"]
+
+
+def test_the_dockerfile_installs_the_project_and_runs_thelca() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^RUN pip install .*\.", dockerfile, re.MULTILINE)
+    assert 'ENTRYPOINT ["thelca"]' in dockerfile
+    assert re.search(r"^USER (?!root)", dockerfile, re.MULTILINE), "runs as root"
