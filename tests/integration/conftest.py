@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +24,13 @@ import pika
 import pika.exceptions
 import pytest
 
-from thelca_client.contract import Names
+from thelca.authority.base import Principal
+from thelca.authority.test_only import TestOnlyAuthority
+from thelca.bootstrap import build_worker
+from thelca.domain.model import Item
+from thelca.errors import Forbidden
+from thelca.settings import Settings
+from thelca_client.contract import JSON, Names
 
 LOCAL_URL = "amqp://guest:guest@localhost:5672/%2F"
 HOW_TO_GET_A_BROKER = (
@@ -80,6 +87,47 @@ def _container_url() -> Iterator[str]:
 def prefix() -> str:
     """A prefix of its own for every test, so that runs never collide."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+# ---------------------------------------------------------------- an in-process worker
+
+
+class StandInAuthority(TestOnlyAuthority):
+    """test-only, except that mallory may only create, and `explode` breaks the worker."""
+
+    def check_create_item(self, principal: Principal, dictionary: JSON) -> str:
+        if (dictionary.get("properties") or {}).get("explode"):
+            raise RuntimeError("the authority broke")
+        return principal.user_id
+
+    def check_read_item(self, principal: Principal, item: Item) -> str:
+        self._refuse_mallory(principal)
+        return principal.user_id
+
+    def check_update_item(self, principal: Principal, current: Item, proposed: Item) -> str:
+        self._refuse_mallory(principal)
+        return principal.user_id
+
+    @staticmethod
+    def _refuse_mallory(principal: Principal) -> None:
+        if principal.user_id.endswith("mallory"):
+            raise Forbidden("mallory may not touch items")
+
+
+@pytest.fixture
+def worker(amqp_url: str, prefix: str, tmp_path: Path) -> Iterator[Names]:
+    settings = Settings(amqp_url=amqp_url, prefix=prefix,
+                        store=f"sqlite:///{tmp_path / 'thelca.db'}", authority="test-only")
+    role = build_worker(settings, authority=StandInAuthority())
+    thread = threading.Thread(target=role.run, daemon=True)
+    thread.start()
+    try:
+        wait_for_consumers(amqp_url, settings.names.commands, [])
+        yield settings.names
+    finally:
+        role.stop()
+        thread.join(timeout=30)
+        delete_prefix(amqp_url, prefix)
 
 
 # ---------------------------------------------------------------- the running system

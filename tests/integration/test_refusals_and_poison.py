@@ -1,71 +1,24 @@
 """403 and 500 through the real plumbing, with an Authority that can say no or break.
 
 The test-only Authority never refuses an authenticated user, so these tests
-run the real worker (bootstrap, plumbing, store, handler) in a thread with a
-stand-in Authority. What is under test is how the worker answers, audits and
-dead-letters; the Authority is only the trigger.
+run the real worker (bootstrap, plumbing, store, handler) in a thread with the
+stand-in Authority of conftest. What is under test is how the worker answers,
+audits and dead-letters; the Authority is only the trigger.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pika
 import pytest
 
-from tests.integration.conftest import delete_prefix, wait_for_consumers
 from tests.integration.plain import PlainClient, next_message, watch
-from thelca.authority.base import Principal
-from thelca.authority.test_only import TestOnlyAuthority
-from thelca.bootstrap import build_worker
-from thelca.domain.model import Item
-from thelca.errors import Forbidden
-from thelca.settings import Settings
-from thelca_client.contract import JSON, Names
+from thelca_client.contract import Names
 
 pytestmark = pytest.mark.broker
-
-
-class StandInAuthority(TestOnlyAuthority):
-    """test-only, except that mallory may only create, and `explode` breaks the worker."""
-
-    def check_create_item(self, principal: Principal, dictionary: JSON) -> str:
-        if (dictionary.get("properties") or {}).get("explode"):
-            raise RuntimeError("the authority broke")
-        return principal.user_id
-
-    def check_read_item(self, principal: Principal, item: Item) -> str:
-        self._refuse_mallory(principal)
-        return principal.user_id
-
-    def check_update_item(self, principal: Principal, current: Item, proposed: Item) -> str:
-        self._refuse_mallory(principal)
-        return principal.user_id
-
-    @staticmethod
-    def _refuse_mallory(principal: Principal) -> None:
-        if principal.user_id.endswith("mallory"):
-            raise Forbidden("mallory may not touch items")
-
-
-@pytest.fixture
-def worker(amqp_url: str, prefix: str, tmp_path: Path) -> Iterator[Names]:
-    settings = Settings(amqp_url=amqp_url, prefix=prefix,
-                        store=f"sqlite:///{tmp_path / 'thelca.db'}", authority="test-only")
-    role = build_worker(settings, authority=StandInAuthority())
-    thread = threading.Thread(target=role.run, daemon=True)
-    thread.start()
-    try:
-        wait_for_consumers(amqp_url, settings.names.commands, [])
-        yield settings.names
-    finally:
-        role.stop()
-        thread.join(timeout=30)
-        delete_prefix(amqp_url, prefix)
 
 
 @pytest.fixture
