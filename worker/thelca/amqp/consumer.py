@@ -1,6 +1,6 @@
-"""AMQP plumbing: connect, declare, consume in batches, publish with confirms, reconnect.
+"""The batch consumer: connect, declare, consume in batches, publish with confirms, reconnect.
 
-This is the only module of the worker side that imports pika. It runs one
+It runs one
 SelectConnection per consumer so that publisher confirms are pipelined
 instead of waited for one by one, and it acks a batch of deliveries only
 after the broker has confirmed every message the batch produced.
@@ -436,23 +436,3 @@ def _properties(message: Outgoing) -> pika.BasicProperties:
         headers=message.headers,
     )
 
-
-def queue_consumers(urls: str, queue: str, timeout: float = 5.0) -> int:
-    """How many consumers a queue has; raises when no broker answers or the queue is missing."""
-    last_error: Exception | None = None
-    for params in connection_parameters(urls):
-        params.socket_timeout = timeout
-        params.blocked_connection_timeout = timeout
-        params.connection_attempts = 1
-        try:
-            connection = pika.BlockingConnection(params)
-        except pika.exceptions.AMQPError as error:
-            last_error = error
-            continue
-        try:
-            frame = connection.channel().queue_declare(queue, passive=True)
-            return int(frame.method.consumer_count)
-        finally:
-            if connection.is_open:
-                connection.close()
-    raise ConnectionError(f"no broker answered: {last_error!r}")
