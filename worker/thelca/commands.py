@@ -40,7 +40,7 @@ from thelca_client.contract import (
 
 log = logging.getLogger(__name__)
 
-UPDATE_ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
+ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
 
 
 @dataclass(frozen=True)
@@ -106,16 +106,31 @@ class CommandHandler:
             principal = self.authority.authenticate(bearer_token(message.headers))
         except (CommandRefused, ContractError) as refused:  # both are 401s here
             return self._refused_before_auth(message, command_id, str(refused))
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                with tx.savepoint():
+                    return self._authenticated(tx, message, principal, command_id)
+            except StoreUnavailable:
+                raise
+            except ConcurrentUpdate:
+                # Another writer got there first (PostgreSQL, many workers): the
+                # savepoint undid our part; run the command again on fresh state.
+                if attempt < ATTEMPTS:
+                    continue
+                return self._poison(message, principal)
+            except Exception:
+                return self._poison(message, principal)
+        raise AssertionError("unreachable")
+
+    def _authenticated(
+        self, tx: StoreTransaction, message: Incoming, principal: Principal, command_id: str
+    ) -> list[Outgoing]:
+        """Everything after the token check, undone as a whole if it raises."""
         if message.message_id:
             prior = tx.get_processed(message.message_id)
             if prior is not None:
                 return self._repeat(tx, message, principal, prior)
-        try:
-            outcome = self._serve(tx, principal, message, command_id)
-        except StoreUnavailable:
-            raise
-        except Exception:
-            return self._poison(message, principal)
+        outcome = self._serve(tx, principal, message, command_id)
         if message.message_id and (outcome.command is None or outcome.command.name != "read"):
             self._remember(tx, message.message_id, outcome)
         out = self._reply(message, outcome.reply)
@@ -127,20 +142,13 @@ class CommandHandler:
         self, tx: StoreTransaction, principal: Principal, message: Incoming, command_id: str
     ) -> _Outcome:
         command: Command | None = None
-        for attempt in range(1, UPDATE_ATTEMPTS + 1):
-            try:
-                with tx.savepoint():
-                    command = decode_command(message.body)
-                    result = self._dispatch(tx, principal, command, command_id)
-                reply = Reply(200, item=result.stored.item.to_json(),
-                              version=result.stored.version)
-                return _Outcome(reply, result.event, principal.user_id, command)
-            except (CommandRefused, ContractError) as refused:
-                return self._refusal(refused, principal, command, command_id)
-            except ConcurrentUpdate:
-                if attempt == UPDATE_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            command = decode_command(message.body)
+            result = self._dispatch(tx, principal, command, command_id)
+        except (CommandRefused, ContractError) as refused:
+            return self._refusal(refused, principal, command, command_id)
+        reply = Reply(200, item=result.stored.item.to_json(), version=result.stored.version)
+        return _Outcome(reply, result.event, principal.user_id, command)
 
     def _dispatch(
         self, tx: StoreTransaction, principal: Principal, command: Command, command_id: str
