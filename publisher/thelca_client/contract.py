@@ -23,6 +23,10 @@ DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
 STATUS_HEADER: Final = "status"
 AUTHORIZATION_HEADER: Final = "Authorization"
 REPLAY_END_HEADER: Final = "x-replay-end"
+# Headers of a dead letter (an extension, see docs/contract.md).
+DEAD_REASON_HEADER: Final = "x-thelca-reason"
+DEAD_USER_HEADER: Final = "x-thelca-user"
+DEAD_REPLY_TO_HEADER: Final = "x-thelca-reply-to"
 
 COMMANDS: Final = ("create", "read", "update")
 CommandName = Literal["create", "read", "update"]

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     from thelca.publish_cli import add_publish_parser
 
     add_publish_parser(sub)
+    from thelca.dead_cli import add_dead_parser
+    add_dead_parser(sub)
     return parser
 
 

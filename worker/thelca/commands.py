@@ -26,6 +26,9 @@ from thelca.messaging import Incoming, Outgoing
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 from thelca_client.contract import (
     COMMANDS,
+    DEAD_REASON_HEADER,
+    DEAD_REPLY_TO_HEADER,
+    DEAD_USER_HEADER,
     STATUS_HEADER,
     Command,
     ContractError,
@@ -74,8 +77,6 @@ class CommandHandler:
         return [self._event_message_from_outbox(event) for event in self.store.pending_outbox()]
 
     def handle(self, batch: list[Incoming]) -> list[Outgoing]:
-        if not batch and not self._confirmed_event_ids:
-            return []
         confirmed, self._confirmed_event_ids = self._confirmed_event_ids, []
         try:
             with self.store.transaction() as tx:
@@ -89,6 +90,11 @@ class CommandHandler:
         self._confirmed_event_ids.extend(
             m.message_id for m in published if m.exchange == self.names.events and m.message_id
         )
+
+    def tidy(self) -> None:
+        """Remove confirmed events from the outbox when no batch came to do it."""
+        if self._confirmed_event_ids:
+            self.handle([])
 
     # ------------------------------------------------------------ one command
 
@@ -224,11 +230,11 @@ class CommandHandler:
     def dead_letter(self, message: Incoming, reason: str, *, user: str | None) -> Outgoing:
         """The command as it came, minus its token, with why it could not be processed."""
         headers = {k: v for k, v in message.headers.items() if k.lower() != "authorization"}
-        headers["x-thelca-reason"] = reason
+        headers[DEAD_REASON_HEADER] = reason
         if user is not None:
-            headers["x-thelca-user"] = user
+            headers[DEAD_USER_HEADER] = user
         if message.reply_to:
-            headers["x-thelca-reply-to"] = message.reply_to
+            headers[DEAD_REPLY_TO_HEADER] = message.reply_to
         return Outgoing(self.names.dead, "", message.body, message_id=message.message_id,
                         correlation_id=message.correlation_id, headers=headers)
 

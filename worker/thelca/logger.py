@@ -11,7 +11,7 @@ import logging
 
 from thelca.eventlog import EventLogWriter, to_line
 from thelca.messaging import Incoming, Outgoing
-from thelca_client.contract import Names
+from thelca_client.contract import DEAD_REASON_HEADER, Names
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,13 @@ class EventLogger:
     def confirmed(self, published: list[Outgoing]) -> None:
         return None
 
+    def tidy(self) -> None:
+        return None
+
     def _dead_letter(self, message: Incoming, reason: str) -> Outgoing:
         log.error("an event that is not a JSON object (message_id %s) went to %s: %s",
                   message.message_id, self.names.dead, reason)
         headers = {k: v for k, v in message.headers.items() if k.lower() != "authorization"}
-        headers["x-thelca-reason"] = f"logger: {reason}"
+        headers[DEAD_REASON_HEADER] = f"logger: {reason}"
         return Outgoing(self.names.dead, "", message.body, message_id=message.message_id,
                         headers=headers)

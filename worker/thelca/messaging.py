@@ -48,3 +48,7 @@ class BatchHandler(Protocol):
     def confirmed(self, published: list[Outgoing]) -> None:
         """Called once the broker has confirmed every message a recover or handle returned."""
         ...
+
+    def tidy(self) -> None:
+        """Commit bookkeeping left by confirmed(); called when idle and before stopping."""
+        ...

@@ -1,11 +1,33 @@
 """AMQP plumbing: the only package of the worker side that imports pika.
 
 `consumer` runs the long-lived consumers (worker, logger) on a SelectConnection
-with pipelined publisher confirms; `admin` holds short-lived operations on a
-BlockingConnection (health, dead letters).
+with pipelined publisher confirms; short-lived operator tools use a
+BlockingConnection: `admin` (health) and `dead` (dead letters).
 """
 
 from thelca.amqp.admin import queue_consumers
 from thelca.amqp.consumer import BatchConsumer, Topology, safe_url, thelca_topology
+from thelca.amqp.dead import (
+    DeadLetter,
+    DeadLettersUnavailable,
+    DeadQueue,
+    Death,
+    Retried,
+    list_dead,
+    retry_dead,
+)
 
-__all__ = ["BatchConsumer", "Topology", "queue_consumers", "safe_url", "thelca_topology"]
+__all__ = [
+    "BatchConsumer",
+    "DeadLetter",
+    "DeadLettersUnavailable",
+    "DeadQueue",
+    "Death",
+    "Retried",
+    "Topology",
+    "list_dead",
+    "queue_consumers",
+    "retry_dead",
+    "safe_url",
+    "thelca_topology",
+]

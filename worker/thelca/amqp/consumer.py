@@ -34,7 +34,13 @@ from thelca_client.contract import Names
 log = logging.getLogger(__name__)
 
 QUORUM = {"x-queue-type": "quorum"}
-DELIVERY_LIMIT = 20  # redeliveries before a quorum queue dead-letters a command
+# Redeliveries before a quorum queue dead-letters a message. Every queue sets its
+# own explicitly: RabbitMQ 4 gives quorum queues a default of 20 (dead-lettering,
+# or dropping where there is no dead-letter exchange), and on 3.10 -1 does not
+# mean "unlimited" but drops a message at its first return.
+DELIVERY_LIMIT = 20  # a command that keeps killing the worker
+LOG_DELIVERY_LIMIT = 1000  # a restart of the logger returns every prefetched event
+DEAD_DELIVERY_LIMIT = 1_000_000  # listing dead letters returns them; never drop one
 
 
 @dataclass(frozen=True)
@@ -56,23 +62,21 @@ def thelca_topology(names: Names) -> Topology:
     Declaring the same thing twice is harmless; declaring it with other arguments
     is refused by the broker, so the arguments live here and nowhere else.
     """
-    dead_letter = {"x-dead-letter-exchange": names.dead}
+    dead_letter = {
+        "x-dead-letter-exchange": names.dead,
+        "x-dead-letter-strategy": "at-least-once",  # needs x-overflow: reject-publish
+        "x-overflow": "reject-publish",
+    }
     return Topology(
         fanout_exchanges=(names.events, names.dead),
         queues=(
-            Queue(
-                names.commands,
-                {
-                    **QUORUM,
-                    **dead_letter,
-                    "x-delivery-limit": DELIVERY_LIMIT,
-                    "x-dead-letter-strategy": "at-least-once",
-                    "x-overflow": "reject-publish",
-                },
-            ),
-            Queue(names.events_log, {**QUORUM, **dead_letter}, bind_to=names.events),
-            Queue(names.dead, dict(QUORUM), bind_to=names.dead),
-            Queue(names.replay, dict(QUORUM)),
+            Queue(names.commands, {**QUORUM, **dead_letter, "x-delivery-limit": DELIVERY_LIMIT}),
+            Queue(names.events_log,
+                  {**QUORUM, **dead_letter, "x-delivery-limit": LOG_DELIVERY_LIMIT},
+                  bind_to=names.events),
+            Queue(names.dead, {**QUORUM, "x-delivery-limit": DEAD_DELIVERY_LIMIT},
+                  bind_to=names.dead),
+            Queue(names.replay, {**QUORUM, **dead_letter, "x-delivery-limit": DELIVERY_LIMIT}),
         ),
     )
 
@@ -388,11 +392,12 @@ class _Session:
                 self.owner.handler.confirmed(batch.published)
                 self._schedule_tidy()
         if self._stop_deadline and self._drained():
+            self._run_tidy()
             self._close_connection()
 
     def _schedule_tidy(self) -> None:
-        # An empty batch lets the handler commit its bookkeeping (such as
-        # clearing confirmed events from the outbox) when traffic stops.
+        # Lets the handler commit its bookkeeping (such as clearing confirmed
+        # events from the outbox) when traffic stops.
         if not self._tidy_scheduled and self.connection is not None:
             self._tidy_scheduled = True
             self.connection.ioloop.call_later(1.0, self._tidy)
@@ -401,8 +406,11 @@ class _Session:
         self._tidy_scheduled = False
         if self._waiting or self._closing:
             return
+        self._run_tidy()
+
+    def _run_tidy(self) -> None:
         try:
-            self.owner.handler.handle([])
+            self.owner.handler.tidy()
         except Exception:
             log.exception("%s: tidying up failed; will try again", self.owner.name)
 
@@ -421,6 +429,7 @@ class _Session:
 
     def _wait_for_drain(self) -> None:
         if self._drained() or time.monotonic() > self._stop_deadline:
+            self._run_tidy()
             self._close_connection()
         elif self.connection is not None:
             self.connection.ioloop.call_later(0.05, self._wait_for_drain)
