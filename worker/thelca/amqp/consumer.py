@@ -28,6 +28,7 @@ import pika.exceptions
 import pika.frame
 import pika.spec
 
+from thelca.errors import ConfigurationError
 from thelca.messaging import BatchHandler, Incoming, Outgoing
 from thelca_client.contract import Names
 
@@ -41,6 +42,14 @@ QUORUM = {"x-queue-type": "quorum"}
 DELIVERY_LIMIT = 20  # a command that keeps killing the worker
 LOG_DELIVERY_LIMIT = 1000  # a restart of the logger returns every prefetched event
 DEAD_DELIVERY_LIMIT = 1_000_000  # listing dead letters returns them; never drop one
+
+
+# Refusals while declaring that no retry can cure, and what the operator can do.
+SETUP_REFUSALS = {
+    403: "This broker user lacks permissions on them (docs/contract.md lists them).",
+    406: "An earlier deployment declared one with other arguments: drain and delete it, "
+         "or use another prefix.",
+}
 
 
 @dataclass(frozen=True)
@@ -81,13 +90,16 @@ def thelca_topology(names: Names) -> Topology:
     )
 
 
-def connection_parameters(urls: str) -> list[pika.URLParameters]:
-    """One entry per URL of a comma-separated list, tried in turn."""
+def connection_parameters(urls: str, name: str = "thelca") -> list[pika.URLParameters]:
+    """One entry per URL of a comma-separated list, tried in turn.
+
+    The name shows in the management UI and `rabbitmqctl list_connections`.
+    """
     params = []
     for url in (u.strip() for u in urls.split(",")):
         if url:
             p = pika.URLParameters(url)
-            p.client_properties = {"connection_name": "thelca"}
+            p.client_properties = {"connection_name": name}
             params.append(p)
     if not params:
         raise ValueError("no broker URL given")
@@ -144,12 +156,13 @@ class BatchConsumer:
         self._stopping = threading.Event()
         self._session: _Session | None = None
         self._lock = threading.Lock()
+        self._fatal: ConfigurationError | None = None
 
     def run(self) -> None:
         """Consume until stop() is called, reconnecting whenever the connection is lost."""
         failures = 0
         while not self._stopping.is_set():
-            for params in connection_parameters(self.urls):
+            for params in connection_parameters(self.urls, f"thelca {self.name} {self.queue}"):
                 if self._stopping.is_set():
                     break
                 session = _Session(self, params)
@@ -165,6 +178,13 @@ class BatchConsumer:
             self.on_state(f"reconnecting in {delay:.1f}s")
             self._stopping.wait(delay)
         self.on_state("stopped")
+        if self._fatal is not None:
+            raise self._fatal
+
+    def fail(self, error: ConfigurationError) -> None:
+        """Stop for good: retrying cannot help (the broker refuses our declarations)."""
+        self._fatal = error
+        self._stopping.set()
 
     def stop(self) -> None:
         """Stop consuming, finish and ack what is in flight, then close. Thread-safe."""
@@ -237,13 +257,17 @@ class _Session:
 
     def _on_connection_closed(self, connection: pika.connection.Connection, reason: Any) -> None:
         if not self._closing:
-            log.warning("%s: connection lost: %s", self.owner.name, reason)
-            self.owner.on_state("disconnected")
+            log.warning("%s: disconnected: connection lost: %s", self.owner.name, reason)
         self._stop_loop()
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
         if not self._closing:
-            log.warning("%s: channel closed: %s", self.owner.name, reason)
+            log.warning("%s: disconnected: channel closed: %s", self.owner.name, reason)
+        code = getattr(reason, "reply_code", None)
+        if not self.consumed and code in SETUP_REFUSALS:
+            self.owner.fail(ConfigurationError(
+                f"{self.owner.name}: the broker refused thelca's broker objects: "
+                f"{reason.reply_text}. {SETUP_REFUSALS[code]}"))
         self._close_connection()
 
     def _close_connection(self) -> None:

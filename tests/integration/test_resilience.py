@@ -1,0 +1,155 @@
+"""Graceful stop, dropped connections, and set-up the broker refuses.
+
+Connections are closed one by one by their name, so other tests sharing the
+broker are not disturbed.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pika
+import pytest
+
+from tests.integration.conftest import (
+    RunningSystem,
+    delete_prefix,
+    system_env,
+    wait_for_consumers,
+)
+from tests.integration.plain import PlainClient
+from thelca.stores.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.broker
+
+
+def close_connections(name_part: str) -> int:
+    """Close every broker connection whose connection_name contains name_part."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    closed = 0
+    for line in listing.splitlines():
+        match = re.search(r'\{"connection_name","([^"]*)"\}', line)
+        if match and name_part in match.group(1):
+            pid = line.split("\t", 1)[0]
+            subprocess.run(["rabbitmqctl", "close_connection", pid, "test closes it"],
+                           capture_output=True, check=True, timeout=60)
+            closed += 1
+    return closed
+
+
+def _tags(system: RunningSystem) -> Counter[str]:
+    store = SQLiteStore(system.store_path, writer=False)
+    try:
+        return Counter(str(s.item.properties.get("tag")) for s in store.items())
+    finally:
+        store.close()
+
+
+def _send_tagged(client: PlainClient, count: int) -> dict[str, str]:
+    sent = {}
+    for n in range(count):
+        tag = f"t{n}-{uuid.uuid4().hex[:6]}"
+        message_id = client.publish({"command": "create", "item": {"properties": {"tag": tag}}})
+        sent[message_id] = tag
+    return sent
+
+
+def test_sigterm_finishes_the_work_in_flight_and_exits_0(system: RunningSystem) -> None:
+    client = PlainClient(system.amqp_url, system.prefix)
+    try:
+        sent = _send_tagged(client, 400)
+        worker = system.processes["worker"]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=40) == 0
+        system.processes.pop("worker")
+        assert "worker: stopped" in system.output()
+        system.start("worker")
+        system.wait_for_log(lambda lines: set(sent) <= {x.get("command_id") for x in lines},
+                            timeout=30)
+    finally:
+        client.close()
+    tags = _tags(system)
+    assert all(tags[tag] == 1 for tag in sent.values())
+    assert "republishing" not in system.output()  # a graceful stop leaves no outbox behind
+
+
+def test_a_second_signal_exits_at_once(system: RunningSystem) -> None:
+    worker = system.processes.pop("worker")
+    worker.send_signal(signal.SIGTERM)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=5) in (0, 128 + signal.SIGTERM)
+
+
+def test_worker_and_logger_come_back_when_the_broker_drops_them(
+    system: RunningSystem,
+) -> None:
+    client = PlainClient(system.amqp_url, system.prefix)
+    try:
+        sent = _send_tagged(client, 300)
+        assert close_connections(f"thelca worker {system.prefix}.") == 1
+        assert close_connections(f"thelca logger {system.prefix}.") == 1
+        sent.update(_send_tagged(client, 300))
+        wait_for_consumers(system.amqp_url, system.names.commands,
+                           list(system.processes.values()))
+        reply = client.send({"command": "create", "item": {"properties": {"after": True}}})
+        assert reply.status == 200
+        lines = system.wait_for_log(
+            lambda ls: set(sent) <= {x.get("command_id") for x in ls}, timeout=30)
+    finally:
+        client.close()
+    events = Counter(line.get("command_id") for line in lines)
+    assert all(events[message_id] == 1 for message_id in sent)
+    tags = _tags(system)
+    assert all(tags[tag] == 1 for tag in sent.values())
+    assert "worker: disconnected: channel closed: (320, 'CONNECTION_FORCED" in system.output()
+    assert "logger: disconnected" in system.output()
+
+
+def test_a_queue_declared_with_other_arguments_stops_the_worker_with_advice(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection.channel().queue_declare(f"{prefix}.commands", durable=True)  # classic
+    connection.close()
+    try:
+        result = subprocess.run([sys.executable, "-m", "thelca", "worker"],
+                                env=system_env(amqp_url, prefix, tmp_path),
+                                capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        delete_prefix(amqp_url, prefix)
+    assert result.returncode == 3
+    assert "inequivalent arg" in result.stderr
+    assert "another prefix" in result.stderr
+
+
+def test_the_logger_keeps_one_line_per_event_id_across_its_restarts(
+    system: RunningSystem,
+) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    body = b'{"time":"2020-01-01T00:00:00.000000+00:00","type":"Item read","user":"u",' \
+           b'"value":"x","id":"fixed-event-id"}'
+    try:
+        channel.basic_publish(system.names.events, "", body)
+        system.wait_for_log(lambda lines: len(lines) == 1)
+        assert system.stop("logger") == 0
+        system.start("logger")
+        channel.basic_publish(system.names.events, "", body)
+        channel.basic_publish(system.names.events, "", body.replace(b"fixed", b"other"))
+        lines = system.wait_for_log(lambda lines: len(lines) == 2)
+    finally:
+        connection.close()
+    time.sleep(0.3)
+    assert [line["id"] for line in system.log_lines()] == ["fixed-event-id", "other-event-id"]
+    assert len(lines) == 2
