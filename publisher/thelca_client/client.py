@@ -5,17 +5,29 @@ connection it belongs to the thread that uses it. Every command goes to the
 default exchange with `mandatory` under publisher confirms, so a missing
 commands queue is an error instead of a silent loss. Replies come back over
 direct reply-to on the same channel.
+
+Connection loss: when the connection drops (or the broker restarts) before a
+command is confirmed, or before its reply came, the client reconnects, trying
+the URLs of its comma-separated list in order, and publishes the command again
+with the same message_id. That is safe because thelca applies a message_id once
+and answers a repeat with the reply it gave the first time. It keeps trying,
+with a backoff of 0.1 s doubling to 2 s (jittered), until the call's timeout
+runs out (the call's own `timeout`, by default the client's), and then raises
+ConnectionFailed, or ReplyTimeout when the broker was reachable but no reply
+came. The first call connects the same way. No pika exception escapes a public
+method.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 import pika
 import pika.exceptions
@@ -34,16 +46,39 @@ from thelca_client.contract import (
     decode_reply,
     encode_command,
 )
-from thelca_client.errors import PublishFailed, ReplyTimeout, ThelcaClientError, error_for
+from thelca_client.errors import (
+    ConnectionFailed,
+    PublishFailed,
+    ReplyTimeout,
+    ThelcaClientError,
+    error_for,
+)
 
 log = logging.getLogger(__name__)
 
 PERSISTENT: Final = 2
 DEFAULT_TIMEOUT: Final = 10.0
+DEFAULT_CONNECTION_NAME: Final = "thelca-client"
+FIRST_DELAY: Final = 0.1
+LONGEST_DELAY: Final = 2.0
+# Channel-level refusals (AMQP soft errors: content too large, no consumers, access
+# refused, not found, resource locked, precondition failed). The broker answered and
+# said no, so the same publish on a new connection would be refused again.
+REFUSAL_CODES: Final = frozenset({311, 313, 403, 404, 405, 406})
+
+T = TypeVar("T")
 
 
 class Client:
-    """Sends thelca commands. Use it from one thread only, and close it (or use `with`)."""
+    """Sends thelca commands. Use it from one thread only, and close it (or use `with`).
+
+    It connects on its first call, not here, so that it can be made before the
+    broker is up. `url` may be a comma-separated list, tried in order on every
+    connect. `timeout` bounds every call, (re)connecting included (see the module
+    docstring).
+    `connection_name` is shown by the broker (management UI, `rabbitmqctl
+    list_connections client_properties`), so operators can tell clients apart.
+    """
 
     def __init__(
         self,
@@ -52,21 +87,23 @@ class Client:
         prefix: str = DEFAULT_PREFIX,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        connection_name: str | None = None,
     ) -> None:
         self.names = Names(prefix)
         self.timeout = timeout
         self._token = token
-        self._parameters = connection_parameters(url)
+        self._parameters = connection_parameters(
+            url, connection_name=connection_name or DEFAULT_CONNECTION_NAME
+        )
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._closed = False
         self._awaiting: str | None = None
         self._reply: bytes | None = None
-        self._ready()
 
     def __repr__(self) -> str:
-        hosts = ",".join(f"{p.host}:{p.port}" for p in self._parameters)
-        return f"Client(hosts={hosts!r}, prefix={self.names.prefix!r}, timeout={self.timeout!r})"
+        hosts, prefix = self._hosts(), self.names.prefix
+        return f"Client(hosts={hosts!r}, prefix={prefix!r}, timeout={self.timeout!r})"
 
     def __enter__(self) -> Self:
         return self
@@ -134,17 +171,18 @@ class Client:
 
         Without a token here or on the Client, no Authorization header is sent.
         Raises the CommandFailed subclass of the status unless raise_for_status is false.
+        After a connection loss the command is sent again with the same message_id
+        and a new correlation_id; all of it within `timeout` (default: the client's).
         """
         message_id = _new_id() if message_id is None else message_id
-        correlation_id = _new_id()
-        channel = self._ready()
-        self._awaiting, self._reply = correlation_id, None
-        try:
-            properties = self._properties(token, message_id, correlation_id)
-            self._publish(channel, command_body, properties)
-            body = self._wait(channel, message_id, self.timeout if timeout is None else timeout)
-        finally:
-            self._awaiting = None
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+
+        def attempt(channel: BlockingChannel) -> bytes:
+            properties = self._properties(token, message_id, correlation_id=_new_id())
+            return self._call(channel, command_body, properties, deadline, timeout)
+
+        body = self._retrying(attempt, message_id=message_id, deadline=deadline, timeout=timeout)
         reply = _decode(body, message_id)
         if raise_for_status and not reply.ok:
             raise error_for(reply, message_id=message_id)
@@ -158,18 +196,37 @@ class Client:
         *,
         token: str | None = None,
         message_id: str | None = None,
+        timeout: float | None = None,
     ) -> str:
-        return self.publish(_create_body(properties), token=token, message_id=message_id)
+        body = _create_body(properties)
+        return self.publish(body, token=token, message_id=message_id, timeout=timeout)
 
     def publish(
-        self, command_body: bytes, *, token: str | None = None, message_id: str | None = None
+        self,
+        command_body: bytes,
+        *,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
     ) -> str:
-        """Publish a command without reply_to, so no reply is sent; return its message_id."""
+        """Publish a command without reply_to, so no reply is sent; return its message_id.
+
+        It returns once the broker confirmed the command. After a connection loss the
+        command is published again with the same message_id, for up to `timeout`
+        seconds (default: the client's), and then ConnectionFailed is raised.
+        """
         message_id = _new_id() if message_id is None else message_id
-        self._publish(self._ready(), command_body, self._properties(token, message_id))
+        properties = self._properties(token, message_id)
+        timeout = self.timeout if timeout is None else timeout
+        self._retrying(
+            lambda channel: self._publish(channel, command_body, properties),
+            message_id=message_id,
+            deadline=time.monotonic() + timeout,
+            timeout=timeout,
+        )
         return message_id
 
-    # ------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------ one attempt
 
     def _properties(
         self, token: str | None, message_id: str, correlation_id: str | None = None
@@ -183,6 +240,21 @@ class Client:
             reply_to=None if correlation_id is None else DIRECT_REPLY_TO,
             headers=None if token is None else authorization_headers(token),
         )
+
+    def _call(
+        self,
+        channel: BlockingChannel,
+        body: bytes,
+        properties: BasicProperties,
+        deadline: float,
+        timeout: float,
+    ) -> bytes:
+        self._awaiting, self._reply = properties.correlation_id, None
+        try:
+            self._publish(channel, body, properties)
+            return self._wait(channel, str(properties.message_id), deadline, timeout)
+        finally:
+            self._awaiting = None
 
     def _publish(self, channel: BlockingChannel, body: bytes, properties: BasicProperties) -> None:
         message_id = str(properties.message_id)
@@ -198,8 +270,9 @@ class Client:
             reason = f"the broker refused it (nack); queue {queue!r} may be full"
             raise PublishFailed(reason, message_id=message_id) from None
 
-    def _wait(self, channel: BlockingChannel, message_id: str, timeout: float) -> bytes:
-        deadline = time.monotonic() + timeout
+    def _wait(
+        self, channel: BlockingChannel, message_id: str, deadline: float, timeout: float
+    ) -> bytes:
         while True:
             if self._reply is not None:
                 return self._reply
@@ -223,17 +296,61 @@ class Client:
                 "dropped a reply nobody waits for (correlation_id %s)", properties.correlation_id
             )
 
-    def _ready(self) -> BlockingChannel:
+    # ------------------------------------------------------------ connection loss
+
+    def _retrying(
+        self,
+        attempt: Callable[[BlockingChannel], T],
+        *,
+        message_id: str,
+        deadline: float,
+        timeout: float,
+    ) -> T:
+        """attempt's result, running it again on a new connection after each connection loss."""
+        delays = _backoff()
+        failures = 0
+        while True:
+            try:
+                return attempt(self._ready(deadline))
+            except (pika.exceptions.AMQPError, OSError) as error:
+                if not _is_connection_loss(error):
+                    raise _refusal(error, message_id) from None
+                self._drop_connection()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._unreachable(error, message_id, timeout) from None
+                delay = min(next(delays), remaining)
+                failures += 1
+                _log_retry(error, delay, message_id, first=failures == 1)
+            time.sleep(delay)
+
+    def _ready(self, deadline: float) -> BlockingChannel:
         """The open channel, reconnecting first when the broker dropped the connection."""
         if self._closed:
             raise ThelcaClientError("the client is closed")
         connection = self._connection
         if connection is None or not _responds(connection):
             self._drop_connection()
-            connection = self._connection = pika.BlockingConnection(self._parameters)
+            connection = self._connection = self._connect(deadline)
         if self._channel is None or not self._channel.is_open:
             self._channel = self._open_channel(connection)
         return self._channel
+
+    def _connect(self, deadline: float) -> pika.BlockingConnection:
+        """The first broker of the list that answers, each given what is left of the time."""
+        errors: list[Exception] = []
+        for parameters in self._parameters:
+            try:
+                return pika.BlockingConnection(_bounded(parameters, deadline))
+            # pika lets some socket errors through raw, a failed DNS lookup for one.
+            except (pika.exceptions.AMQPConnectionError, OSError) as error:
+                log.debug(
+                    "no broker at %s:%s (%s)", parameters.host, parameters.port, _describe(error)
+                )
+                errors.append(error)
+            if time.monotonic() >= deadline:
+                break
+        raise errors[-1]
 
     def _open_channel(self, connection: pika.BlockingConnection) -> BlockingChannel:
         channel = connection.channel()
@@ -248,16 +365,101 @@ class Client:
         if connection is not None and connection.is_open:
             try:
                 connection.close()
-            except pika.exceptions.AMQPError:
+            except (pika.exceptions.AMQPError, OSError):
                 log.debug("the connection was already gone while closing it")
 
+    def _unreachable(self, error: Exception, message_id: str, timeout: float) -> ConnectionFailed:
+        reason = (
+            f"no broker answered within {timeout:g} s (tried {self._hosts()}); "
+            f"last error: {_describe(error)}"
+        )
+        return ConnectionFailed(reason, message_id=message_id)
 
-def connection_parameters(url: str) -> list[pika.URLParameters]:
-    """One entry per URL of a comma-separated list; pika tries them in turn."""
+    def _hosts(self) -> str:
+        return ",".join(f"{p.host}:{p.port}" for p in self._parameters)
+
+
+def connection_parameters(
+    url: str, *, connection_name: str = DEFAULT_CONNECTION_NAME
+) -> list[pika.URLParameters]:
+    """One entry per URL of a comma-separated list, each tried in turn."""
     urls = [part.strip() for part in url.split(",") if part.strip()]
     if not urls:
         raise ValueError("no AMQP URL given")
-    return [pika.URLParameters(part) for part in urls]
+    return [_parameters(part, connection_name) for part in urls]
+
+
+def _parameters(url: str, connection_name: str) -> pika.URLParameters:
+    parameters = pika.URLParameters(url)
+    # The client retries by itself, within its timeout; pika's own retries would not be.
+    parameters.connection_attempts = 1
+    parameters.client_properties = {
+        **(parameters.client_properties or {}),
+        "connection_name": connection_name,
+    }
+    return parameters
+
+
+def _bounded(parameters: pika.URLParameters, deadline: float) -> pika.URLParameters:
+    """A copy whose connect and handshake timeouts end no later than the deadline."""
+    left = max(deadline - time.monotonic(), 0.01)
+    bounded = copy.copy(parameters)
+    bounded.socket_timeout = min(parameters.socket_timeout or left, left)
+    bounded.stack_timeout = min(parameters.stack_timeout or left, left)
+    return bounded
+
+
+def _backoff() -> Iterator[float]:
+    """0.1 s, 0.2 s, 0.4 s ... up to 2 s, each shortened by up to half at random.
+
+    The jitter keeps the clients that one broker restart disconnected from all
+    knocking again at the same instant.
+    """
+    delay = FIRST_DELAY
+    while True:
+        yield delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+        delay = min(delay * 2, LONGEST_DELAY)
+
+
+def _log_retry(error: Exception, delay: float, message_id: str, *, first: bool) -> None:
+    # One warning per outage is enough: the later lines only repeat it.
+    log.log(
+        logging.WARNING if first else logging.DEBUG,
+        "no connection to the broker (%s); trying again in %.2f s (message %s)",
+        _describe(error),
+        delay,
+        message_id,
+    )
+
+
+def _is_connection_loss(error: Exception) -> bool:
+    if isinstance(error, pika.exceptions.ChannelClosedByBroker):
+        return error.reply_code not in REFUSAL_CODES
+    lost = (
+        OSError,
+        pika.exceptions.AMQPConnectionError,
+        pika.exceptions.ChannelClosed,
+        pika.exceptions.ChannelWrongStateError,
+    )
+    return isinstance(error, lost)
+
+
+def _refusal(error: Exception, message_id: str) -> PublishFailed:
+    # Only the broker's own reply text, never str() of other pika errors: some of
+    # them carry the message, and so its Authorization header.
+    if isinstance(error, pika.exceptions.ChannelClosedByBroker):
+        reason = f"the broker closed the channel: {error.reply_code} {error.reply_text}"
+    else:
+        reason = f"pika raised {type(error).__name__}"
+    return PublishFailed(reason, message_id=message_id)
+
+
+def _describe(error: Exception) -> str:
+    # Only ever given connection errors: they name sockets and broker reply texts,
+    # never a message, so never a token.
+    detail = str(error) or "; ".join(repr(arg) for arg in error.args)
+    text = f"{type(error).__name__}: {detail}"
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _responds(connection: pika.BlockingConnection) -> bool:
@@ -267,7 +469,7 @@ def _responds(connection: pika.BlockingConnection) -> bool:
         return False
     try:
         connection.process_data_events(time_limit=0)
-    except pika.exceptions.AMQPError:
+    except (pika.exceptions.AMQPError, OSError):
         return False
     return connection.is_open
 

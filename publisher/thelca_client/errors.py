@@ -100,3 +100,17 @@ class PublishFailed(ThelcaClientError):
     def __init__(self, reason: str, *, message_id: str) -> None:
         self.message_id = message_id
         super().__init__(f"message {message_id} was not accepted: {reason}")
+
+
+class ConnectionFailed(ThelcaClientError):
+    """Raised when no broker answered within the timeout."""
+
+    def __init__(self, reason: str, *, message_id: str | None = None) -> None:
+        self.message_id = message_id
+        if message_id is not None:
+            # The command may have reached the queue before the connection died.
+            reason += (
+                f"; message {message_id} may or may not have reached thelca: send it again "
+                "with the same message_id, which thelca applies only once"
+            )
+        super().__init__(reason)

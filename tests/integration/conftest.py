@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +89,35 @@ def _container_url() -> Iterator[str]:
 def prefix() -> str:
     """A prefix of its own for every test, so that runs never collide."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+# ---------------------------------------------------------------- broker connections
+
+
+def broker_connection_pids(name_part: str) -> list[str]:
+    """The broker's pids of the connections whose connection_name contains name_part."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("these tests close connections from the broker's side with rabbitmqctl: "
+                    "run them on the broker's machine, as root")
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    pids = []
+    for line in listing.splitlines():
+        match = re.search(r'\{"connection_name","([^"]*)"\}', line)
+        if match and name_part in match.group(1):
+            pids.append(line.split("\t", 1)[0])
+    return pids
+
+
+def close_connections(name_part: str) -> int:
+    """Have the broker close the connections named so, and only those; return how many."""
+    pids = broker_connection_pids(name_part)
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "close_connection", pid, "a test closes it"],
+                       capture_output=True, check=True, timeout=60)
+    return len(pids)
 
 
 # ---------------------------------------------------------------- an in-process worker

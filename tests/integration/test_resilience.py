@@ -6,7 +6,6 @@ broker are not disturbed.
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from tests.integration.conftest import (
     RunningSystem,
+    close_connections,
     delete_prefix,
     system_env,
     wait_for_consumers,
@@ -28,23 +28,6 @@ from tests.integration.plain import PlainClient
 from thelca.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.broker
-
-
-def close_connections(name_part: str) -> int:
-    """Close every broker connection whose connection_name contains name_part."""
-    listing = subprocess.run(
-        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout
-    closed = 0
-    for line in listing.splitlines():
-        match = re.search(r'\{"connection_name","([^"]*)"\}', line)
-        if match and name_part in match.group(1):
-            pid = line.split("\t", 1)[0]
-            subprocess.run(["rabbitmqctl", "close_connection", pid, "test closes it"],
-                           capture_output=True, check=True, timeout=60)
-            closed += 1
-    return closed
 
 
 def _tags(system: RunningSystem) -> Counter[str]:
