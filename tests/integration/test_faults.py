@@ -41,7 +41,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.faults]
 CREATES = 1500
 UPDATES = 1500
 TARGETS = 30
-WORKER_KILLS = 4
+# When each fault strikes: after this share of the commands was sent.
+SCHEDULE = [(0.1, "worker"), (0.25, "worker"), (0.4, "logger"), (0.5, "worker"),
+            (0.6, "broker"), (0.8, "worker")]
 # Restarting the broker disturbs anything else using it; set 0 only to iterate locally.
 RESTART_BROKER = os.environ.get("THELCA_TEST_RESTART_BROKER", "1") != "0"
 
@@ -51,6 +53,10 @@ class Sent:
     creates: dict[str, str] = field(default_factory=dict)  # message_id -> tag
     updates: dict[str, str] = field(default_factory=dict)  # message_id -> target item id
     resends: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.creates) + len(self.updates)
 
 
 def _producer(system: RunningSystem, targets: list[dict[str, object]], sent: Sent,
@@ -121,22 +127,25 @@ def targets(system: RunningSystem) -> Iterator[list[dict[str, object]]]:
 def test_nothing_lost_nothing_twice(system: RunningSystem,
                                     targets: list[dict[str, object]]) -> None:
     sent = Sent()
+    kills_at: list[str] = []
     done = threading.Event()
     producer = threading.Thread(target=_producer, args=(system, targets, sent, done))
     producer.start()
-    chaos = random.Random()
     kills = {"worker": 0, "logger": 0, "broker": 0}
     try:
-        for round_ in range(WORKER_KILLS):
-            time.sleep(chaos.uniform(0.3, 0.9))
-            _restart(system, "worker")
-            kills["worker"] += 1
-            if round_ == 1:
-                _restart(system, "logger")
-                kills["logger"] += 1
-            if round_ == 2 and RESTART_BROKER:
+        # Each fault waits for its share of the commands to be sent, so that all
+        # of them land while commands are flowing.
+        for share, role in SCHEDULE:
+            if role == "broker" and not RESTART_BROKER:
+                continue
+            while sent.count < share * (CREATES + UPDATES) and not done.is_set():
+                time.sleep(0.01)
+            kills_at.append(f"{role}@{sent.count}")
+            if role == "broker":
                 _restart_broker_app()
-                kills["broker"] += 1
+            else:
+                _restart(system, role)
+            kills[role] += 1
     finally:
         producer.join(timeout=300)
     assert done.is_set() and not producer.is_alive(), "the producer did not finish"
@@ -168,7 +177,8 @@ def test_nothing_lost_nothing_twice(system: RunningSystem,
 
     print(
         f"\nfaults: sent={len(expected)} (creates {len(sent.creates)}, updates "
-        f"{len(sent.updates)}), producer re-sends={sent.resends}, kills={kills}, "
+        f"{len(sent.updates)}), producer re-sends={sent.resends}, kills={kills} "
+        f"at {kills_at}, "
         f"lost effects={len(lost_creates)}, duplicated effects={len(twice_creates)}, "
         f"wrong versions={len(wrong_versions)}, lost events={len(lost_events)}, "
         f"duplicated events={len(twice_events)}, torn lines={len(problems)}, "
