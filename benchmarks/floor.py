@@ -11,6 +11,7 @@ Run as `python floor.py worker PREFIX` or `python floor.py logger PREFIX FILE`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -39,21 +40,22 @@ def worker(prefix: str) -> None:
     events = f"{prefix}.events"
 
     def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-        command = orjson.loads(body)
+        command: dict[str, Any] = orjson.loads(body)
         token = (properties.headers or {}).get("Authorization", "")[7:]
         user = f"a-test-only-id-{token}"
         now = datetime.now(UTC).isoformat()
         name = command["command"]
+        item_id = str(command.get("id"))
         if name == "create":
             item = {"id": str(uuid.uuid4()), "created_at": now, "created_by": user,
                     "properties": command.get("item", {}).get("properties") or {}}
             items[item["id"]] = item
             kind, value = "Item created", item
         elif name == "read":
-            item = items[command["id"]]
+            item = items[item_id]
             kind, value = "Item read", item["id"]
         else:
-            item = {**items[command["id"]], "properties": command["item"]["properties"]}
+            item = {**items[item_id], "properties": command["item"]["properties"]}
             items[item["id"]] = item
             kind, value = "Item updated", item
         reply = orjson.dumps({"status": 200, "item": item, "version": 1})
@@ -66,10 +68,8 @@ def worker(prefix: str) -> None:
         ch.basic_ack(method.delivery_tag)
 
     channel.basic_consume(f"{prefix}.commands", on_message)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         channel.start_consuming()
-    except KeyboardInterrupt:
-        pass
 
 
 def logger(prefix: str, path: str) -> None:

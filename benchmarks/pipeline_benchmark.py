@@ -18,7 +18,6 @@ import argparse
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 
 import orjson
 import pika
+import pika.exceptions
 
 URL = os.environ.get("THELCA_AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
 HERE = Path(__file__).resolve().parent
@@ -144,10 +144,9 @@ def wait_consumed(queue: str) -> None:
     raise SystemExit(f"nothing consumes {queue}")
 
 
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+def stop(processes: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM) -> None:
     for process in processes:
-        process.send_signal(signal.SIGINT if process.args[1].endswith("floor.py")
-                            else signal.SIGTERM)
+        process.send_signal(sig)
     for process in processes:
         try:
             process.wait(timeout=60)
@@ -276,7 +275,7 @@ def measure_floor(work: Path, n: int, window: int, latency_n: int) -> Figures:
         wait_consumed(f"{prefix}.events.log")
         return scenarios(prefix, log, n, window, latency_n)
     finally:
-        stop(processes)
+        stop(processes, signal.SIGINT)  # the floor stops on KeyboardInterrupt
         delete(prefix, ["commands", "events.log"], ["events"])
 
 
@@ -334,7 +333,7 @@ def report(floor: Figures, ours: Figures, echo: Run, window: int) -> bool:
         rows.append((f"worker RSS over the memory run ({len(ours.rss)} samples)",
                      "", f"{first:.1f} -> {last:.1f} MiB", f"{growth:+.1%}", "flat (< +10%)",
                      growth < 0.10))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     print(f"{'':{widths[0]}}  {'floor':>{widths[1]}}  {'thelca':>{widths[2]}}  "
           f"{'ratio':>{widths[3]}}  target")
     for label, a, b, ratio, target, ok in rows:
