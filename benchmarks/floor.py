@@ -47,16 +47,18 @@ def worker(prefix: str) -> None:
         name = command["command"]
         item_id = str(command.get("id"))
         if name == "create":
-            item = {"id": str(uuid.uuid4()), "created_at": now, "created_by": user,
-                    "properties": command.get("item", {}).get("properties") or {}}
-            items[item["id"]] = item
+            item_id = str(uuid.uuid4())
+            item: dict[str, Any] = {
+                "id": item_id, "created_at": now, "created_by": user,
+                "properties": command.get("item", {}).get("properties") or {}}
+            items[item_id] = item
             kind, value = "Item created", item
         elif name == "read":
             item = items[item_id]
             kind, value = "Item read", item["id"]
         else:
             item = {**items[item_id], "properties": command["item"]["properties"]}
-            items[item["id"]] = item
+            items[item_id] = item
             kind, value = "Item updated", item
         reply = orjson.dumps({"status": 200, "item": item, "version": 1})
         if properties.reply_to:
