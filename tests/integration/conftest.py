@@ -172,6 +172,7 @@ class RunningSystem:
     prefix: str
     directory: Path
     env: dict[str, str]
+    role_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per-role overrides
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -189,8 +190,8 @@ class RunningSystem:
     def start(self, role: str) -> None:
         out = open(self.directory / f"{role}.out", "ab")  # noqa: SIM115 - child owns it
         self.processes[role] = subprocess.Popen(
-            [sys.executable, "-m", "thelca", role], env=self.env, stdout=out, stderr=out,
-            cwd=self.directory,
+            [sys.executable, "-m", "thelca", role], env={**self.env, **self.role_env.get(role, {})},
+            stdout=out, stderr=out, cwd=self.directory,
         )
         out.close()
 
@@ -297,15 +298,21 @@ def shared_system(
 
 
 def _running_system(amqp_url: str, prefix: str, directory: Path) -> Iterator[RunningSystem]:
-    running = RunningSystem(amqp_url, prefix, directory,
-                            system_env(amqp_url, prefix, directory))
+    yield from run_system(RunningSystem(amqp_url, prefix, directory,
+                                        system_env(amqp_url, prefix, directory)))
+
+
+def run_system(running: RunningSystem) -> Iterator[RunningSystem]:
+    """Start the worker and the logger of a prepared system; stop and clean up after."""
     try:
         running.start("worker")
-        wait_for_consumers(amqp_url, running.names.commands, [running.processes["worker"]])
+        wait_for_consumers(running.amqp_url, running.names.commands,
+                           [running.processes["worker"]])
         running.start("logger")
-        wait_for_consumers(amqp_url, running.names.events_log, [running.processes["logger"]])
+        wait_for_consumers(running.amqp_url, running.names.events_log,
+                           [running.processes["logger"]])
         yield running
     finally:
         for role in list(running.processes):
             running.stop(role)
-        delete_prefix(amqp_url, prefix)
+        delete_prefix(running.amqp_url, running.prefix)

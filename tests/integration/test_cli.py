@@ -143,14 +143,24 @@ def test_publish_to_a_prefix_with_no_worker_fails_clearly(amqp_url: str, tmp_pat
     assert "worker" in result.stderr
 
 
-def test_health_is_0_with_broker_and_store_and_3_without(system: RunningSystem) -> None:
+def test_health_is_0_with_broker_worker_and_store_and_3_without(
+    system: RunningSystem,
+) -> None:
     ok = thelca("health", env=system.env)
     assert ok.returncode == 0, ok.stdout
-    assert "1 consumer" in ok.stdout
+    assert "worker: ok (1 consuming" in ok.stdout
+    assert "logger: ok (1 consuming" in ok.stdout
     broken = thelca("health", env={**system.env,
                                    "THELCA_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"})
     assert broken.returncode == 3
     assert "broker: FAILED" in broken.stdout
+    no_store = thelca("health", env={**system.env, "THELCA_STORE": "sqlite:///nowhere/x.db"})
+    assert no_store.returncode == 3
+    assert "store: FAILED" in no_store.stdout
+    assert system.stop("worker") == 0
+    no_worker = thelca("health", env=system.env)
+    assert no_worker.returncode == 3
+    assert "worker: FAILED (nothing consumes" in no_worker.stdout
 
 
 def test_a_second_worker_on_the_same_sqlite_file_refuses_to_start(

@@ -15,7 +15,7 @@ from types import FrameType
 import orjson
 
 from thelca import __version__
-from thelca.errors import ThelcaError
+from thelca.errors import ConfigurationError, ThelcaError
 from thelca.settings import Settings, add_options
 
 log = logging.getLogger("thelca")
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ThelcaError as error:
         print(f"thelca: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     try:
         result: int = args.func(args, settings)
     except ThelcaError as error:
@@ -57,22 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="consume commands, reply, publish events",
                             description="Consume <prefix>.commands: check, apply, reply, "
                             "publish the event, ack once the broker confirmed it.")
-    add_options(worker, "broker", "store", "worker", "logging")
+    add_options(worker, "broker", "store", "worker", "logging", "metrics")
     worker.set_defaults(func=_run_worker)
 
     logger = sub.add_parser("logger", help="append every event to the JSON-lines event log",
                             description="Consume <prefix>.events.log and append each event "
                             "as one line; fsync before ack.")
-    add_options(logger, "broker", "logger", "logging")
+    add_options(logger, "broker", "logger", "logging", "metrics")
     logger.set_defaults(func=_run_logger)
 
     run = sub.add_parser("run", help="worker and logger together, for one machine",
                          description="Start the worker and the logger as child processes, "
                          "restart one that dies, stop both on SIGTERM or Ctrl-C.")
-    add_options(run, "broker", "store", "worker", "logger", "logging")
+    add_options(run, "broker", "store", "worker", "logger", "logging", "metrics")
     run.set_defaults(func=_run_all)
 
-    health = sub.add_parser("health", help="exit 0 only when the broker and the store answer")
+    health = sub.add_parser(
+        "health", help="exit 0 only when broker, worker and store answer",
+        description="Exit 0 only when the broker answers, a worker consumes the commands "
+        "queue and the store answers; 3 otherwise. Says whether a logger runs too.")
     add_options(health, "broker", "store", "logging")
     health.set_defaults(func=_health)
 
@@ -92,6 +95,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     role = build_worker(settings)
     _stop_on_signals(role.stop, "worker")
+    _serve_metrics(settings)
     role.run()
     return 0
 
@@ -101,6 +105,7 @@ def _run_logger(args: argparse.Namespace, settings: Settings) -> int:
 
     role = build_logger(settings)
     _stop_on_signals(role.stop, "logger")
+    _serve_metrics(settings)
     role.run()
     return 0
 
@@ -110,7 +115,8 @@ def _run_all(args: argparse.Namespace, settings: Settings) -> int:
 
     check_authority_choice(settings)  # refuse to start the children without an Authority
     env = {**os.environ, **settings.environment()}
-    roles = {role: _spawn(role, env) for role in ("worker", "logger")}
+    roles = {role: _spawn(role, _role_env(env, settings, offset))
+             for role, offset in ROLE_OFFSETS.items()}
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -135,10 +141,32 @@ def _run_all(args: argparse.Namespace, settings: Settings) -> int:
             log.error("%s exited with %s; restarting it (%d restarts in the last minute)",
                       role, code, len(recent) - 1)
             time.sleep(min(30, len(recent)))
-            roles[role] = _spawn(role, env)
+            roles[role] = _spawn(role, _role_env(env, settings, ROLE_OFFSETS[role]))
         if stopping and all(p.poll() is not None for p in roles.values()):
             return 0
         time.sleep(0.2)
+
+
+ROLE_OFFSETS = {"worker": 0, "logger": 1}
+
+
+def _role_env(env: dict[str, str], settings: Settings, offset: int) -> dict[str, str]:
+    """Each child its own metrics port: the base port plus the role's offset."""
+    port = settings.metrics_port + offset if settings.metrics_port else 0
+    return {**env, "THELCA_METRICS_PORT": str(port)}
+
+
+def _serve_metrics(settings: Settings) -> None:
+    from thelca.metrics import serve
+
+    try:
+        serve(settings.metrics_port, settings.metrics_host)
+    except OSError as error:
+        raise ConfigurationError(f"cannot serve metrics on {settings.metrics_host}:"
+                                 f"{settings.metrics_port}: {error}") from error
+    if settings.metrics_port:
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host,
+                 settings.metrics_port)
 
 
 def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -167,13 +195,23 @@ def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
+    """0 only when the broker answers, a worker consumes the commands and the store answers."""
     from thelca.amqp import queue_consumers
     from thelca.stores import open_store
 
+    names = settings.names
     healthy = True
     try:
-        consumers = queue_consumers(settings.amqp_url, settings.names.commands)
-        print(f"broker: ok ({settings.names.commands} has {consumers} consumer(s))")
+        workers = queue_consumers(settings.amqp_url, names.commands)
+        loggers = queue_consumers(settings.amqp_url, names.events_log)
+        print("broker: ok")
+        if workers:
+            print(f"worker: ok ({workers} consuming {names.commands})")
+        else:
+            healthy = False
+            print(f"worker: FAILED (nothing consumes {names.commands})")
+        print(f"logger: {'ok' if loggers else 'not running; events wait in the queue'} "
+              f"({loggers} consuming {names.events_log})")
     except Exception as error:
         healthy = False
         print(f"broker: FAILED ({type(error).__name__}: {error})")
@@ -188,12 +226,17 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else EXIT_UNAVAILABLE
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(level: str, format_: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if format_ == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # pika's own INFO lines repeat what thelca says about connections.
     logging.getLogger("pika").setLevel(logging.WARNING)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from thelca import metrics
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
 from thelca.domain.service import ItemService, Result
@@ -139,7 +140,8 @@ class CommandHandler:
         outcome = self._serve(tx, principal, message, command_id)
         if message.message_id and (outcome.command is None or outcome.command.name != "read"):
             self._remember(tx, message.message_id, outcome)
-        out = self._reply(message, outcome.reply)
+        command = outcome.command.name if outcome.command else None
+        out = self._reply(message, outcome.reply, command)
         if outcome.event is not None:
             out.append(self._event_message(outcome.event))
         return out
@@ -223,6 +225,7 @@ class CommandHandler:
             500, error=f"internal error; the worker's log has it under error id {error_id}"))
         out.append(self.dead_letter(message, f"exception (error id {error_id})",
                                     user=principal.user_id))
+        metrics.DEAD_LETTERS.labels("worker").inc()
         return out
 
     # ------------------------------------------------------------ messages
@@ -238,21 +241,31 @@ class CommandHandler:
         return Outgoing(self.names.dead, "", message.body, message_id=message.message_id,
                         correlation_id=message.correlation_id, headers=headers)
 
-    def _reply(self, message: Incoming, reply: Reply) -> list[Outgoing]:
-        return self._reply_bytes(message, encode_reply(reply), reply.status)
+    def _reply(
+        self, message: Incoming, reply: Reply, command: str | None = None
+    ) -> list[Outgoing]:
+        return self._reply_bytes(message, encode_reply(reply), reply.status, command)
 
     def _reply_bytes(
-        self, message: Incoming, body: bytes, status: int | None = None
+        self, message: Incoming, body: bytes, status: int | None = None,
+        command: str | None = None,
     ) -> list[Outgoing]:
-        if not message.reply_to:
-            return []
+        """The reply to send (none without reply_to); every answer is counted either way."""
         if status is None:
             status = int(orjson.loads(body)["status"])
+        metrics.COMMANDS.labels(command or self._command_name(message), str(status)).inc()
+        if not message.reply_to:
+            return []
         return [Outgoing(
             "", message.reply_to, body,
             correlation_id=message.correlation_id or message.message_id,
             headers={STATUS_HEADER: status}, persistent=False,
         )]
+
+    def _command_name(self, message: Incoming) -> str:
+        if len(message.body) > self.max_body:
+            return "unknown"
+        return _peek(message.body)[0] or "unknown"
 
     def _event_message(self, event: Event) -> Outgoing:
         return Outgoing(self.names.events, "", encode_event(event), message_id=event.id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+
+from thelca import metrics
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,10 @@ class EventLogWriter:
             if event_id:
                 self._remember(event_id)
         if written:
+            started = time.perf_counter()
             self._file.flush()
             os.fsync(self._file.fileno())
+            metrics.FSYNC_SECONDS.observe(time.perf_counter() - started)
         return written
 
     def close(self) -> None:

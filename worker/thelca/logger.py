@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from thelca import metrics
 from thelca.eventlog import EventLogWriter, to_line
 from thelca.messaging import Incoming, Outgoing
 from thelca_client.contract import DEAD_REASON_HEADER, Names
@@ -38,11 +39,14 @@ class EventLogger:
                 continue
             if event_id and (event_id in self.writer or event_id in in_batch):
                 self.duplicates += 1
+                metrics.LOG_DUPLICATES.inc()
                 continue
             if event_id:
                 in_batch.add(event_id)
             lines.append((event_id, line))
-        self.written += self.writer.append(lines)
+        written = self.writer.append(lines)
+        self.written += written
+        metrics.LOG_LINES.inc(written)
         return rejected
 
     def confirmed(self, published: list[Outgoing]) -> None:
@@ -56,5 +60,6 @@ class EventLogger:
                   message.message_id, self.names.dead, reason)
         headers = {k: v for k, v in message.headers.items() if k.lower() != "authorization"}
         headers[DEAD_REASON_HEADER] = f"logger: {reason}"
+        metrics.DEAD_LETTERS.labels("logger").inc()
         return Outgoing(self.names.dead, "", message.body, message_id=message.message_id,
                         headers=headers)

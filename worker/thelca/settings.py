@@ -41,6 +41,13 @@ OPTIONS: dict[str, Option] = {
                        "deliveries in flight per consumer (also the largest batch)"),
     "log_level": Option("--log-level", "THELCA_LOG_LEVEL", "INFO",
                         "DEBUG, INFO, WARNING or ERROR"),
+    "log_format": Option("--log-format", "THELCA_LOG_FORMAT", "text",
+                         "text, or json (one object per line, for log shippers)"),
+    "metrics_port": Option("--metrics-port", "THELCA_METRICS_PORT", "0",
+                           "serve Prometheus /metrics on this port; 0 is off (with run: "
+                           "worker on it, logger on the next)"),
+    "metrics_host": Option("--metrics-host", "THELCA_METRICS_HOST", "127.0.0.1",
+                           "address the metrics endpoint listens on"),
 }
 
 GROUPS = {
@@ -48,7 +55,8 @@ GROUPS = {
     "store": ("store",),
     "worker": ("authority", "max_body", "prefetch"),
     "logger": ("event_log", "prefetch"),
-    "logging": ("log_level",),
+    "logging": ("log_level", "log_format"),
+    "metrics": ("metrics_port", "metrics_host"),
 }
 
 
@@ -76,6 +84,9 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     prefetch: int = 200
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @property
     def names(self) -> Names:
@@ -97,6 +108,9 @@ class Settings:
             values[f.name] = raw
         for name in ("max_body", "prefetch"):
             values[name] = _positive_int(name, values[name])
+        values["metrics_port"] = _port(values["metrics_port"])
+        if values["log_format"] not in ("text", "json"):
+            raise ConfigurationError(f"{OPTIONS['log_format'].env} must be text or json")
         try:
             Names(values["prefix"])
         except ValueError as error:
@@ -111,6 +125,17 @@ class Settings:
             if value is not None:
                 env[OPTIONS[f.name].env] = str(value)
         return env
+
+
+def _port(raw: Any) -> int:
+    option = OPTIONS["metrics_port"]
+    try:
+        port = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{option.flag} / {option.env} must be a port number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"{option.flag} / {option.env} must be between 0 and 65535")
+    return port
 
 
 def _positive_int(name: str, raw: Any) -> int:

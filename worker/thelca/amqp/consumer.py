@@ -28,6 +28,7 @@ import pika.exceptions
 import pika.frame
 import pika.spec
 
+from thelca import metrics
 from thelca.errors import ConfigurationError
 from thelca.messaging import BatchHandler, Incoming, Outgoing
 from thelca_client.contract import Names
@@ -121,6 +122,7 @@ class _Batch:
     """Deliveries handled together, and the publishes that must be confirmed first."""
 
     delivery_tags: list[int]
+    received: list[float]
     published: list[Outgoing]
     unconfirmed: set[int]
     nacked: bool = False
@@ -211,7 +213,7 @@ class _Session:
         self.channel: pika.channel.Channel | None = None
         self.consumed = False
         self.consumer_tag: str | None = None
-        self._waiting: list[tuple[int, Incoming]] = []
+        self._waiting: list[tuple[int, Incoming, float]] = []
         self._flush_scheduled = False
         self._tidy_scheduled = False
         self._batches: deque[_Batch] = deque()
@@ -258,11 +260,15 @@ class _Session:
     def _on_connection_closed(self, connection: pika.connection.Connection, reason: Any) -> None:
         if not self._closing:
             log.warning("%s: disconnected: connection lost: %s", self.owner.name, reason)
+            metrics.RECONNECTS.labels(self.owner.name).inc()
+        metrics.CONSUMING.labels(self.owner.name).set(0)
         self._stop_loop()
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
         if not self._closing:
             log.warning("%s: disconnected: channel closed: %s", self.owner.name, reason)
+            metrics.RECONNECTS.labels(self.owner.name).inc()
+        metrics.CONSUMING.labels(self.owner.name).set(0)
         code = getattr(reason, "reply_code", None)
         if not self.consumed and code in SETUP_REFUSALS:
             self.owner.fail(ConfigurationError(
@@ -317,12 +323,13 @@ class _Session:
         recovered = self.owner.handler.recover()
         if recovered:
             log.info("%s: republishing %d unconfirmed events", self.owner.name, len(recovered))
-            self._publish_batch([], recovered)
+            self._publish_batch([], recovered, [])
         assert self.channel is not None
         self.consumer_tag = self.channel.basic_consume(
             self.owner.queue, on_message_callback=self._on_message, auto_ack=False
         )
         self.consumed = True
+        metrics.CONSUMING.labels(self.owner.name).set(1)
         self.owner.on_state(f"consuming {self.owner.queue}")
 
     # ------------------------------------------------------------ consume
@@ -343,7 +350,7 @@ class _Session:
             type=properties.type,
             redelivered=bool(method.redelivered),
         )
-        self._waiting.append((int(method.delivery_tag or 0), incoming))
+        self._waiting.append((int(method.delivery_tag or 0), incoming, time.monotonic()))
         self._schedule_flush(0)
 
     def _schedule_flush(self, delay: float) -> None:
@@ -359,7 +366,7 @@ class _Session:
             return
         batch = self._waiting[: self.owner.max_batch]
         try:
-            publish = self.owner.handler.handle([incoming for _, incoming in batch])
+            publish = self.owner.handler.handle([incoming for _, incoming, _ in batch])
         except Exception:
             self._retry_delay = min(30.0, max(0.5, self._retry_delay * 2))
             log.exception("%s: a batch of %d failed; retrying in %.1fs",
@@ -368,15 +375,18 @@ class _Session:
             return
         self._retry_delay = 0.0
         del self._waiting[: len(batch)]
-        self._publish_batch([tag for tag, _ in batch], publish)
+        metrics.BATCH_SIZE.labels(self.owner.name).observe(len(batch))
+        self._publish_batch([tag for tag, _, _ in batch], publish, [t for _, _, t in batch])
         if self._waiting:
             self._schedule_flush(0)
 
     # ------------------------------------------------------------ publish and ack
 
-    def _publish_batch(self, delivery_tags: list[int], publish: list[Outgoing]) -> None:
+    def _publish_batch(
+        self, delivery_tags: list[int], publish: list[Outgoing], received: list[float]
+    ) -> None:
         assert self.channel is not None
-        batch = _Batch(delivery_tags, publish, set())
+        batch = _Batch(delivery_tags, received, publish, set())
         for message in publish:
             self.channel.basic_publish(
                 message.exchange, message.routing_key, message.body, _properties(message)
@@ -385,6 +395,7 @@ class _Session:
             self._seq_to_batch[self._next_seq] = batch
             self._next_seq += 1
         self._batches.append(batch)
+        metrics.CONFIRMS_PENDING.labels(self.owner.name).set(len(self._seq_to_batch))
         self._settle()
 
     def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
@@ -397,6 +408,7 @@ class _Session:
             if batch is not None:
                 batch.unconfirmed.discard(seq)
                 batch.nacked = batch.nacked or nacked
+        metrics.CONFIRMS_PENDING.labels(self.owner.name).set(len(self._seq_to_batch))
         self._settle()
 
     def _settle(self) -> None:
@@ -412,12 +424,21 @@ class _Session:
                 continue
             if batch.delivery_tags:
                 self.channel.basic_ack(max(batch.delivery_tags), multiple=True)
+            self._observe(batch)
             if batch.published:
                 self.owner.handler.confirmed(batch.published)
                 self._schedule_tidy()
         if self._stop_deadline and self._drained():
             self._run_tidy()
             self._close_connection()
+
+    def _observe(self, batch: _Batch) -> None:
+        role = self.owner.name
+        now = time.monotonic()
+        for received in batch.received:
+            metrics.DELIVERY_SECONDS.labels(role).observe(now - received)
+        for message in batch.published:
+            metrics.PUBLISHED.labels(role, message.exchange or "(default)").inc()
 
     def _schedule_tidy(self) -> None:
         # Lets the handler commit its bookkeeping (such as clearing confirmed
