@@ -21,6 +21,7 @@ from tests.integration.conftest import (
     RunningSystem,
     close_connections,
     delete_prefix,
+    run_system,
     system_env,
     wait_for_consumers,
 )
@@ -136,3 +137,18 @@ def test_the_logger_keeps_one_line_per_event_id_across_its_restarts(
     time.sleep(0.3)
     assert [line["id"] for line in system.log_lines()] == ["fixed-event-id", "other-event-id"]
     assert len(lines) == 2
+
+
+def test_a_broker_list_is_tried_in_turn_when_the_first_is_down(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    dead_first = f"amqp://guest:guest@127.0.0.1:1/%2F,{amqp_url}"
+    running = RunningSystem(amqp_url, prefix, tmp_path,
+                            system_env(dead_first, prefix, tmp_path))
+    for system in run_system(running):
+        client = PlainClient(amqp_url, prefix)
+        try:
+            assert client.send({"command": "create"}).status == 200
+        finally:
+            client.close()
+        assert "127.0.0.1:1" in system.output()  # it said which broker it could not reach
