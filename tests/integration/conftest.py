@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,10 +146,11 @@ class StandInAuthority(TestOnlyAuthority):
             raise Forbidden("mallory may not touch items")
 
 
-@pytest.fixture
-def worker(amqp_url: str, prefix: str, tmp_path: Path) -> Iterator[Names]:
-    settings = Settings(amqp_url=amqp_url, prefix=prefix,
-                        store=f"sqlite:///{tmp_path / 'thelca.db'}", authority="test-only")
+@contextmanager
+def stand_in_worker(amqp_url: str, prefix: str, directory: Path) -> Iterator[Names]:
+    """The real worker in a thread, with the StandInAuthority, for as long as the block."""
+    settings = Settings(amqp_url=amqp_url, prefix=prefix, authority="test-only",
+                        store=f"sqlite:///{directory / 'stand-in.db'}")
     role = build_worker(settings, authority=StandInAuthority())
     thread = threading.Thread(target=role.run, daemon=True)
     thread.start()
@@ -158,7 +160,26 @@ def worker(amqp_url: str, prefix: str, tmp_path: Path) -> Iterator[Names]:
     finally:
         role.stop()
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def worker(amqp_url: str, prefix: str, tmp_path: Path) -> Iterator[Names]:
+    """An in-process worker with the StandInAuthority; its prefix is deleted afterwards."""
+    try:
+        with stand_in_worker(amqp_url, prefix, tmp_path) as names:
+            yield names
+    finally:
         delete_prefix(amqp_url, prefix)
+
+
+def queue_depth(amqp_url: str, queue: str) -> int:
+    """How many messages a queue holds ready (not counting unacked ones)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        return int(connection.channel().queue_declare(queue, passive=True)
+                   .method.message_count)
+    finally:
+        connection.close()
 
 
 # ---------------------------------------------------------------- the running system

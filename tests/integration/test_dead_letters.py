@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,14 @@ import pytest
 
 from tests.integration.conftest import (
     RunningSystem,
-    StandInAuthority,
     delete_prefix,
+    queue_depth,
+    stand_in_worker,
     system_env,
     wait_for_consumers,
 )
 from tests.integration.plain import PlainClient
 from thelca.amqp import thelca_topology
-from thelca.bootstrap import build_worker
-from thelca.settings import Settings
 from thelca_client.contract import Names
 
 pytestmark = pytest.mark.broker
@@ -52,41 +49,16 @@ def dead_list(env: dict[str, str]) -> dict[str, Any]:
     return listed
 
 
-def ready(amqp_url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        return int(connection.channel().queue_declare(queue, passive=True)
-                   .method.message_count)
-    finally:
-        connection.close()
-
-
 def wait_until_ready(amqp_url: str, queue: str, count: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
-    while ready(amqp_url, queue) != count:
+    while queue_depth(amqp_url, queue) != count:
         assert time.monotonic() < deadline, f"{queue} never held {count} message(s)"
         time.sleep(0.05)
 
 
-@contextmanager
-def stand_in_worker(amqp_url: str, prefix: str, directory: Path) -> Iterator[Names]:
-    """The in-process worker of conftest, on a store of its own, for as long as needed."""
-    settings = Settings(amqp_url=amqp_url, prefix=prefix, authority="test-only",
-                        store=f"sqlite:///{directory / 'stand-in.db'}")
-    role = build_worker(settings, authority=StandInAuthority())
-    thread = threading.Thread(target=role.run, daemon=True)
-    thread.start()
-    try:
-        wait_for_consumers(amqp_url, settings.names.commands, [])
-        yield settings.names
-    finally:
-        role.stop()
-        thread.join(timeout=30)
-
-
 def explode(amqp_url: str, names: Names, *, token: str = "abcd") -> str:
     """Send a command that fails with 500, and wait until it is in the dead queue."""
-    before = ready(amqp_url, names.dead)
+    before = queue_depth(amqp_url, names.dead)
     client = PlainClient(amqp_url, names.prefix)
     try:
         message_id = str(uuid.uuid4())
@@ -137,7 +109,7 @@ def test_listing_twice_leaves_the_queue_as_it_was(
     assert "3 message(s); showing the first 1" in limited.stdout
     assert ids[0] in limited.stdout and ids[1] not in limited.stdout
     assert dead_list(env) == first
-    assert ready(amqp_url, worker.dead) == 3
+    assert queue_depth(amqp_url, worker.dead) == 3
 
 
 def test_the_table_truncates_the_body_and_json_keeps_it_whole(
@@ -176,7 +148,7 @@ def test_retry_with_a_token_runs_the_command_again_on_the_real_worker(
     assert f"retried  {message_id}: as the user of the given token" in result.stdout
     assert "runs as that token's user" in result.stdout
     assert "abcd" not in result.stdout.replace("a-test-only-id-abcd", "")
-    assert ready(amqp_url, names.dead) == 0
+    assert queue_depth(amqp_url, names.dead) == 0
 
     reply = wait_for_reply(client, message_id)  # reply_to came back from x-thelca-reply-to
     client.close()
@@ -260,7 +232,7 @@ def topology(amqp_url: str, prefix: str) -> Iterator[Names]:
 def poison_past_the_delivery_limit(amqp_url: str, names: Names) -> str:
     """Publish a command with a token and refuse it until the broker dead-letters it."""
     message_id = str(uuid.uuid4())
-    before = ready(amqp_url, names.dead)
+    before = queue_depth(amqp_url, names.dead)
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()
@@ -313,7 +285,7 @@ def test_retry_of_the_broker_s_dead_letter_keeps_its_own_token(
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"retried  {message_id}: with its own token" in result.stdout
     assert SECRET not in result.stdout + result.stderr
-    assert ready(amqp_url, topology.dead) == 0
+    assert queue_depth(amqp_url, topology.dead) == 0
     properties, body = take_one(amqp_url, topology.commands)
     assert json.loads(body) == EXPLODE
     assert properties.message_id == message_id
@@ -364,8 +336,8 @@ def test_retry_skips_what_is_not_a_command(
     result = thelca(env, "dead", "retry", "--all", "--token", "abcd")
     assert result.returncode == 1
     assert "skipped  an-event: not a command" in result.stdout
-    assert ready(amqp_url, topology.dead) == 1
-    assert ready(amqp_url, topology.commands) == 0
+    assert queue_depth(amqp_url, topology.dead) == 1
+    assert queue_depth(amqp_url, topology.commands) == 0
 
 
 # ---------------------------------------------------------------- no broker, no queue

@@ -28,7 +28,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from tests.integration.conftest import RunningSystem
+from tests.integration.conftest import RunningSystem, queue_depth
 from thelca.eventlog import read_log
 from thelca.restore import restore
 from thelca.stores.memory import MemoryStore
@@ -108,15 +108,6 @@ def _restart_broker_app() -> None:
         subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, timeout=120)
 
 
-def _queue_depth(amqp_url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        return int(connection.channel().queue_declare(queue, passive=True)
-                   .method.message_count)
-    finally:
-        connection.close()
-
-
 @pytest.fixture
 def targets(system: RunningSystem) -> Iterator[list[dict[str, object]]]:
     with Client(system.amqp_url, prefix=system.prefix, token="abcd") as client:
@@ -168,7 +159,7 @@ def test_nothing_lost_nothing_twice(system: RunningSystem,
     lost_events = [m for m in expected if events[m] == 0]
     twice_events = [m for m in expected if events[m] > 1]
     problems = [line for line in read_log(system.event_log) if line.problem]
-    dead = _queue_depth(system.amqp_url, system.names.dead)
+    dead = queue_depth(system.amqp_url, system.names.dead)
     torn_files = sorted(p.name for p in Path(system.directory).glob("events.log.torn-*"))
 
     restored = MemoryStore()

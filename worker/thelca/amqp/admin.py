@@ -1,4 +1,4 @@
-"""Short-lived broker operations for operators: health checks."""
+"""Short-lived broker operations for operators: connecting once, health checks."""
 
 from __future__ import annotations
 
@@ -8,22 +8,30 @@ import pika.exceptions
 from thelca.amqp.consumer import connection_parameters
 
 
-def queue_consumers(urls: str, queue: str, timeout: float = 5.0) -> int:
-    """How many consumers a queue has; raises when no broker answers or the queue is missing."""
+class NoBroker(ConnectionError):
+    """Raised when no broker of the URL list answered."""
+
+
+def connect(urls: str, timeout: float = 5.0, name: str = "thelca admin") -> pika.BlockingConnection:
+    """A blocking connection to the first broker of the list that answers within timeout."""
     last_error: Exception | None = None
-    for params in connection_parameters(urls):
+    for params in connection_parameters(urls, name):
         params.socket_timeout = timeout
         params.blocked_connection_timeout = timeout
         params.connection_attempts = 1
         try:
-            connection = pika.BlockingConnection(params)
+            return pika.BlockingConnection(params)
         except pika.exceptions.AMQPError as error:
             last_error = error
-            continue
-        try:
-            frame = connection.channel().queue_declare(queue, passive=True)
-            return int(frame.method.consumer_count)
-        finally:
-            if connection.is_open:
-                connection.close()
-    raise ConnectionError(f"no broker answered: {last_error!r}")
+    raise NoBroker(f"no broker answered: {last_error!r}")
+
+
+def queue_consumers(urls: str, queue: str, timeout: float = 5.0) -> int:
+    """How many consumers a queue has; raises when no broker answers or the queue is missing."""
+    connection = connect(urls, timeout)
+    try:
+        frame = connection.channel().queue_declare(queue, passive=True)
+        return int(frame.method.consumer_count)
+    finally:
+        if connection.is_open:
+            connection.close()

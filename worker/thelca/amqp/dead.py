@@ -20,7 +20,7 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
-from thelca.amqp.consumer import connection_parameters
+from thelca.amqp.admin import NoBroker, connect
 from thelca.errors import ThelcaError
 from thelca_client.contract import (
     AUTHORIZATION_HEADER,
@@ -257,7 +257,10 @@ def _ready(channel: BlockingChannel, queue: str) -> int:
 @contextmanager
 def _session(urls: str, timeout: float) -> Iterator[BlockingChannel]:
     """A channel on the first broker that answers; closing it returns every unacked message."""
-    connection = _connect(urls, timeout)
+    try:
+        connection = connect(urls, timeout, "thelca dead letters")
+    except NoBroker as error:
+        raise DeadLettersUnavailable(str(error)) from None
     try:
         yield connection.channel()
     except DeadLettersUnavailable:
@@ -267,16 +270,3 @@ def _session(urls: str, timeout: float) -> Iterator[BlockingChannel]:
     finally:
         if connection.is_open:
             connection.close()
-
-
-def _connect(urls: str, timeout: float) -> pika.BlockingConnection:
-    last_error: Exception | None = None
-    for params in connection_parameters(urls):
-        params.socket_timeout = timeout
-        params.blocked_connection_timeout = timeout
-        params.connection_attempts = 1
-        try:
-            return pika.BlockingConnection(params)
-        except pika.exceptions.AMQPError as error:
-            last_error = error
-    raise DeadLettersUnavailable(f"no broker answered: {last_error!r}")
