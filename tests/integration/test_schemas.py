@@ -64,7 +64,7 @@ def test_every_schema_is_a_valid_draft_2020_12_schema(path: Path) -> None:
         assert_valid(path.as_uri(), example, f"an example of {path.name}")
 
 
-def test_the_schemas_are_the_ones_the_brief_of_the_contract_names() -> None:
+def test_there_is_one_schema_file_per_kind_of_message() -> None:
     assert {p.name for p in schema_files()} == {
         "command.json", "item.json", "reply.json", "event.json", "replay-request.json",
         "replay-end.json", "dead-letter-headers.json",
@@ -82,7 +82,7 @@ def test_the_asyncapi_document_is_asyncapi_3_and_every_ref_resolves() -> None:
     for path in schema_files():
         if path.name != "item.json":  # item.json is reached through reply and event
             assert path.as_uri() in used, f"docs/asyncapi.yaml does not use {path.name}"
-    assert checked > 40
+    assert checked > 90  # 67 in asyncapi.yaml, 30 in the schemas: none went unseen
 
 
 def _check_refs(path: Path, document: Any) -> int:
