@@ -1,0 +1,642 @@
+"""The machine-readable contract is valid, and true of the real messages.
+
+docs/asyncapi.yaml and docs/schemas/*.json must be valid (JSON Schema draft
+2020-12, the official AsyncAPI parser, every $ref) and agree with
+docs/contract.md and the code's topology. Then real messages, captured from a
+running worker and logger through a plain pika client, must match them: every
+reply status the test-only Authority can give, every event on the fanout
+exchange, every line of the event log, and the dead letters of the worker, the
+logger and the broker. Bodies the worker refuses with 400 must be invalid per
+the command schema, and bodies it accepts valid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urljoin
+from urllib.request import url2pathname
+
+import pika
+import pytest
+from jsonschema import Draft202012Validator
+
+from tests.integration.conftest import RunningSystem, delete_prefix
+from tests.integration.contract_schemas import (
+    ASYNCAPI,
+    CONTRACT,
+    SCHEMAS,
+    Captured,
+    assert_message,
+    assert_valid,
+    errors,
+    event_message_name,
+    load_asyncapi,
+    refs,
+    run_official_parser,
+    schema_files,
+    schema_uri,
+)
+from tests.integration.plain import PlainClient, watch
+from thelca.amqp.consumer import thelca_topology
+from thelca_client.contract import Names, encode_command, encode_replay_request
+
+pytestmark = pytest.mark.broker
+
+COMMAND = schema_uri("command.json")
+EVENT = schema_uri("event.json")
+
+
+# ================================================================ the documents themselves
+
+
+@pytest.mark.parametrize("path", schema_files(), ids=lambda p: p.name)
+def test_every_schema_is_a_valid_draft_2020_12_schema(path: Path) -> None:
+    schema = json.loads(path.read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
+    for example in schema.get("examples", []):
+        assert_valid(path.as_uri(), example, f"an example of {path.name}")
+
+
+def test_there_is_one_schema_file_per_kind_of_message() -> None:
+    assert {p.name for p in schema_files()} == {
+        "command.json", "item.json", "reply.json", "event.json", "replay-request.json",
+        "replay-end.json", "dead-letter-headers.json",
+    }
+
+
+def test_the_asyncapi_document_is_asyncapi_3_and_every_ref_resolves() -> None:
+    document = load_asyncapi()
+    assert document["asyncapi"] == "3.0.0"
+    checked = _check_refs(ASYNCAPI, document)
+    for path in schema_files():
+        checked += _check_refs(path, json.loads(path.read_text()))
+    # Every schema file is used by the AsyncAPI document, so there is one copy of each.
+    used = {urljoin(ASYNCAPI.as_uri(), ref).split("#")[0] for ref in refs(document)}
+    for path in schema_files():
+        if path.name != "item.json":  # item.json is reached through reply and event
+            assert path.as_uri() in used, f"docs/asyncapi.yaml does not use {path.name}"
+    assert checked > 90  # 67 in asyncapi.yaml, 30 in the schemas: none went unseen
+
+
+def _check_refs(path: Path, document: Any) -> int:
+    count = 0
+    for ref in refs(document):
+        target_uri = urljoin(path.as_uri(), ref)
+        file_uri, _, pointer = target_uri.partition("#")
+        target = Path(url2pathname(file_uri.removeprefix("file://")))
+        assert target.is_file(), f"{path.name}: $ref {ref} names a file that does not exist"
+        contents = document if target == path else _load(target)
+        _resolve_pointer(contents, pointer, f"{path.name}: $ref {ref}")
+        count += 1
+    return count
+
+
+def _load(path: Path) -> Any:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    return load_asyncapi()
+
+
+def _resolve_pointer(document: Any, pointer: str, what: str) -> Any:
+    node = document
+    for raw in unquote(pointer).split("/")[1:]:
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            assert isinstance(node, dict) and part in node, f"{what}: no {part!r} there"
+            node = node[part]
+    return node
+
+
+def test_the_official_asyncapi_parser_accepts_the_document() -> None:
+    """@asyncapi/parser validates against the official AsyncAPI 3.0.0 JSON Schema and more."""
+    result = run_official_parser()
+    assert result.returncode == 0, (
+        f"the AsyncAPI parser refused docs/asyncapi.yaml:\n{result.stdout}{result.stderr}")
+    assert '{"parsed":"3.0.0"}' in result.stdout
+
+
+def _contract_section(title: str) -> str:
+    text = CONTRACT.read_text()
+    start = text.index(f"### {title}\n")
+    end = text.find("\n##", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| ")]
+    return rows[2:]  # without the heading row and the --- row
+
+
+def _channels_by_address() -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for channel in load_asyncapi()["channels"].values():
+        if channel.get("address"):
+            found.setdefault(channel["address"], []).append(channel)
+    return found
+
+
+def test_every_broker_object_of_the_contract_is_a_channel_of_its_kind() -> None:
+    channels = _channels_by_address()
+    rows = _table_rows(_contract_section("Broker objects"))
+    assert len(rows) == 5
+    for name_cell, kind, *_ in rows:
+        address = name_cell.strip("`").replace("<prefix>", "{prefix}")
+        assert address in channels, f"{name_cell} of docs/contract.md is not in asyncapi.yaml"
+        bindings = [c["bindings"]["amqp"] for c in channels[address]]
+        for binding in bindings:
+            assert binding["is"] in ("queue", "routingKey")
+            part = binding["queue"] if binding["is"] == "queue" else binding["exchange"]
+            assert part["name"] == address and part["durable"] is True, address
+        if "queue" in kind:
+            assert any(b["is"] == "queue" for b in bindings), f"{address} is a queue"
+        if "fanout exchange" in kind:
+            assert any(b["is"] == "routingKey" and b["exchange"]["type"] == "fanout"
+                       for b in bindings), f"{address} is a fanout exchange"
+        if "bound to" in kind:
+            bound_to = re.search(r"bound to `([^`]+)`", kind)
+            assert bound_to is not None
+            assert any(b.get("x-bound-to") == bound_to.group(1).replace("<prefix>", "{prefix}")
+                       for b in bindings), f"{address} is bound to {bound_to.group(1)}"
+
+
+def test_the_queue_arguments_are_the_contract_s_and_the_code_s() -> None:
+    channels = _channels_by_address()
+    code = {queue.name.replace("PREFIX", "{prefix}"): queue
+            for queue in thelca_topology(Names("PREFIX")).queues}
+    rows = _table_rows(_contract_section("Queue arguments"))
+    assert len(rows) == 4
+    for name_cell, arguments_cell in rows:
+        address = name_cell.strip("`").replace("<prefix>", "{prefix}")
+        documented: dict[str, Any] = {}
+        for key, text in re.findall(r"`(x-[a-z-]+): ([^`]+)`", arguments_cell):
+            value = text.replace("<prefix>", "{prefix}")
+            documented[key] = int(value) if value.isdigit() else value
+        (binding,) = [c["bindings"]["amqp"] for c in channels[address]
+                      if c["bindings"]["amqp"]["is"] == "queue"]
+        assert binding["x-queue-arguments"] == documented, address
+        in_code = {k: v.replace("PREFIX", "{prefix}") if isinstance(v, str) else v
+                   for k, v in code[address].arguments.items()}
+        assert in_code == documented, f"the code declares {address} otherwise"
+        bound = code[address].bind_to
+        assert binding.get("x-bound-to") == (bound.replace("PREFIX", "{prefix}") if bound
+                                             else None)
+
+
+def _json_examples(section: str) -> list[Any]:
+    """The indented code blocks of a contract section that are JSON (whole, or line by line)."""
+    blocks = re.findall(r"(?:^ {4}.*\n)+", section, flags=re.MULTILINE)
+    found: list[Any] = []
+    for block in blocks:
+        try:
+            found.append(json.loads(block))
+            continue
+        except json.JSONDecodeError:
+            pass
+        for line in block.splitlines():
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # an example with a placeholder such as {...}
+    return found
+
+
+@pytest.mark.parametrize(("section", "schema", "at_least"), [
+    ("Command message", "command.json", 2),
+    ("Item", "item.json", 1),
+    ("Reply", "reply.json", 1),
+    ("Replay request", "replay-request.json", 1),
+])
+def test_the_examples_of_docs_contract_md_match_the_schemas(
+    section: str, schema: str, at_least: int
+) -> None:
+    examples = _json_examples(_contract_section(section))
+    assert len(examples) >= at_least
+    for example in examples:
+        assert_valid(schema_uri(schema), example, f"an example of {section}")
+
+
+def test_the_asyncapi_message_examples_match_their_message() -> None:
+    for name, message in load_asyncapi()["components"]["messages"].items():
+        for example in message.get("examples", []):
+            if "payload" in example:
+                assert_valid(f"{ASYNCAPI.as_uri()}#/components/messages/{name}/payload",
+                             example["payload"], f"the example of {name}")
+            if "headers" in example:
+                assert_valid(f"{ASYNCAPI.as_uri()}#/components/messages/{name}/headers",
+                             example["headers"], f"the example of {name}")
+
+
+def test_the_client_library_encodes_what_the_schemas_describe() -> None:
+    item_id = str(uuid.uuid4())
+    item = {"id": item_id, "created_at": "2020-02-18T16:37:09.654917+00:00",
+            "created_by": "a-test-only-id-abcd", "properties": {"type": "BUG"}}
+    for body in (encode_command("create", item={"properties": {"type": "STORY"}}),
+                 encode_command("read", id=item_id),
+                 encode_command("update", id=item_id, item=item, expected_version=3)):
+        assert_valid(COMMAND, json.loads(body), body.decode())
+    for body in (encode_replay_request(),
+                 encode_replay_request(since="2020-02-18T00:00:00+00:00",
+                                       until="2020-02-19T00:00:00+00:00",
+                                       types=["Item created", "Server started"])):
+        assert_valid(schema_uri("replay-request.json"), json.loads(body), body.decode())
+
+
+# ================================================================ real messages
+
+
+class CapturingClient(PlainClient):
+    """The plain pika client, keeping every reply exactly as it came."""
+
+    def __init__(self, amqp_url: str, prefix: str) -> None:
+        self.raw: dict[str | None, Captured] = {}
+        super().__init__(amqp_url, prefix)
+
+    def _on_reply(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self.raw[properties.correlation_id] = Captured.of(properties, body)
+        super()._on_reply(channel, method, properties, body)
+
+    def reply(self, body: bytes | dict[str, Any], status: int, **options: Any) -> Captured:
+        """Send a command and return its reply, which must have this status."""
+        message_id = options.setdefault("message_id", str(uuid.uuid4()))
+        answer = self.send(body, **options)
+        assert answer.status == status, answer.body
+        return self.raw.pop(answer.properties.correlation_id or message_id)
+
+    def reply_to_raw(self, body: bytes, properties: pika.BasicProperties) -> Captured:
+        """Publish with exactly these properties (reply_to: direct reply-to); wait for the reply."""
+        properties.reply_to = "amq.rabbitmq.reply-to"
+        self.channel.basic_publish("", self.queue, body, properties, mandatory=True)
+        key = properties.correlation_id  # None when the command has no correlation_id
+        deadline = time.monotonic() + 10
+        while key not in self.raw:
+            assert time.monotonic() < deadline, "no reply"
+            self.connection.process_data_events(time_limit=0.1)
+        self._replies.pop(key, None)  # type: ignore[arg-type]
+        return self.raw.pop(key)
+
+
+def consume_until(
+    channel: Any, queue: str, done: Any, timeout: float = 15
+) -> list[Captured]:
+    """Every message of queue, until done(messages) or the timeout."""
+    messages: list[Captured] = []
+    deadline = time.monotonic() + timeout
+    for method, properties, body in channel.consume(queue, inactivity_timeout=0.5):
+        if method is not None and properties is not None and body is not None:
+            channel.basic_ack(method.delivery_tag)
+            messages.append(Captured.of(properties, body))
+        if done(messages) or time.monotonic() > deadline:
+            break
+    channel.cancel()
+    return messages
+
+
+def get_one(amqp_url: str, queue: str, timeout: float = 15) -> Captured:
+    """The next message of a queue, taken (acked)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is not None and properties is not None and body is not None:
+                return Captured.of(properties, body)
+            time.sleep(0.1)
+    finally:
+        connection.close()
+    raise AssertionError(f"nothing arrived in {queue} within {timeout}s")
+
+
+def check_reply(reply: Captured, status: int, correlation_id: str | None) -> None:
+    assert_message("reply", reply)
+    assert reply.json()["status"] == status
+    assert reply.headers["status"] == status, "the header status is the body's status"
+    assert reply.properties.get("correlation_id") == correlation_id
+
+
+def check_event(event: Captured) -> None:
+    body = event.json()
+    assert_message(event_message_name(event.properties["type"]), event)
+    assert event.properties["type"] == body["type"], "the AMQP type is the event's type"
+    assert event.properties["message_id"] == body["id"], "the AMQP message_id is the event id"
+
+
+@pytest.fixture
+def client(system: RunningSystem) -> Iterator[CapturingClient]:
+    plain = CapturingClient(system.amqp_url, system.prefix)
+    yield plain
+    plain.close()
+
+
+def test_real_replies_events_and_log_lines_match_the_asyncapi_messages(
+    system: RunningSystem, client: CapturingClient
+) -> None:
+    events_channel, events_queue = watch(client, system.names.events)
+    replies: list[tuple[Captured, int, str]] = []  # reply, status, its correlation_id
+    expect_events: set[str] = set()  # command ids whose command produces an event
+
+    def send(body: bytes | dict[str, Any], status: int, *, event: bool = False,
+             **options: Any) -> dict[str, Any]:
+        message_id = options.setdefault("message_id", str(uuid.uuid4()))
+        reply = client.reply(body, status, **options)
+        replies.append((reply, status, options.get("correlation_id") or message_id))
+        if event:
+            expect_events.add(message_id)
+        return dict(reply.json())
+
+    created = send({"command": "create", "item": {"properties": {"type": "STORY"},
+                                                  "colour": "ignored"}}, 200, event=True)
+    item, item_id = created["item"], created["item"]["id"]
+    send({"command": "create"}, 200, event=True)
+    send({"command": "create", "item": {"properties": None}}, 200, event=True)
+    send({"command": "read", "id": item_id}, 200, event=True)
+    send({"command": "update", "id": item_id, "expected_version": 1,
+          "item": {**item, "properties": {"type": "BUG"}}}, 200, event=True)
+    send({"command": "update", "id": item_id, "item": {**item, "properties": None}}, 200,
+         event=True)
+    # Every refusal the test-only Authority can give, in the contract's order.
+    send(b'{"command": "create", "x": "' + b"a" * (1 << 20) + b'"}', 413)
+    send({"command": "create"}, 401, headers={}, event=True)
+    send({"command": "read", "id": item_id}, 401, token="BAAD", event=True)
+    send({"command": "read", "id": item_id}, 401, headers={"Authorization": "Basic YTpi"},
+         event=True)
+    send(b"not json", 400)
+    send(b"[]", 400)
+    send({"command": "delete", "id": item_id}, 400)
+    send({"command": "read", "id": 5}, 400)
+    send({"command": "create", "item": {"id": "mine"}}, 400)
+    send({"command": "update", "id": item_id, "item": {**item, "id": "other"}}, 400)
+    send({"command": "update", "id": item_id, "item": {**item, "created_by": "me"}}, 400)
+    send({"command": "read", "id": "no-such-id"}, 404)
+    send({"command": "update", "id": "no-such-id", "item": item}, 404)
+    send({"command": "update", "id": item_id, "item": item, "expected_version": 1}, 409)
+    reused = str(uuid.uuid4())
+    first = send({"command": "create"}, 200, message_id=reused, event=True)
+    assert send({"command": "create"}, 200, message_id=reused) == first
+    send({"command": "create"}, 409, message_id=reused, token="someone-else")
+    send({"command": "read", "id": item_id}, 200, correlation_id="my-correlation",
+         event=True)
+    # Fire-and-forget, and commands without message_id (with a correlation_id, and with none).
+    expect_events.add(client.publish({"command": "create"}))
+    for correlation_id in ("no-message-id", None):
+        reply = client.reply_to_raw(
+            b'{"command": "create"}',
+            pika.BasicProperties(correlation_id=correlation_id, delivery_mode=2,
+                                 content_type="application/json",
+                                 headers={"Authorization": "Bearer abcd"}))
+        check_reply(reply, 200, correlation_id)
+
+    for reply, status, correlation_id in replies:
+        check_reply(reply, status, correlation_id)
+
+    def all_arrived(messages: list[Captured]) -> bool:
+        ids = {m.json().get("command_id") for m in messages}
+        generated = [i for i in ids if str(i).startswith("generated-")]
+        return expect_events <= ids and len(generated) >= 2
+
+    events = consume_until(events_channel, events_queue, all_arrived)
+    assert all_arrived(events), "not every expected event was published"
+    for event in events:
+        check_event(event)
+    types = {(e.json()["type"], e.json()["user"] is None) for e in events}
+    assert types == {("Item created", False), ("Item updated", False), ("Item read", False),
+                     ("Access refused", True)}
+
+    event_ids = {e.json()["id"] for e in events}
+    lines = system.wait_for_log(lambda ls: event_ids <= {line.get("id") for line in ls})
+    assert event_ids <= {line.get("id") for line in lines}, "not every event reached the log"
+    for number, line in enumerate(lines, 1):
+        assert_valid(EVENT, line, f"line {number} of the event log")
+
+
+def test_a_403_its_event_a_500_and_its_dead_letter_match_the_asyncapi_messages(
+    amqp_url: str, worker: Names
+) -> None:
+    """The in-process worker's stand-in Authority refuses mallory and breaks on explode."""
+    client = CapturingClient(amqp_url, worker.prefix)
+    try:
+        events_channel, events_queue = watch(client, worker.events)
+        item = client.reply({"command": "create"}, 200).json()["item"]
+        refused_id = str(uuid.uuid4())
+        refused = client.reply({"command": "update", "id": item["id"], "item": item}, 403,
+                               token="mallory", message_id=refused_id)
+        check_reply(refused, 403, refused_id)
+        poison_id = str(uuid.uuid4())
+        poison = {"command": "create", "item": {"properties": {"explode": True}}}
+        failed = client.reply(poison, 500, message_id=poison_id, correlation_id="corr-500")
+        check_reply(failed, 500, "corr-500")
+
+        events = consume_until(events_channel, events_queue,
+                               lambda ms: any(m.json()["command_id"] == refused_id for m in ms))
+        for event in events:
+            check_event(event)
+        (access,) = [e.json() for e in events if e.json()["command_id"] == refused_id]
+        assert access["type"] == "Access refused"
+        assert access["user"] == "a-test-only-id-mallory"
+        assert access["value"] == {"command": "update", "id": item["id"], "status": 403}
+    finally:
+        client.close()
+
+    dead = get_one(amqp_url, worker.dead)
+    assert_message("deadLetter", dead, json_body=False)
+    assert dead.json() == poison
+    assert dead.properties["message_id"] == poison_id
+    assert dead.properties["correlation_id"] == "corr-500"
+    assert dead.headers["x-thelca-user"] == "a-test-only-id-abcd"
+    assert dead.headers["x-thelca-reply-to"].startswith("amq.rabbitmq.reply-to")
+    assert failed.json()["error"].split()[-1] in dead.headers["x-thelca-reason"]
+
+
+def test_the_logger_s_dead_letter_matches_the_asyncapi_message(system: RunningSystem) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(system.names.events, "", b"[1, 2, 3]",
+                              pika.BasicProperties(message_id="not-an-event", delivery_mode=2))
+    finally:
+        connection.close()
+    dead = get_one(system.amqp_url, system.names.dead)
+    assert_message("deadLetter", dead, json_body=False)
+    assert dead.body == b"[1, 2, 3]"
+    assert dead.headers["x-thelca-reason"].startswith("logger:")
+
+
+@pytest.fixture
+def topology(amqp_url: str, prefix: str) -> Iterator[Names]:
+    """The broker objects of a prefix, declared with thelca's own arguments, and no worker."""
+    names = Names(prefix)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        declared = thelca_topology(names)
+        for exchange in declared.fanout_exchanges:
+            channel.exchange_declare(exchange, "fanout", durable=True)
+        for queue in declared.queues:
+            channel.queue_declare(queue.name, durable=True, arguments=queue.arguments)
+            if queue.bind_to:
+                channel.queue_bind(queue.name, queue.bind_to)
+    finally:
+        connection.close()
+    try:
+        yield names
+    finally:
+        delete_prefix(amqp_url, prefix)
+
+
+def test_the_broker_s_dead_letter_matches_the_asyncapi_message(
+    amqp_url: str, topology: Names
+) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", topology.commands, b'{"command": "create"}',
+                              pika.BasicProperties(message_id="poison", delivery_mode=2,
+                                                   headers={"Authorization": "Bearer abcd"}),
+                              mandatory=True)
+        refusals = 0
+        while (method := channel.basic_get(topology.commands, auto_ack=False)[0]) is not None:
+            # A reject counts towards the quorum queue's delivery limit on every version.
+            channel.basic_reject(int(method.delivery_tag or 0), requeue=True)
+            refusals += 1
+        assert refusals == 21  # x-delivery-limit 20
+    finally:
+        connection.close()
+    dead = get_one(amqp_url, topology.dead)
+    assert_message("deadLetter", dead, json_body=False)
+    assert "x-thelca-reason" not in dead.headers
+    assert dead.headers["Authorization"] == "Bearer abcd"  # documented: restrict the queue
+
+
+# ================================================================ the command schema agrees
+
+
+# Bodies the worker accepts (200) must be valid; ITEM and ID stand for a real item.
+ACCEPTED: list[tuple[str, Any]] = [
+    ("create, no item", {"command": "create"}),
+    ("create, item null", {"command": "create", "item": None}),
+    ("create, properties null", {"command": "create", "item": {"properties": None}}),
+    ("create, server fields null",
+     {"command": "create", "item": {"id": None, "created_at": None, "created_by": None}}),
+    ("create, other fields", {"command": "create", "item": {"colour": 1}, "extra": True}),
+    ("read, other fields ignored",
+     {"command": "read", "id": "ID", "item": "anything", "expected_version": "x"}),
+    ("update", {"command": "update", "id": "ID", "item": "ITEM"}),
+    ("update, expected_version null",
+     {"command": "update", "id": "ID", "item": "ITEM", "expected_version": None}),
+    ("update, properties null", {"command": "update", "id": "ID", "item": "ITEM_NO_PROPERTIES"}),
+]
+
+# Bodies the worker refuses with 400 must be invalid.
+REFUSED: list[tuple[str, Any]] = [
+    ("not an object", ["command", "create"]),
+    ("no command", {"id": "ID"}),
+    ("command null", {"command": None}),
+    ("unknown command", {"command": "delete", "id": "ID"}),
+    ("command not a string", {"command": ["create"]}),
+    ("read without id", {"command": "read"}),
+    ("read, id null", {"command": "read", "id": None}),
+    ("read, id not a string", {"command": "read", "id": 5}),
+    ("read, id an object", {"command": "read", "id": {"$ne": None}}),
+    ("create, item not an object", {"command": "create", "item": "x"}),
+    ("create, properties an array", {"command": "create", "item": {"properties": [1]}}),
+    ("create with id", {"command": "create", "item": {"id": "mine"}}),
+    ("create with created_at",
+     {"command": "create", "item": {"created_at": "2020-02-18T16:37:09.654917+00:00"}}),
+    ("create with created_by", {"command": "create", "item": {"created_by": "me"}}),
+    ("create, created_by a number", {"command": "create", "item": {"created_by": 5}}),
+    ("update without item", {"command": "update", "id": "ID"}),
+    ("update, item null", {"command": "update", "id": "ID", "item": None}),
+    ("update, item a string", {"command": "update", "id": "ID", "item": "x"}),
+    ("update without id", {"command": "update", "item": "ITEM"}),
+    ("update, item.id a number", {"command": "update", "id": "ID", "item": {"id": 5}}),
+    ("update, item without id", {"command": "update", "id": "ID", "item": {"properties": {}}}),
+    ("update, expected_version a string",
+     {"command": "update", "id": "ID", "item": "ITEM", "expected_version": "1"}),
+    ("update, expected_version a fraction",
+     {"command": "update", "id": "ID", "item": "ITEM", "expected_version": 1.5}),
+    ("update, expected_version a boolean",
+     {"command": "update", "id": "ID", "item": "ITEM", "expected_version": True}),
+    ("update, expected_version beyond 64 bits",
+     {"command": "update", "id": "ID", "item": "ITEM", "expected_version": 10**29}),
+]
+
+# 400s no JSON Schema can express; command.json's description names each.
+BEYOND_A_SCHEMA: list[tuple[str, bytes, str]] = [
+    ("item.id differs from id",
+     b'{"command": "update", "id": "ID", "item": ITEM_OTHER_ID}', "must equal its id"),
+    ("created_at changed",
+     b'{"command": "update", "id": "ID", "item": ITEM_OTHER_TIME}', "created_at and created_by"),
+    ("expected_version 1.0",
+     b'{"command": "update", "id": "ID", "item": ITEM, "expected_version": 1.0}', "3.0"),
+    ("properties 100 levels deep",
+     b'{"command": "create", "item": {"properties": {"a": ' + b"[" * 100 + b"]" * 100 + b"}}}",
+     "64 levels"),
+]
+
+
+def _fill(body: Any, item: dict[str, Any]) -> Any:
+    """body with ID and ITEM replaced by a real item's id and the item."""
+    if body == "ID":
+        return item["id"]
+    if body == "ITEM":
+        return item
+    if body == "ITEM_NO_PROPERTIES":
+        return {**item, "properties": None}
+    if isinstance(body, dict):
+        return {k: _fill(v, item) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_fill(v, item) for v in body]
+    return body
+
+
+def test_the_command_schema_accepts_what_the_worker_accepts_and_refuses_its_400s(
+    client: CapturingClient,
+) -> None:
+    item = client.reply({"command": "create"}, 200).json()["item"]
+    wrong: list[str] = []
+    for label, template in ACCEPTED:
+        body = _fill(template, item)
+        status = client.send(body).status
+        found = errors(COMMAND, body)
+        if status != 200 or found:
+            wrong.append(f"{label}: worker {status}, schema says {found or 'valid'}")
+    for label, template in REFUSED:
+        body = _fill(template, item)
+        status = client.send(body).status
+        if status != 400 or not errors(COMMAND, body):
+            wrong.append(f"{label}: worker {status}, schema says "
+                         f"{errors(COMMAND, body) or 'valid'}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_400s_beyond_a_schema_are_named_in_the_command_schema(
+    client: CapturingClient,
+) -> None:
+    item = client.reply({"command": "create"}, 200).json()["item"]
+    description = json.loads((SCHEMAS / "command.json").read_text())["description"]
+    replacements = {
+        b'"ID"': json.dumps(item["id"]).encode(),
+        b"ITEM_OTHER_ID": json.dumps({**item, "id": str(uuid.uuid4())}).encode(),
+        b"ITEM_OTHER_TIME": json.dumps(
+            {**item, "created_at": "2020-02-18T16:37:09.654917+00:00"}).encode(),
+        b"ITEM": json.dumps(item).encode(),
+    }
+    for label, template, words in BEYOND_A_SCHEMA:
+        body = template
+        for placeholder, value in replacements.items():
+            body = body.replace(placeholder, value)
+        assert client.send(body).status == 400, label
+        assert errors(COMMAND, json.loads(body)) == [], f"{label}: the schema cannot say so"
+        assert words in description, f"command.json does not say: {label}"
