@@ -232,7 +232,8 @@ class CommandHandler:
 
     def dead_letter(self, message: Incoming, reason: str, *, user: str | None) -> Outgoing:
         """The command as it came, minus its token, with why it could not be processed."""
-        headers = {k: v for k, v in message.headers.items() if k.lower() != "authorization"}
+        headers = {k: v for k, v in message.headers.items()
+                   if k.lower() not in ("authorization", "x-delivery-count")}
         headers[DEAD_REASON_HEADER] = reason
         if user is not None:
             headers[DEAD_USER_HEADER] = user
