@@ -543,6 +543,7 @@ class TestSQLiteStore(StoreContract):
             again.close()
 
 
+@pytest.mark.postgres
 class TestPostgresStore(StoreContract):
     """The contract against the local PostgreSQL, each test in a schema of its own."""
 
