@@ -39,6 +39,9 @@ OPTIONS: dict[str, Option] = {
                        "largest command body in bytes; larger ones get 413"),
     "prefetch": Option("--prefetch", "THELCA_PREFETCH", "200",
                        "deliveries in flight per consumer (also the largest batch)"),
+    "processes": Option("--processes", "THELCA_PROCESSES", "1",
+                        "worker processes to run; more than 1 needs a store that takes many "
+                        "writers (postgresql://...), SQLite is one writer"),
     "log_level": Option("--log-level", "THELCA_LOG_LEVEL", "INFO",
                         "DEBUG, INFO, WARNING or ERROR"),
 }
@@ -46,7 +49,7 @@ OPTIONS: dict[str, Option] = {
 GROUPS = {
     "broker": ("amqp_url", "prefix"),
     "store": ("store",),
-    "worker": ("authority", "max_body", "prefetch"),
+    "worker": ("authority", "max_body", "prefetch", "processes"),
     "logger": ("event_log", "prefetch"),
     "logging": ("log_level",),
 }
@@ -75,6 +78,7 @@ class Settings:
     authority: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     prefetch: int = 200
+    processes: int = 1
     log_level: str = "INFO"
 
     @property
@@ -95,7 +99,7 @@ class Settings:
             if raw is None:
                 raw = environ.get(option.env) or option.default
             values[f.name] = raw
-        for name in ("max_body", "prefetch"):
+        for name in ("max_body", "prefetch", "processes"):
             values[name] = _positive_int(name, values[name])
         try:
             Names(values["prefix"])
