@@ -41,6 +41,7 @@ import pika
 import pytest
 
 from tests.integration.conftest import RunningSystem, delete_prefix, system_env
+from tests.postgres import terminate
 from thelca.restore import restore
 from thelca.stores.memory import MemoryStore
 from thelca.stores.postgres import PostgresStore
@@ -201,6 +202,34 @@ def _check(tally: Tally, hot: list[dict[str, Any]], lines: list[dict[str, Any]],
         assert last["value"] == stored.item.to_json()
         versions[item["properties"]["hot"]] = stored.version
     return {"lost": len(lost), "duplicated": len(duplicated), "versions": versions}
+
+
+def test_a_worker_whose_database_connection_is_killed_retries_and_answers(
+    amqp_url: str, prefix: str, tmp_path: Path, pg_store_url: str, pg_url: str
+) -> None:
+    """The database drops the connection: the batch is retried, never answered 500."""
+    name = f"thelca-test-{uuid.uuid4().hex[:8]}"
+    env = system_env(amqp_url, prefix, tmp_path,
+                     THELCA_STORE=f"{pg_store_url}&application_name={name}")
+    system = RunningSystem(amqp_url, prefix, tmp_path, env)
+    try:
+        system.start("worker")
+        _wait_for_consumers(system, system.names.commands, 1)
+        with Client(amqp_url, prefix=prefix, token="abcd", timeout=TIMEOUT) as client:
+            created = client.create({"n": 1})
+            assert terminate(pg_url, name) == 1
+            updated = client.update(str((created.item or {})["id"]),
+                                    {**(created.item or {}), "properties": {"n": 2}})
+            assert updated.status == 200 and updated.version == 2
+            assert client.create({"n": 3}).status == 200
+        assert system.stop("worker") == 0
+    finally:
+        for role in list(system.processes):
+            system.stop(role)
+        delete_prefix(amqp_url, prefix)
+    output = system.output()
+    assert "the connection to PostgreSQL" in output and "was lost" in output
+    assert "retrying" in output
 
 
 # ------------------------------------------------------------ producers
