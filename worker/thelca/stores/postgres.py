@@ -79,7 +79,11 @@ TABLES: tuple[LiteralString, ...] = (
     )""",
 )
 
-SELECT_ITEMS_PAGE = (
+SELECT_FIRST_ITEMS = (
+    "SELECT id, created_at, created_by, properties::text, version FROM items "
+    "ORDER BY id LIMIT %s"
+)
+SELECT_ITEMS_AFTER = (
     "SELECT id, created_at, created_by, properties::text, version FROM items "
     "WHERE id > %s ORDER BY id LIMIT %s"
 )
@@ -172,14 +176,14 @@ class PostgresStore:
 
     def items(self) -> Iterator[StoredItem]:
         # Page by id rather than hold a cursor (and the lock) open while the caller works.
-        after = ""
+        with self._using() as conn:
+            rows = conn.execute(SELECT_FIRST_ITEMS, (PAGE,)).fetchall()
         while True:
-            with self._using() as conn:
-                rows = conn.execute(SELECT_ITEMS_PAGE, (after, PAGE)).fetchall()
             yield from (_stored(row) for row in rows)
             if len(rows) < PAGE:
                 return
-            after = rows[-1][0]
+            with self._using() as conn:
+                rows = conn.execute(SELECT_ITEMS_AFTER, (rows[-1][0], PAGE)).fetchall()
 
     def count_items(self) -> int:
         with self._using() as conn:
