@@ -30,7 +30,7 @@ OPTIONS: dict[str, Option] = {
     "prefix": Option("--prefix", "THELCA_PREFIX", DEFAULT_PREFIX,
                      "prefix of every broker object"),
     "store": Option("--store", "THELCA_STORE", "sqlite:///thelca.db",
-                    "item store: sqlite:///PATH, memory:"),
+                    "item store: sqlite:///PATH, memory: or postgresql://USER@HOST/DB?schema=NAME"),
     "event_log": Option("--event-log", "THELCA_EVENT_LOG", "thelca-events.log",
                         "the logger's JSON-lines file"),
     "authority": Option("--authority", "THELCA_AUTHORITY", None,
