@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,43 @@ def test_restore_reports_and_skips_a_torn_line(tmp_path: Path) -> None:
     report = restore(path, store)
     assert report.applied == 1 and report.items == 1
     assert report.problems == [(2, "torn line (no newline at the end of the log)")]
+
+
+def _created(item_id: str, line_id: str) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(json.dumps(CREATED))
+    event["value"]["id"], event["id"] = item_id, line_id
+    return event
+
+
+def _updated(version: int, line_id: str, item_id: str = "i1") -> dict[str, Any]:
+    event = _created(item_id, line_id)
+    event["value"]["properties"] = {"v": version}
+    return {**event, "type": "Item updated", "version": version}
+
+
+def _write(path: Path, events: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(event) + "\n" for event in events))
+
+
+def test_restore_applies_updates_that_arrived_out_of_version_order(tmp_path: Path) -> None:
+    """Several workers: each publishes after its own commit, so the log may swap versions."""
+    path = tmp_path / "events.log"
+    _write(path, [_created("i1", "c1"), _updated(3, "u3"), _updated(4, "u4"),
+                  _updated(2, "u2"), _updated(2, "w2", "i2"), _created("i2", "c2")])
+    store = MemoryStore()
+    report = restore(path, store)
+    assert report.problems == []
+    assert report.applied == 6
+    assert [(s.item.id, s.version, s.item.properties) for s in store.items()] == [
+        ("i1", 4, {"v": 4}), ("i2", 2, {"v": 2})]
+
+
+def test_restore_reports_an_update_whose_earlier_version_never_came(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    _write(path, [_created("i1", "c1"), _updated(3, "u3"), _updated(2, "u2"),
+                  _updated(5, "u5")])
+    store = MemoryStore()
+    report = restore(path, store)
+    assert report.problems == [
+        (4, "item i1 is updated to version 5 but the log never reached version 4")]
+    assert [(s.item.id, s.version) for s in store.items()] == [("i1", 3)]

@@ -13,7 +13,7 @@ from thelca.errors import ConfigurationError
 from thelca.eventlog import EventLogWriter
 from thelca.logger import EventLogger
 from thelca.settings import OPTIONS, Settings
-from thelca.stores import ItemStore, open_store
+from thelca.stores import ItemStore, many_writers, open_store
 
 log = logging.getLogger("thelca")
 
@@ -47,6 +47,32 @@ def build_authority(settings: Settings) -> Authority:
                     "token. For development and tests only, never in production.", env)
         return TestOnlyAuthority()
     raise AssertionError(f"{name} is listed in AUTHORITIES but not built")
+
+
+def check_processes(settings: Settings) -> None:
+    """Refuse several worker processes on a store that takes one writer, saying what to do."""
+    if settings.processes == 1 or many_writers(settings.store):
+        return
+    option = OPTIONS["processes"]
+    kind = "SQLite is one writer" if settings.store.startswith("sqlite:") else \
+        "a memory: store lives inside one process"
+    raise ConfigurationError(
+        f"{option.flag} / {option.env} is {settings.processes}, but {kind}: run one worker "
+        f"process ({option.flag} 1), or use a PostgreSQL store (THELCA_STORE=postgresql://...) "
+        "for many"
+    )
+
+
+def worker_children(settings: Settings) -> dict[str, list[str]]:
+    """The `thelca worker` children a supervisor runs for settings.processes."""
+    if settings.processes == 1:
+        return {"worker": ["worker"]}
+    return {f"worker-{n}": ["worker"] for n in range(1, settings.processes + 1)}
+
+
+def child_environment(settings: Settings, environ: dict[str, str]) -> dict[str, str]:
+    """The environment of a supervised child: these settings, one worker process each."""
+    return {**environ, **settings.environment(), OPTIONS["processes"].env: "1"}
 
 
 @dataclass

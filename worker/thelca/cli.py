@@ -6,9 +6,7 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -56,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="consume commands, reply, publish events",
                             description="Consume <prefix>.commands: check, apply, reply, "
-                            "publish the event, ack once the broker confirmed it.")
+                            "publish the event, ack once the broker confirmed it. With "
+                            "--processes N (PostgreSQL only), start N such processes and "
+                            "restart one that dies.")
     add_options(worker, "broker", "store", "worker", "logging", "metrics")
     worker.set_defaults(func=_run_worker)
 
@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     logger.set_defaults(func=_run_logger)
 
     run = sub.add_parser("run", help="worker and logger together, for one machine",
-                         description="Start the worker and the logger as child processes, "
-                         "restart one that dies, stop both on SIGTERM or Ctrl-C.")
+                         description="Start the worker (--processes of them) and the logger "
+                         "as child processes, restart one that dies, stop all on SIGTERM or "
+                         "Ctrl-C.")
     add_options(run, "broker", "store", "worker", "logger", "logging", "metrics")
     run.set_defaults(func=_run_all)
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from thelca.bootstrap import build_worker
 
+    if settings.processes > 1:
+        return _supervise(settings, with_logger=False)
     role = build_worker(settings)
     _stop_on_signals(role.stop, "worker")
     _serve_metrics(settings)
@@ -111,49 +114,29 @@ def _run_logger(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_all(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.bootstrap import check_authority_choice
-
-    check_authority_choice(settings)  # refuse to start the children without an Authority
-    env = {**os.environ, **settings.environment()}
-    roles = {role: _spawn(role, _role_env(env, settings, offset))
-             for role, offset in ROLE_OFFSETS.items()}
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        if stopping:
-            os._exit(130)
-        stopping = True
-        log.info("stopping %s", ", ".join(roles))
-        for process in roles.values():
-            process.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    restarts: dict[str, list[float]] = {role: [] for role in roles}
-    while True:
-        for role, process in list(roles.items()):
-            code = process.poll()
-            if code is None or stopping:
-                continue
-            recent = [t for t in restarts[role] if time.monotonic() - t < 60] + [time.monotonic()]
-            restarts[role] = recent
-            log.error("%s exited with %s; restarting it (%d restarts in the last minute)",
-                      role, code, len(recent) - 1)
-            time.sleep(min(30, len(recent)))
-            roles[role] = _spawn(role, _role_env(env, settings, ROLE_OFFSETS[role]))
-        if stopping and all(p.poll() is not None for p in roles.values()):
-            return 0
-        time.sleep(0.2)
+    return _supervise(settings, with_logger=True)
 
 
-ROLE_OFFSETS = {"worker": 0, "logger": 1}
+def _supervise(settings: Settings, *, with_logger: bool) -> int:
+    """Worker processes (and the logger) as children, restarted when they die."""
+    from thelca.bootstrap import (
+        check_authority_choice,
+        check_processes,
+        child_environment,
+        worker_children,
+    )
+    from thelca.supervisor import supervise
 
-
-def _role_env(env: dict[str, str], settings: Settings, offset: int) -> dict[str, str]:
-    """Each child its own metrics port: the base port plus the role's offset."""
-    port = settings.metrics_port + offset if settings.metrics_port else 0
-    return {**env, "THELCA_METRICS_PORT": str(port)}
+    # Refuse here rather than let every child fail and be restarted.
+    check_authority_choice(settings)
+    check_processes(settings)
+    children = worker_children(settings)
+    if with_logger:
+        children["logger"] = ["logger"]
+    if settings.metrics_port:  # each child a port of its own: workers first, then the logger
+        for offset, argv in enumerate(children.values()):
+            argv += ["--metrics-port", str(settings.metrics_port + offset)]
+    return supervise(children, child_environment(settings, dict(os.environ)))
 
 
 def _serve_metrics(settings: Settings) -> None:
@@ -168,11 +151,6 @@ def _serve_metrics(settings: Settings) -> None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host,
                  settings.metrics_port)
 
-
-def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # In a process group of its own a child does not get the terminal's Ctrl-C
-    # directly; the parent forwards one SIGTERM, so a single Ctrl-C stops gently.
-    return subprocess.Popen([sys.executable, "-m", "thelca", role], env=env, process_group=0)
 
 
 def _stop_on_signals(stop: Callable[[], None], role: str) -> None:

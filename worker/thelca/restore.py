@@ -4,6 +4,12 @@ The log is streamed, never loaded whole, and applied in batches of one store
 transaction each. Restore publishes nothing. Lines it cannot use are counted
 and reported with their line numbers, never fatal: a torn last line, a line
 that is not JSON, an event that contradicts the state before it.
+
+With several workers the log is not in version order: two workers update one
+item one after the other, but their events reach the logger in either order
+(each publishes after its own commit, on its own connection). An update whose
+`version` is ahead of the item is therefore held back until the versions
+before it have been applied; one still held at the end is reported.
 """
 
 from __future__ import annotations
@@ -21,6 +27,31 @@ from thelca.stores.base import ItemStore, StoreTransaction
 from thelca_client.contract import ITEM_CREATED, ITEM_UPDATED
 
 BATCH = 1000  # events per transaction: measured faster than one giant transaction
+
+
+@dataclass
+class _Held:
+    """Updates that arrived before the versions they follow, by item id and version."""
+
+    by_item: dict[str, dict[int, tuple[int, Item]]] = field(default_factory=dict)
+
+    def hold(self, item: Item, version: int, line: int) -> None:
+        self.by_item.setdefault(item.id, {})[version] = (line, item)
+
+    def take(self, item_id: str, version: int) -> tuple[int, Item] | None:
+        waiting = self.by_item.get(item_id)
+        if not waiting or version not in waiting:
+            return None
+        found = waiting.pop(version)
+        if not waiting:
+            del self.by_item[item_id]
+        return found
+
+    def leftovers(self) -> list[tuple[int, str]]:
+        return sorted(
+            (line, f"item {item.id} is updated to version {version} but the log never "
+                   f"reached version {version - 1}")
+            for waiting in self.by_item.values() for version, (line, item) in waiting.items())
 
 
 @dataclass
@@ -56,18 +87,21 @@ def restore(
 ) -> RestoreReport:
     """Apply the log's item events to an (empty) store; return what happened."""
     report = RestoreReport()
+    held = _Held()
     for chunk in _chunks(read_log(log_path), BATCH):
         with store.transaction() as tx:
             for line in chunk:
-                _apply_line(tx, line, until, report)
+                _apply_line(tx, line, until, report, held)
         if progress is not None:
             progress(len(chunk))
+    report.problems = sorted(report.problems + held.leftovers())
     report.items = store.count_items()
     return report
 
 
 def _apply_line(
-    tx: StoreTransaction, line: LogLine, until: datetime | None, report: RestoreReport
+    tx: StoreTransaction, line: LogLine, until: datetime | None, report: RestoreReport,
+    held: _Held,
 ) -> None:
     report.lines += 1
     if line.event is None:
@@ -82,16 +116,20 @@ def _apply_line(
         if until is not None and parse_time(str(event.get("time"))) > until:
             report.skipped["after --until"] += 1
             return
-        problem = _apply_item_event(tx, kind, event)
+        problem = _apply_item_event(tx, kind, event, line.number, held)
     except (KeyError, TypeError, ValueError) as error:
         problem = f"{kind} event is malformed: {error}"
     if problem:
         report.problems.append((line.number, problem))
-    else:
+    elif problem is None:
         report.applied += 1
+        report.applied += _apply_held(tx, str(event["value"]["id"]), held)
 
 
-def _apply_item_event(tx: StoreTransaction, kind: str, event: dict[str, Any]) -> str | None:
+def _apply_item_event(
+    tx: StoreTransaction, kind: str, event: dict[str, Any], line: int, held: _Held
+) -> str | None:
+    """None when applied, "" when held back for the versions before it, else the problem."""
     value = event["value"]
     if not isinstance(value, dict):
         raise TypeError("value is not an item")
@@ -103,6 +141,10 @@ def _apply_item_event(tx: StoreTransaction, kind: str, event: dict[str, Any]) ->
             return f"item {item.id} is created twice"
         tx.add_item(item)
         return None
+    reached = 0 if current is None else current.version
+    if isinstance(logged_version, int) and logged_version > reached + 1:
+        held.hold(item, logged_version, line)
+        return ""
     if current is None:
         return f"item {item.id} is updated before it is created"
     if isinstance(logged_version, int) and logged_version != current.version + 1:
@@ -110,6 +152,18 @@ def _apply_item_event(tx: StoreTransaction, kind: str, event: dict[str, Any]) ->
                 f"but the log so far reached version {current.version}")
     tx.replace_item(item, current.version + 1)
     return None
+
+
+def _apply_held(tx: StoreTransaction, item_id: str, held: _Held) -> int:
+    """Apply the held updates that now follow the item's version; how many."""
+    applied = 0
+    while (current := tx.get_item(item_id)) is not None:
+        waiting = held.take(item_id, current.version + 1)
+        if waiting is None:
+            return applied
+        tx.replace_item(waiting[1], current.version + 1)
+        applied += 1
+    return applied
 
 
 def _chunks(lines: Iterable[LogLine], size: int) -> Iterator[list[LogLine]]:

@@ -30,7 +30,7 @@ OPTIONS: dict[str, Option] = {
     "prefix": Option("--prefix", "THELCA_PREFIX", DEFAULT_PREFIX,
                      "prefix of every broker object"),
     "store": Option("--store", "THELCA_STORE", "sqlite:///thelca.db",
-                    "item store: sqlite:///PATH, memory:"),
+                    "item store: sqlite:///PATH, memory: or postgresql://USER@HOST/DB?schema=NAME"),
     "event_log": Option("--event-log", "THELCA_EVENT_LOG", "thelca-events.log",
                         "the logger's JSON-lines file"),
     "authority": Option("--authority", "THELCA_AUTHORITY", None,
@@ -39,13 +39,16 @@ OPTIONS: dict[str, Option] = {
                        "largest command body in bytes; larger ones get 413"),
     "prefetch": Option("--prefetch", "THELCA_PREFETCH", "200",
                        "deliveries in flight per consumer (also the largest batch)"),
+    "processes": Option("--processes", "THELCA_PROCESSES", "1",
+                        "worker processes to run; more than 1 needs a store that takes many "
+                        "writers (postgresql://...), SQLite is one writer"),
     "log_level": Option("--log-level", "THELCA_LOG_LEVEL", "INFO",
                         "DEBUG, INFO, WARNING or ERROR"),
     "log_format": Option("--log-format", "THELCA_LOG_FORMAT", "text",
                          "text, or json (one object per line, for log shippers)"),
     "metrics_port": Option("--metrics-port", "THELCA_METRICS_PORT", "0",
-                           "serve Prometheus /metrics on this port; 0 is off (with run: "
-                           "worker on it, logger on the next)"),
+                           "serve Prometheus /metrics on this port; 0 is off (several processes: "
+                           "each the next port, workers first, then the logger)"),
     "metrics_host": Option("--metrics-host", "THELCA_METRICS_HOST", "127.0.0.1",
                            "address the metrics endpoint listens on"),
 }
@@ -53,7 +56,7 @@ OPTIONS: dict[str, Option] = {
 GROUPS = {
     "broker": ("amqp_url", "prefix"),
     "store": ("store",),
-    "worker": ("authority", "max_body", "prefetch"),
+    "worker": ("authority", "max_body", "prefetch", "processes"),
     "logger": ("event_log", "prefetch"),
     "logging": ("log_level", "log_format"),
     "metrics": ("metrics_port", "metrics_host"),
@@ -83,6 +86,7 @@ class Settings:
     authority: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     prefetch: int = 200
+    processes: int = 1
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_port: int = 0
@@ -106,7 +110,7 @@ class Settings:
             if raw is None:
                 raw = environ.get(option.env) or option.default
             values[f.name] = raw
-        for name in ("max_body", "prefetch"):
+        for name in ("max_body", "prefetch", "processes"):
             values[name] = _positive_int(name, values[name])
         values["metrics_port"] = _port(values["metrics_port"])
         if values["log_format"] not in ("text", "json"):

@@ -1,15 +1,21 @@
-"""Item stores behind one interface: memory, SQLite and (later) PostgreSQL."""
+"""Item stores behind one interface: memory, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from thelca.errors import ConfigurationError
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 
-__all__ = ["ItemStore", "OutboxEvent", "ProcessedCommand", "StoreTransaction", "open_store"]
+__all__ = [
+    "ItemStore", "OutboxEvent", "ProcessedCommand", "StoreTransaction", "many_writers",
+    "open_store",
+]
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def open_store(url: str, *, writer: bool = True) -> ItemStore:
-    """The store a URL names: `memory:`, `sqlite:///relative.db`, `sqlite:////abs.db`."""
+    """The store a URL names: `memory:`, `sqlite:///relative.db`, `sqlite:////abs.db`,
+    `postgresql://user@host:5432/dbname?schema=thelca`."""
     if url in ("memory:", "memory://"):
         from thelca.stores.memory import MemoryStore
 
@@ -21,9 +27,28 @@ def open_store(url: str, *, writer: bool = True) -> ItemStore:
         if not path:
             raise ConfigurationError("sqlite store URL needs a path: sqlite:///thelca.db")
         return SQLiteStore(path, writer=writer)
-    if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError("the PostgreSQL store is not available yet (see issue 7)")
+    if url.startswith(POSTGRES_SCHEMES):
+        return _open_postgres(url, writer=writer)
     raise ConfigurationError(
         f"unknown store URL scheme in {url.split(':', 1)[0]!r}: "
         "use sqlite:///PATH, memory: or postgresql://..."
     )
+
+
+def many_writers(url: str) -> bool:
+    """Whether several worker processes may share the store a URL names."""
+    return url.startswith(POSTGRES_SCHEMES)
+
+
+def _open_postgres(url: str, *, writer: bool) -> ItemStore:
+    try:
+        from thelca.stores.postgres import PostgresStore, split_schema
+    except ImportError as error:
+        raise ConfigurationError(
+            f"the PostgreSQL store needs psycopg 3 ({error}): pip install 'psycopg[binary]'"
+        ) from None
+    try:
+        split_schema(url)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    return PostgresStore(url, writer=writer)

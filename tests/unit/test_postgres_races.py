@@ -1,0 +1,284 @@
+"""Several writers on one PostgreSQL schema: races resolve by version, and only once.
+
+Each test opens a store per thread (a connection each, as separate worker
+processes would) on a schema of its own, and makes the transactions overlap
+on purpose: one holds its change uncommitted while the other runs into it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import psycopg
+import pytest
+
+from thelca.authority.test_only import TestOnlyAuthority
+from thelca.commands import CommandHandler
+from thelca.domain.model import Item, StoredItem
+from thelca.errors import ConcurrentUpdate, StoreUnavailable
+from thelca.messaging import Incoming
+from thelca.stores.base import OutboxEvent, ProcessedCommand
+from thelca.stores.postgres import PostgresStore, _translated
+from thelca_client.contract import Names, encode_command
+
+pytestmark = pytest.mark.postgres
+
+CREATED_AT = "2020-02-18T16:37:09.654917+00:00"
+USER = "a-test-only-id-abcd"
+
+
+def item(item_id: str, properties: dict[str, Any] | None = None) -> Item:
+    return Item(item_id, CREATED_AT, USER, properties or {})
+
+
+@pytest.fixture
+def stores(pg_store_url: str) -> Iterator[Callable[[], PostgresStore]]:
+    """Opens stores on the test's schema, and closes them all afterwards."""
+    opened: list[PostgresStore] = []
+
+    def open_one() -> PostgresStore:
+        opened.append(PostgresStore(pg_store_url))
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+def in_thread(target: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def blocked(thread: threading.Thread, seconds: float = 0.3) -> bool:
+    """Whether the thread is still waiting (for a lock) after a while."""
+    thread.join(timeout=seconds)
+    return thread.is_alive()
+
+
+def test_concurrent_read_modify_write_loses_no_update(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """Four writers increment one counter 25 times each, every time from what they read."""
+    setup = stores()
+    with setup.transaction() as tx:
+        tx.add_item(item("counter", {"n": 0}))
+    writers, rounds = 4, 25
+    start = threading.Barrier(writers)
+
+    def increment(store: PostgresStore) -> None:
+        start.wait()
+        for _ in range(rounds):
+            with store.transaction() as tx:
+                current = tx.get_item("counter")
+                assert current is not None
+                n = current.item.properties["n"]
+                tx.replace_item(item("counter", {"n": n + 1}), current.version + 1)
+
+    runs = [in_thread(partial(increment, stores())) for _ in range(writers)]
+    for thread, errors in runs:
+        thread.join(timeout=120)
+        assert not errors, errors
+    with setup.transaction() as tx:
+        final = tx.get_item("counter")
+    assert final == StoredItem(item("counter", {"n": writers * rounds}), 1 + writers * rounds)
+
+
+def test_a_reader_waits_for_the_writer_and_then_sees_its_version(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        tx.add_item(item("a", {"n": 1}))
+    seen: list[StoredItem | None] = []
+
+    def read_then_update() -> None:
+        with second.transaction() as tx:
+            current = tx.get_item("a")
+            seen.append(current)
+            assert current is not None
+            tx.replace_item(item("a", {"n": "second"}), current.version + 1)
+
+    with first.transaction() as tx:
+        current = tx.get_item("a")
+        assert current is not None
+        tx.replace_item(item("a", {"n": "first"}), 2)
+        thread, errors = in_thread(read_then_update)
+        assert blocked(thread), "the second writer did not wait for the first"
+    thread.join(timeout=30)
+    assert not errors
+    assert seen == [StoredItem(item("a", {"n": "first"}), 2)]
+    with first.transaction() as tx:
+        assert tx.get_item("a") == StoredItem(item("a", {"n": "second"}), 3)
+
+
+def test_a_stale_version_written_from_another_connection_is_refused(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """replace_item checks the version itself, also for a writer that did not lock first."""
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        tx.add_item(item("a", {"n": 1}))
+    outcome: list[str] = []
+
+    def stale_update() -> None:
+        with second.transaction() as tx:
+            try:
+                tx.replace_item(item("a", {"n": "stale"}), 2)  # it read version 1 earlier
+            except ConcurrentUpdate:
+                outcome.append("ConcurrentUpdate")
+            tx.add_item(item("b"))  # the transaction goes on after the refusal
+
+    with first.transaction() as tx:
+        tx.replace_item(item("a", {"n": "winner"}), 2)
+        thread, errors = in_thread(stale_update)
+        assert blocked(thread)
+    thread.join(timeout=30)
+    assert not errors
+    assert outcome == ["ConcurrentUpdate"]
+    assert [s.item.id for s in first.items()] == ["a", "b"]
+    with first.transaction() as tx:
+        assert tx.get_item("a") == StoredItem(item("a", {"n": "winner"}), 2)
+
+
+def test_one_message_id_recorded_by_two_writers_at_once_is_recorded_once(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    first, second = stores(), stores()
+    mine = ProcessedCommand("m1", USER, b'{"status": 200, "version": 2}', "e-first")
+    theirs = ProcessedCommand("m1", USER, b'{"status": 200, "version": 3}', "e-second")
+    outcome: list[object] = []
+
+    def record() -> None:
+        with second.transaction() as tx:
+            try:
+                with tx.savepoint():
+                    tx.add_item(item("second-effect"))
+                    tx.add_processed(theirs)
+            except ConcurrentUpdate:
+                outcome.append("ConcurrentUpdate")
+                outcome.append(tx.get_processed("m1"))  # what the handler's retry sees
+
+    with first.transaction() as tx:
+        tx.add_processed(mine)
+        thread, errors = in_thread(record)
+        assert blocked(thread), "the second writer did not wait for the first's record"
+    thread.join(timeout=30)
+    assert not errors
+    assert outcome == ["ConcurrentUpdate", mine]
+    assert first.count_items() == 0  # the loser's effect went with its savepoint
+
+
+def test_two_handlers_given_the_same_command_at_once_apply_it_once(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """Two workers, one redelivered update each, at the same moment: one effect, one reply."""
+    setup = stores()
+    with setup.transaction() as tx:
+        tx.add_item(item("a", {"n": 0}))
+    handlers = [CommandHandler(stores(), TestOnlyAuthority(), Names("race"), max_body=1 << 20)
+                for _ in range(2)]
+    for round_ in range(20):
+        body = encode_command("update", id="a", item={**item("a").to_json(),
+                                                        "properties": {"n": round_}})
+        message = Incoming(body=body, message_id=f"m-{round_}", correlation_id=None,
+                           reply_to="client", headers={"Authorization": "Bearer abcd"})
+        start = threading.Barrier(2)
+        replies: list[bytes] = []
+
+        runs = [in_thread(partial(_handle, handler, message, start, replies))
+                for handler in handlers]
+        for thread, errors in runs:
+            thread.join(timeout=60)
+            assert not errors, errors
+        assert len(replies) == 2 and replies[0] == replies[1], replies
+        assert b'"status":200' in replies[0]
+    with setup.transaction() as tx:
+        assert tx.get_item("a") == StoredItem(item("a", {"n": 19}), 21)
+
+
+def _handle(handler: CommandHandler, message: Incoming, start: threading.Barrier,
+            replies: list[bytes]) -> None:
+    start.wait()
+    out = handler.handle([message])
+    replies.extend(m.body for m in out if m.routing_key == "client")
+
+
+def test_a_deadlock_between_two_batches_rolls_one_back_as_store_unavailable(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """Retrying one command could not help (it would wait for the same lock): the batch retries."""
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        tx.add_item(item("x"))
+        tx.add_item(item("y"))
+    locked = threading.Barrier(2)
+    results: dict[str, str] = {}
+
+    def batch(store: PostgresStore, name: str, one: str, other: str) -> None:
+        try:
+            with store.transaction() as tx:
+                tx.get_item(one)
+                locked.wait()
+                time.sleep(0.1)
+                current = tx.get_item(other)
+                assert current is not None
+                tx.replace_item(item(other, {"by": name}), current.version + 1)
+            results[name] = "committed"
+        except StoreUnavailable as error:
+            results[name] = str(error)
+
+    runs = [in_thread(lambda: batch(first, "first", "x", "y")),
+            in_thread(lambda: batch(second, "second", "y", "x"))]
+    for thread, errors in runs:
+        thread.join(timeout=60)
+        assert not errors, errors
+    outcomes = sorted(results.values(), key=lambda outcome: outcome != "committed")
+    assert outcomes[0] == "committed", results
+    assert "deadlock" in outcomes[1] and "retried" in outcomes[1]
+    with first.transaction() as tx:  # both stores work on
+        tx.add_item(item("z"))
+    with second.transaction() as tx:
+        assert tx.get_item("z") is not None
+
+
+def test_two_workers_removing_the_same_confirmed_events_neither_waits_nor_fails(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """Every worker republishes the outbox at start, so two may remove the same event."""
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        for event_id in ("e1", "e2", "e3", "other-workers"):
+            tx.add_outbox(OutboxEvent(event_id, b"{}"))
+    with first.transaction() as tx:
+        tx.remove_outbox(["e1", "e2", "e3"])
+        thread, errors = in_thread(lambda: _remove(second, ["e3", "e2", "e1"]))
+        assert not blocked(thread, 5), "the second remover waited for the first"
+    assert not errors
+    assert [e.event_id for e in first.pending_outbox()] == ["other-workers"]
+
+
+def _remove(store: PostgresStore, event_ids: list[str]) -> None:
+    with store.transaction() as tx:
+        tx.remove_outbox(event_ids)
+
+
+def test_a_serialization_failure_is_a_lost_race_and_a_dropped_connection_is_unavailable(
+) -> None:
+    assert isinstance(_translated(psycopg.errors.SerializationFailure("x")), ConcurrentUpdate)
+    assert isinstance(_translated(psycopg.OperationalError("server closed the connection")),
+                      StoreUnavailable)
+

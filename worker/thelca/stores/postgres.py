@@ -1,0 +1,362 @@
+"""The PostgreSQL item store: many worker processes on one database.
+
+`postgresql://user@host:5432/dbname?schema=thelca` (any other libpq parameter
+may follow; a password is better kept in PGPASSWORD or ~/.pgpass). The schema,
+`thelca` unless `?schema=` names another, and its tables are created if
+missing.
+
+How many writers stay correct:
+
+- READ COMMITTED, set explicitly (whatever the server's default): every
+  statement sees what other workers committed before it, so a command that
+  lost a race and is retried inside its savepoint reads the winner's state.
+  REPEATABLE READ would show the retry the same old snapshot and fail it again.
+- `get_item` locks the row (SELECT ... FOR UPDATE): a second worker reading
+  the same item waits until the first commits and then reads the newer
+  version, so updates of one item queue up instead of failing; `replace_item`
+  still writes only `WHERE version = expected` and raises ConcurrentUpdate
+  when it finds another, so no update is ever lost.
+- `processed.message_id` is the primary key and is inserted with ON CONFLICT
+  DO NOTHING: of two workers recording one message_id at once, the second
+  waits for the first and then gets ConcurrentUpdate; the handler rolls its
+  savepoint back (its item change with it) and retries, and the retry finds the
+  first worker's record and answers with its reply.
+- A deadlock between two batches (each holds an item the other wants) cannot
+  be cured by retrying one command: the batch would wait for the same lock
+  again. It raises StoreUnavailable, which rolls the whole batch back and has
+  it retried; the other batch goes on.
+- Outbox rows are removed with SKIP LOCKED: two workers that both published a
+  pending event (every worker republishes the outbox when it starts) both
+  remove it without waiting for each other. The body of an event id is the
+  same whoever publishes it, so removing it after any confirm is right.
+
+Properties are stored as `json`, not `jsonb`: jsonb cannot hold `\\u0000` in a
+string, which is valid JSON and which thelca keeps; `json` keeps the text as
+written and is still readable with PostgreSQL's JSON operators.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, LiteralString
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from thelca.domain.model import Item, StoredItem
+from thelca.errors import ConcurrentUpdate, InvalidCommand, StoreUnavailable
+from thelca.stores.base import OutboxEvent, ProcessedCommand
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCHEMA = "thelca"
+CONNECT_TIMEOUT = 10  # seconds; libpq waits forever by default
+PAGE = 1000  # items fetched per query by items()
+
+TABLES: tuple[LiteralString, ...] = (
+    """CREATE TABLE IF NOT EXISTS items (
+        id text COLLATE "C" PRIMARY KEY,
+        created_at text NOT NULL,
+        created_by text NOT NULL,
+        properties json NOT NULL,
+        version bigint NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS processed (
+        message_id text PRIMARY KEY,
+        user_id text NOT NULL,
+        reply bytea NOT NULL,
+        event_id text
+    )""",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        event_id text NOT NULL UNIQUE,
+        body bytea NOT NULL
+    )""",
+)
+
+SELECT_FIRST_ITEMS = (
+    "SELECT id, created_at, created_by, properties::text, version FROM items "
+    "ORDER BY id LIMIT %s"
+)
+SELECT_ITEMS_AFTER = (
+    "SELECT id, created_at, created_by, properties::text, version FROM items "
+    "WHERE id > %s ORDER BY id LIMIT %s"
+)
+SELECT_ITEM_FOR_UPDATE = (
+    "SELECT id, created_at, created_by, properties::text, version FROM items "
+    "WHERE id = %s FOR UPDATE"
+)
+
+
+class PostgresStore:
+    """One connection, used by one thread at a time; reconnects after a failure."""
+
+    def __init__(self, url: str, *, writer: bool = True) -> None:
+        self._conninfo, self.schema = split_schema(url)
+        self.url = redacted(url)
+        self._writer = writer
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = None
+        with self._lock:
+            self._connection()
+
+    # ------------------------------------------------------------ connection
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The open connection, or a new one when there is none or it broke."""
+        if self._conn is not None and not (self._conn.closed or self._conn.broken):
+            return self._conn
+        self._forget()
+        try:
+            # fallback_application_name: shown in pg_stat_activity unless the URL names one
+            conn = psycopg.connect(self._conninfo, autocommit=True,
+                                   connect_timeout=CONNECT_TIMEOUT,
+                                   fallback_application_name="thelca")
+        except psycopg.Error as error:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self.url}: "
+                                   f"{_first_line(error)}") from None
+        try:
+            conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+            if self._writer:
+                _create_schema(conn, self.schema)
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        except psycopg.Error as error:
+            conn.close()
+            raise _translated(error, f"preparing schema {self.schema!r} in {self.url}") from None
+        self._conn = conn
+        return conn
+
+    def _forget(self) -> None:
+        """Drop a broken connection so that the next call opens a new one."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                log.debug("closing a broken connection failed", exc_info=True)
+            self._conn = None
+
+    @contextmanager
+    def _using(self) -> Iterator[psycopg.Connection[Any]]:
+        """The connection, under the lock; PostgreSQL's own failures become StoreUnavailable."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                yield conn
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                self._forget_if_broken()
+                raise _translated(error) from error
+            except StoreUnavailable:
+                self._forget_if_broken()
+                raise
+
+    def _forget_if_broken(self) -> None:
+        if self._conn is not None and (self._conn.closed or self._conn.broken):
+            log.warning("the connection to PostgreSQL at %s was lost; the next transaction "
+                        "reconnects", self.url)
+            self._forget()
+
+    # ------------------------------------------------------------ ItemStore
+
+    @contextmanager
+    def transaction(self) -> Iterator[_PostgresTransaction]:
+        with self._using() as conn, conn.transaction():
+            yield _PostgresTransaction(conn)
+
+    def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
+        with self._using() as conn:
+            rows = conn.execute(
+                "SELECT event_id, body FROM outbox ORDER BY seq LIMIT %s", (limit,)
+            ).fetchall()
+        return [OutboxEvent(event_id, bytes(body)) for event_id, body in rows]
+
+    def items(self) -> Iterator[StoredItem]:
+        # Page by id rather than hold a cursor (and the lock) open while the caller works.
+        with self._using() as conn:
+            rows = conn.execute(SELECT_FIRST_ITEMS, (PAGE,)).fetchall()
+        while True:
+            yield from (_stored(row) for row in rows)
+            if len(rows) < PAGE:
+                return
+            with self._using() as conn:
+                rows = conn.execute(SELECT_ITEMS_AFTER, (rows[-1][0], PAGE)).fetchall()
+
+    def count_items(self) -> int:
+        with self._using() as conn:
+            row = conn.execute("SELECT count(*) FROM items").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def ping(self) -> None:
+        with self._using() as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._forget()
+
+
+class _PostgresTransaction:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def _execute(self, query: LiteralString, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+        try:
+            return self._conn.execute(query, params)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            raise _translated(error) from error
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        try:
+            with self._conn.transaction():
+                yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            # The rollback to the savepoint itself failed: the connection is gone.
+            raise _translated(error) from error
+
+    def get_item(self, item_id: str) -> StoredItem | None:
+        if "\x00" in item_id:  # PostgreSQL text cannot hold NUL, so no item has this id
+            return None
+        row = self._execute(SELECT_ITEM_FOR_UPDATE, (item_id,)).fetchone()
+        return None if row is None else _stored(row)
+
+    def add_item(self, item: Item) -> StoredItem:
+        _refuse_nul(id=item.id, created_at=item.created_at, created_by=item.created_by)
+        cursor = self._execute(
+            "INSERT INTO items (id, created_at, created_by, properties, version) "
+            "VALUES (%s, %s, %s, %s::json, 1) ON CONFLICT (id) DO NOTHING",
+            (item.id, item.created_at, item.created_by, _json(item.properties)),
+        )
+        if cursor.rowcount != 1:
+            raise ConcurrentUpdate(f"item {item.id} exists already")
+        return StoredItem(item, 1)
+
+    def replace_item(self, item: Item, version: int) -> StoredItem:
+        cursor = self._execute(
+            "UPDATE items SET properties = %s::json, version = %s "
+            "WHERE id = %s AND version = %s",
+            (_json(item.properties), version, item.id, version - 1),
+        )
+        if cursor.rowcount != 1:
+            raise ConcurrentUpdate(f"item {item.id} changed since it was read")
+        return StoredItem(item, version)
+
+    def get_processed(self, message_id: str) -> ProcessedCommand | None:
+        if "\x00" in message_id:
+            return None
+        row = self._execute(
+            "SELECT message_id, user_id, reply, event_id FROM processed WHERE message_id = %s",
+            (message_id,),
+        ).fetchone()
+        return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3])
+
+    def add_processed(self, processed: ProcessedCommand) -> None:
+        _refuse_nul(message_id=processed.message_id, user_id=processed.user_id)
+        cursor = self._execute(
+            "INSERT INTO processed (message_id, user_id, reply, event_id) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
+            (processed.message_id, processed.user_id, processed.reply, processed.event_id),
+        )
+        if cursor.rowcount != 1:
+            log.debug("lost a race: message_id %s was recorded by another writer",
+                      processed.message_id)
+            raise ConcurrentUpdate(f"message_id {processed.message_id} is recorded already")
+
+    def add_outbox(self, event: OutboxEvent) -> None:
+        self._execute(
+            "INSERT INTO outbox (event_id, body) VALUES (%s, %s) ON CONFLICT (event_id) DO NOTHING",
+            (event.event_id, event.body),
+        )
+
+    def get_outbox(self, event_id: str) -> OutboxEvent | None:
+        row = self._execute(
+            "SELECT event_id, body FROM outbox WHERE event_id = %s", (event_id,)
+        ).fetchone()
+        return None if row is None else OutboxEvent(row[0], bytes(row[1]))
+
+    def remove_outbox(self, event_ids: list[str]) -> None:
+        if not event_ids:
+            return
+        # A row locked by another worker is being removed by it (it got a confirm
+        # for the same event): skip it rather than wait, and never deadlock on it.
+        self._execute(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
+            "WHERE event_id = ANY(%s) FOR UPDATE SKIP LOCKED)",
+            (event_ids,),
+        )
+
+
+# ------------------------------------------------------------ helpers
+
+
+def split_schema(url: str) -> tuple[str, str]:
+    """The libpq URL without thelca's own `schema` parameter, and that schema."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    schema = schemas[-1] if schemas else DEFAULT_SCHEMA
+    if not schema:
+        raise ValueError("the schema parameter of a PostgreSQL store URL is empty")
+    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+def redacted(url: str) -> str:
+    """The URL fit for a log line: a password, in the user part or a parameter, is ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    credentials, at, host = netloc.rpartition("@")
+    if at and ":" in credentials:
+        netloc = f"{credentials.split(':', 1)[0]}:***@{host}"
+    query = [(key, "***" if key == "password" else value)
+             for key, value in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+
+
+def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    # Several workers starting at once would race on the catalog (CREATE ... IF NOT
+    # EXISTS is not safe against a concurrent creator); one at a time, by lock.
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"thelca schema {schema}",))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        for statement in TABLES:
+            conn.execute(statement)
+
+
+def _translated(error: psycopg.Error, doing: str = "") -> ConcurrentUpdate | StoreUnavailable:
+    """PostgreSQL's own failures: a serialization failure is a lost race, the rest retry later."""
+    if isinstance(error, psycopg.errors.SerializationFailure):
+        return ConcurrentUpdate(f"PostgreSQL could not serialize the change: {_first_line(error)}")
+    if isinstance(error, psycopg.errors.DeadlockDetected):
+        return StoreUnavailable("a deadlock with another worker's batch; this batch is rolled "
+                                "back and retried")
+    where = f" ({doing})" if doing else ""
+    return StoreUnavailable(f"the PostgreSQL store failed{where}: {_first_line(error)}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _refuse_nul(**fields: str) -> None:
+    for name, value in fields.items():
+        if "\x00" in value:
+            raise InvalidCommand(f"{name} contains a NUL character (\\u0000), which the "
+                                 "PostgreSQL store cannot keep outside properties")
+
+
+def _json(properties: Any) -> str:
+    return orjson.dumps(properties).decode()
+
+
+def _stored(row: tuple[str, str, str, str, int]) -> StoredItem:
+    item_id, created_at, created_by, properties, version = row
+    return StoredItem(Item(item_id, created_at, created_by, orjson.loads(properties)),
+                      int(version))

@@ -1,0 +1,89 @@
+"""A small supervisor: run thelca subcommands as child processes and keep them running.
+
+`thelca run` and `thelca worker --processes N` use it. A child that exits is
+started again (after a pause that grows with its restarts in the last
+minute); SIGTERM or Ctrl-C is passed on to every child once, and the
+supervisor returns when all have stopped. A second signal passes the signal on
+again, which makes each child exit at once, and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+log = logging.getLogger("thelca")
+
+POLL = 0.2  # seconds between looks at the children
+WINDOW = 60.0  # restarts within this many seconds slow the next one down
+MAX_PAUSE = 30.0
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+    start_at: float = 0.0
+
+
+def supervise(children: Mapping[str, Sequence[str]], env: Mapping[str, str]) -> int:
+    """Run each `thelca ARGV...` child until a signal; return 0 once all have stopped."""
+    kids = [_Child(name, list(argv)) for name, argv in children.items()]
+    for kid in kids:
+        _start(kid, env)
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        for kid in kids:
+            if kid.process is not None and kid.process.poll() is None:
+                kid.process.send_signal(signal.SIGTERM)
+        if stopping:
+            os._exit(128 + signum)
+        stopping = True
+        log.info("stopping %s", ", ".join(kid.name for kid in kids))
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        if stopping:
+            if all(kid.process is None or kid.process.poll() is not None for kid in kids):
+                return 0
+        else:
+            for kid in kids:
+                _look_after(kid, env)
+        time.sleep(POLL)
+
+
+def _look_after(kid: _Child, env: Mapping[str, str]) -> None:
+    now = time.monotonic()
+    if kid.process is None:
+        if now >= kid.start_at:
+            _start(kid, env)
+        return
+    code = kid.process.poll()
+    if code is None:
+        return
+    kid.process = None
+    kid.restarts = [t for t in kid.restarts if now - t < WINDOW] + [now]
+    pause = min(MAX_PAUSE, float(len(kid.restarts)))
+    kid.start_at = now + pause
+    log.error("%s exited with %s; restarting it in %.0fs (%d restarts in the last minute)",
+              kid.name, code, pause, len(kid.restarts) - 1)
+
+
+def _start(kid: _Child, env: Mapping[str, str]) -> None:
+    # In a process group of its own a child does not get the terminal's Ctrl-C
+    # directly; the supervisor forwards one SIGTERM, so a single Ctrl-C stops gently.
+    kid.process = subprocess.Popen([sys.executable, "-m", "thelca", *kid.argv], env=dict(env),
+                                   process_group=0)
+    log.info("started %s (pid %d)", kid.name, kid.process.pid)
