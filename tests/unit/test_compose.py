@@ -53,6 +53,22 @@ def test_every_variable_compose_sets_is_one_the_code_reads() -> None:
         assert service["environment"]["THELCA_AUTHORITY"], f"{name}: no Authority chosen"
 
 
+def test_every_thelca_service_has_a_health_check_that_is_a_real_subcommand() -> None:
+    parser = build_parser()
+    for name, service in _thelca_services().items():
+        test = service["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "thelca"], f"{name}: health check is not thelca"
+        assert getattr(parser.parse_args(test[2:]), "func", None), f"{name}: {test}"
+
+
+def test_postgres_is_there_under_a_profile_with_a_store_url_the_workers_can_take() -> None:
+    compose = _compose()
+    postgres = compose["services"]["postgres"]
+    assert postgres["profiles"] == ["postgres"]
+    user = postgres["environment"]["POSTGRES_USER"]
+    assert f"postgresql://{user}:" in (ROOT / "docker-compose.yml").read_text()
+
+
 def test_compose_waits_for_a_healthy_broker() -> None:
     for service in _thelca_services().values():
         assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
