@@ -53,6 +53,7 @@ from thelca_client.errors import (
     ThelcaClientError,
     error_for,
 )
+from thelca_client.tls import TlsFiles, apply_tls
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class Client:
     docstring).
     `connection_name` is shown by the broker (management UI, `rabbitmqctl
     list_connections client_properties`), so operators can tell clients apart.
+    `tls` gives amqps:// URLs a CA file and a client certificate (TlsFiles); an
+    amqps:// URL verifies the broker's certificate and host name with or without it.
+    A TLS file that cannot be loaded raises TlsFileError (a ValueError) here.
     """
 
     def __init__(
@@ -88,12 +92,13 @@ class Client:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connection_name: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.names = Names(prefix)
         self.timeout = timeout
         self._token = token
         self._parameters = connection_parameters(
-            url, connection_name=connection_name or DEFAULT_CONNECTION_NAME
+            url, connection_name=connection_name or DEFAULT_CONNECTION_NAME, tls=tls
         )
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
@@ -380,17 +385,18 @@ class Client:
 
 
 def connection_parameters(
-    url: str, *, connection_name: str = DEFAULT_CONNECTION_NAME
+    url: str, *, connection_name: str = DEFAULT_CONNECTION_NAME, tls: TlsFiles | None = None
 ) -> list[pika.URLParameters]:
     """One entry per URL of a comma-separated list, each tried in turn."""
     urls = [part.strip() for part in url.split(",") if part.strip()]
     if not urls:
         raise ValueError("no AMQP URL given")
-    return [_parameters(part, connection_name) for part in urls]
+    return [_parameters(part, connection_name, tls) for part in urls]
 
 
-def _parameters(url: str, connection_name: str) -> pika.URLParameters:
+def _parameters(url: str, connection_name: str, tls: TlsFiles | None) -> pika.URLParameters:
     parameters = pika.URLParameters(url)
+    apply_tls(parameters, url, tls)
     # The client retries by itself, within its timeout; pika's own retries would not be.
     parameters.connection_attempts = 1
     parameters.client_properties = {

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_publish_parser(sub)
     from thelca.dead_cli import add_dead_parser
     add_dead_parser(sub)
+    from thelca.dev_keys_cli import add_dev_keys_parsers
+    add_dev_keys_parsers(sub)
     return parser
 
 
@@ -168,11 +170,13 @@ def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
     from thelca.amqp import queue_consumers
+    from thelca.bootstrap import tls_files
     from thelca.stores import open_store
 
     healthy = True
+    tls = tls_files(settings)
     try:
-        consumers = queue_consumers(settings.amqp_url, settings.names.commands)
+        consumers = queue_consumers(settings.amqp_url, settings.names.commands, tls=tls)
         print(f"broker: ok ({settings.names.commands} has {consumers} consumer(s))")
     except Exception as error:
         healthy = False

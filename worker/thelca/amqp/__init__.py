@@ -6,7 +6,13 @@ BlockingConnection: `admin` (health) and `dead` (dead letters).
 """
 
 from thelca.amqp.admin import queue_consumers
-from thelca.amqp.consumer import BatchConsumer, Topology, safe_url, thelca_topology
+from thelca.amqp.consumer import (
+    BatchConsumer,
+    Topology,
+    connection_parameters,
+    safe_url,
+    thelca_topology,
+)
 from thelca.amqp.dead import (
     DeadLetter,
     DeadLettersUnavailable,
@@ -25,6 +31,7 @@ __all__ = [
     "Death",
     "Retried",
     "Topology",
+    "connection_parameters",
     "list_dead",
     "queue_consumers",
     "retry_dead",

@@ -31,6 +31,7 @@ import pika.spec
 from thelca.errors import ConfigurationError
 from thelca.messaging import BatchHandler, Incoming, Outgoing
 from thelca_client.contract import Names
+from thelca_client.tls import TlsFiles, apply_tls
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,20 @@ def thelca_topology(names: Names) -> Topology:
     )
 
 
-def connection_parameters(urls: str, name: str = "thelca") -> list[pika.URLParameters]:
+def connection_parameters(
+    urls: str, name: str = "thelca", *, tls: TlsFiles | None = None
+) -> list[pika.URLParameters]:
     """One entry per URL of a comma-separated list, tried in turn.
 
-    The name shows in the management UI and `rabbitmqctl list_connections`.
+    The name shows in the management UI and `rabbitmqctl list_connections`. An
+    amqps:// URL verifies the broker's certificate and host name, with the CA
+    file and client certificate of `tls` when given.
     """
     params = []
     for url in (u.strip() for u in urls.split(",")):
         if url:
             p = pika.URLParameters(url)
+            apply_tls(p, url, tls)
             p.client_properties = {"connection_name": name}
             params.append(p)
     if not params:
@@ -144,8 +150,10 @@ class BatchConsumer:
         max_batch: int = 200,
         name: str = "consumer",
         on_state: Callable[[str], None] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.urls = urls
+        self.tls = tls
         self.queue = queue
         self.handler = handler
         self.topology = topology
@@ -162,7 +170,8 @@ class BatchConsumer:
         """Consume until stop() is called, reconnecting whenever the connection is lost."""
         failures = 0
         while not self._stopping.is_set():
-            for params in connection_parameters(self.urls, f"thelca {self.name} {self.queue}"):
+            for params in connection_parameters(self.urls, f"thelca {self.name} {self.queue}",
+                                                tls=self.tls):
                 if self._stopping.is_set():
                     break
                 session = _Session(self, params)

@@ -31,6 +31,7 @@ from thelca_client.contract import (
     DIRECT_REPLY_TO,
     Names,
 )
+from thelca_client.tls import TlsFiles
 
 REASON_HEADER = DEAD_REASON_HEADER
 USER_HEADER = DEAD_USER_HEADER
@@ -100,9 +101,11 @@ class Retried:
         return self.status.startswith("sent")
 
 
-def list_dead(urls: str, names: Names, limit: int, timeout: float = 10.0) -> DeadQueue:
+def list_dead(
+    urls: str, names: Names, limit: int, timeout: float = 10.0, *, tls: TlsFiles | None = None
+) -> DeadQueue:
     """The first `limit` dead letters, oldest first; all of them stay in the queue."""
-    with _session(urls, timeout) as channel:
+    with _session(urls, timeout, tls) as channel:
         count = _ready(channel, names.dead)
         letters = []
         # Every message is taken, not only the first `limit`: a quorum queue puts
@@ -124,11 +127,12 @@ def retry_dead(
     message_ids: set[str] | None,
     token: str | None,
     timeout: float = 10.0,
+    tls: TlsFiles | None = None,
 ) -> list[Retried]:
     """Send the chosen dead commands (None: all) back to `<prefix>.commands`, ack once confirmed."""
     outcomes: list[Retried] = []
     try:
-        with _session(urls, timeout) as channel:
+        with _session(urls, timeout, tls) as channel:
             channel.confirm_delivery()
             # Only what is there now: a retried command that fails again comes back behind.
             for position in range(1, _ready(channel, names.dead) + 1):
@@ -255,9 +259,9 @@ def _ready(channel: BlockingChannel, queue: str) -> int:
 
 
 @contextmanager
-def _session(urls: str, timeout: float) -> Iterator[BlockingChannel]:
+def _session(urls: str, timeout: float, tls: TlsFiles | None) -> Iterator[BlockingChannel]:
     """A channel on the first broker that answers; closing it returns every unacked message."""
-    connection = _connect(urls, timeout)
+    connection = _connect(urls, timeout, tls)
     try:
         yield connection.channel()
     except DeadLettersUnavailable:
@@ -269,9 +273,9 @@ def _session(urls: str, timeout: float) -> Iterator[BlockingChannel]:
             connection.close()
 
 
-def _connect(urls: str, timeout: float) -> pika.BlockingConnection:
+def _connect(urls: str, timeout: float, tls: TlsFiles | None) -> pika.BlockingConnection:
     last_error: Exception | None = None
-    for params in connection_parameters(urls):
+    for params in connection_parameters(urls, tls=tls):
         params.socket_timeout = timeout
         params.blocked_connection_timeout = timeout
         params.connection_attempts = 1
