@@ -61,9 +61,11 @@ class KeyPair:
         return {**jwk, "kid": self.kid, "alg": self.algorithm, "use": "sig"}
 
     def mint(self, claims: dict[str, Any], headers: dict[str, Any] | None = None) -> str:
-        """A token signed with this key; the kid header is set unless headers override it."""
+        """A token signed with this key; the kid header is set unless headers override it
+        (a header given as None is left out)."""
+        merged = {"kid": self.kid, **(headers or {})}
         return jwt.encode(claims, self.private, algorithm=self.algorithm,
-                          headers={"kid": self.kid, **(headers or {})})
+                          headers={k: v for k, v in merged.items() if v is not None})
 
 
 def mint_from_directory(directory: Path, claims: dict[str, Any]) -> str:

@@ -89,9 +89,11 @@ class PemKey:
         self._by_alg: dict[str, jwt.PyJWK] = {}
         for alg in algorithms:
             try:
-                self._by_alg[alg] = jwt.PyJWK(jwk, algorithm=alg)
+                candidate = jwt.PyJWK(jwk, algorithm=alg)
+                candidate.Algorithm.prepare_key(candidate.key)  # checks an EC key's curve
             except jwt.PyJWTError:
                 continue  # this algorithm does not fit this kind of key
+            self._by_alg[alg] = candidate
         if not self._by_alg:
             raise ConfigurationError(
                 f"{env}={path}: a {jwk['kty']} key fits none of the algorithms in "
