@@ -71,7 +71,7 @@ class Idp:
         return {"THELCA_AUTHORITY": "jwt", "THELCA_JWKS": str(self.jwks_file),
                 "THELCA_JWT_ISSUER": self.issuer, "THELCA_JWT_AUDIENCE": self.audience}
 
-    def claims(self, sub: str = "alice", scope: str = "items:read items:write",
+    def claims(self, sub: Any = "alice", scope: str = "items:read items:write",
                **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
         claims = {"sub": sub, "scope": scope, "iss": self.issuer, "aud": self.audience,
@@ -164,3 +164,44 @@ def jwks_server(context: ssl.SSLContext, body: bytes) -> Iterator[JwksServer]:
         yield server
     finally:
         server.stop()
+
+
+def broken_tokens(idp: Idp) -> dict[str, tuple[str, str]]:
+    """What an attacker or a broken client sends: {what: (token, what the 401 says)}."""
+    now = int(time.time())
+    stranger = KeyPair.generate("RS256", kid=idp.keys[0].kid)  # a known kid, another key
+    unknown = KeyPair.generate("RS256", kid="key-nobody-knows")
+    good = idp.token()
+    return {
+        "expired": (idp.token(exp=now - 120), "the token has expired"),
+        "not yet valid": (idp.token(nbf=now + 300), "not valid yet"),
+        "issued in the future": (idp.token(iat=now + 300), "not valid yet"),
+        "wrong audience": (idp.token(aud="someone-else"), "not meant for this service"),
+        "no audience": (idp.token(aud=None), "no aud claim"),
+        "wrong issuer": (idp.token(iss="https://evil.example"), "issuer"),
+        "signed by an unknown key": (stranger.mint(idp.claims()), "signature does not verify"),
+        "unknown kid": (unknown.mint(idp.claims()), "not in the key set"),
+        "alg none": (unsigned(idp.claims()), "algorithm is not accepted"),
+        "HS256 keyed with the RSA public key": (
+            hs256_with_public_key(idp.keys[0], idp.claims()), "algorithm is not accepted"),
+        "ES256 header on the RSA key's kid": (
+            idp.keys[1].mint(idp.claims(), {"kid": idp.keys[0].kid}), "does not match its key"),
+        "RS512, not in the allow-list": (
+            KeyPair(idp.keys[0].private, "RS512", idp.keys[0].kid).mint(idp.claims()),
+            "algorithm is not accepted"),
+        "missing exp": (idp.token(exp=None), "no exp claim"),
+        "missing sub": (idp.keys[0].mint(idp.claims(sub=None)), "no sub claim"),
+        "sub not a string": (idp.keys[0].mint(idp.claims(sub=42)), "sub claim"),
+        "tampered payload": (with_payload(good, idp.claims(sub="mallory")),
+                             "signature does not verify"),
+        "jwk header with the attacker's key": (
+            stranger.mint(idp.claims(), {"jwk": stranger.public_jwk()}),
+            "signature does not verify"),
+        "jku header pointing at the attacker": (
+            stranger.mint(idp.claims(), {"jku": "https://evil.example/jwks.json"}),
+            "signature does not verify"),
+        "garbage": (f"not-a-jwt-{uuid.uuid4().hex}", "not a well-formed JWT"),
+        "three parts of garbage": (f"{uuid.uuid4().hex}.b.c", "not a well-formed JWT"),
+        "header not JSON": ("bm90IGpzb24." + good.split(".", 1)[1], "not a well-formed JWT"),
+        "empty": ("", "no token"),
+    }

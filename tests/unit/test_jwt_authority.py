@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.idp import Idp, JwksServer, hs256_with_public_key, unsigned, with_payload
+from tests.idp import Idp, JwksServer, broken_tokens, hs256_with_public_key
 from tests.pki import Ca
 from thelca.authority.base import Principal
 from thelca.authority.jwt import (
@@ -93,49 +93,10 @@ def test_iss_and_aud_are_not_checked_when_unset(idp: Idp) -> None:
 # ---------------------------------------------------------------- refused tokens
 
 
-def _rows(idp: Idp) -> list[tuple[str, str, str]]:
-    """(what, token, what the refusal says) for every forgery and breakage we know."""
-    now = int(time.time())
-    stranger = KeyPair.generate("RS256", kid="key-rsa")  # a known kid, an unknown key
-    unknown = KeyPair.generate("RS256", kid="key-nobody-knows")
-    good = idp.token()
-    return [
-        ("expired", idp.token(exp=now - 120), "the token has expired"),
-        ("not yet valid", idp.token(nbf=now + 300), "not valid yet"),
-        ("issued in the future", idp.token(iat=now + 300), "not valid yet"),
-        ("wrong audience", idp.token(aud="someone-else"), "not meant for this service"),
-        ("no audience", idp.token(aud=None), "no aud claim"),
-        ("wrong issuer", idp.token(iss="https://evil.example"), "issuer"),
-        ("signed by an unknown key", stranger.mint(idp.claims()), "signature does not verify"),
-        ("unknown kid", unknown.mint(idp.claims()), "not in the key set"),
-        ("alg none", unsigned(idp.claims()), "algorithm is not accepted"),
-        ("HS256 keyed with the RSA public key", hs256_with_public_key(idp.keys[0],
-                                                                      idp.claims()),
-         "algorithm is not accepted"),
-        ("ES256 header on the RSA key", idp.keys[1].mint(idp.claims(), {"kid": "key-rsa"}),
-         "does not match its key"),
-        ("RS512, not in the allow-list", KeyPair(idp.keys[0].private, "RS512", "key-rsa")
-         .mint(idp.claims()), "algorithm is not accepted"),
-        ("missing exp", idp.token(exp=None), "no exp claim"),
-        ("missing sub", idp.token(sub=None), "no sub claim"),  # type: ignore[arg-type]
-        ("sub not a string", idp.keys[0].mint(idp.claims(sub=42)), "sub"),  # type: ignore[arg-type]
-        ("tampered payload", with_payload(good, idp.claims(sub="mallory")),
-         "signature does not verify"),
-        ("jwk header carrying the attacker's key", unknown.mint(
-            idp.claims(), {"jwk": unknown.public_jwk()}), "not in the key set"),
-        ("jku header pointing at the attacker", unknown.mint(
-            idp.claims(), {"jku": "https://evil.example/jwks.json"}), "not in the key set"),
-        ("garbage", "not-a-jwt-" + "x" * 20, "not a well-formed JWT"),
-        ("three dots of garbage", "a.b.c", "not a well-formed JWT"),
-        ("header not JSON", "bm90IGpzb24." + good.split(".", 1)[1], "not a well-formed JWT"),
-        ("empty", "", "no token"),
-    ]
-
-
 def test_every_broken_or_forged_token_is_refused_with_a_reason(
     idp: Idp, authority: JwtAuthority
 ) -> None:
-    for what, token, reason in _rows(idp):
+    for what, (token, reason) in broken_tokens(idp).items():
         said = refusal(authority, token)
         assert reason in said, f"{what}: {said!r}"
         for part in [token, *token.split(".")]:
@@ -417,3 +378,15 @@ def test_the_worker_warns_when_iss_or_aud_is_unset(
     caplog.clear()
     build_authority(_settings(jwks=str(idp.jwks_file), jwt_issuer="i", jwt_audience="a"))
     assert "unset" not in caplog.text
+
+
+def test_a_retired_key_goes_once_the_file_changed_and_the_cooldown_passed(idp: Idp) -> None:
+    now = [0.0]
+    authority = JwtAuthority(JwksFile(str(idp.jwks_file), cooldown=5, clock=lambda: now[0]),
+                             RULES)
+    retired = idp.token(key=idp.keys[0])
+    idp.publish(idp.keys[1:])
+    assert authority.authenticate(retired).user_id == "alice"  # not looked at yet
+    now[0] += 5
+    assert "not in the key set" in refusal(authority, retired)
+    assert authority.authenticate(idp.token(key=idp.keys[1])).user_id == "alice"

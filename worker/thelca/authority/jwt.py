@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -110,7 +111,11 @@ class PemKey:
 
 
 class JwksFile:
-    """A JWKS file, read again (at most every REFETCH_COOLDOWN s) when a token names a new kid."""
+    """A JWKS file, read again when a token names a new kid or when the file changed.
+
+    Both are looked at most every `cooldown` seconds: a rotation (a key added
+    or retired by replacing the file) takes effect within that time.
+    """
 
     def __init__(
         self, path: str, *, cooldown: float = REFETCH_COOLDOWN,
@@ -120,14 +125,17 @@ class JwksFile:
         self.description = f"{OPTIONS['jwks'].env} file {path}"
         self.cooldown = cooldown
         self.clock = clock
+        self._stamp = self._file_stamp()
         self._keys = _jwks_from_file(path)
-        self._read_at = clock()
+        self._looked_at = clock()
 
     def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        if self.clock() - self._looked_at >= self.cooldown:
+            self._looked_at = self.clock()
+            unknown = kid is not None and all(k.key_id != kid for k in self._keys)
+            if unknown or self._file_stamp() != self._stamp:
+                self._reread()
         found = _match(self._keys, kid)
-        if found is None and kid is not None and self.clock() - self._read_at >= self.cooldown:
-            self._reread()
-            found = _match(self._keys, kid)
         if found is None:
             raise NotAuthenticated("the token's key id (kid) is not in the key set")
         return found
@@ -135,8 +143,15 @@ class JwksFile:
     def warm_up(self) -> None:
         """Nothing to fetch: the file was read at start."""
 
+    def _file_stamp(self) -> tuple[int, int, int]:
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return (0, 0, 0)
+        return (status.st_mtime_ns, status.st_size, status.st_ino)
+
     def _reread(self) -> None:
-        self._read_at = self.clock()
+        self._stamp = self._file_stamp()
         try:
             self._keys = _jwks_from_file(self.path)
         except ConfigurationError as error:
@@ -195,7 +210,7 @@ class JwksUrl:
         except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError, OSError) as error:
             raise AuthorityUnavailable(
                 f"the key set at {self.url} cannot be fetched or used "
-                f"({type(error).__name__})") from None
+                f"({type(error).__name__}: {str(error)[:200]})") from None
 
 
 def _match(keys: list[jwt.PyJWK], kid: str | None) -> jwt.PyJWK | None:
