@@ -6,7 +6,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from thelca.amqp import BatchConsumer, connection_parameters, safe_url, thelca_topology
+from thelca.amqp import (
+    BatchConsumer,
+    connection_parameters,
+    logger_topology,
+    safe_url,
+    thelca_topology,
+)
 from thelca.authority.base import Authority
 from thelca.commands import CommandHandler
 from thelca.errors import ConfigurationError
@@ -139,7 +145,7 @@ def build_logger(settings: Settings) -> Role:
     log.info("logger: prefix %s, event log %s (%d lines already)",
              settings.prefix, writer.path, writer.lines_at_start)
     consumer = BatchConsumer(
-        settings.amqp_url, names.events_log, EventLogger(writer, names), thelca_topology(names),
+        settings.amqp_url, names.events_log, EventLogger(writer, names), logger_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="logger",
         on_state=_state_logger("logger"), tls=tls_files(settings),
     )

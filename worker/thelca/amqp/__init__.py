@@ -10,6 +10,7 @@ from thelca.amqp.consumer import (
     BatchConsumer,
     Topology,
     connection_parameters,
+    logger_topology,
     safe_url,
     thelca_topology,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Topology",
     "connection_parameters",
     "list_dead",
+    "logger_topology",
     "queue_consumers",
     "retry_dead",
     "safe_url",

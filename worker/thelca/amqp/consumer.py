@@ -47,7 +47,8 @@ DEAD_DELIVERY_LIMIT = 1_000_000  # listing dead letters returns them; never drop
 
 # Refusals while declaring that no retry can cure, and what the operator can do.
 SETUP_REFUSALS = {
-    403: "This broker user lacks permissions on them (docs/contract.md lists them).",
+    403: "This broker user lacks permissions on them (the README's \"Broker users\" section "
+         "lists what each role needs).",
     406: "An earlier deployment declared one with other arguments: drain and delete it, "
          "or use another prefix.",
 }
@@ -89,6 +90,18 @@ def thelca_topology(names: Names) -> Topology:
             Queue(names.replay, {**QUORUM, **dead_letter, "x-delivery-limit": DELIVERY_LIMIT}),
         ),
     )
+
+
+def logger_topology(names: Names) -> Topology:
+    """What the logger uses: the events exchange, its queue and their binding.
+
+    Not the commands queue nor the dead letters, both of which may hold tokens,
+    so that the logger's broker user needs no permission on them (README,
+    "Broker users"). The worker declares the whole topology, the dead-letter
+    exchange that the logger publishes to included.
+    """
+    whole = thelca_topology(names)
+    return Topology((names.events,), tuple(q for q in whole.queues if q.name == names.events_log))
 
 
 def connection_parameters(
