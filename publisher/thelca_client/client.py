@@ -32,6 +32,7 @@ from typing import Any, Final, Self, TypeVar
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from pika.spec import Basic, BasicProperties
 
 from thelca_client.contract import (
@@ -347,12 +348,17 @@ class Client:
         for parameters in self._parameters:
             try:
                 return pika.BlockingConnection(_bounded(parameters, deadline))
-            # pika lets some socket errors through raw, a failed DNS lookup for one.
-            except (pika.exceptions.AMQPConnectionError, OSError) as error:
+            # pika lets some socket errors through raw, a failed DNS lookup for one, and
+            # its own workflow errors, such as a handshake that timed out (a peer that
+            # accepts the connection but never speaks AMQP, or drops a TLS handshake).
+            except (pika.exceptions.AMQPConnectionError, AMQPConnectorException,
+                    OSError) as error:
                 log.debug(
                     "no broker at %s:%s (%s)", parameters.host, parameters.port, _describe(error)
                 )
-                errors.append(error)
+                lost = isinstance(error, AMQPConnectorException)
+                errors.append(pika.exceptions.AMQPConnectionError(_describe(error))
+                              if lost else error)
             if time.monotonic() >= deadline:
                 break
         raise errors[-1]
