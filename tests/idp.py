@@ -200,6 +200,9 @@ def broken_tokens(idp: Idp) -> dict[str, tuple[str, str]]:
         "jku header pointing at the attacker": (
             stranger.mint(idp.claims(), {"jku": "https://evil.example/jwks.json"}),
             "signature does not verify"),
+        "x5u header pointing at the attacker": (
+            stranger.mint(idp.claims(), {"x5u": "https://evil.example/cert.pem"}),
+            "signature does not verify"),
         "garbage": (f"not-a-jwt-{uuid.uuid4().hex}", "not a well-formed JWT"),
         "three parts of garbage": (f"{uuid.uuid4().hex}.b.c", "not a well-formed JWT"),
         "header not JSON": ("bm90IGpzb24." + good.split(".", 1)[1], "not a well-formed JWT"),
