@@ -17,6 +17,7 @@ from thelca_client.errors import (
     Unauthorized,
     error_for,
 )
+from thelca_client.tls import TlsFileError, TlsFiles
 
 __all__ = [
     "BadRequest",
@@ -33,6 +34,8 @@ __all__ = [
     "ReplyTimeout",
     "ServerError",
     "ThelcaClientError",
+    "TlsFileError",
+    "TlsFiles",
     "Unauthorized",
     "error_for",
 ]

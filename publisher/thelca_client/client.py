@@ -32,6 +32,7 @@ from typing import Any, Final, Self, TypeVar
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from pika.spec import Basic, BasicProperties
 
 from thelca_client.contract import (
@@ -53,6 +54,7 @@ from thelca_client.errors import (
     ThelcaClientError,
     error_for,
 )
+from thelca_client.tls import TlsFiles, apply_tls
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,9 @@ class Client:
     docstring).
     `connection_name` is shown by the broker (management UI, `rabbitmqctl
     list_connections client_properties`), so operators can tell clients apart.
+    `tls` gives amqps:// URLs a CA file and a client certificate (TlsFiles); an
+    amqps:// URL verifies the broker's certificate and host name with or without it.
+    A TLS file that cannot be loaded raises TlsFileError (a ValueError) here.
     """
 
     def __init__(
@@ -88,12 +93,13 @@ class Client:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connection_name: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.names = Names(prefix)
         self.timeout = timeout
         self._token = token
         self._parameters = connection_parameters(
-            url, connection_name=connection_name or DEFAULT_CONNECTION_NAME
+            url, connection_name=connection_name or DEFAULT_CONNECTION_NAME, tls=tls
         )
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
@@ -342,12 +348,17 @@ class Client:
         for parameters in self._parameters:
             try:
                 return pika.BlockingConnection(_bounded(parameters, deadline))
-            # pika lets some socket errors through raw, a failed DNS lookup for one.
-            except (pika.exceptions.AMQPConnectionError, OSError) as error:
+            # pika lets some socket errors through raw, a failed DNS lookup for one, and
+            # its own workflow errors, such as a handshake that timed out (a peer that
+            # accepts the connection but never speaks AMQP, or drops a TLS handshake).
+            except (pika.exceptions.AMQPConnectionError, AMQPConnectorException,
+                    OSError) as error:
                 log.debug(
                     "no broker at %s:%s (%s)", parameters.host, parameters.port, _describe(error)
                 )
-                errors.append(error)
+                lost = isinstance(error, AMQPConnectorException)
+                errors.append(pika.exceptions.AMQPConnectionError(_describe(error))
+                              if lost else error)
             if time.monotonic() >= deadline:
                 break
         raise errors[-1]
@@ -380,17 +391,18 @@ class Client:
 
 
 def connection_parameters(
-    url: str, *, connection_name: str = DEFAULT_CONNECTION_NAME
+    url: str, *, connection_name: str = DEFAULT_CONNECTION_NAME, tls: TlsFiles | None = None
 ) -> list[pika.URLParameters]:
     """One entry per URL of a comma-separated list, each tried in turn."""
     urls = [part.strip() for part in url.split(",") if part.strip()]
     if not urls:
         raise ValueError("no AMQP URL given")
-    return [_parameters(part, connection_name) for part in urls]
+    return [_parameters(part, connection_name, tls) for part in urls]
 
 
-def _parameters(url: str, connection_name: str) -> pika.URLParameters:
+def _parameters(url: str, connection_name: str, tls: TlsFiles | None) -> pika.URLParameters:
     parameters = pika.URLParameters(url)
+    apply_tls(parameters, url, tls)
     # The client retries by itself, within its timeout; pika's own retries would not be.
     parameters.connection_attempts = 1
     parameters.client_properties = {

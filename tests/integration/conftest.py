@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pika
 import pika.exceptions
 import pytest
 
+from tests.idp import Idp
 from thelca.authority.base import Principal
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.bootstrap import build_worker
@@ -318,12 +319,54 @@ def shared_system(
     yield from _running_system(amqp_url, prefix, tmp_path_factory.mktemp(prefix))
 
 
+@dataclass
+class JwtSystem(RunningSystem):
+    """A running system whose worker uses the jwt Authority with the keys of `idp`."""
+
+    idp: Idp = field(default_factory=lambda: Idp(Path()))
+    sent_tokens: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def jwt_system(amqp_url: str, prefix: str, tmp_path: Path) -> Iterator[JwtSystem]:
+    """Worker and logger subprocesses with THELCA_AUTHORITY=jwt and a JWKS file in tmp_path."""
+    yield from _running_jwt_system(amqp_url, prefix, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_jwt_system(
+    amqp_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JwtSystem]:
+    """One jwt system for a module of tests that do not change its keys."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    yield from _running_jwt_system(amqp_url, prefix, tmp_path_factory.mktemp(prefix))
+
+
+def _running_jwt_system(amqp_url: str, prefix: str, directory: Path) -> Iterator[JwtSystem]:
+    idp = Idp.create(directory / "idp")
+    running = JwtSystem(amqp_url, prefix, directory,
+                        system_env(amqp_url, prefix, directory, **idp.env()), idp=idp)
+    yield from run_prepared(running)
+
+
 def _running_system(amqp_url: str, prefix: str, directory: Path) -> Iterator[RunningSystem]:
-    yield from run_system(RunningSystem(amqp_url, prefix, directory,
-                                        system_env(amqp_url, prefix, directory)))
+    yield from run_prepared(RunningSystem(amqp_url, prefix, directory,
+                                          system_env(amqp_url, prefix, directory)))
 
 
-def run_system(running: RunningSystem) -> Iterator[RunningSystem]:
+System = TypeVar("System", bound=RunningSystem)
+
+
+@contextmanager
+def run_system(
+    amqp_url: str, prefix: str, directory: Path, **env: str
+) -> Iterator[RunningSystem]:
+    """A worker and a logger with extra environment (THELCA_* settings), for a test's own use."""
+    yield from run_prepared(RunningSystem(amqp_url, prefix, directory,
+                                          system_env(amqp_url, prefix, directory, **env)))
+
+
+def run_prepared(running: System) -> Iterator[System]:
     """Start the worker and the logger of a prepared system; stop and clean up after."""
     try:
         running.start("worker")

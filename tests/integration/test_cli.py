@@ -32,7 +32,7 @@ def thelca(*args: str, env: dict[str, str] | None = None,
 @pytest.mark.parametrize(
     "command",
     [[], ["worker"], ["logger"], ["run"], ["health"], ["publish"], ["publish", "create"],
-     ["publish", "read"], ["publish", "update"]],
+     ["publish", "read"], ["publish", "update"], ["dev-keys"], ["dev-token"]],
 )
 def test_help_answers(command: list[str]) -> None:
     result = thelca(*command, "--help")
@@ -41,6 +41,10 @@ def test_help_answers(command: list[str]) -> None:
     if command and command[0] in ("worker", "run"):
         assert "THELCA_AUTHORITY" in result.stdout
         assert "THELCA_AMQP_URL" in result.stdout
+        for variable in ("THELCA_JWKS", "THELCA_JWT_KEY_FILE", "THELCA_JWT_ALGORITHMS",
+                         "THELCA_JWT_ISSUER", "THELCA_JWT_AUDIENCE", "THELCA_JWT_LEEWAY",
+                         "THELCA_AMQP_CA_FILE", "THELCA_AMQP_CERT_FILE", "THELCA_AMQP_KEY_FILE"):
+            assert variable in result.stdout
 
 
 def test_help_never_shows_a_password_from_the_environment() -> None:

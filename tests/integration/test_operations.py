@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import RunningSystem, run_system, system_env
+from tests.integration.conftest import RunningSystem, run_prepared, system_env
 from tests.integration.plain import PlainClient
 
 pytestmark = pytest.mark.broker
@@ -51,7 +51,7 @@ def observed(amqp_url: str, prefix: str, tmp_path: Path) -> Iterator[tuple[Runni
                                                THELCA_LOG_FORMAT="json"),
         role_env={"worker": {"THELCA_METRICS_PORT": str(port)},
                   "logger": {"THELCA_METRICS_PORT": str(port + 1)}})
-    systems = run_system(running)
+    systems = run_prepared(running)
     yield next(systems), port
     next(systems, None)
 

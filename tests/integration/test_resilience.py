@@ -21,7 +21,7 @@ from tests.integration.conftest import (
     RunningSystem,
     close_connections,
     delete_prefix,
-    run_system,
+    run_prepared,
     system_env,
     wait_for_consumers,
 )
@@ -145,7 +145,7 @@ def test_a_broker_list_is_tried_in_turn_when_the_first_is_down(
     dead_first = f"amqp://guest:guest@127.0.0.1:1/%2F,{amqp_url}"
     running = RunningSystem(amqp_url, prefix, tmp_path,
                             system_env(dead_first, prefix, tmp_path))
-    for system in run_system(running):
+    for system in run_prepared(running):
         client = PlainClient(amqp_url, prefix)
         try:
             assert client.send({"command": "create"}).status == 200

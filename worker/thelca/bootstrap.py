@@ -6,7 +6,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from thelca.amqp import BatchConsumer, safe_url, thelca_topology
+from thelca.amqp import (
+    BatchConsumer,
+    connection_parameters,
+    logger_topology,
+    safe_url,
+    thelca_topology,
+)
 from thelca.authority.base import Authority
 from thelca.commands import CommandHandler
 from thelca.errors import ConfigurationError
@@ -14,14 +20,21 @@ from thelca.eventlog import EventLogWriter
 from thelca.logger import EventLogger
 from thelca.settings import OPTIONS, Settings
 from thelca.stores import ItemStore, many_writers, open_store
+from thelca_client.tls import TlsFileError, TlsFiles
 
 log = logging.getLogger("thelca")
 
-AUTHORITIES = ("test-only",)
+AUTHORITIES = ("jwt", "test-only")
+TLS_OPTIONS = {"ca_file": "amqp_ca_file", "cert_file": "amqp_cert_file",
+               "key_file": "amqp_key_file", "url": "amqp_url"}
 
 
 def check_authority_choice(settings: Settings) -> str:
-    """The chosen Authority's name; refuse a missing or unknown one, naming the variable."""
+    """The chosen Authority's name; refuse a missing, unknown or misconfigured one.
+
+    For jwt this also reads its key files, so that `thelca run` refuses to start
+    rather than restart a worker that cannot start; a key set URL is not fetched.
+    """
     name = settings.authority
     env = OPTIONS["authority"].env
     if not name:
@@ -33,13 +46,19 @@ def check_authority_choice(settings: Settings) -> str:
     if name not in AUTHORITIES:
         raise ConfigurationError(f"{env}={name!r} is not an Authority: use one of "
                                  f"{', '.join(AUTHORITIES)}")
+    if name == "jwt":
+        from thelca.authority import jwt
+
+        jwt.from_settings(settings)
     return name
 
 
 def build_authority(settings: Settings) -> Authority:
     """The Authority named by the settings; there is deliberately no default."""
-    name = check_authority_choice(settings)
     env = OPTIONS["authority"].env
+    if settings.authority == "jwt":
+        return _jwt_authority(settings)  # checks its settings itself
+    name = check_authority_choice(settings)
     if name == "test-only":
         from thelca.authority.test_only import TestOnlyAuthority
 
@@ -75,6 +94,40 @@ def child_environment(settings: Settings, environ: dict[str, str]) -> dict[str, 
     return {**environ, **settings.environment(), OPTIONS["processes"].env: "1"}
 
 
+def _jwt_authority(settings: Settings) -> Authority:
+    from thelca.authority import jwt
+
+    authority = jwt.from_settings(settings)
+    unchecked = {"iss": authority.rules.issuer, "aud": authority.rules.audience}
+    for claim, option in (("iss", "jwt_issuer"), ("aud", "jwt_audience")):
+        if unchecked[claim] is None:
+            log.warning("jwt: %s is unset, so a token's %s is not checked: any token that your "
+                        "keys signed is accepted whatever its %s. Set it in production.",
+                        OPTIONS[option].env, claim, claim)
+    log.info("jwt: keys from %s; algorithms %s; leeway %ds", authority.keys.description,
+             ",".join(authority.rules.algorithms), authority.rules.leeway)
+    authority.keys.warm_up()
+    return authority
+
+
+def tls_files(settings: Settings) -> TlsFiles | None:
+    """The amqps:// files of the settings, each loaded once now; None when none is given.
+
+    A file that cannot be loaded, or TLS files with an amqp:// URL, is refused
+    here with the variable's name, rather than at every reconnection.
+    """
+    files = TlsFiles(settings.amqp_ca_file, settings.amqp_cert_file, settings.amqp_key_file)
+    try:
+        connection_parameters(settings.amqp_url, tls=files)
+    except TlsFileError as error:
+        option = OPTIONS[TLS_OPTIONS[error.field]]
+        raise ConfigurationError(f"{option.env} ({option.flag}): {error}") from None
+    except ValueError as error:  # pika's verdict on a URL it cannot parse
+        option = OPTIONS["amqp_url"]
+        raise ConfigurationError(f"{option.env}: {error}") from None
+    return files if files.given else None
+
+
 @dataclass
 class Role:
     """A consumer and what it holds open: run() returns once stopped, everything closed."""
@@ -107,7 +160,7 @@ def build_worker(
     consumer = BatchConsumer(
         settings.amqp_url, names.commands, handler, thelca_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="worker",
-        on_state=_state_logger("worker"),
+        on_state=_state_logger("worker"), tls=tls_files(settings),
     )
     return Role(consumer, store.close)
 
@@ -118,9 +171,9 @@ def build_logger(settings: Settings) -> Role:
     log.info("logger: prefix %s, event log %s (%d lines already)",
              settings.prefix, writer.path, writer.lines_at_start)
     consumer = BatchConsumer(
-        settings.amqp_url, names.events_log, EventLogger(writer, names), thelca_topology(names),
+        settings.amqp_url, names.events_log, EventLogger(writer, names), logger_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="logger",
-        on_state=_state_logger("logger"),
+        on_state=_state_logger("logger"), tls=tls_files(settings),
     )
     return Role(consumer, writer.close)
 

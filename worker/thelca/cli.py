@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_publish_parser(sub)
     from thelca.dead_cli import add_dead_parser
     add_dead_parser(sub)
+    from thelca.dev_keys_cli import add_dev_keys_parsers
+    add_dev_keys_parsers(sub)
     return parser
 
 
@@ -175,13 +177,15 @@ def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
 def _health(args: argparse.Namespace, settings: Settings) -> int:
     """0 only when the broker answers, a worker consumes the commands and the store answers."""
     from thelca.amqp import queue_consumers
+    from thelca.bootstrap import tls_files
     from thelca.stores import open_store
 
     names = settings.names
     healthy = True
+    tls = tls_files(settings)
     try:
-        workers = queue_consumers(settings.amqp_url, names.commands)
-        loggers = queue_consumers(settings.amqp_url, names.events_log)
+        workers = queue_consumers(settings.amqp_url, names.commands, tls=tls)
+        loggers = queue_consumers(settings.amqp_url, names.events_log, tls=tls)
         print("broker: ok")
         if workers:
             print(f"worker: ok ({workers} consuming {names.commands})")

@@ -22,7 +22,7 @@ from thelca import metrics
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
 from thelca.domain.service import ItemService, Result
-from thelca.errors import CommandRefused, ConcurrentUpdate, StoreUnavailable
+from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
 from thelca.messaging import Incoming, Outgoing
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 from thelca_client.contract import (
@@ -117,7 +117,7 @@ class CommandHandler:
             try:
                 with tx.savepoint():
                     return self._authenticated(tx, message, principal, command_id)
-            except StoreUnavailable:
+            except (StoreUnavailable, AuthorityUnavailable):
                 raise
             except ConcurrentUpdate:
                 # Another writer got there first (PostgreSQL, many workers): the

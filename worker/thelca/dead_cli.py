@@ -82,9 +82,11 @@ def _add_retry_parser(verbs: Any) -> None:
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
     """Print the head of the dead queue; nothing is removed."""
     from thelca.amqp import DeadLettersUnavailable, list_dead
+    from thelca.bootstrap import tls_files
 
+    tls = tls_files(settings)
     try:
-        queue = list_dead(settings.amqp_url, settings.names, args.limit)
+        queue = list_dead(settings.amqp_url, settings.names, args.limit, tls=tls)
     except DeadLettersUnavailable as error:
         print(f"thelca dead list: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -95,7 +97,9 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 def run_retry(args: argparse.Namespace, settings: Settings) -> int:
     """Send the chosen dead commands back and report each one."""
     from thelca.amqp import DeadLettersUnavailable, retry_dead
+    from thelca.bootstrap import tls_files
 
+    tls = tls_files(settings)
     token = args.token or os.environ.get("THELCA_TOKEN") or None
     wanted = None if args.all else set(args.message_ids)
     names = settings.names
@@ -103,7 +107,7 @@ def run_retry(args: argparse.Namespace, settings: Settings) -> int:
     if token is not None:
         print(f"note: {RUNS_AS_NOTE}")
     try:
-        outcomes = retry_dead(settings.amqp_url, names, message_ids=wanted, token=token)
+        outcomes = retry_dead(settings.amqp_url, names, message_ids=wanted, token=token, tls=tls)
     except DeadLettersUnavailable as error:
         _report(error.retried, set())
         print(f"thelca dead retry: {error}", file=sys.stderr)

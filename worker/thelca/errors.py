@@ -59,6 +59,10 @@ class StoreUnavailable(ThelcaError):
     """Raised when the store cannot be reached or written: the batch is retried, not refused."""
 
 
+class AuthorityUnavailable(ThelcaError):
+    """Raised when the Authority cannot be reached: the batch is retried."""
+
+
 class StoreLocked(ThelcaError):
     """Raised when another process already writes to the same store."""
 

@@ -52,6 +52,7 @@ def add_publish_parser(sub: Any) -> None:
 
 
 def run_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from thelca.bootstrap import tls_files
     from thelca_client.client import Client
     from thelca_client.errors import CommandFailed, ThelcaClientError
 
@@ -59,8 +60,10 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
     if not token:
         print("thelca publish: no token: give --token or set THELCA_TOKEN", file=sys.stderr)
         return EXIT_USAGE
+    tls = tls_files(settings)
     try:
-        with Client(settings.amqp_url, prefix=settings.prefix, timeout=args.timeout) as client:
+        with Client(settings.amqp_url, prefix=settings.prefix, timeout=args.timeout,
+                    tls=tls) as client:
             body = _command_body(args, client, token)
             if body is None:
                 return EXIT_USAGE

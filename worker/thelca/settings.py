@@ -33,8 +33,27 @@ OPTIONS: dict[str, Option] = {
                     "item store: sqlite:///PATH, memory: or postgresql://USER@HOST/DB?schema=NAME"),
     "event_log": Option("--event-log", "THELCA_EVENT_LOG", "thelca-events.log",
                         "the logger's JSON-lines file"),
+    "amqp_ca_file": Option("--amqp-ca-file", "THELCA_AMQP_CA_FILE", None,
+                           "amqps: PEM file of the CAs that sign the broker's certificate "
+                           "(default: the system's)"),
+    "amqp_cert_file": Option("--amqp-cert-file", "THELCA_AMQP_CERT_FILE", None,
+                             "amqps: PEM client certificate, for brokers that ask for one"),
+    "amqp_key_file": Option("--amqp-key-file", "THELCA_AMQP_KEY_FILE", None,
+                            "amqps: PEM private key of the client certificate"),
     "authority": Option("--authority", "THELCA_AUTHORITY", None,
-                        "who checks tokens: test-only (development only); no default"),
+                        "who checks tokens: jwt, or test-only (development only); no default"),
+    "jwks": Option("--jwks", "THELCA_JWKS", None,
+                   "jwt: an https URL or a file of the JSON Web Key Set; keys chosen by kid"),
+    "jwt_key_file": Option("--jwt-key-file", "THELCA_JWT_KEY_FILE", None,
+                           "jwt: one PEM public key (instead of a JWKS)"),
+    "jwt_algorithms": Option("--jwt-algorithms", "THELCA_JWT_ALGORITHMS", "RS256,ES256",
+                             "jwt: the allowed signature algorithms, comma-separated"),
+    "jwt_issuer": Option("--jwt-issuer", "THELCA_JWT_ISSUER", None,
+                         "jwt: the iss every token must have (unchecked when unset)"),
+    "jwt_audience": Option("--jwt-audience", "THELCA_JWT_AUDIENCE", None,
+                           "jwt: the aud every token must have (unchecked when unset)"),
+    "jwt_leeway": Option("--jwt-leeway", "THELCA_JWT_LEEWAY", "30",
+                         "jwt: seconds of clock skew allowed on exp, nbf and iat"),
     "max_body": Option("--max-body", "THELCA_MAX_BODY", str(DEFAULT_MAX_BODY),
                        "largest command body in bytes; larger ones get 413"),
     "prefetch": Option("--prefetch", "THELCA_PREFETCH", "200",
@@ -54,9 +73,10 @@ OPTIONS: dict[str, Option] = {
 }
 
 GROUPS = {
-    "broker": ("amqp_url", "prefix"),
+    "broker": ("amqp_url", "prefix", "amqp_ca_file", "amqp_cert_file", "amqp_key_file"),
     "store": ("store",),
-    "worker": ("authority", "max_body", "prefetch", "processes"),
+    "worker": ("authority", "jwks", "jwt_key_file", "jwt_algorithms", "jwt_issuer",
+               "jwt_audience", "jwt_leeway", "max_body", "prefetch", "processes"),
     "logger": ("event_log", "prefetch"),
     "logging": ("log_level", "log_format"),
     "metrics": ("metrics_port", "metrics_host"),
@@ -83,7 +103,16 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     store: str = "sqlite:///thelca.db"
     event_log: str = "thelca-events.log"
+    amqp_ca_file: str | None = None
+    amqp_cert_file: str | None = None
+    amqp_key_file: str | None = None
     authority: str | None = None
+    jwks: str | None = None
+    jwt_key_file: str | None = None
+    jwt_algorithms: str = "RS256,ES256"
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: int = 30
     max_body: int = DEFAULT_MAX_BODY
     prefetch: int = 200
     processes: int = 1
@@ -112,6 +141,7 @@ class Settings:
             values[f.name] = raw
         for name in ("max_body", "prefetch", "processes"):
             values[name] = _positive_int(name, values[name])
+        values["jwt_leeway"] = _whole_number("jwt_leeway", values["jwt_leeway"])
         values["metrics_port"] = _port(values["metrics_port"])
         if values["log_format"] not in ("text", "json"):
             raise ConfigurationError(f"{OPTIONS['log_format'].env} must be text or json")
@@ -143,11 +173,19 @@ def _port(raw: Any) -> int:
 
 
 def _positive_int(name: str, raw: Any) -> int:
+    value = _whole_number(name, raw)
+    if value < 1:
+        option = OPTIONS[name]
+        raise ConfigurationError(f"{option.flag} / {option.env} must be at least 1")
+    return value
+
+
+def _whole_number(name: str, raw: Any) -> int:
     option = OPTIONS[name]
     try:
         value = int(raw)
     except (TypeError, ValueError):
         raise ConfigurationError(f"{option.flag} / {option.env} must be a whole number") from None
-    if value < 1:
-        raise ConfigurationError(f"{option.flag} / {option.env} must be at least 1")
+    if value < 0:
+        raise ConfigurationError(f"{option.flag} / {option.env} must not be negative")
     return value

@@ -6,7 +6,14 @@ BlockingConnection: `admin` (health) and `dead` (dead letters).
 """
 
 from thelca.amqp.admin import queue_consumers
-from thelca.amqp.consumer import BatchConsumer, Topology, safe_url, thelca_topology
+from thelca.amqp.consumer import (
+    BatchConsumer,
+    Topology,
+    connection_parameters,
+    logger_topology,
+    safe_url,
+    thelca_topology,
+)
 from thelca.amqp.dead import (
     DeadLetter,
     DeadLettersUnavailable,
@@ -25,7 +32,9 @@ __all__ = [
     "Death",
     "Retried",
     "Topology",
+    "connection_parameters",
     "list_dead",
+    "logger_topology",
     "queue_consumers",
     "retry_dead",
     "safe_url",

@@ -32,6 +32,7 @@ from thelca import metrics
 from thelca.errors import ConfigurationError
 from thelca.messaging import BatchHandler, Incoming, Outgoing
 from thelca_client.contract import Names
+from thelca_client.tls import TlsFiles, apply_tls
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ DEAD_DELIVERY_LIMIT = 1_000_000  # listing dead letters returns them; never drop
 
 # Refusals while declaring that no retry can cure, and what the operator can do.
 SETUP_REFUSALS = {
-    403: "This broker user lacks permissions on them (docs/contract.md lists them).",
+    403: "This broker user lacks permissions on them (the README's \"Broker users\" section "
+         "lists what each role needs).",
     406: "An earlier deployment declared one with other arguments: drain and delete it, "
          "or use another prefix.",
 }
@@ -91,15 +93,32 @@ def thelca_topology(names: Names) -> Topology:
     )
 
 
-def connection_parameters(urls: str, name: str = "thelca") -> list[pika.URLParameters]:
+def logger_topology(names: Names) -> Topology:
+    """What the logger uses: the events exchange, its queue and their binding.
+
+    Not the commands queue nor the dead letters, both of which may hold tokens,
+    so that the logger's broker user needs no permission on them (README,
+    "Broker users"). The worker declares the whole topology, the dead-letter
+    exchange that the logger publishes to included.
+    """
+    whole = thelca_topology(names)
+    return Topology((names.events,), tuple(q for q in whole.queues if q.name == names.events_log))
+
+
+def connection_parameters(
+    urls: str, name: str = "thelca", *, tls: TlsFiles | None = None
+) -> list[pika.URLParameters]:
     """One entry per URL of a comma-separated list, tried in turn.
 
-    The name shows in the management UI and `rabbitmqctl list_connections`.
+    The name shows in the management UI and `rabbitmqctl list_connections`. An
+    amqps:// URL verifies the broker's certificate and host name, with the CA
+    file and client certificate of `tls` when given.
     """
     params = []
     for url in (u.strip() for u in urls.split(",")):
         if url:
             p = pika.URLParameters(url)
+            apply_tls(p, url, tls)
             p.client_properties = {"connection_name": name}
             params.append(p)
     if not params:
@@ -146,8 +165,10 @@ class BatchConsumer:
         max_batch: int = 200,
         name: str = "consumer",
         on_state: Callable[[str], None] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.urls = urls
+        self.tls = tls
         self.queue = queue
         self.handler = handler
         self.topology = topology
@@ -164,7 +185,8 @@ class BatchConsumer:
         """Consume until stop() is called, reconnecting whenever the connection is lost."""
         failures = 0
         while not self._stopping.is_set():
-            for params in connection_parameters(self.urls, f"thelca {self.name} {self.queue}"):
+            for params in connection_parameters(self.urls, f"thelca {self.name} {self.queue}",
+                                                tls=self.tls):
                 if self._stopping.is_set():
                     break
                 session = _Session(self, params)

@@ -31,6 +31,7 @@ from thelca_client.contract import (
     DIRECT_REPLY_TO,
     Names,
 )
+from thelca_client.tls import TlsFiles
 
 REASON_HEADER = DEAD_REASON_HEADER
 USER_HEADER = DEAD_USER_HEADER
@@ -100,9 +101,11 @@ class Retried:
         return self.status.startswith("sent")
 
 
-def list_dead(urls: str, names: Names, limit: int, timeout: float = 10.0) -> DeadQueue:
+def list_dead(
+    urls: str, names: Names, limit: int, timeout: float = 10.0, *, tls: TlsFiles | None = None
+) -> DeadQueue:
     """The first `limit` dead letters, oldest first; all of them stay in the queue."""
-    with _session(urls, timeout) as channel:
+    with _session(urls, timeout, tls) as channel:
         count = _ready(channel, names.dead)
         letters = []
         # Every message is taken, not only the first `limit`: a quorum queue puts
@@ -124,11 +127,12 @@ def retry_dead(
     message_ids: set[str] | None,
     token: str | None,
     timeout: float = 10.0,
+    tls: TlsFiles | None = None,
 ) -> list[Retried]:
     """Send the chosen dead commands (None: all) back to `<prefix>.commands`, ack once confirmed."""
     outcomes: list[Retried] = []
     try:
-        with _session(urls, timeout) as channel:
+        with _session(urls, timeout, tls) as channel:
             channel.confirm_delivery()
             # Only what is there now: a retried command that fails again comes back behind.
             for position in range(1, _ready(channel, names.dead) + 1):
@@ -255,10 +259,10 @@ def _ready(channel: BlockingChannel, queue: str) -> int:
 
 
 @contextmanager
-def _session(urls: str, timeout: float) -> Iterator[BlockingChannel]:
+def _session(urls: str, timeout: float, tls: TlsFiles | None) -> Iterator[BlockingChannel]:
     """A channel on the first broker that answers; closing it returns every unacked message."""
     try:
-        connection = connect(urls, timeout, "thelca dead letters")
+        connection = connect(urls, timeout, "thelca dead letters", tls=tls)
     except NoBroker as error:
         raise DeadLettersUnavailable(str(error)) from None
     try:

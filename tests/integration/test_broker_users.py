@@ -1,0 +1,177 @@
+"""The README's least-privilege broker users, for real.
+
+The `rabbitmqctl` lines of the README's "Broker users" section are run on the
+local broker (users of this test's own, with the prefix in place of
+`thelca`, deleted afterwards); a worker and a logger then run as their users,
+a client sends commands as its own, and each role is shown what it cannot do.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pika
+import pika.exceptions
+import pytest
+from pika.adapters.blocking_connection import BlockingChannel
+
+from tests.integration.conftest import (
+    RunningSystem,
+    delete_prefix,
+    system_env,
+    wait_for_consumers,
+)
+from thelca.amqp import thelca_topology
+from thelca_client import Client
+from thelca_client.contract import Names
+
+pytestmark = pytest.mark.broker
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+ACCESS_REFUSED = 403
+
+
+def readme_commands() -> list[list[str]]:
+    """The rabbitmqctl lines of the README's broker-users block."""
+    block = README.read_text().split("<!-- broker-users:", 1)[1]
+    code = block.split("```sh", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in code.strip().splitlines()]
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass(frozen=True)
+class BrokerUser:
+    name: str
+    url: str
+    password: str
+
+
+@pytest.fixture
+def users(amqp_url: str, prefix: str) -> Iterator[dict[str, BrokerUser]]:
+    """The README's users for this prefix: {role: user}, deleted afterwards."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("this test creates broker users with rabbitmqctl: run it on the broker's "
+                    "machine, as root")
+    broker = urlparse(amqp_url)
+    made: dict[str, BrokerUser] = {}
+    try:
+        for line in readme_commands():
+            assert line[0] == "rabbitmqctl", line
+            role = line[2 if line[1] == "add_user" else 4].removeprefix("thelca-")
+            if line[1] == "add_user":
+                name, password = f"{prefix}-{role}", secrets.token_urlsafe(16)
+                rabbitmqctl("add_user", name, password)
+                url = f"amqp://{name}:{password}@{broker.hostname}:{broker.port or 5672}/%2F"
+                made[role] = BrokerUser(name, url, password)
+            else:
+                assert line[1:4] == ["set_permissions", "-p", "/"], line
+                # The prefix of the tests is letters, digits and dashes: literal in a regex.
+                regexes = [r.replace(r"thelca\.", prefix + r"\.") for r in line[5:8]]
+                assert len(regexes) == 3 and all(prefix in r or r in ("^$", r"^amq\.default$")
+                                                 for r in regexes), line
+                rabbitmqctl("set_permissions", "-p", "/", made[role].name, *regexes)
+        assert set(made) == {"worker", "logger", "replay", "client", "operator"}
+        yield made
+    finally:
+        for user in made.values():
+            subprocess.run(["rabbitmqctl", "delete_user", user.name], capture_output=True,
+                           timeout=60, check=False)
+
+
+def refused(url: str, action: Callable[[BlockingChannel], object]) -> bool:
+    """Whether the broker refuses this user the action with ACCESS_REFUSED."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        action(channel)
+        connection.process_data_events(time_limit=0.2)
+        return False
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == ACCESS_REFUSED, error
+        return True
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def get(queue: str) -> Callable[[BlockingChannel], object]:
+    return lambda channel: channel.basic_get(queue, auto_ack=False)
+
+
+def publish(exchange: str, routing_key: str = "") -> Callable[[BlockingChannel], object]:
+    return lambda channel: channel.basic_publish(exchange, routing_key, b"{}")
+
+
+def test_each_role_does_its_job_with_only_the_readme_permissions(
+    amqp_url: str, prefix: str, tmp_path: Path, users: dict[str, BrokerUser]
+) -> None:
+    names = Names(prefix)
+    system = RunningSystem(amqp_url, prefix, tmp_path, {})
+    try:
+        for role, queue in (("worker", names.commands), ("logger", names.events_log)):
+            system.env = system_env(users[role].url, prefix, tmp_path)
+            system.start(role)
+            wait_for_consumers(amqp_url, queue, [system.processes[role]])
+        with Client(users["client"].url, prefix=prefix, token="alice") as client:
+            created = client.create({"type": "STORY"})
+            assert client.read(str((created.item or {})["id"])).status == 200
+        lines = system.wait_for_log(lambda ls: len(ls) >= 2)
+        assert [line["type"] for line in lines] == ["Item created", "Item read"]
+        output = system.output()
+        assert all(user.password not in output for user in users.values())
+        assert "ACCESS_REFUSED" not in output
+
+        client_url = users["client"].url
+        for what, action in [
+            ("read the event log's queue", get(names.events_log)),
+            ("read other clients' commands", get(names.commands)),
+            ("read the dead letters", get(names.dead)),
+            ("forge an event", publish(names.events)),
+            ("declare a queue", lambda ch: ch.queue_declare("", exclusive=True)),
+        ]:
+            assert refused(client_url, action), f"a client could {what}"
+        logger_url = users["logger"].url
+        for what, action in [
+            ("read the commands", get(names.commands)),
+            ("read the dead letters", get(names.dead)),
+            ("send replies", publish("", names.commands)),
+        ]:
+            assert refused(logger_url, action), f"the logger could {what}"
+        _replay_can_do_its_job(users["replay"].url, names)
+        listing = subprocess.run(
+            [sys.executable, "-m", "thelca", "dead", "list"], capture_output=True, text=True,
+            env=system_env(users["operator"].url, prefix, tmp_path), timeout=60, check=False)
+        assert listing.returncode == 0, listing.stderr
+        assert refused(users["operator"].url, get(names.commands))
+    finally:
+        for role in list(system.processes):
+            system.stop(role)
+        delete_prefix(amqp_url, prefix)
+
+
+def _replay_can_do_its_job(url: str, names: Names) -> None:
+    """What a replay consumer does, at the protocol level: it is not in this release."""
+    replay = next(q for q in thelca_topology(names).queues if q.name == names.replay)
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(replay.name, durable=True, arguments=replay.arguments)
+        channel.basic_get(replay.name, auto_ack=False)
+        channel.basic_publish("", f"{names.prefix}-a-subscriber-queue", b"{}")  # a reply
+    finally:
+        connection.close()
+    assert refused(url, get(names.events_log))
+    assert refused(url, get(names.commands))

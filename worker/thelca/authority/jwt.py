@@ -1,0 +1,444 @@
+"""The jwt Authority: OAuth 2.0 / OpenID Connect access tokens, verified with PyJWT.
+
+It follows RFC 8725 (JWT best current practice): the algorithms are an
+allow-list that never holds `none` nor a symmetric algorithm (the keys are
+public keys, and a public key used as an HMAC secret would let anyone sign);
+the key is chosen by `kid` from the configured keys only (`jku`, `x5u` and
+`jwk` headers are never read); `exp` is required and `exp`, `nbf`, `iat` are
+checked with a small leeway; `iss` and `aud` are checked when configured.
+
+The user id is the `sub` claim; scopes come from `scope` (space-separated) or
+`scp` (a list, or a string as Entra ID sends it). Refusals say what is wrong
+in words that help a legitimate client, never echoing the token or its claims.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from ssl import SSLContext
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
+
+from thelca.authority.base import Principal
+from thelca.domain.model import Item
+from thelca.errors import AuthorityUnavailable, ConfigurationError, Forbidden, NotAuthenticated
+from thelca.settings import OPTIONS, Settings
+from thelca_client.contract import JSON
+
+log = logging.getLogger(__name__)
+
+SCOPE_READ = "items:read"
+SCOPE_WRITE = "items:write"
+SCOPE_ADMIN = "items:admin"
+SCOPE_EVENTS = "events:read"
+
+# An unknown kid fetches the key set again at most this often, so a stream of
+# forged kids cannot turn the worker into a load generator against the IdP.
+REFETCH_COOLDOWN = 5.0
+JWKS_LIFESPAN = 300.0  # a URL's key set is fetched again after this long
+FETCH_TIMEOUT = 10.0
+LONGEST_SUB = 255
+
+# Refusals, by PyJWT's error type; the first match wins, so subclasses come first.
+REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "the token has expired"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet (its nbf or iat is in the future)"),
+    (jwt.InvalidAudienceError, "the token is not meant for this service (aud)"),
+    (jwt.InvalidIssuerError, "the token was not issued by the issuer this service trusts (iss)"),
+    (jwt.InvalidSignatureError, "the token's signature does not verify"),
+    (jwt.InvalidAlgorithmError, "the token's algorithm does not match its key"),
+    (jwt.InvalidIssuedAtError, "the token's iat claim is not a number"),
+    (jwt.exceptions.InvalidSubjectError, "the token's sub claim is not a string"),
+    (jwt.DecodeError, "the token is not a well-formed JWT"),
+    (jwt.InvalidKeyError, "the token's key cannot verify it"),
+)
+
+
+# ---------------------------------------------------------------- keys
+
+
+class KeySource(Protocol):
+    """Where the public keys come from; returns the key a token names, or refuses."""
+
+    description: str
+
+    def key(self, kid: str | None, alg: str) -> jwt.PyJWK: ...
+
+    def warm_up(self) -> None: ...
+
+
+class PemKey:
+    """One PEM public key (or certificate), for every allowed algorithm that fits it."""
+
+    def __init__(self, path: str, algorithms: Iterable[str]) -> None:
+        env = OPTIONS["jwt_key_file"].env
+        self.description = f"{env} {path}"
+        public = _load_pem(path, env)
+        jwk = _public_jwk(public)
+        self._by_alg: dict[str, jwt.PyJWK] = {}
+        for alg in algorithms:
+            try:
+                candidate = jwt.PyJWK(jwk, algorithm=alg)
+                candidate.Algorithm.prepare_key(candidate.key)  # checks an EC key's curve
+            except jwt.PyJWTError:
+                continue  # this algorithm does not fit this kind of key
+            self._by_alg[alg] = candidate
+        if not self._by_alg:
+            raise ConfigurationError(
+                f"{env}={path}: a {jwk['kty']} key fits none of the algorithms in "
+                f"{OPTIONS['jwt_algorithms'].env} ({', '.join(algorithms)})")
+
+    def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        found = self._by_alg.get(alg)
+        if found is None:
+            raise NotAuthenticated("the token's algorithm does not match its key")
+        return found
+
+    def warm_up(self) -> None:
+        """Nothing to fetch: the key was read at start."""
+
+
+class JwksFile:
+    """A JWKS file, read again when a token names a new kid or when the file changed.
+
+    Both are looked at most every `cooldown` seconds: a rotation (a key added
+    or retired by replacing the file) takes effect within that time.
+    """
+
+    def __init__(
+        self, path: str, *, cooldown: float = REFETCH_COOLDOWN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.description = f"{OPTIONS['jwks'].env} file {path}"
+        self.cooldown = cooldown
+        self.clock = clock
+        self._stamp = self._file_stamp()
+        self._keys = _jwks_from_file(path)
+        self._looked_at = clock()
+
+    def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        if self.clock() - self._looked_at >= self.cooldown:
+            self._looked_at = self.clock()
+            unknown = kid is not None and all(k.key_id != kid for k in self._keys)
+            if unknown or self._file_stamp() != self._stamp:
+                self._reread()
+        found = _match(self._keys, kid)
+        if found is None:
+            raise NotAuthenticated("the token's key id (kid) is not in the key set")
+        return found
+
+    def warm_up(self) -> None:
+        """Nothing to fetch: the file was read at start."""
+
+    def _file_stamp(self) -> tuple[int, int, int]:
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return (0, 0, 0)
+        return (status.st_mtime_ns, status.st_size, status.st_ino)
+
+    def _reread(self) -> None:
+        self._stamp = self._file_stamp()
+        try:
+            self._keys = _jwks_from_file(self.path)
+        except ConfigurationError as error:
+            log.warning("jwt: keeping the keys read before: %s", error)
+        else:
+            log.info("jwt: read %s again: %d key(s)", self.path, len(self._keys))
+
+
+class JwksUrl:
+    """A JWKS at an https URL, through PyJWKClient: cached, fetched again for a new kid.
+
+    A fetch that fails (network, the IdP down, not a key set) is the
+    infrastructure's fault, not the client's: AuthorityUnavailable, and the
+    worker retries the batch.
+    """
+
+    def __init__(
+        self, url: str, *, cooldown: float = REFETCH_COOLDOWN, ssl_context: SSLContext | None = None
+    ) -> None:
+        self.url = url
+        self.description = f"{OPTIONS['jwks'].env} {url}"
+        self._client = jwt.PyJWKClient(
+            url, cache_jwk_set=True, lifespan=JWKS_LIFESPAN, timeout=FETCH_TIMEOUT,
+            ssl_context=ssl_context, cooldown_duration=cooldown,
+        )
+
+    def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        keys = self._fetched(self._client.get_signing_keys)
+        found = _match(keys, kid)
+        if found is None and kid is not None:
+            found = self._fetched(lambda: self._refreshed(kid))
+        if found is None:
+            raise NotAuthenticated("the token's key id (kid) is not in the key set")
+        return found
+
+    def warm_up(self) -> None:
+        """Fetch the key set now, so that a wrong URL shows in the log at start."""
+        try:
+            count = len(self._fetched(self._client.get_signing_keys))
+        except AuthorityUnavailable as error:
+            log.warning("jwt: %s; commands wait (are retried) until it answers", error)
+        else:
+            log.info("jwt: %d signing key(s) from %s", count, self.url)
+
+    def _refreshed(self, kid: str) -> jwt.PyJWK | None:
+        try:
+            return self._client.get_signing_key(kid)  # refetches, unless cooling down
+        except jwt.PyJWKClientConnectionError:
+            raise
+        except jwt.PyJWKClientError:
+            return None  # still unknown after the refetch
+
+    def _fetched(self, fetch: Callable[[], Any]) -> Any:
+        try:
+            return fetch()
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError, OSError) as error:
+            raise AuthorityUnavailable(
+                f"the key set at {self.url} cannot be fetched or used "
+                f"({type(error).__name__}: {str(error)[:200]})") from None
+
+
+def _match(keys: list[jwt.PyJWK], kid: str | None) -> jwt.PyJWK | None:
+    if kid is None:
+        if len(keys) == 1:
+            return keys[0]
+        raise NotAuthenticated("the token has no key id (kid) and the key set has several keys")
+    return next((k for k in keys if k.key_id == kid), None)
+
+
+def _jwks_from_file(path: str) -> list[jwt.PyJWK]:
+    env = OPTIONS["jwks"].env
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except OSError as error:
+        raise ConfigurationError(f"{env}={path} cannot be read ({error.strerror})") from None
+    except ValueError:
+        raise ConfigurationError(f"{env}={path} is not JSON: it must be a JSON Web Key Set "
+                                 '({"keys": [...]})') from None
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ConfigurationError(f'{env}={path} is not a JSON Web Key Set ({{"keys": [...]}})')
+    public = [k for k in data["keys"] if isinstance(k, dict) and k.get("kty") != "oct"]
+    if len(public) < len(data["keys"]):
+        log.warning("jwt: %s: ignored %d symmetric (oct) or malformed key(s); only public keys "
+                    "verify tokens", path, len(data["keys"]) - len(public))
+    try:
+        keys = jwt.PyJWKSet(public).keys
+    except jwt.PyJWTError:
+        raise ConfigurationError(f"{env}={path} holds no usable public key") from None
+    signing = [k for k in keys if k.public_key_use in ("sig", None)]
+    if not signing:
+        raise ConfigurationError(f"{env}={path} holds no signing key (use: sig)")
+    return signing
+
+
+def _load_pem(path: str, env: str) -> Any:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigurationError(f"{env}={path} cannot be read ({error.strerror})") from None
+    if b"PRIVATE KEY" in data:
+        raise ConfigurationError(f"{env}={path} holds a private key: give the worker only the "
+                                 "public key")
+    try:
+        if b"BEGIN CERTIFICATE" in data:
+            return x509.load_pem_x509_certificate(data).public_key()
+        return serialization.load_pem_public_key(data)
+    except ValueError:
+        raise ConfigurationError(f"{env}={path} is not a PEM public key or certificate") \
+            from None
+
+
+def _public_jwk(public: Any) -> dict[str, Any]:
+    if isinstance(public, rsa.RSAPublicKey):
+        return RSAAlgorithm.to_jwk(public, as_dict=True)
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return ECAlgorithm.to_jwk(public, as_dict=True)
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return OKPAlgorithm.to_jwk(public, as_dict=True)
+    raise ConfigurationError(f"{OPTIONS['jwt_key_file'].env}: only RSA, EC and Ed25519 keys "
+                             "are supported")
+
+
+# ---------------------------------------------------------------- the Authority
+
+
+@dataclass(frozen=True)
+class JwtRules:
+    """What a token must satisfy besides its signature."""
+
+    algorithms: tuple[str, ...]
+    issuer: str | None
+    audience: str | None
+    leeway: int
+
+
+class JwtAuthority:
+    """Verifies Bearer JWTs and decides by their scopes; see the module docstring."""
+
+    name = "jwt"
+
+    def __init__(self, keys: KeySource, rules: JwtRules) -> None:
+        self.keys = keys
+        self.rules = rules
+
+    def __repr__(self) -> str:
+        return f"JwtAuthority({self.keys.description}, {self.rules})"
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise NotAuthenticated("no token")
+        header = _header(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.rules.algorithms:
+            raise NotAuthenticated("the token's algorithm is not accepted: this service accepts "
+                                   + ", ".join(self.rules.algorithms))
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise NotAuthenticated("the token's key id (kid) is not a string")
+        claims = self._verified(token, self.keys.key(kid, alg), alg)
+        return Principal(_subject(claims), _scopes(claims))
+
+    def _verified(self, token: str, key: jwt.PyJWK, alg: str) -> dict[str, Any]:
+        rules = self.rules
+        required = ["exp", "sub"] + (["iss"] if rules.issuer else []) + \
+            (["aud"] if rules.audience else [])
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=[alg], audience=rules.audience, issuer=rules.issuer,
+                leeway=rules.leeway,
+                options={"require": required, "verify_aud": rules.audience is not None},
+            )
+        except jwt.MissingRequiredClaimError as missing:
+            raise NotAuthenticated(f"the token has no {missing.claim} claim") from None
+        except (jwt.InvalidTokenError, jwt.InvalidKeyError) as error:
+            raise NotAuthenticated(_reason(error)) from None
+        return claims
+
+    # ------------------------------------------------------------ what a user may do
+
+    def check_create_item(self, principal: Principal, dictionary: JSON) -> str:
+        return _needs(principal, SCOPE_WRITE, "create items")
+
+    def check_read_item(self, principal: Principal, item: Item) -> str:
+        return _needs(principal, SCOPE_READ, "read items")
+
+    def check_update_item(self, principal: Principal, current: Item, proposed: Item) -> str:
+        _needs(principal, SCOPE_WRITE, "update items")
+        if current.created_by != principal.user_id and SCOPE_ADMIN not in principal.scopes:
+            raise Forbidden(f"only the user who created this item may update it, or a token "
+                            f"with the {SCOPE_ADMIN} scope")
+        return principal.user_id
+
+    def check_read_events(self, principal: Principal) -> str:
+        return _needs(principal, SCOPE_EVENTS, "read the event history")
+
+
+def _header(token: str) -> dict[str, Any]:
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise NotAuthenticated("the token is not a well-formed JWT") from None
+
+
+def _reason(error: Exception) -> str:
+    for kind, reason in REASONS:
+        if isinstance(error, kind):
+            return reason
+    return "the token is not valid"
+
+
+def _subject(claims: dict[str, Any]) -> str:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not 0 < len(sub) <= LONGEST_SUB or not sub.isprintable():
+        raise NotAuthenticated(f"the token's sub claim is not a user id (a printable string of "
+                               f"1 to {LONGEST_SUB} characters)")
+    return sub
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    scopes: set[str] = set()
+    for claim in ("scope", "scp"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            scopes.update(value.split())
+        elif isinstance(value, list):
+            scopes.update(v for v in value if isinstance(v, str))
+    return frozenset(scopes)
+
+
+def _needs(principal: Principal, scope: str, to: str) -> str:
+    if scope not in principal.scopes:
+        raise Forbidden(f"the token lacks the {scope} scope needed to {to}")
+    return principal.user_id
+
+
+# ---------------------------------------------------------------- from settings
+
+
+def rules_from_settings(settings: Settings) -> JwtRules:
+    """The allow-list and claim rules; refuses `none` and symmetric algorithms."""
+    env = OPTIONS["jwt_algorithms"].env
+    algorithms = tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip())
+    if not algorithms:
+        raise ConfigurationError(f"{env} is empty: name the algorithms your issuer signs with, "
+                                 "such as RS256,ES256")
+    known = set(get_default_algorithms()) - {"none"}
+    for alg in algorithms:
+        if alg.lower() == "none":
+            raise ConfigurationError(f"{env}: 'none' would accept unsigned tokens; remove it")
+        if alg.startswith("HS"):
+            raise ConfigurationError(
+                f"{env}: {alg} is a symmetric (HMAC) algorithm, but the keys of "
+                f"{OPTIONS['jwks'].env} / {OPTIONS['jwt_key_file'].env} are public keys, and a "
+                f"public key must never serve as an HMAC secret (anyone could sign with it): "
+                f"remove {alg}")
+        if alg not in known:
+            raise ConfigurationError(f"{env}: {alg!r} is not an algorithm; use some of "
+                                     f"{', '.join(sorted(known - _symmetric(known)))}")
+    return JwtRules(algorithms, settings.jwt_issuer or None, settings.jwt_audience or None,
+                    settings.jwt_leeway)
+
+
+def key_source(settings: Settings, rules: JwtRules) -> KeySource:
+    """The keys: THELCA_JWKS (https URL or file) or THELCA_JWT_KEY_FILE, exactly one."""
+    jwks_env, pem_env = OPTIONS["jwks"].env, OPTIONS["jwt_key_file"].env
+    if settings.jwks and settings.jwt_key_file:
+        raise ConfigurationError(f"both {jwks_env} and {pem_env} are set: choose one")
+    if settings.jwt_key_file:
+        return PemKey(settings.jwt_key_file, rules.algorithms)
+    if not settings.jwks:
+        raise ConfigurationError(
+            f"the jwt Authority has no keys: set {jwks_env} (an https URL or a file of your "
+            f"issuer's JSON Web Key Set) or {pem_env} (one PEM public key). To try it locally: "
+            f"`thelca dev-keys`, then {jwks_env}=thelca-dev-keys/jwks.json")
+    scheme = urlparse(settings.jwks).scheme.lower()
+    if scheme == "https":
+        return JwksUrl(settings.jwks)
+    if scheme == "http":
+        raise ConfigurationError(f"{jwks_env}: the keys must come over https, not http")
+    return JwksFile(settings.jwks)
+
+
+def from_settings(settings: Settings) -> JwtAuthority:
+    """The jwt Authority the settings describe; a key set URL is not fetched yet."""
+    rules = rules_from_settings(settings)
+    return JwtAuthority(key_source(settings, rules), rules)
+
+
+def _symmetric(algorithms: Iterable[str]) -> set[str]:
+    return {a for a in algorithms if a.startswith("HS")}
