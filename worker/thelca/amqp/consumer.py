@@ -29,7 +29,7 @@ import pika.frame
 import pika.spec
 
 from thelca import metrics
-from thelca.errors import ConfigurationError
+from thelca.errors import AuthorityUnavailable, ConfigurationError, StoreUnavailable
 from thelca.messaging import BatchHandler, Incoming, Outgoing
 from thelca_client.contract import Names
 from thelca_client.tls import TlsFiles, apply_tls
@@ -389,11 +389,14 @@ class _Session:
         batch = self._waiting[: self.owner.max_batch]
         try:
             publish = self.owner.handler.handle([incoming for _, incoming, _ in batch])
+        except (StoreUnavailable, AuthorityUnavailable) as error:
+            # Known and passing (a database restart, a deadlock, an unreachable key
+            # set): one line is enough; the batch is kept and tried again.
+            self._retry_later(batch, f"{type(error).__name__}: {error}")
+            return
         except Exception:
-            self._retry_delay = min(30.0, max(0.5, self._retry_delay * 2))
-            log.exception("%s: a batch of %d failed; retrying in %.1fs",
-                          self.owner.name, len(batch), self._retry_delay)
-            self._schedule_flush(self._retry_delay)
+            log.exception("%s: a batch of %d failed unexpectedly", self.owner.name, len(batch))
+            self._retry_later(batch, "see the traceback above")
             return
         self._retry_delay = 0.0
         del self._waiting[: len(batch)]
@@ -401,6 +404,12 @@ class _Session:
         self._publish_batch([tag for tag, _, _ in batch], publish, [t for _, _, t in batch])
         if self._waiting:
             self._schedule_flush(0)
+
+    def _retry_later(self, batch: list[tuple[int, Incoming, float]], why: str) -> None:
+        self._retry_delay = min(30.0, max(0.5, self._retry_delay * 2))
+        log.warning("%s: a batch of %d is retried in %.1fs (%s)", self.owner.name, len(batch),
+                    self._retry_delay, why)
+        self._schedule_flush(self._retry_delay)
 
     # ------------------------------------------------------------ publish and ack
 
