@@ -229,7 +229,7 @@ def test_a_worker_whose_database_connection_is_killed_retries_and_answers(
         delete_prefix(amqp_url, prefix)
     output = system.output()
     assert "the connection to PostgreSQL" in output and "was lost" in output
-    assert "retrying" in output
+    assert "is retried in" in output
 
 
 # ------------------------------------------------------------ producers
