@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from thelca.errors import ConfigurationError
-from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
+from thelca.stores.base import (
+    BulkItemLoader,
+    ItemStore,
+    OutboxEvent,
+    ProcessedCommand,
+    StoreTransaction,
+)
 
-__all__ = ["ItemStore", "OutboxEvent", "ProcessedCommand", "StoreTransaction", "open_store"]
+__all__ = [
+    "BulkItemLoader",
+    "ItemStore",
+    "OutboxEvent",
+    "ProcessedCommand",
+    "StoreTransaction",
+    "open_store",
+]
 
 
 def open_store(url: str, *, writer: bool = True) -> ItemStore:

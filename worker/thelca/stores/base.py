@@ -8,10 +8,10 @@ events not yet confirmed by the broker.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from thelca.domain.model import Item, StoredItem
 
@@ -85,4 +85,18 @@ class ItemStore(Protocol):
         """Raise unless the store answers."""
         ...
 
+    def clear(self) -> None:
+        """Remove every item, processed command and outbox event: an empty store again."""
+        ...
+
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BulkItemLoader(Protocol):
+    """An optional fast path for restore; a backend without it is restored event by event."""
+
+    def load_items(self, items: Iterable[StoredItem]) -> None:
+        """Store each item at its version as given, replacing any item with its id, in one
+        transaction: restore has already checked the versions against the log."""
+        ...

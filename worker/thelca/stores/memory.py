@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -49,6 +49,17 @@ class MemoryStore:
 
     def ping(self) -> None:
         return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._processed.clear()
+            self._outbox.clear()
+
+    def load_items(self, items: Iterable[StoredItem]) -> None:
+        with self._lock:
+            for stored in items:
+                self._items[stored.item.id] = _copy(stored)
 
     def close(self) -> None:
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -96,6 +96,22 @@ class SQLiteStore:
 
     def ping(self) -> None:
         self._db.execute("SELECT 1").fetchone()
+
+    def clear(self) -> None:
+        with self.transaction():
+            for table in ("items", "processed", "outbox"):
+                self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+
+    def load_items(self, items: Iterable[StoredItem]) -> None:
+        rows = (
+            (s.item.id, s.item.created_at, s.item.created_by, orjson.dumps(s.item.properties),
+             s.version)
+            for s in items
+        )
+        with self.transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO items (id, created_at, created_by, properties, version) "
+                "VALUES (?, ?, ?, ?, ?)", rows)
 
     def close(self) -> None:
         self._db.close()
