@@ -88,9 +88,11 @@ def build_worker(
 
 def build_logger(settings: Settings) -> Role:
     names = settings.names
-    writer = EventLogWriter(settings.event_log)
-    log.info("logger: prefix %s, event log %s (%d lines already)",
-             settings.prefix, writer.path, writer.lines_at_start)
+    writer = EventLogWriter(settings.event_log, max_bytes=settings.event_log_max_bytes)
+    rotation = (f"segments of {settings.event_log_max_bytes} bytes"
+                if settings.event_log_max_bytes else "no rotation")
+    log.info("logger: prefix %s, event log %s (%d recent lines read; %s)",
+             settings.prefix, writer.path, writer.lines_at_start, rotation)
     consumer = BatchConsumer(
         settings.amqp_url, names.events_log, EventLogger(writer, names), thelca_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="logger",

@@ -33,6 +33,11 @@ OPTIONS: dict[str, Option] = {
                     "item store: sqlite:///PATH, memory:"),
     "event_log": Option("--event-log", "THELCA_EVENT_LOG", "thelca-events.log",
                         "the logger's JSON-lines file"),
+    "event_log_max_bytes": Option(
+        "--event-log-max-bytes", "THELCA_EVENT_LOG_MAX_BYTES", "0",
+        "rotate the event log into numbered segments at this size in bytes; 0: never"),
+    "replay_streams": Option("--replay-streams", "THELCA_REPLAY_STREAMS", "4",
+                             "replay requests streamed at once, taking turns"),
     "authority": Option("--authority", "THELCA_AUTHORITY", None,
                         "who checks tokens: test-only (development only); no default"),
     "max_body": Option("--max-body", "THELCA_MAX_BODY", str(DEFAULT_MAX_BODY),
@@ -47,7 +52,8 @@ GROUPS = {
     "broker": ("amqp_url", "prefix"),
     "store": ("store",),
     "worker": ("authority", "max_body", "prefetch"),
-    "logger": ("event_log", "prefetch"),
+    "logger": ("event_log", "event_log_max_bytes", "prefetch"),
+    "replay": ("authority", "event_log", "replay_streams"),
     "logging": ("log_level",),
 }
 
@@ -72,6 +78,8 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     store: str = "sqlite:///thelca.db"
     event_log: str = "thelca-events.log"
+    event_log_max_bytes: int = 0
+    replay_streams: int = 4
     authority: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     prefetch: int = 200
@@ -95,8 +103,10 @@ class Settings:
             if raw is None:
                 raw = environ.get(option.env) or option.default
             values[f.name] = raw
-        for name in ("max_body", "prefetch"):
+        for name in ("max_body", "prefetch", "replay_streams"):
             values[name] = _positive_int(name, values[name])
+        values["event_log_max_bytes"] = _positive_int(
+            "event_log_max_bytes", values["event_log_max_bytes"], least=0)
         try:
             Names(values["prefix"])
         except ValueError as error:
@@ -113,12 +123,12 @@ class Settings:
         return env
 
 
-def _positive_int(name: str, raw: Any) -> int:
+def _positive_int(name: str, raw: Any, least: int = 1) -> int:
     option = OPTIONS[name]
     try:
         value = int(raw)
     except (TypeError, ValueError):
         raise ConfigurationError(f"{option.flag} / {option.env} must be a whole number") from None
-    if value < 1:
-        raise ConfigurationError(f"{option.flag} / {option.env} must be at least 1")
+    if value < least:
+        raise ConfigurationError(f"{option.flag} / {option.env} must be at least {least}")
     return value
