@@ -17,7 +17,7 @@ from thelca.eventlog import (
     read_log,
     to_line,
 )
-from thelca.restore import restore
+from thelca.restore import Problem, restore
 from thelca.stores.memory import MemoryStore
 
 CREATED = {"time": "2020-02-18T16:37:09.654949+00:00", "type": "Item created", "user": "u",
@@ -105,7 +105,10 @@ def test_restore_reports_and_skips_a_torn_line(tmp_path: Path) -> None:
     store = MemoryStore()
     report = restore(path, store)
     assert report.applied == 1 and report.items == 1
-    assert report.problems == [(2, "torn line (no newline at the end of the log)")]
+    assert report.problems == [
+        Problem("events.log", 2, "torn line (no newline at the end of the log)")]
+    assert str(report.problems[0]) == (
+        "events.log:2: torn line (no newline at the end of the log)")
 
 
 # ---------------------------------------------------------------- segments

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_publish_parser(sub)
     from thelca.dead_cli import add_dead_parser
     add_dead_parser(sub)
+    from thelca.restore_cli import add_restore_parsers
+    add_restore_parsers(sub)
     return parser
 
 
