@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from thelca.domain.model import Item, StoredItem
@@ -476,9 +477,11 @@ class StoreContract(abc.ABC):
             return
         with store.transaction() as tx:
             tx.add_item(item("b", {"old": True}))
-        store.load_items([StoredItem(item("c", RICH_PROPERTIES), 7),
-                          StoredItem(item("b", {"new": True}), 3),
-                          StoredItem(item("a"), 1)])
+        store.load_items([
+            ("a", CREATED_AT, CREATED_BY, b"{}", 1),
+            ("b", CREATED_AT, CREATED_BY, b'{"new":true}', 3),
+            ("c", CREATED_AT, CREATED_BY, orjson.dumps(RICH_PROPERTIES), 7),
+        ])
         assert list(store.items()) == [StoredItem(item("a"), 1),
                                        StoredItem(item("b", {"new": True}), 3),
                                        StoredItem(item("c", RICH_PROPERTIES), 7)]

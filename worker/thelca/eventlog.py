@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -69,38 +69,69 @@ def to_line(body: bytes) -> tuple[str | None, bytes]:
 
 
 TORN = "torn line (no newline at the end of the log)"
+BLOCK = 1 << 20  # bytes read at once: lines are split in C, a block at a time
+
+
+class Block(NamedTuple):
+    """Consecutive lines of one file, without their newlines.
+
+    `first` is the number of lines[0] in its file. `torn` is a last line that
+    has no newline (only ever in a file's last block, which then has no lines).
+    """
+
+    file: str
+    first: int
+    lines: list[bytes]
+    torn: bytes | None = None
 
 
 def read_log(path: str | Path) -> Iterator[LogLine]:
     """Every line of one file, in order, without holding the file in memory."""
     with open(path, "rb") as file:
-        yield from _lines(file, Path(path).name, None)
+        yield from lines_of(_blocks(file, Path(path).name, None))
 
 
-def _lines(file: BinaryIO, name: str, limit: int | None) -> Iterator[LogLine]:
-    """The lines of an open file; with a limit, only its first `limit` bytes."""
+def lines_of(blocks: Iterable[Block]) -> Iterator[LogLine]:
+    """Blocks as lines, each decoded, or with the reason it cannot be."""
     loads = orjson.loads
-    left = limit
-    for number, whole in enumerate(file, start=1):
-        raw = whole
-        if left is not None:
-            if len(raw) > left:
-                raw = raw[:left]
-            left -= len(raw)
-        if raw[-1:] != b"\n":
-            yield LogLine(number, None, TORN, name, raw)
-            return
-        try:
-            value = loads(raw)
-        except (orjson.JSONDecodeError, RecursionError):
-            yield LogLine(number, None, "not JSON", name, raw[:-1])
-        else:
+    for block in blocks:
+        name = block.file
+        for number, raw in enumerate(block.lines, block.first):
+            try:
+                value = loads(raw)
+            except (orjson.JSONDecodeError, RecursionError):
+                yield LogLine(number, None, "not JSON", name, raw)
+                continue
             if isinstance(value, dict):
-                yield LogLine(number, value, None, name, raw[:-1])
+                yield LogLine(number, value, None, name, raw)
             else:
-                yield LogLine(number, None, "not a JSON object", name, raw[:-1])
-        if left == 0:
-            return
+                yield LogLine(number, None, "not a JSON object", name, raw)
+        if block.torn is not None:
+            yield LogLine(block.first, None, TORN, name, block.torn)
+
+
+def _blocks(
+    file: BinaryIO, name: str, limit: int | None, count: Callable[[int], None] | None = None
+) -> Iterator[Block]:
+    """The lines of an open file in blocks; with a limit, of its first `limit` bytes only."""
+    number = 1
+    rest = b""
+    left = limit
+    while left is None or left > 0:
+        data = file.read(BLOCK if left is None else min(BLOCK, left))
+        if not data:
+            break
+        if left is not None:
+            left -= len(data)
+        if count is not None:
+            count(len(data))
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        if lines:
+            yield Block(name, number, lines)
+            number += len(lines)
+    if rest:
+        yield Block(name, number, [], rest)
 
 
 # ---------------------------------------------------------------- segments
@@ -162,27 +193,23 @@ class LogSnapshot:
     def files(self) -> list[str]:
         return [s.name for s in self.segments] + ([self.path.name] if self._live else [])
 
-    def lines(self) -> Iterator[LogLine]:
-        """Every line of the snapshot, in log order; `bytes_read` follows along."""
+    def blocks(self) -> Iterator[Block]:
+        """The snapshot's lines in blocks, in log order; `bytes_read` follows along."""
         try:
-            for segment in self.segments:
-                try:
-                    file = open(segment, "rb")  # noqa: SIM115 - closed just below
-                except FileNotFoundError:
-                    yield LogLine(0, None, "the segment vanished while reading", segment.name)
-                    continue
-                with file:
-                    yield from self._count(_lines(file, segment.name, None))
+            for segment in self.segments:  # one removed meanwhile raises FileNotFoundError
+                with open(segment, "rb") as file:
+                    yield from _blocks(file, segment.name, None, self._count)
             if self._live is not None:
-                yield from self._count(_lines(self._live, self.path.name, self._live_size))
+                yield from _blocks(self._live, self.path.name, self._live_size, self._count)
         finally:
             self.close()
 
-    def _count(self, lines: Iterator[LogLine]) -> Iterator[LogLine]:
-        for line in lines:
-            # +1 for the newline that raw leaves out (a torn line keeps none to leave out)
-            self.bytes_read += len(line.raw) + (line.problem != TORN)
-            yield line
+    def lines(self) -> Iterator[LogLine]:
+        """The snapshot's lines, in log order, each decoded or with why it cannot be."""
+        return lines_of(self.blocks())
+
+    def _count(self, size: int) -> None:
+        self.bytes_read += size
 
     def close(self) -> None:
         if self._live is not None:

@@ -92,11 +92,18 @@ class ItemStore(Protocol):
     def close(self) -> None: ...
 
 
+# (id, created_at, created_by, properties as compact UTF-8 JSON, version): an item as
+# restore hands it to a bulk load, already encoded, so that nothing is built twice.
+ItemRow = tuple[str, str, str, bytes, int]
+
+
 @runtime_checkable
 class BulkItemLoader(Protocol):
-    """An optional fast path for restore; a backend without it is restored event by event."""
+    """An optional fast path for restore; a backend without it is restored through
+    ordinary transactions (add at version 1, then replace up to the version)."""
 
-    def load_items(self, items: Iterable[StoredItem]) -> None:
-        """Store each item at its version as given, replacing any item with its id, in one
-        transaction: restore has already checked the versions against the log."""
+    def load_items(self, rows: Iterable[ItemRow]) -> None:
+        """Store each row's item at its version as given, replacing any item with that id,
+        in one transaction. Restore gives the rows in id order and has already checked
+        the versions against the log."""
         ...

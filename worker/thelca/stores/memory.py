@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
+import orjson
+
 from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConcurrentUpdate
-from thelca.stores.base import OutboxEvent, ProcessedCommand
+from thelca.stores.base import ItemRow, OutboxEvent, ProcessedCommand
 
 _MISSING: Any = object()
 
@@ -56,10 +58,11 @@ class MemoryStore:
             self._processed.clear()
             self._outbox.clear()
 
-    def load_items(self, items: Iterable[StoredItem]) -> None:
+    def load_items(self, rows: Iterable[ItemRow]) -> None:
         with self._lock:
-            for stored in items:
-                self._items[stored.item.id] = _copy(stored)
+            for item_id, created_at, created_by, properties, version in rows:
+                item = Item(item_id, created_at, created_by, orjson.loads(properties))
+                self._items[item_id] = StoredItem(item, version)
 
     def close(self) -> None:
         return None
