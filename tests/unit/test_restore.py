@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from thelca.domain.model import Item, StoredItem
-from thelca.restore import AFTER_UNTIL, Problem, parse_time, restore, verify
+from thelca.restore import AFTER_UNTIL, Problem, restore, verify
 from thelca.stores import ItemStore, StoreTransaction
 from thelca.stores.base import OutboxEvent
 from thelca.stores.memory import MemoryStore
 from thelca.stores.sqlite import SQLiteStore
+from thelca_client.contract import parse_time
 
 ORIGINAL = Path(__file__).resolve().parents[1] / "data" / "original-server-event-log"
 A = "0a6f1c7e-5b1d-4c3e-9f61-1f7d2a9b8c01"

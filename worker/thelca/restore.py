@@ -30,7 +30,7 @@ import orjson
 from thelca.domain.model import Item, StoredItem
 from thelca.eventlog import TORN, Block, LogSnapshot
 from thelca.stores.base import BulkItemLoader, ItemRow, ItemStore
-from thelca_client.contract import ITEM_CREATED, ITEM_UPDATED
+from thelca_client.contract import ITEM_CREATED, ITEM_UPDATED, parse_time
 
 # Changed items held in memory between two writes to the store: a few hundred
 # MB at most, and few enough writes that a million-event log restores at
@@ -77,14 +77,6 @@ class RestoreReport:
         text.append(f"{'problem lines:':<18}{len(self.problems)}")
         text.append(f"{items_label + ':':<18}{self.items}")
         return text
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 time with a UTC offset (or Z); ValueError otherwise."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"time {text!r} has no UTC offset: add +00:00 or Z")
-    return moment
 
 
 # item id -> the log line of its latest event. Keeping the line rather than the

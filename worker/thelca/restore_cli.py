@@ -68,8 +68,7 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     try:
         until = _until(args.until)
     except ValueError as error:
-        print(f"thelca restore: --until: {error} (use ISO 8601 such as "
-              "2026-11-26T23:59:59+00:00)", file=sys.stderr)
+        print(f"thelca restore: --until: {error}", file=sys.stderr)
         return EXIT_USAGE
     if not _log_exists(args.log):
         return _unavailable("restore", f"no event log at {args.log} (nor any segment of it)")
@@ -104,8 +103,7 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         until = _until(args.until)
     except ValueError as error:
-        print(f"thelca verify: --until: {error} (use ISO 8601 such as "
-              "2026-11-26T23:59:59+00:00)", file=sys.stderr)
+        print(f"thelca verify: --until: {error}", file=sys.stderr)
         return EXIT_USAGE
     if not _log_exists(args.log):
         return _unavailable("verify", f"no event log at {args.log} (nor any segment of it)")
@@ -131,7 +129,7 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _until(text: str | None) -> datetime | None:
     """The --until moment, or None without one; ValueError when it is not a time."""
-    from thelca.restore import parse_time
+    from thelca_client.contract import parse_time
 
     return None if text is None else parse_time(text)
 
