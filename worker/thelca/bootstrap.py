@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from thelca.amqp import BatchConsumer, safe_url, thelca_topology
+from thelca.amqp import BatchConsumer, ReplayConsumer, safe_url, thelca_topology
 from thelca.authority.base import Authority
 from thelca.commands import CommandHandler
 from thelca.errors import ConfigurationError
@@ -53,7 +53,7 @@ def build_authority(settings: Settings) -> Authority:
 class Role:
     """A consumer and what it holds open: run() returns once stopped, everything closed."""
 
-    consumer: BatchConsumer
+    consumer: BatchConsumer | ReplayConsumer
     close: Callable[[], None]
 
     def run(self) -> None:
@@ -99,6 +99,22 @@ def build_logger(settings: Settings) -> Role:
         on_state=_state_logger("logger"),
     )
     return Role(consumer, writer.close)
+
+
+def build_replay(settings: Settings, *, authority: Authority | None = None) -> Role:
+    """The replay consumer: serves <prefix>.replay from the event log and its segments."""
+    from thelca.replay import ReplayService
+
+    authority = authority or build_authority(settings)
+    names = settings.names
+    log.info("replay: prefix %s, event log %s, authority %s, %d streams at once",
+             settings.prefix, settings.event_log, authority.name, settings.replay_streams)
+    consumer = ReplayConsumer(
+        settings.amqp_url, names.replay, ReplayService(settings.event_log, authority),
+        thelca_topology(names), streams=settings.replay_streams, name="replay",
+        on_state=_state_logger("replay"),
+    )
+    return Role(consumer, lambda: None)
 
 
 def _state_logger(role: str) -> Callable[[str], None]:

@@ -66,10 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(logger, "broker", "logger", "logging")
     logger.set_defaults(func=_run_logger)
 
-    run = sub.add_parser("run", help="worker and logger together, for one machine",
-                         description="Start the worker and the logger as child processes, "
-                         "restart one that dies, stop both on SIGTERM or Ctrl-C.")
-    add_options(run, "broker", "store", "worker", "logger", "logging")
+    replay = sub.add_parser("replay", help="serve replay requests from the event log",
+                            description="Consume <prefix>.replay: stream the log's matching "
+                            "events to each subscriber that asks, then an end marker. Runs "
+                            "where the logger writes the log.")
+    add_options(replay, "broker", "replay", "logging")
+    replay.set_defaults(func=_run_replay)
+
+    run = sub.add_parser("run", help="worker, logger and replay consumer together, for one "
+                         "machine",
+                         description="Start the worker, the logger and the replay consumer "
+                         "as child processes, restart one that dies, stop them all on "
+                         "SIGTERM or Ctrl-C.")
+    add_options(run, "broker", "store", "worker", "logger", "replay", "logging")
     run.set_defaults(func=_run_all)
 
     health = sub.add_parser("health", help="exit 0 only when the broker and the store answer")
@@ -107,12 +116,21 @@ def _run_logger(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from thelca.bootstrap import build_replay
+
+    role = build_replay(settings)
+    _stop_on_signals(role.stop, "replay")
+    role.run()
+    return 0
+
+
 def _run_all(args: argparse.Namespace, settings: Settings) -> int:
     from thelca.bootstrap import check_authority_choice
 
     check_authority_choice(settings)  # refuse to start the children without an Authority
     env = {**os.environ, **settings.environment()}
-    roles = {role: _spawn(role, env) for role in ("worker", "logger")}
+    roles = {role: _spawn(role, env) for role in ("worker", "logger", "replay")}
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:

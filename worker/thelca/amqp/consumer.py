@@ -427,7 +427,7 @@ class _Session:
         batch = _Batch(delivery_tags, publish, set())
         for message in publish:
             self.channel.basic_publish(
-                message.exchange, message.routing_key, message.body, _properties(message)
+                message.exchange, message.routing_key, message.body, basic_properties(message)
             )
             batch.unconfirmed.add(self._next_seq)
             self._seq_to_batch[self._next_seq] = batch
@@ -507,7 +507,7 @@ class _Session:
             self.connection.ioloop.call_later(0.05, self._wait_for_drain)
 
 
-def _properties(message: Outgoing) -> pika.BasicProperties:
+def basic_properties(message: Outgoing) -> pika.BasicProperties:
     return pika.BasicProperties(
         content_type=message.content_type,
         delivery_mode=2 if message.persistent else 1,
