@@ -206,7 +206,8 @@ class RunningSystem:
     def output(self) -> str:
         return "".join(
             (self.directory / f"{role}.out").read_text(errors="replace")
-            for role in ("worker", "logger") if (self.directory / f"{role}.out").exists()
+            for role in ("worker", "logger", "replay")
+            if (self.directory / f"{role}.out").exists()
         )
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -296,14 +297,18 @@ def shared_system(
     yield from _running_system(amqp_url, prefix, tmp_path_factory.mktemp(prefix))
 
 
-def _running_system(amqp_url: str, prefix: str, directory: Path) -> Iterator[RunningSystem]:
+def _running_system(
+    amqp_url: str, prefix: str, directory: Path, *, env: dict[str, str] | None = None,
+    roles: Sequence[str] = ("worker", "logger"),
+) -> Iterator[RunningSystem]:
     running = RunningSystem(amqp_url, prefix, directory,
-                            system_env(amqp_url, prefix, directory))
+                            env or system_env(amqp_url, prefix, directory))
+    queues = {"worker": running.names.commands, "logger": running.names.events_log,
+              "replay": running.names.replay}
     try:
-        running.start("worker")
-        wait_for_consumers(amqp_url, running.names.commands, [running.processes["worker"]])
-        running.start("logger")
-        wait_for_consumers(amqp_url, running.names.events_log, [running.processes["logger"]])
+        for role in roles:
+            running.start(role)
+            wait_for_consumers(amqp_url, queues[role], [running.processes[role]])
         yield running
     finally:
         for role in list(running.processes):
