@@ -124,7 +124,8 @@ def close_connections(name_part: str) -> int:
 
 
 class StandInAuthority(TestOnlyAuthority):
-    """test-only, except that mallory may only create, and `explode` breaks the worker."""
+    """test-only, except that mallory may only create (no reads, updates or events), and
+    `explode` breaks the worker."""
 
     def check_create_item(self, principal: Principal, dictionary: JSON) -> str:
         if (dictionary.get("properties") or {}).get("explode"):
@@ -137,6 +138,11 @@ class StandInAuthority(TestOnlyAuthority):
 
     def check_update_item(self, principal: Principal, current: Item, proposed: Item) -> str:
         self._refuse_mallory(principal)
+        return principal.user_id
+
+    def check_read_events(self, principal: Principal) -> str:
+        if principal.user_id.endswith("mallory"):
+            raise Forbidden("mallory may not read events")
         return principal.user_id
 
     @staticmethod
