@@ -101,10 +101,12 @@ class Fold:
         until: datetime | None = None,
         flush: Writer | None = None,
         flush_items: int = FLUSH_ITEMS,
+        track_flushed: bool = True,
     ) -> None:
         self.until = until
         self.flush = flush
         self.flush_items = flush_items
+        self.track_flushed = track_flushed  # only a writer that climbs versions needs it
         self.versions: dict[str, int] = {}
         self.changed: Changed = {}
         self.flushed: dict[str, int] = {}
@@ -202,8 +204,9 @@ class Fold:
         """Write what has changed since the last flush (restore); verify keeps it instead."""
         if self.changed and self.flush is not None:
             self.flush(self.changed, self.versions, self.flushed)
-            versions = self.versions
-            self.flushed.update((item_id, versions[item_id]) for item_id in self.changed)
+            if self.track_flushed:
+                versions = self.versions
+                self.flushed.update((item_id, versions[item_id]) for item_id in self.changed)
             self.changed.clear()
 
     def items(self) -> Iterator[StoredItem]:
@@ -259,9 +262,11 @@ def restore(
     Raises FileNotFoundError when there is no log.
     """
     snapshot = LogSnapshot(log_path)
-    write = _bulk_writer(store) if isinstance(store, BulkItemLoader) else _transaction_writer(
-        store)
-    fold = Fold(until=until, flush=write, flush_items=flush_items)
+    if isinstance(store, BulkItemLoader):
+        fold = Fold(until=until, flush=_bulk_writer(store), flush_items=flush_items,
+                    track_flushed=False)
+    else:
+        fold = Fold(until=until, flush=_transaction_writer(store), flush_items=flush_items)
     tick = None
     if progress is not None:
         tick = lambda: progress(snapshot.bytes_read, snapshot.total_bytes)  # noqa: E731

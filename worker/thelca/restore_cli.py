@@ -166,5 +166,7 @@ def _progress() -> Iterator[Callable[[int, int], None] | None]:
         def update(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
+            if done >= total:  # read: what is left is writing the last items
+                bar.set_description("restore: writing the store")
 
         yield update
