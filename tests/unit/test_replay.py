@@ -118,3 +118,19 @@ def test_decode_replay_request_refuses_with_400(body: bytes, error: str) -> None
     with pytest.raises(ContractError, match=error) as refused:
         decode_replay_request(body)
     assert refused.value.status == 400
+
+
+def test_a_segment_removed_while_streaming_ends_the_replay_with_500(tmp_path: Path) -> None:
+    log = tmp_path / "events.log"
+    _log(tmp_path / "events.log.000001", 20)
+    _log(tmp_path / "events.log.000002", 20)
+    _log(log, 5)
+    stream = ReplayService(log, TestOnlyAuthority()).open(_request())
+    assert len(stream.take(10)) == 10
+    (tmp_path / "events.log.000002").unlink()  # an operator archived it meanwhile
+    rest = []
+    while not stream.finished:
+        rest += stream.take(100)
+    end = orjson.loads(rest[-1].body)
+    assert end["status"] == 500 and end["count"] == 20
+    assert "could not be read" in end["error"]

@@ -65,6 +65,11 @@ class ReplayService:
             snapshot = LogSnapshot(self.log_path)
         except FileNotFoundError:
             snapshot = None  # no event was ever logged: an empty replay
+        except OSError as error:
+            log.error("replay: cannot read the event log %s: %s", self.log_path, error)
+            return ReplayStream(request.reply_to, correlation_id, None, status=500,
+                                error="the event log cannot be read; the replay consumer's "
+                                "log says why")
         log.info("replay: request %s from %s: since %s, until %s, types %s", correlation_id,
                  user, wanted.since or "-", wanted.until or "-",
                  ", ".join(wanted.types) if wanted.types is not None else "all")
@@ -104,6 +109,7 @@ class ReplayStream:
         self.count = 0
         self.finished = reply_to is None
         self.started = time.monotonic()
+        self._snapshot = snapshot
         self._events = _matching(snapshot, wanted) if snapshot and wanted else iter(())
 
     def take(self, limit: int) -> list[Outgoing]:
@@ -111,14 +117,22 @@ class ReplayStream:
         if self.finished or self.reply_to is None:
             return []
         out: list[Outgoing] = []
-        for line in self._events:
-            if line is None:  # LINES_PER_TAKE lines read: give the loop back
-                return out
-            out.append(self._message(line))
-            if len(out) >= limit:
-                return out
+        try:
+            for line in self._events:
+                if line is None:  # LINES_PER_TAKE lines read: give the loop back
+                    return out
+                out.append(self._message(line))
+                if len(out) >= limit:
+                    return out
+        except OSError as error:  # a segment removed or unreadable while streaming
+            log.error("replay: request %s: the event log could not be read: %s",
+                      self.correlation_id, error)
+            self.status, self.error = 500, ("the event log could not be read; the replay "
+                                            "consumer's log says why")
         out.append(self.end())
         self.finished = True
+        log.info("replay: request %s: %d events sent in %.1fs", self.correlation_id,
+                 self.count, time.monotonic() - self.started)
         return out
 
     def _message(self, line: LogLine) -> Outgoing:
@@ -135,7 +149,7 @@ class ReplayStream:
         """The end marker: the count of events sent, or the refusal."""
         assert self.reply_to is not None
         body: dict[str, object] = {"status": self.status}
-        if self.status == 200:
+        if self.status in (200, 500):
             body["count"] = self.count
         if self.error is not None:
             body["error"] = self.error
@@ -147,6 +161,8 @@ class ReplayStream:
         close = getattr(self._events, "close", None)
         if close is not None:
             close()
+        if self._snapshot is not None:
+            self._snapshot.close()
         self.finished = True
 
 

@@ -86,6 +86,7 @@ class _Request:
     unconfirmed: int = 0
     ended: bool = False  # the stream gave its last message, or was abandoned
     requeue: bool = False  # nack it (a refused publish, or stopping) instead of acking
+    dead: bool = False  # nack it without requeue: to the dead letters
 
 
 class _ReplaySession:
@@ -236,10 +237,23 @@ class _ReplaySession:
             request = self._requests[0]
             self._requests.rotate(-1)
             if not request.ended:
-                self._publish(request, request.stream.take(min(self.owner.chunk, room)))
+                self._turn(request, min(self.owner.chunk, room))
             self._settle(request)
         if any(not r.ended for r in self._requests):
             self._schedule_pump()
+
+    def _turn(self, request: _Request, limit: int) -> None:
+        try:
+            messages = request.stream.take(limit)
+        except Exception:
+            # A bug, not the request's fault: to the dead letters once what was sent is
+            # confirmed, where an operator sees it, rather than a crash loop.
+            log.exception("%s: a replay stream failed; its request is dead-lettered",
+                          self.owner.name)
+            request.stream.close()
+            request.ended = request.dead = True
+            return
+        self._publish(request, messages)
 
     def _publish(self, request: _Request, messages: list[Outgoing]) -> None:
         assert self.channel is not None
@@ -301,8 +315,8 @@ class _ReplaySession:
         assert self.channel is not None
         self._requests.remove(request)
         request.stream.close()
-        if request.requeue:
-            self.channel.basic_nack(request.tag, requeue=True)
+        if request.requeue or request.dead:
+            self.channel.basic_nack(request.tag, requeue=not request.dead)
         else:
             self.channel.basic_ack(request.tag)
 
