@@ -400,7 +400,7 @@ def test_a_replay_consumer_killed_mid_stream_starts_the_stream_again(
     """The request is acked only after its end marker is confirmed: killed before that,
     it is delivered again and streamed from the beginning; the subscriber drops the
     duplicates by event id."""
-    lines = write_log(tmp_path / "events.log", 30_000)
+    lines = write_log(tmp_path / "events.log", 20_000)
     env = system_env(amqp_url, prefix, tmp_path)
     for running in _running_system(amqp_url, prefix, tmp_path, env=env, roles=("replay",)):
         subscriber = Subscriber(amqp_url, prefix)
@@ -421,7 +421,7 @@ def test_a_replay_consumer_killed_mid_stream_starts_the_stream_again(
             rest = subscriber.collect("long", timeout=120)["long"]
         finally:
             subscriber.close()
-        assert rest.end == {"status": 200, "count": 30_000}
+        assert rest.end == {"status": 200, "count": 20_000}
         everything = received + [body for _, body in rest.events]
         unique = list(dict.fromkeys(everything))  # first sighting of each, in order
         assert unique == lines
