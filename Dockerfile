@@ -1,4 +1,5 @@
-# thelca's processes: `docker compose up` runs the worker and the logger from this image.
+# thelca's processes: `docker compose up` runs the worker, the logger and the replay
+# consumer from this image.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

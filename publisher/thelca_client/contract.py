@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import orjson
@@ -331,11 +332,24 @@ def decode_event(data: JSON) -> Event:
 # ---------------------------------------------------------------- replay
 
 
+REPLAY_FIELDS: Final = ("since", "until", "types")
+
+
 @dataclass(frozen=True)
 class ReplayRequest:
+    """A decoded replay request: inclusive bounds on the event time, and the types wanted."""
+
     since: str | None = None
     until: str | None = None
     types: tuple[str, ...] | None = None
+
+    @property
+    def since_time(self) -> datetime | None:
+        return None if self.since is None else parse_time(self.since)
+
+    @property
+    def until_time(self) -> datetime | None:
+        return None if self.until is None else parse_time(self.until)
 
 
 def encode_replay_request(
@@ -349,3 +363,45 @@ def encode_replay_request(
     if types is not None:
         body["types"] = list(types)
     return dumps(body)
+
+
+def decode_replay_request(body: bytes) -> ReplayRequest:
+    """Decode and check a replay request; raise ContractError (400) naming the field."""
+    data = loads_object(body, "a replay request")
+    unknown = sorted(set(data) - set(REPLAY_FIELDS))
+    if unknown:
+        raise ContractError(f"unknown field {unknown[0]!r} in the replay request: use "
+                            "since, until, types")
+    bounds: dict[str, str | None] = {}
+    for name in ("since", "until"):
+        value = data.get(name)
+        if value is not None:
+            if not isinstance(value, str):
+                raise ContractError(f"{name} must be a string, not {_json_type(value)}")
+            try:
+                parse_time(value)
+            except ValueError as error:
+                raise ContractError(f"{name}: {error}") from None
+        bounds[name] = value
+    types = data.get("types")
+    if types is not None and (not isinstance(types, list)
+                              or not all(isinstance(t, str) for t in types)):
+        raise ContractError("types must be a list of strings, such as [\"Item created\"]")
+    request = ReplayRequest(bounds["since"], bounds["until"],
+                            None if types is None else tuple(types))
+    since, until = request.since_time, request.until_time
+    if since is not None and until is not None and since > until:
+        raise ContractError("since is after until: no event could match")
+    return request
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time with a UTC offset (or Z); ValueError otherwise."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{_shown(text)} is not an ISO 8601 time such as "
+                         "2026-11-26T23:59:59+00:00") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{_shown(text)} has no UTC offset: add +00:00 or Z")
+    return moment

@@ -126,7 +126,8 @@ def close_connections(name_part: str) -> int:
 
 
 class StandInAuthority(TestOnlyAuthority):
-    """test-only, except that mallory may only create, and `explode` breaks the worker."""
+    """test-only, except that mallory may only create (no reads, updates or events), and
+    `explode` breaks the worker."""
 
     def check_create_item(self, principal: Principal, dictionary: JSON) -> str:
         if (dictionary.get("properties") or {}).get("explode"):
@@ -139,6 +140,11 @@ class StandInAuthority(TestOnlyAuthority):
 
     def check_update_item(self, principal: Principal, current: Item, proposed: Item) -> str:
         self._refuse_mallory(principal)
+        return principal.user_id
+
+    def check_read_events(self, principal: Principal) -> str:
+        if principal.user_id.endswith("mallory"):
+            raise Forbidden("mallory may not read events")
         return principal.user_id
 
     @staticmethod
@@ -229,7 +235,8 @@ class RunningSystem:
     def output(self) -> str:
         return "".join(
             (self.directory / f"{role}.out").read_text(errors="replace")
-            for role in ("worker", "logger") if (self.directory / f"{role}.out").exists()
+            for role in ("worker", "logger", "replay")
+            if (self.directory / f"{role}.out").exists()
         )
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -349,9 +356,13 @@ def _running_jwt_system(amqp_url: str, prefix: str, directory: Path) -> Iterator
     yield from run_prepared(running)
 
 
-def _running_system(amqp_url: str, prefix: str, directory: Path) -> Iterator[RunningSystem]:
-    yield from run_prepared(RunningSystem(amqp_url, prefix, directory,
-                                          system_env(amqp_url, prefix, directory)))
+def _running_system(
+    amqp_url: str, prefix: str, directory: Path, *, env: dict[str, str] | None = None,
+    roles: Sequence[str] = ("worker", "logger"),
+) -> Iterator[RunningSystem]:
+    running = RunningSystem(amqp_url, prefix, directory,
+                            env or system_env(amqp_url, prefix, directory))
+    yield from run_prepared(running, roles)
 
 
 System = TypeVar("System", bound=RunningSystem)
@@ -366,15 +377,16 @@ def run_system(
                                           system_env(amqp_url, prefix, directory, **env)))
 
 
-def run_prepared(running: System) -> Iterator[System]:
-    """Start the worker and the logger of a prepared system; stop and clean up after."""
+def run_prepared(
+    running: System, roles: Sequence[str] = ("worker", "logger")
+) -> Iterator[System]:
+    """Start the roles of a prepared system, each once it consumes; stop and clean up after."""
+    queues = {"worker": running.names.commands, "logger": running.names.events_log,
+              "replay": running.names.replay}
     try:
-        running.start("worker")
-        wait_for_consumers(running.amqp_url, running.names.commands,
-                           [running.processes["worker"]])
-        running.start("logger")
-        wait_for_consumers(running.amqp_url, running.names.events_log,
-                           [running.processes["logger"]])
+        for role in roles:
+            running.start(role)
+            wait_for_consumers(running.amqp_url, queues[role], [running.processes[role]])
         yield running
     finally:
         for role in list(running.processes):

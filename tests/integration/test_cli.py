@@ -31,14 +31,15 @@ def thelca(*args: str, env: dict[str, str] | None = None,
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["worker"], ["logger"], ["run"], ["health"], ["publish"], ["publish", "create"],
-     ["publish", "read"], ["publish", "update"], ["dev-keys"], ["dev-token"]],
+    [[], ["worker"], ["logger"], ["replay"], ["run"], ["health"], ["publish"],
+     ["publish", "create"], ["publish", "read"], ["publish", "update"], ["dev-keys"],
+     ["dev-token"], ["restore"], ["verify"]],
 )
 def test_help_answers(command: list[str]) -> None:
     result = thelca(*command, "--help")
     assert result.returncode == 0
     assert "usage: thelca" in result.stdout
-    if command and command[0] in ("worker", "run"):
+    if command and command[0] in ("worker", "replay", "run"):
         assert "THELCA_AUTHORITY" in result.stdout
         assert "THELCA_AMQP_URL" in result.stdout
         for variable in ("THELCA_JWKS", "THELCA_JWT_KEY_FILE", "THELCA_JWT_ALGORITHMS",
@@ -175,7 +176,7 @@ def test_a_second_worker_on_the_same_sqlite_file_refuses_to_start(
     assert "already open for writing" in result.stderr
 
 
-def test_run_starts_worker_and_logger_and_stops_both_on_sigterm(
+def test_run_starts_worker_logger_and_replay_and_stops_them_on_sigterm(
     amqp_url: str, prefix: str, tmp_path: Path
 ) -> None:
     env = system_env(amqp_url, prefix, tmp_path)
@@ -184,6 +185,7 @@ def test_run_starts_worker_and_logger_and_stops_both_on_sigterm(
     try:
         wait_for_consumers(amqp_url, f"{prefix}.commands", [process])
         wait_for_consumers(amqp_url, f"{prefix}.events.log", [process])
+        wait_for_consumers(amqp_url, f"{prefix}.replay", [process])
         created = thelca("publish", "create", "--token", "abcd", env=env)
         assert created.returncode == 0
         deadline = time.monotonic() + 10
@@ -197,3 +199,4 @@ def test_run_starts_worker_and_logger_and_stops_both_on_sigterm(
         delete_prefix(amqp_url, prefix)
     assert process.returncode == 0, output
     assert "worker: stopped" in output and "logger: stopped" in output
+    assert "replay: stopped" in output

@@ -26,7 +26,7 @@ import pika
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.integration.conftest import RunningSystem, delete_prefix
+from tests.integration.conftest import RunningSystem, delete_prefix, run_system, wait_for_consumers
 from tests.integration.contract_schemas import (
     ASYNCAPI,
     CONTRACT,
@@ -640,3 +640,45 @@ def test_the_400s_beyond_a_schema_are_named_in_the_command_schema(
         assert client.send(body).status == 400, label
         assert errors(COMMAND, json.loads(body)) == [], f"{label}: the schema cannot say so"
         assert words in description, f"command.json does not say: {label}"
+
+
+def _replay(amqp_url: str, prefix: str, body: bytes, token: str) -> list[Captured]:
+    """Ask the replay consumer; everything that comes back, up to the end marker."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.basic_publish("", f"{prefix}.replay", body, pika.BasicProperties(
+            reply_to=queue, correlation_id="schema-replay", content_type="application/json",
+            headers={"Authorization": f"Bearer {token}"}))
+        return consume_until(channel, queue,
+                             lambda ms: bool(ms) and "x-replay-end" in ms[-1].headers)
+    finally:
+        connection.close()
+
+
+def test_real_replayed_events_and_end_markers_match_the_asyncapi_messages(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    with run_system(amqp_url, prefix, tmp_path) as system:
+        system.start("replay")
+        wait_for_consumers(amqp_url, f"{prefix}.replay", [system.processes["replay"]])
+        client = PlainClient(amqp_url, prefix)
+        try:
+            created = client.send({"command": "create", "item": {"properties": {}}})
+            client.send({"command": "read", "id": created.body["item"]["id"]})
+            client.send({"command": "create"}, token="BAAD")
+        finally:
+            client.close()
+        system.wait_for_log(lambda lines: len(lines) >= 3)
+        streamed = _replay(amqp_url, prefix, b"{}", "abcd")
+        refused = _replay(amqp_url, prefix, b'{"types": "not a list"}', "abcd")
+    *events, end = streamed
+    assert len(events) == 3
+    for event in events:
+        assert_message("replayedEvent", event)
+    assert_message("replayEnd", end)
+    assert end.json() == {"status": 200, "count": 3}
+    (refusal,) = refused
+    assert_message("replayEnd", refusal)
+    assert refusal.json()["status"] == 400

@@ -30,12 +30,12 @@ def _thelca_services() -> dict[str, Any]:
             if service.get("build") == "."}
 
 
-def test_compose_runs_the_worker_and_the_logger_and_rabbitmq_with_management() -> None:
+def test_compose_runs_worker_logger_replay_and_rabbitmq_with_management() -> None:
     services = _compose()["services"]
     assert "management" in services["rabbitmq"]["image"]
     assert "15672:15672" in services["rabbitmq"]["ports"]
     commands = sorted(service["command"][0] for service in _thelca_services().values())
-    assert commands == ["logger", "worker"]
+    assert commands == ["logger", "replay", "worker"]
 
 
 def test_every_thelca_service_runs_a_real_subcommand() -> None:

@@ -8,8 +8,17 @@ from typing import Any
 
 import pytest
 
-from thelca.eventlog import EventLogWriter, heal_torn_tail, read_log, to_line
-from thelca.restore import restore
+from thelca.eventlog import (
+    EventLogWriter,
+    LogLine,
+    LogSnapshot,
+    heal_torn_tail,
+    log_segments,
+    read_all,
+    read_log,
+    to_line,
+)
+from thelca.restore import Problem, restore
 from thelca.stores.memory import MemoryStore
 
 CREATED = {"time": "2020-02-18T16:37:09.654949+00:00", "type": "Item created", "user": "u",
@@ -97,7 +106,147 @@ def test_restore_reports_and_skips_a_torn_line(tmp_path: Path) -> None:
     store = MemoryStore()
     report = restore(path, store)
     assert report.applied == 1 and report.items == 1
-    assert report.problems == [(2, "torn line (no newline at the end of the log)")]
+    assert report.problems == [
+        Problem("events.log", 2, "torn line (no newline at the end of the log)")]
+    assert str(report.problems[0]) == (
+        "events.log:2: torn line (no newline at the end of the log)")
+
+
+# ---------------------------------------------------------------- segments
+
+
+def _event_line(n: int) -> tuple[str | None, bytes]:
+    return to_line(json.dumps({**CREATED, "id": f"e{n}"}).encode())
+
+
+def _ids(lines: list[LogLine]) -> list[str]:
+    return [str(line.event["id"]) for line in lines if line.event]
+
+
+def test_the_writer_rotates_into_numbered_segments_and_read_all_reads_them_in_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.log"
+    line_size = len(_event_line(0)[1])
+    writer = EventLogWriter(path, max_bytes=2 * line_size)
+    for n in range(7):
+        writer.append([_event_line(n)])
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "events.log", "events.log.000001", "events.log.000002", "events.log.000003"]
+    assert log_segments(path) == [tmp_path / f"events.log.00000{n}" for n in (1, 2, 3)]
+    assert _ids(list(read_all(path))) == [f"e{n}" for n in range(7)]
+    # each segment holds what was written before it reached the size; the live file the rest
+    assert _ids(list(read_log(tmp_path / "events.log.000001"))) == ["e0", "e1"]
+    assert _ids(list(read_log(path))) == ["e6"]
+
+
+def test_segments_are_ordered_by_number_and_other_files_are_not_segments(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.log"
+    for name in ("events.log.1000000", "events.log.000010", "events.log.000009",
+                 "events.log.torn-20200218T163709Z", "events.log.12", "other.log.000001"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in log_segments(path)] == [
+        "events.log.000009", "events.log.000010", "events.log.1000000"]
+
+
+def test_a_crash_after_the_rename_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path, max_bytes=10)
+    writer.append([_event_line(0), _event_line(1)])
+    writer.close()
+    path.rename(tmp_path / "events.log.000001")  # the logger died before a new live file
+    again = EventLogWriter(path, max_bytes=10)
+    assert "e0" in again and "e1" in again  # the redelivered events will be dropped
+    assert again.set_aside is None
+    again.append([_event_line(2)])
+    again.close()
+    assert _ids(list(read_all(path))) == ["e0", "e1", "e2"]
+
+
+def test_a_crash_before_the_rename_rotates_at_the_next_batch(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    path.write_bytes(b"".join(_event_line(n)[1] for n in range(3)))
+    writer = EventLogWriter(path, max_bytes=10)
+    assert "e2" in writer
+    writer.append([_event_line(3)])
+    writer.close()
+    assert [p.name for p in log_segments(path)] == ["events.log.000001"]
+    assert _ids(list(read_all(path))) == ["e0", "e1", "e2", "e3"]
+
+
+def test_the_ids_remembered_at_start_come_from_the_newest_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("thelca.eventlog.RECENT_IDS", 3)
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path, max_bytes=1)  # one line per segment
+    for n in range(5):
+        writer.append([_event_line(n)])
+    writer.close()
+    again = EventLogWriter(path, max_bytes=1)
+    assert [f"e{n}" in again for n in range(5)] == [False, False, True, True, True]
+
+
+def test_a_failed_rotation_writes_nothing_so_the_batch_can_be_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path, max_bytes=1)
+    writer.append([_event_line(0)])
+    before = path.read_bytes()
+
+    def refuse(source: object, target: object) -> None:
+        raise OSError("disk trouble")
+
+    monkeypatch.setattr("thelca.eventlog.os.rename", refuse)
+    with pytest.raises(OSError, match="disk trouble"):
+        writer.append([_event_line(1)])
+    assert path.read_bytes() == before and "e1" not in writer
+    monkeypatch.undo()
+    assert writer.append([_event_line(1)]) == 1  # the retry
+    writer.close()
+    assert _ids(list(read_all(path))) == ["e0", "e1"]
+
+
+def test_a_snapshot_reads_the_log_as_it_was_despite_appends_and_rotations(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path, max_bytes=1)
+    writer.append([_event_line(0)])
+    writer.append([_event_line(1)])  # e0 went to segment 1; e1 is live
+    snapshot = LogSnapshot(path)
+    assert snapshot.files == ["events.log.000001", "events.log"]
+    writer.append([_event_line(2)])  # rotates e1 into segment 2, e2 live
+    writer.append([_event_line(3)])
+    writer.close()
+    assert _ids(list(snapshot.lines())) == ["e0", "e1"]
+    assert snapshot.bytes_read == snapshot.total_bytes
+    assert _ids(list(read_all(path))) == ["e0", "e1", "e2", "e3"]
+
+
+def test_a_snapshot_cuts_a_line_still_being_written_and_reports_it(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    path.write_bytes(_event_line(0)[1] + b'{"half')
+    lines = list(read_all(path))
+    assert _ids(lines) == ["e0"]
+    assert [(line.where, line.problem) for line in lines if line.problem] == [
+        ("events.log:2", "torn line (no newline at the end of the log)")]
+
+
+def test_reading_a_log_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no event log"):
+        list(read_all(tmp_path / "nothing.log"))
+
+
+def test_a_log_of_segments_only_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    (tmp_path / "events.log.000001").write_bytes(_event_line(0)[1])
+    assert _ids(list(read_all(path))) == ["e0"]
+
 
 
 def _created(item_id: str, line_id: str) -> dict[str, Any]:
@@ -136,5 +285,6 @@ def test_restore_reports_an_update_whose_earlier_version_never_came(tmp_path: Pa
     store = MemoryStore()
     report = restore(path, store)
     assert report.problems == [
-        (4, "item i1 is updated to version 5 but the log never reached version 4")]
+        Problem("events.log", 4, "item i1 is updated to version 5 but the log never reached "
+                "version 4")]
     assert [(s.item.id, s.version) for s in store.items()] == [("i1", 3)]

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
@@ -31,6 +32,7 @@ from thelca.errors import (
     StoreUnavailable,
 )
 from thelca.stores import ItemStore, OutboxEvent, ProcessedCommand, many_writers, open_store
+from thelca.stores.base import BulkItemLoader
 from thelca.stores.memory import MemoryStore
 from thelca.stores.postgres import PostgresStore, redacted, split_schema
 from thelca.stores.sqlite import SQLiteStore
@@ -446,6 +448,59 @@ class StoreContract(abc.ABC):
         with store.transaction() as tx:
             tx.add_outbox(outbox("e1"))
         assert [e.event_id for e in store.pending_outbox()] == ["e1", "e2"]
+
+    # ------------------------------------------------------------ clear (restore --force)
+
+    def test_clear_empties_items_processed_commands_and_outbox(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("a", {"n": 1}))
+            tx.replace_item(item("a", {"n": 2}), 2)
+            tx.add_item(item("b"))
+            tx.add_processed(processed("m1"))
+            tx.add_outbox(outbox("e1"))
+        store.clear()
+        assert store.count_items() == 0
+        assert list(store.items()) == []
+        assert store.pending_outbox() == []
+        with store.transaction() as tx:
+            assert tx.get_item("a") is None
+            assert tx.get_processed("m1") is None
+            assert tx.get_outbox("e1") is None
+            # an id used before the clear starts again at version 1
+            assert tx.add_item(item("a", {"n": "again"})) == StoredItem(
+                item("a", {"n": "again"}), 1)
+        assert store.count_items() == 1
+
+    def test_clear_of_an_empty_store_is_harmless(self, store: ItemStore) -> None:
+        store.clear()
+        store.clear()
+        assert store.count_items() == 0
+        with store.transaction() as tx:
+            tx.add_item(item("a"))
+        assert store.count_items() == 1
+
+    # ------------------------------------------------------------ optional bulk load
+
+    def test_load_items_stores_each_item_at_its_given_version(self, store: ItemStore) -> None:
+        """Only for backends that offer the optional BulkItemLoader; others pass as they are."""
+        if not isinstance(store, BulkItemLoader):
+            return
+        with store.transaction() as tx:
+            tx.add_item(item("b", {"old": True}))
+        store.load_items([
+            ("a", CREATED_AT, CREATED_BY, b"{}", 1),
+            ("b", CREATED_AT, CREATED_BY, b'{"new":true}', 3),
+            ("c", CREATED_AT, CREATED_BY, orjson.dumps(RICH_PROPERTIES), 7),
+        ])
+        assert list(store.items()) == [StoredItem(item("a"), 1),
+                                       StoredItem(item("b", {"new": True}), 3),
+                                       StoredItem(item("c", RICH_PROPERTIES), 7)]
+        with store.transaction() as tx:  # the worker's checks go on from the loaded version
+            tx.replace_item(item("c", {"n": 8}), 8)
+            with pytest.raises(ConcurrentUpdate):
+                tx.replace_item(item("b", {"n": 2}), 2)
+        store.load_items([])
+        assert store.count_items() == 3
 
 
 class TestMemoryStore(StoreContract):

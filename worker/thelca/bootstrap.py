@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 from thelca.amqp import (
     BatchConsumer,
+    ReplayConsumer,
     connection_parameters,
     logger_topology,
+    replay_topology,
     safe_url,
     thelca_topology,
 )
@@ -132,7 +134,7 @@ def tls_files(settings: Settings) -> TlsFiles | None:
 class Role:
     """A consumer and what it holds open: run() returns once stopped, everything closed."""
 
-    consumer: BatchConsumer
+    consumer: BatchConsumer | ReplayConsumer
     close: Callable[[], None]
 
     def run(self) -> None:
@@ -167,15 +169,33 @@ def build_worker(
 
 def build_logger(settings: Settings) -> Role:
     names = settings.names
-    writer = EventLogWriter(settings.event_log)
-    log.info("logger: prefix %s, event log %s (%d lines already)",
-             settings.prefix, writer.path, writer.lines_at_start)
+    writer = EventLogWriter(settings.event_log, max_bytes=settings.event_log_max_bytes)
+    rotation = (f"segments of {settings.event_log_max_bytes} bytes"
+                if settings.event_log_max_bytes else "no rotation")
+    log.info("logger: prefix %s, event log %s (%d recent lines read; %s)",
+             settings.prefix, writer.path, writer.lines_at_start, rotation)
     consumer = BatchConsumer(
         settings.amqp_url, names.events_log, EventLogger(writer, names), logger_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="logger",
         on_state=_state_logger("logger"), tls=tls_files(settings),
     )
     return Role(consumer, writer.close)
+
+
+def build_replay(settings: Settings, *, authority: Authority | None = None) -> Role:
+    """The replay consumer: serves <prefix>.replay from the event log and its segments."""
+    from thelca.replay import ReplayService
+
+    authority = authority or build_authority(settings)
+    names = settings.names
+    log.info("replay: prefix %s, event log %s, authority %s, %d streams at once",
+             settings.prefix, settings.event_log, authority.name, settings.replay_streams)
+    consumer = ReplayConsumer(
+        settings.amqp_url, names.replay, ReplayService(settings.event_log, authority),
+        replay_topology(names), streams=settings.replay_streams, name="replay",
+        on_state=_state_logger("replay"), tls=tls_files(settings),
+    )
+    return Role(consumer, lambda: None)
 
 
 def _state_logger(role: str) -> Callable[[str], None]:

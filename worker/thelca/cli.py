@@ -66,11 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(logger, "broker", "logger", "logging", "metrics")
     logger.set_defaults(func=_run_logger)
 
-    run = sub.add_parser("run", help="worker and logger together, for one machine",
-                         description="Start the worker (--processes of them) and the logger "
-                         "as child processes, restart one that dies, stop all on SIGTERM or "
-                         "Ctrl-C.")
-    add_options(run, "broker", "store", "worker", "logger", "logging", "metrics")
+    replay = sub.add_parser("replay", help="serve replay requests from the event log",
+                            description="Consume <prefix>.replay: stream the log's matching "
+                            "events to each subscriber that asks, then an end marker. Runs "
+                            "where the logger writes the log.")
+    add_options(replay, "broker", "replay", "logging", "metrics")
+    replay.set_defaults(func=_run_replay)
+
+    run = sub.add_parser("run", help="worker, logger and replay consumer together, for one "
+                         "machine",
+                         description="Start the worker (--processes of them), the logger and "
+                         "the replay consumer as child processes, restart one that dies, stop "
+                         "them all on SIGTERM or Ctrl-C.")
+    add_options(run, "broker", "store", "worker", "logger", "replay", "logging", "metrics")
     run.set_defaults(func=_run_all)
 
     health = sub.add_parser(
@@ -87,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dead_parser(sub)
     from thelca.dev_keys_cli import add_dev_keys_parsers
     add_dev_keys_parsers(sub)
+    from thelca.restore_cli import add_restore_parsers
+    add_restore_parsers(sub)
     return parser
 
 
@@ -115,6 +125,16 @@ def _run_logger(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from thelca.bootstrap import build_replay
+
+    role = build_replay(settings)
+    _stop_on_signals(role.stop, "replay")
+    _serve_metrics(settings)
+    role.run()
+    return 0
+
+
 def _run_all(args: argparse.Namespace, settings: Settings) -> int:
     return _supervise(settings, with_logger=True)
 
@@ -133,9 +153,10 @@ def _supervise(settings: Settings, *, with_logger: bool) -> int:
     check_authority_choice(settings)
     check_processes(settings)
     children = worker_children(settings)
-    if with_logger:
+    if with_logger:  # `run`: everything one machine needs
         children["logger"] = ["logger"]
-    if settings.metrics_port:  # each child a port of its own: workers first, then the logger
+        children["replay"] = ["replay"]
+    if settings.metrics_port:  # each child a port of its own: workers, logger, replay
         for offset, argv in enumerate(children.values()):
             argv += ["--metrics-port", str(settings.metrics_port + offset)]
     return supervise(children, child_environment(settings, dict(os.environ)))

@@ -4,19 +4,26 @@ Writing appends whole lines and fsyncs before anything is acknowledged; a
 line that a crash left half-written (a torn tail) is moved aside into a file
 of its own on the next start, never silently dropped. Reading streams the
 file line by line, reporting torn and unreadable lines instead of failing.
+
+Segments: with a size limit the writer renames the live file `NAME` to the
+next numbered segment `NAME.000001`, `NAME.000002`, ... (six digits or more,
+ordered by number) and starts a fresh `NAME`. The whole log is the segments
+in order, then the live file; `LogSnapshot` (and `read_all`) is the one way
+restore, verify and replay read it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
@@ -27,13 +34,22 @@ log = logging.getLogger(__name__)
 RECENT_IDS = 500_000  # duplicates come from redeliveries, which are recent
 
 
-@dataclass(frozen=True)
-class LogLine:
-    """One line of the log: the event, or why it could not be read."""
+class LogLine(NamedTuple):
+    """One line of the log: the event, or why it could not be read.
+
+    `number` counts from 1 in each file; `file` is the file's name (a segment's
+    or the live file's); `raw` is the line without its newline.
+    """
 
     number: int
     event: dict[str, Any] | None
     problem: str | None = None
+    file: str = ""
+    raw: bytes = b""
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.number}" if self.file else f"line {self.number}"
 
 
 def to_line(body: bytes) -> tuple[str | None, bytes]:
@@ -55,35 +71,184 @@ def to_line(body: bytes) -> tuple[str | None, bytes]:
     return (event_id if isinstance(event_id, str) else None), line
 
 
+TORN = "torn line (no newline at the end of the log)"
+BLOCK = 1 << 20  # bytes read at once: lines are split in C, a block at a time
+
+
+class Block(NamedTuple):
+    """Consecutive lines of one file, without their newlines.
+
+    `first` is the number of lines[0] in its file. `torn` is a last line that
+    has no newline (only ever in a file's last block, which then has no lines).
+    """
+
+    file: str
+    first: int
+    lines: list[bytes]
+    torn: bytes | None = None
+
+
 def read_log(path: str | Path) -> Iterator[LogLine]:
-    """Every line of a log, in order, without holding the file in memory."""
+    """Every line of one file, in order, without holding the file in memory."""
     with open(path, "rb") as file:
-        for number, raw in enumerate(file, start=1):
-            if not raw.endswith(b"\n"):
-                yield LogLine(number, None, "torn line (no newline at the end of the log)")
-                return
+        yield from lines_of(_blocks(file, Path(path).name, None))
+
+
+def lines_of(blocks: Iterable[Block]) -> Iterator[LogLine]:
+    """Blocks as lines, each decoded, or with the reason it cannot be."""
+    loads = orjson.loads
+    for block in blocks:
+        name = block.file
+        for number, raw in enumerate(block.lines, block.first):
             try:
-                value = orjson.loads(raw)
+                value = loads(raw)
             except (orjson.JSONDecodeError, RecursionError):
-                yield LogLine(number, None, "not JSON")
+                yield LogLine(number, None, "not JSON", name, raw)
                 continue
-            if not isinstance(value, dict):
-                yield LogLine(number, None, "not a JSON object")
-                continue
-            yield LogLine(number, value)
+            if isinstance(value, dict):
+                yield LogLine(number, value, None, name, raw)
+            else:
+                yield LogLine(number, None, "not a JSON object", name, raw)
+        if block.torn is not None:
+            yield LogLine(block.first, None, TORN, name, block.torn)
 
 
-class EventLogWriter:
-    """Appends lines durably and remembers the recent event ids it has written."""
+def _blocks(
+    file: BinaryIO, name: str, limit: int | None, count: Callable[[int], None] | None = None
+) -> Iterator[Block]:
+    """The lines of an open file in blocks; with a limit, of its first `limit` bytes only."""
+    number = 1
+    rest = b""
+    left = limit
+    while left is None or left > 0:
+        data = file.read(BLOCK if left is None else min(BLOCK, left))
+        if not data:
+            break
+        if left is not None:
+            left -= len(data)
+        if count is not None:
+            count(len(data))
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        if lines:
+            yield Block(name, number, lines)
+            number += len(lines)
+    if rest:
+        yield Block(name, number, [], rest)
+
+
+# ---------------------------------------------------------------- segments
+
+
+def segment_path(path: Path, number: int) -> Path:
+    return path.with_name(f"{path.name}.{number:06d}")
+
+
+def log_segments(path: str | Path) -> list[Path]:
+    """The numbered segments of a log, oldest first (the live file is not among them)."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.name) + r"\.(\d{6,})")
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    numbered = [(int(m.group(1)), name) for name in names if (m := pattern.fullmatch(name))]
+    return [path.with_name(name) for _, name in sorted(numbered)]
+
+
+class LogSnapshot:
+    """The whole log as it is when this is made: every segment in order, then the live file.
+
+    The live file is opened first and read only up to its size at that moment,
+    so a rotation or appends while reading neither lose nor repeat a line: a
+    snapshot is always a prefix of the log. Raises FileNotFoundError when
+    there is neither a live file nor a segment.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._live: BinaryIO | None = None
+        with contextlib.suppress(FileNotFoundError):
+            self._live = open(self.path, "rb")  # noqa: SIM115 - closed by lines() or close()
+        self.segments = log_segments(self.path)
+        if self._live is not None and self._rotated_meanwhile(self._live):
+            self._live.close()
+            self._live = None
+        if self._live is None and not self.segments:
+            raise FileNotFoundError(f"no event log at {self.path} (nor any segment of it)")
+        self._live_size = os.fstat(self._live.fileno()).st_size if self._live else 0
+        self.total_bytes = self._live_size + sum(_size(s) for s in self.segments)
+        self.bytes_read = 0
+
+    def _rotated_meanwhile(self, live: BinaryIO) -> bool:
+        """True when the file opened as live became a segment before the listing."""
+        opened = os.fstat(live.fileno())
+        for segment in self.segments[-1:]:
+            try:
+                seen = segment.stat()
+            except FileNotFoundError:
+                continue
+            if (seen.st_ino, seen.st_dev) == (opened.st_ino, opened.st_dev):
+                return True
+        return False
+
+    @property
+    def files(self) -> list[str]:
+        return [s.name for s in self.segments] + ([self.path.name] if self._live else [])
+
+    def blocks(self) -> Iterator[Block]:
+        """The snapshot's lines in blocks, in log order; `bytes_read` follows along."""
+        try:
+            for segment in self.segments:  # one removed meanwhile raises FileNotFoundError
+                with open(segment, "rb") as file:
+                    yield from _blocks(file, segment.name, None, self._count)
+            if self._live is not None:
+                yield from _blocks(self._live, self.path.name, self._live_size, self._count)
+        finally:
+            self.close()
+
+    def lines(self) -> Iterator[LogLine]:
+        """The snapshot's lines, in log order, each decoded or with why it cannot be."""
+        return lines_of(self.blocks())
+
+    def _count(self, size: int) -> None:
+        self.bytes_read += size
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.close()
+
+
+def read_all(path: str | Path) -> Iterator[LogLine]:
+    """Every line of the log and its segments, in order (see LogSnapshot)."""
+    return LogSnapshot(path).lines()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+class EventLogWriter:
+    """Appends lines durably and remembers the recent event ids it has written.
+
+    With `max_bytes`, a live file that has reached that size becomes the next
+    segment before a batch is written (so a failed rotation writes nothing
+    and the batch can simply be retried). The rotation is a rename, which a
+    crash leaves either undone or done: lines are in exactly one file either
+    way, and the ids remembered at start come from the newest files, segments
+    included, so redelivered events are still dropped.
+    """
+
+    def __init__(self, path: str | Path, max_bytes: int | None = None) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes or None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        self.set_aside = None if created else heal_torn_tail(self.path)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - held open until close()
-        if created:
-            _fsync_directory(self.path.parent)
+        self.set_aside = heal_torn_tail(self.path) if self.path.exists() else None
+        self._file: BinaryIO | None = None
+        self._open()
         self._recent: deque[str] = deque(maxlen=RECENT_IDS)
         self._known: set[str] = set()
         self.lines_at_start = self._load_ids()
@@ -93,21 +258,57 @@ class EventLogWriter:
 
     def append(self, lines: Iterable[tuple[str | None, bytes]]) -> int:
         """Write (event id, line) pairs, flush and fsync once; return how many were written."""
+        file = self._ready()
         written = 0
         for event_id, line in lines:
-            self._file.write(line)
+            file.write(line)
             written += 1
             if event_id:
                 self._remember(event_id)
         if written:
             started = time.perf_counter()
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            file.flush()
+            os.fsync(file.fileno())
             metrics.FSYNC_SECONDS.observe(time.perf_counter() - started)
         return written
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self) -> BinaryIO:
+        created = not self.path.exists()
+        self._file = open(self.path, "ab")  # noqa: SIM115 - held open until close()
+        if created:
+            _fsync_directory(self.path.parent)
+        return self._file
+
+    def _ready(self) -> BinaryIO:
+        """The live file, rotated first when it has reached max_bytes."""
+        file = self._file if self._file is not None else self._open()
+        if self.max_bytes is not None and file.tell() >= self.max_bytes:
+            self.rotate()
+            file = self._open()
+        return file
+
+    def rotate(self) -> Path | None:
+        """Rename the live file to the next segment; the next append starts a fresh one."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        existing = log_segments(self.path)
+        number = 1 + (int(existing[-1].name.rsplit(".", 1)[1]) if existing else 0)
+        segment = segment_path(self.path, number)
+        if segment.exists():  # never overwrite history, whatever happened before
+            raise FileExistsError(f"{segment} exists already; the log is not rotated")
+        os.rename(self.path, segment)
+        _fsync_directory(self.path.parent)
+        log.info("the event log reached %d bytes: %s is now %s",
+                 segment.stat().st_size, self.path.name, segment.name)
+        return segment
 
     def _remember(self, event_id: str) -> None:
         if len(self._recent) == self._recent.maxlen:
@@ -116,13 +317,25 @@ class EventLogWriter:
         self._known.add(event_id)
 
     def _load_ids(self) -> int:
-        count = 0
-        for line in read_log(self.path):
-            count += 1
-            event_id = line.event.get("id") if line.event else None
-            if isinstance(event_id, str):
+        """Remember the ids of the newest RECENT_IDS events, reading files newest first."""
+        files = [*log_segments(self.path), self.path]
+        newest_first: list[list[str]] = []
+        count = lines = 0
+        for path in reversed(files):
+            if count >= RECENT_IDS or not path.exists():
+                continue
+            ids = []
+            for line in read_log(path):
+                lines += 1
+                event_id = line.event.get("id") if line.event else None
+                if isinstance(event_id, str):
+                    ids.append(event_id)
+            newest_first.append(ids)
+            count += len(ids)
+        for ids in reversed(newest_first):
+            for event_id in ids:
                 self._remember(event_id)
-        return count
+        return lines
 
 
 def heal_torn_tail(path: Path) -> Path | None:

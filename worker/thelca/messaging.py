@@ -52,3 +52,25 @@ class BatchHandler(Protocol):
     def tidy(self) -> None:
         """Commit bookkeeping left by confirmed(); called when idle and before stopping."""
         ...
+
+
+class EventStream(Protocol):
+    """Messages to publish one after another, a few at a time (a replay)."""
+
+    finished: bool
+
+    def take(self, limit: int) -> list[Outgoing]:
+        """Up to `limit` next messages (maybe none yet); `finished` once the last is given."""
+        ...
+
+    def close(self) -> None:
+        """Stop early and release what the stream holds (files)."""
+        ...
+
+
+class StreamOpener(Protocol):
+    """The application side of the replay consumer. Runs on the connection's thread."""
+
+    def open(self, request: Incoming) -> EventStream:
+        """The stream that answers a request; acked once its last message is confirmed."""
+        ...

@@ -40,6 +40,11 @@ OPTIONS: dict[str, Option] = {
                              "amqps: PEM client certificate, for brokers that ask for one"),
     "amqp_key_file": Option("--amqp-key-file", "THELCA_AMQP_KEY_FILE", None,
                             "amqps: PEM private key of the client certificate"),
+    "event_log_max_bytes": Option(
+        "--event-log-max-bytes", "THELCA_EVENT_LOG_MAX_BYTES", "0",
+        "rotate the event log into numbered segments at this size in bytes; 0: never"),
+    "replay_streams": Option("--replay-streams", "THELCA_REPLAY_STREAMS", "4",
+                             "replay requests streamed at once, taking turns"),
     "authority": Option("--authority", "THELCA_AUTHORITY", None,
                         "who checks tokens: jwt, or test-only (development only); no default"),
     "jwks": Option("--jwks", "THELCA_JWKS", None,
@@ -67,17 +72,18 @@ OPTIONS: dict[str, Option] = {
                          "text, or json (one object per line, for log shippers)"),
     "metrics_port": Option("--metrics-port", "THELCA_METRICS_PORT", "0",
                            "serve Prometheus /metrics on this port; 0 is off (several processes: "
-                           "each the next port, workers first, then the logger)"),
+                           "each the next port: workers, then logger, then replay)"),
     "metrics_host": Option("--metrics-host", "THELCA_METRICS_HOST", "127.0.0.1",
                            "address the metrics endpoint listens on"),
 }
 
+JWT = ("jwks", "jwt_key_file", "jwt_algorithms", "jwt_issuer", "jwt_audience", "jwt_leeway")
 GROUPS = {
     "broker": ("amqp_url", "prefix", "amqp_ca_file", "amqp_cert_file", "amqp_key_file"),
     "store": ("store",),
-    "worker": ("authority", "jwks", "jwt_key_file", "jwt_algorithms", "jwt_issuer",
-               "jwt_audience", "jwt_leeway", "max_body", "prefetch", "processes"),
-    "logger": ("event_log", "prefetch"),
+    "worker": ("authority", *JWT, "max_body", "prefetch", "processes"),
+    "logger": ("event_log", "event_log_max_bytes", "prefetch"),
+    "replay": ("authority", *JWT, "event_log", "replay_streams"),
     "logging": ("log_level", "log_format"),
     "metrics": ("metrics_port", "metrics_host"),
 }
@@ -106,6 +112,8 @@ class Settings:
     amqp_ca_file: str | None = None
     amqp_cert_file: str | None = None
     amqp_key_file: str | None = None
+    event_log_max_bytes: int = 0
+    replay_streams: int = 4
     authority: str | None = None
     jwks: str | None = None
     jwt_key_file: str | None = None
@@ -139,9 +147,11 @@ class Settings:
             if raw is None:
                 raw = environ.get(option.env) or option.default
             values[f.name] = raw
-        for name in ("max_body", "prefetch", "processes"):
+        for name in ("max_body", "prefetch", "processes", "replay_streams"):
             values[name] = _positive_int(name, values[name])
         values["jwt_leeway"] = _whole_number("jwt_leeway", values["jwt_leeway"])
+        values["event_log_max_bytes"] = _whole_number(
+            "event_log_max_bytes", values["event_log_max_bytes"])
         values["metrics_port"] = _port(values["metrics_port"])
         if values["log_format"] not in ("text", "json"):
             raise ConfigurationError(f"{OPTIONS['log_format'].env} must be text or json")

@@ -1,8 +1,9 @@
 """AMQP plumbing: the only package of the worker side that imports pika.
 
 `consumer` runs the long-lived consumers (worker, logger) on a SelectConnection
-with pipelined publisher confirms; short-lived operator tools use a
-BlockingConnection: `admin` (health) and `dead` (dead letters).
+with pipelined publisher confirms, and `replay` the replay consumer's streams
+on one; short-lived operator tools use a BlockingConnection: `admin` (health)
+and `dead` (dead letters).
 """
 
 from thelca.amqp.admin import queue_consumers
@@ -11,6 +12,7 @@ from thelca.amqp.consumer import (
     Topology,
     connection_parameters,
     logger_topology,
+    replay_topology,
     safe_url,
     thelca_topology,
 )
@@ -23,6 +25,7 @@ from thelca.amqp.dead import (
     list_dead,
     retry_dead,
 )
+from thelca.amqp.replay import ReplayConsumer
 
 __all__ = [
     "BatchConsumer",
@@ -30,12 +33,14 @@ __all__ = [
     "DeadLettersUnavailable",
     "DeadQueue",
     "Death",
+    "ReplayConsumer",
     "Retried",
     "Topology",
     "connection_parameters",
     "list_dead",
     "logger_topology",
     "queue_consumers",
+    "replay_topology",
     "retry_dead",
     "safe_url",
     "thelca_topology",

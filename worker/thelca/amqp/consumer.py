@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import pika
 import pika.channel
@@ -105,6 +105,12 @@ def logger_topology(names: Names) -> Topology:
     return Topology((names.events,), tuple(q for q in whole.queues if q.name == names.events_log))
 
 
+def replay_topology(names: Names) -> Topology:
+    """What the replay consumer uses: its own queue, and nothing that may hold tokens."""
+    whole = thelca_topology(names)
+    return Topology((), tuple(q for q in whole.queues if q.name == names.replay))
+
+
 def connection_parameters(
     urls: str, name: str = "thelca", *, tls: TlsFiles | None = None
 ) -> list[pika.URLParameters]:
@@ -147,39 +153,38 @@ class _Batch:
     nacked: bool = False
 
 
-class BatchConsumer:
-    """Consumes one queue in batches and feeds them to a BatchHandler.
+class Reconnecting:
+    """Runs sessions (one connection each) until stopped, reconnecting with backoff.
 
-    Reconnects with backoff when the broker goes away; deliveries that were
-    not acked are redelivered by the broker, so the handler must be idempotent.
+    Subclasses say how to make a session; a session's state dies with it, and
+    whatever it had not acked is redelivered by the broker.
     """
 
     def __init__(
         self,
         urls: str,
         queue: str,
-        handler: BatchHandler,
         topology: Topology,
         *,
-        prefetch: int = 200,
-        max_batch: int = 200,
-        name: str = "consumer",
+        prefetch: int,
+        name: str,
         on_state: Callable[[str], None] | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
         self.urls = urls
         self.tls = tls
         self.queue = queue
-        self.handler = handler
         self.topology = topology
         self.prefetch = prefetch
-        self.max_batch = max_batch
         self.name = name
         self.on_state = on_state or (lambda state: None)
         self._stopping = threading.Event()
-        self._session: _Session | None = None
+        self._session: SessionLike | None = None
         self._lock = threading.Lock()
         self._fatal: ConfigurationError | None = None
+
+    def new_session(self, params: pika.URLParameters) -> SessionLike:
+        raise NotImplementedError
 
     def run(self) -> None:
         """Consume until stop() is called, reconnecting whenever the connection is lost."""
@@ -189,7 +194,7 @@ class BatchConsumer:
                                                 tls=self.tls):
                 if self._stopping.is_set():
                     break
-                session = _Session(self, params)
+                session = self.new_session(params)
                 with self._lock:
                     self._session = session
                 session.run()
@@ -221,6 +226,79 @@ class BatchConsumer:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+
+class SessionLike(Protocol):
+    consumed: bool
+
+    def run(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
+class BatchConsumer(Reconnecting):
+    """Consumes one queue in batches and feeds them to a BatchHandler.
+
+    Reconnects with backoff when the broker goes away; deliveries that were
+    not acked are redelivered by the broker, so the handler must be idempotent.
+    """
+
+    def __init__(
+        self,
+        urls: str,
+        queue: str,
+        handler: BatchHandler,
+        topology: Topology,
+        *,
+        prefetch: int = 200,
+        max_batch: int = 200,
+        name: str = "consumer",
+        on_state: Callable[[str], None] | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        super().__init__(urls, queue, topology, prefetch=prefetch, name=name, on_state=on_state,
+                         tls=tls)
+        self.handler = handler
+        self.max_batch = max_batch
+
+    def new_session(self, params: pika.URLParameters) -> SessionLike:
+        return _Session(self, params)
+
+
+def declare_steps(
+    channel: pika.channel.Channel, topology: Topology, prefetch: int
+) -> list[Callable[..., Any]]:
+    """The broker calls that declare the whole topology and set the prefetch."""
+    steps: list[Callable[..., Any]] = []
+    for exchange in topology.fanout_exchanges:
+        steps.append(partial(channel.exchange_declare, exchange, exchange_type="fanout",
+                             durable=True))
+    for queue in topology.queues:
+        steps.append(partial(channel.queue_declare, queue.name, durable=True,
+                             arguments=queue.arguments))
+        if queue.bind_to:
+            steps.append(partial(channel.queue_bind, queue.name, queue.bind_to,
+                                 routing_key=""))
+    steps.append(partial(channel.basic_qos, prefetch_count=prefetch))
+    return steps
+
+
+def run_steps(steps: list[Callable[..., Any]], done: Callable[[], None]) -> None:
+    """Run broker calls one after another, each started by the previous one's reply."""
+    if not steps:
+        done()
+        return
+    first, rest = steps[0], steps[1:]
+    first(callback=lambda _frame: run_steps(rest, done))
+
+
+def refusal(owner: Reconnecting, consumed: bool, reason: Any) -> None:
+    """Stop the owner for good when the broker refused a declaration no retry can cure."""
+    code = getattr(reason, "reply_code", None)
+    if not consumed and code in SETUP_REFUSALS:
+        owner.fail(ConfigurationError(
+            f"{owner.name}: the broker refused thelca's broker objects: "
+            f"{reason.reply_text}. {SETUP_REFUSALS[code]}"))
 
 
 class _Session:
@@ -291,11 +369,7 @@ class _Session:
             log.warning("%s: disconnected: channel closed: %s", self.owner.name, reason)
             metrics.RECONNECTS.labels(self.owner.name).inc()
         metrics.CONSUMING.labels(self.owner.name).set(0)
-        code = getattr(reason, "reply_code", None)
-        if not self.consumed and code in SETUP_REFUSALS:
-            self.owner.fail(ConfigurationError(
-                f"{self.owner.name}: the broker refused thelca's broker objects: "
-                f"{reason.reply_text}. {SETUP_REFUSALS[code]}"))
+        refusal(self.owner, self.consumed, reason)
         self._close_connection()
 
     def _close_connection(self) -> None:
@@ -317,26 +391,8 @@ class _Session:
         self.channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm)
-        steps: list[Callable[..., Any]] = []
-        for exchange in self.owner.topology.fanout_exchanges:
-            steps.append(partial(channel.exchange_declare, exchange, exchange_type="fanout",
-                                 durable=True))
-        for queue in self.owner.topology.queues:
-            steps.append(partial(channel.queue_declare, queue.name, durable=True,
-                                 arguments=queue.arguments))
-            if queue.bind_to:
-                steps.append(partial(channel.queue_bind, queue.name, queue.bind_to,
-                                     routing_key=""))
-        steps.append(partial(channel.basic_qos, prefetch_count=self.owner.prefetch))
-        self._run_steps(steps, self._on_declared)
-
-    def _run_steps(self, steps: list[Callable[..., Any]], done: Callable[[], None]) -> None:
-        """Run broker calls one after another, each started by the previous one's reply."""
-        if not steps:
-            done()
-            return
-        first, rest = steps[0], steps[1:]
-        first(callback=lambda _frame: self._run_steps(rest, done))
+        run_steps(declare_steps(channel, self.owner.topology, self.owner.prefetch),
+                  self._on_declared)
 
     def _on_declared(self) -> None:
         if self.owner.stopping:
@@ -420,7 +476,7 @@ class _Session:
         batch = _Batch(delivery_tags, received, publish, set())
         for message in publish:
             self.channel.basic_publish(
-                message.exchange, message.routing_key, message.body, _properties(message)
+                message.exchange, message.routing_key, message.body, basic_properties(message)
             )
             batch.unconfirmed.add(self._next_seq)
             self._seq_to_batch[self._next_seq] = batch
@@ -511,7 +567,7 @@ class _Session:
             self.connection.ioloop.call_later(0.05, self._wait_for_drain)
 
 
-def _properties(message: Outgoing) -> pika.BasicProperties:
+def basic_properties(message: Outgoing) -> pika.BasicProperties:
     return pika.BasicProperties(
         content_type=message.content_type,
         delivery_mode=2 if message.persistent else 1,

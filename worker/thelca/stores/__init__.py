@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from thelca.errors import ConfigurationError
-from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
+from thelca.stores.base import (
+    BulkItemLoader,
+    ItemStore,
+    OutboxEvent,
+    ProcessedCommand,
+    StoreTransaction,
+)
 
 __all__ = [
-    "ItemStore", "OutboxEvent", "ProcessedCommand", "StoreTransaction", "many_writers",
+    "BulkItemLoader",
+    "ItemStore",
+    "OutboxEvent",
+    "ProcessedCommand",
+    "StoreTransaction",
+    "many_writers",
     "open_store",
 ]
 

@@ -8,10 +8,10 @@ events not yet confirmed by the broker.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from thelca.domain.model import Item, StoredItem
 
@@ -85,4 +85,25 @@ class ItemStore(Protocol):
         """Raise unless the store answers."""
         ...
 
+    def clear(self) -> None:
+        """Remove every item, processed command and outbox event: an empty store again."""
+        ...
+
     def close(self) -> None: ...
+
+
+# (id, created_at, created_by, properties as compact UTF-8 JSON, version): an item as
+# restore hands it to a bulk load, already encoded, so that nothing is built twice.
+ItemRow = tuple[str, str, str, bytes, int]
+
+
+@runtime_checkable
+class BulkItemLoader(Protocol):
+    """An optional fast path for restore; a backend without it is restored through
+    ordinary transactions (add at version 1, then replace up to the version)."""
+
+    def load_items(self, rows: Iterable[ItemRow]) -> None:
+        """Store each row's item at its version as given, replacing any item with that id,
+        in one transaction. Restore gives the rows in id order and has already checked
+        the versions against the log."""
+        ...

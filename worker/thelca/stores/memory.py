@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
+import orjson
+
 from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConcurrentUpdate
-from thelca.stores.base import OutboxEvent, ProcessedCommand
+from thelca.stores.base import ItemRow, OutboxEvent, ProcessedCommand
 
 _MISSING: Any = object()
 
@@ -49,6 +51,18 @@ class MemoryStore:
 
     def ping(self) -> None:
         return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._processed.clear()
+            self._outbox.clear()
+
+    def load_items(self, rows: Iterable[ItemRow]) -> None:
+        with self._lock:
+            for item_id, created_at, created_by, properties, version in rows:
+                item = Item(item_id, created_at, created_by, orjson.loads(properties))
+                self._items[item_id] = StoredItem(item, version)
 
     def close(self) -> None:
         return None

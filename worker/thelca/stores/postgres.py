@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, LiteralString
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -50,7 +50,7 @@ from psycopg import sql
 
 from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConcurrentUpdate, InvalidCommand, StoreUnavailable
-from thelca.stores.base import OutboxEvent, ProcessedCommand
+from thelca.stores.base import ItemRow, OutboxEvent, ProcessedCommand
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,21 @@ class PostgresStore:
     def ping(self) -> None:
         with self._using() as conn:
             conn.execute("SELECT 1").fetchone()
+
+    def clear(self) -> None:
+        """Delete every item, processed command and outbox event (restore --force)."""
+        with self._using() as conn, conn.transaction():
+            conn.execute("TRUNCATE items, processed, outbox")
+
+    def load_items(self, rows: Iterable[ItemRow]) -> None:
+        """Store rows as given, replacing items of the same id, in one transaction."""
+        with self._using() as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO items (id, created_at, created_by, properties, version) "
+                "VALUES (%s, %s, %s, %s::json, %s) ON CONFLICT (id) DO UPDATE SET "
+                "properties = EXCLUDED.properties, version = EXCLUDED.version",
+                ((item_id, created_at, created_by, properties.decode(), version)
+                 for item_id, created_at, created_by, properties, version in rows))
 
     def close(self) -> None:
         with self._lock:

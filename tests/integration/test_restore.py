@@ -1,0 +1,227 @@
+"""`thelca restore` and `thelca verify` as a user runs them, on logs the live system wrote.
+
+The worker and the logger are the real processes (the `system` fixture); the
+restored stores are real SQLite files; the commands are the real CLI.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import (
+    RunningSystem,
+    _running_system,
+    system_env,
+)
+from thelca.eventlog import log_segments, read_all
+from thelca.stores.sqlite import SQLiteStore
+from thelca_client import Client
+
+pytestmark = pytest.mark.broker
+
+ORIGINAL = Path(__file__).resolve().parents[1] / "data" / "original-server-event-log"
+
+
+def thelca(*args: str, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "thelca", *args], env=env, cwd=cwd, text=True,
+                          capture_output=True, timeout=120, check=False)
+
+
+def state(path: Path) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every item of a SQLite store (opened read-only, as beside a running worker)."""
+    store = SQLiteStore(path, writer=False)
+    try:
+        return {s.item.id: (s.version, s.item.to_json()) for s in store.items()}
+    finally:
+        store.close()
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def work(client: Client, n: int, tag: str) -> list[dict[str, Any]]:
+    """n creates, a read of each, and two updates of every other item."""
+    items = []
+    for i in range(n):
+        reply = client.create({"tag": tag, "n": i})
+        assert reply.item is not None
+        items.append(reply.item)
+    for item in items:
+        client.read(item["id"])
+    for item in items[::2]:
+        for step in (1, 2):
+            reply = client.update(item["id"], {**item, "properties": {"tag": tag, "step": step}})
+            assert reply.ok
+    return items
+
+
+def wait_until_logged(system: RunningSystem, events: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if sum(1 for line in read_all(system.event_log) if line.event) >= events:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the logger did not write {events} events in time")
+
+
+def test_restore_to_the_end_and_to_moments_gives_the_live_states(
+    system: RunningSystem, tmp_path: Path
+) -> None:
+    with Client(system.amqp_url, prefix=system.prefix, token="abcd") as client:
+        work(client, 6, "first")  # 6 creates + 6 reads + 6 updates = 18 events
+        wait_until_logged(system, 18)
+        first_moment, first_state = now(), state(system.store_path)
+        time.sleep(0.01)
+        more = work(client, 4, "second")  # 12 more
+        client.update(more[1]["id"], {**more[1], "properties": {"late": True}})
+        wait_until_logged(system, 31)
+        second_moment, second_state = now(), state(system.store_path)
+        client.create({"tag": "third"})
+        wait_until_logged(system, 32)
+    live = state(system.store_path)
+    assert len(first_state) == 6 and len(second_state) == 10 and len(live) == 11
+
+    env = system_env(system.amqp_url, system.prefix, tmp_path)
+    for name, until, expected in (("end", None, live), ("first", first_moment, first_state),
+                                  ("second", second_moment, second_state)):
+        target = tmp_path / f"{name}.db"
+        args = ["restore", "--log", str(system.event_log), "--store", f"sqlite:///{target}"]
+        result = thelca(*args, *(["--until", until] if until else []), env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert state(target) == expected, name  # the same items at the same versions
+        assert f"items restored:   {len(expected)}" in result.stdout
+        assert "Item read" in result.stdout and "problem lines:    0" in result.stdout
+        verified = thelca("verify", "--log", str(system.event_log), "--store",
+                          f"sqlite:///{target}", *(["--until", until] if until else []),
+                          env=env)
+        assert verified.returncode == 0, verified.stdout
+        assert "0 differences" in verified.stdout
+
+
+def test_restore_refuses_a_store_that_holds_items_unless_forced(
+    system: RunningSystem, tmp_path: Path
+) -> None:
+    with Client(system.amqp_url, prefix=system.prefix, token="abcd") as client:
+        item = client.create({"n": 1}).item
+        assert item is not None
+        client.update(item["id"], {**item, "properties": {"n": 2}})
+    wait_until_logged(system, 2)
+    target = tmp_path / "restored.db"
+    args = ["restore", "--log", str(system.event_log), "--store", f"sqlite:///{target}"]
+    assert thelca(*args).returncode == 0
+    again = thelca(*args)
+    assert again.returncode == 2
+    assert "already holds 1 items" in again.stderr and "--force" in again.stderr
+    forced = thelca(*args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "emptied the store (1 items)" in forced.stdout
+    assert state(target) == state(system.store_path)
+    # the live store is locked by the running worker: unavailable, and nothing happens
+    locked = thelca("restore", "--log", str(system.event_log), "--store",
+                    f"sqlite:///{system.store_path}", "--force")
+    assert locked.returncode == 3
+    assert "already open for writing" in locked.stderr
+    missing = thelca("restore", "--log", str(tmp_path / "nothing.log"), "--store",
+                     f"sqlite:///{tmp_path / 'other.db'}")
+    assert missing.returncode == 3 and "no event log" in missing.stderr
+    assert not (tmp_path / "other.db").exists()
+
+
+def test_a_torn_last_line_is_reported_with_its_number_and_the_rest_restored(
+    system: RunningSystem, tmp_path: Path
+) -> None:
+    with Client(system.amqp_url, prefix=system.prefix, token="abcd") as client:
+        for n in range(3):
+            client.create({"n": n})
+    wait_until_logged(system, 3)
+    log = tmp_path / "copied.log"
+    shutil.copy(system.event_log, log)
+    with open(log, "ab") as file:
+        file.write(b'{"time":"2026-01-01T00:00:00+00:00","type":"Item cre')
+    target = tmp_path / "restored.db"
+    result = thelca("restore", "--log", str(log), "--store", f"sqlite:///{target}")
+    assert result.returncode == 1, result.stdout
+    assert "problem line: copied.log:4: torn line" in result.stdout
+    assert "items restored:   3" in result.stdout
+    assert state(target) == state(system.store_path)
+
+
+def test_verify_finds_a_difference_planted_in_the_store(
+    system: RunningSystem, tmp_path: Path
+) -> None:
+    with Client(system.amqp_url, prefix=system.prefix, token="abcd") as client:
+        items = [client.create({"n": n}).item for n in range(3)]
+    wait_until_logged(system, 3)
+    live = thelca("verify", "--log", str(system.event_log), "--store",
+                  f"sqlite:///{system.store_path}")  # read-only, beside the running worker
+    assert live.returncode == 0, live.stdout + live.stderr
+    target = tmp_path / "restored.db"
+    assert thelca("restore", "--log", str(system.event_log), "--store",
+                  f"sqlite:///{target}").returncode == 0
+    planted = items[1]
+    assert planted is not None
+    with sqlite3.connect(target) as db:
+        db.execute("UPDATE items SET properties = ?, version = 7 WHERE id = ?",
+                   (b'{"n": "planted"}', planted["id"]))
+    result = thelca("verify", "--log", str(system.event_log), "--store", f"sqlite:///{target}")
+    assert result.returncode == 1
+    assert (f"difference: different {planted['id']}: version 1 in the log, 7 in the store; "
+            "other properties") in result.stdout
+    assert "1 differences" in result.stdout
+
+
+def test_the_logger_rotates_into_segments_and_restore_reads_them_all(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    env = system_env(amqp_url, prefix, tmp_path, THELCA_EVENT_LOG_MAX_BYTES="2000")
+    for running in _running_system(amqp_url, prefix, tmp_path, env=env):
+        with Client(amqp_url, prefix=prefix, token="abcd") as client:
+            work(client, 8, "rotated")  # 8 + 8 + 8 = 24 events, about 400 bytes each
+        wait_until_logged(running, 24)
+        segments = log_segments(running.event_log)
+        assert len(segments) >= 3, segments
+        assert [s.name for s in segments][:2] == ["events.log.000001", "events.log.000002"]
+        ids = [line.event["id"] for line in read_all(running.event_log) if line.event]
+        assert len(ids) == len(set(ids)) == 24
+        target = tmp_path / "restored.db"
+        result = thelca("restore", "--log", str(running.event_log), "--store",
+                        f"sqlite:///{target}")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert state(target) == state(running.store_path)
+
+
+def test_the_original_servers_log_restores_to_yesterday_and_verifies(tmp_path: Path) -> None:
+    """The README's walk-through, on the original server's log: 2020-02-25 is 'today'."""
+    log = tmp_path / "thelca-events.log"
+    shutil.copy(ORIGINAL, log)
+    store = f"sqlite:///{tmp_path / 'yesterday.db'}"
+    yesterday = "2020-02-24T23:59:59.999999+00:00"
+    restored = thelca("restore", "--log", str(log), "--until", yesterday, "--store", store)
+    assert restored.returncode == 0, restored.stderr
+    for kind in ("Server started", "Link created", "Service read", "Item search"):
+        assert kind in restored.stdout
+    assert "items restored:   3" in restored.stdout
+    verified = thelca("verify", "--log", str(log), "--until", yesterday, "--store", store)
+    assert verified.returncode == 0, verified.stdout
+    whole = thelca("verify", "--log", str(log), "--store", store)
+    assert whole.returncode == 1 and "missing" in whole.stdout
+
+
+@pytest.mark.parametrize("command", [["restore"], ["verify"], ["replay"]])
+def test_help_answers_and_documents_the_exit_status(command: list[str]) -> None:
+    result = thelca(*command, "--help")
+    assert result.returncode == 0
+    assert "usage: thelca" in result.stdout
+    if command != ["replay"]:
+        assert "Exit status" in result.stdout

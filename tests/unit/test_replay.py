@@ -1,0 +1,136 @@
+"""The replay service without a broker: checks in order, filters, a few messages at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from thelca.authority.base import Principal
+from thelca.authority.test_only import TestOnlyAuthority
+from thelca.errors import Forbidden
+from thelca.messaging import Incoming
+from thelca.replay import LINES_PER_TAKE, ReplayService
+from thelca_client.contract import ContractError, ReplayRequest, decode_replay_request
+
+
+class NoEventsForMallory(TestOnlyAuthority):
+    def check_read_events(self, principal: Principal) -> str:
+        if principal.user_id.endswith("mallory"):
+            raise Forbidden("mallory may not read events")
+        return principal.user_id
+
+
+def _log(path: Path, count: int, kind: str = "Item read") -> Path:
+    lines = [orjson.dumps({"time": f"2026-01-01T00:00:{n % 60:02d}.{n:06d}+00:00",
+                           "type": kind, "user": "u", "value": f"item-{n}", "id": f"e{n}"})
+             for n in range(count)]
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def _request(body: bytes = b"{}", token: str | None = "abcd",
+             reply_to: str | None = "subscriber") -> Incoming:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return Incoming(body=body, correlation_id="c1", reply_to=reply_to, headers=headers)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> ReplayService:
+    return ReplayService(_log(tmp_path / "events.log", 250), NoEventsForMallory())
+
+
+def test_take_gives_at_most_the_limit_and_the_end_marker_last(service: ReplayService) -> None:
+    stream = service.open(_request())
+    taken = []
+    while not stream.finished:
+        batch = stream.take(100)
+        assert len(batch) <= 101  # 100 events, and the end marker with the last ones
+        taken += batch
+    assert [m.message_id for m in taken[:-1]] == [f"e{n}" for n in range(250)]
+    assert all(m.routing_key == "subscriber" and m.correlation_id == "c1" for m in taken)
+    end = taken[-1]
+    assert orjson.loads(end.body) == {"status": 200, "count": 250}
+    assert end.headers == {"x-replay-end": True, "status": 200}
+    assert stream.take(100) == []
+
+
+def test_a_filter_that_matches_little_hands_the_loop_back_between_reads(
+    tmp_path: Path,
+) -> None:
+    log = _log(tmp_path / "events.log", 3 * LINES_PER_TAKE)
+    stream = ReplayService(log, TestOnlyAuthority()).open(
+        _request(b'{"types": ["Item created"]}'))
+    takes = []
+    while not stream.finished:
+        takes.append(stream.take(100))
+    assert takes[:-1] == [[], [], []]  # each take read LINES_PER_TAKE lines at most
+    assert orjson.loads(takes[-1][0].body) == {"status": 200, "count": 0}
+
+
+@pytest.mark.parametrize(("body", "token", "status"), [
+    (b"not json", "BAAD", 401),  # the token first
+    (b"not json", None, 401),
+    (b"not json", "mallory", 403),  # then the Authority
+    (b"not json", "abcd", 400),  # then the body
+])
+def test_checks_run_token_then_authority_then_body(
+    service: ReplayService, body: bytes, token: str | None, status: int
+) -> None:
+    stream = service.open(_request(body, token))
+    (end,) = stream.take(100)
+    assert orjson.loads(end.body)["status"] == status
+    assert stream.finished
+
+
+def test_a_request_without_reply_to_is_finished_at_once(service: ReplayService) -> None:
+    stream = service.open(_request(reply_to=None))
+    assert stream.finished and stream.take(100) == []
+
+
+def test_closing_a_stream_early_releases_the_log(service: ReplayService) -> None:
+    stream = service.open(_request())
+    assert len(stream.take(10)) == 10
+    stream.close()
+    assert stream.finished and stream.take(10) == []
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b"{}", ReplayRequest()),
+    (b'{"since": "2026-01-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}',
+     ReplayRequest("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z")),
+    (b'{"types": ["Item created", "Item read"], "until": null}',
+     ReplayRequest(types=("Item created", "Item read"))),
+])
+def test_decode_replay_request(body: bytes, expected: ReplayRequest) -> None:
+    assert decode_replay_request(body) == expected
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b"nope", "not a JSON string"),
+    (b'{"since": "2026-01-02T00:00:00+01:00", "until": "2026-01-01T00:00:00Z"}',
+     "since is after until"),
+    (b'{"until": "2026-13-01T00:00:00Z"}', "not an ISO 8601 time"),
+    (b'{"types": null, "limit": 3}', "unknown field 'limit'"),
+])
+def test_decode_replay_request_refuses_with_400(body: bytes, error: str) -> None:
+    with pytest.raises(ContractError, match=error) as refused:
+        decode_replay_request(body)
+    assert refused.value.status == 400
+
+
+def test_a_segment_removed_while_streaming_ends_the_replay_with_500(tmp_path: Path) -> None:
+    log = tmp_path / "events.log"
+    _log(tmp_path / "events.log.000001", 20)
+    _log(tmp_path / "events.log.000002", 20)
+    _log(log, 5)
+    stream = ReplayService(log, TestOnlyAuthority()).open(_request())
+    assert len(stream.take(10)) == 10
+    (tmp_path / "events.log.000002").unlink()  # an operator archived it meanwhile
+    rest = []
+    while not stream.finished:
+        rest += stream.take(100)
+    end = orjson.loads(rest[-1].body)
+    assert end["status"] == 500 and end["count"] == 20
+    assert "could not be read" in end["error"]

@@ -1,0 +1,235 @@
+"""Restore and verify on logs written by hand: the original server's format, and broken logs.
+
+Logs written by the live system are restored in tests/integration/test_restore.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thelca.domain.model import Item, StoredItem
+from thelca.restore import AFTER_UNTIL, Problem, restore, verify
+from thelca.stores import ItemStore, StoreTransaction
+from thelca.stores.base import OutboxEvent
+from thelca.stores.memory import MemoryStore
+from thelca.stores.sqlite import SQLiteStore
+from thelca_client.contract import parse_time
+
+ORIGINAL = Path(__file__).resolve().parents[1] / "data" / "original-server-event-log"
+A = "0a6f1c7e-5b1d-4c3e-9f61-1f7d2a9b8c01"
+B = "1b7e2d8f-6c2e-4d4f-8a72-2e8e3b0c9d12"
+C = "2c8f3e90-7d3f-4e50-9b83-3f9f4c1dae23"
+D = "3d904fa1-8e40-4f61-8c94-40a05d2ebf34"
+USER = "a-test-only-id-abcd"
+HISTORY = {"Server started": 2, "Server stopped": 2, "Item read": 1, "Service read": 1,
+           "Item search": 1, "Link created": 1, "Link read": 1, "Link updated": 1,
+           "Link search": 1, "Link deleted": 1}
+
+
+class WithoutBulkLoad:
+    """A real store seen only through the ItemStore interface (as a new backend would be)."""
+
+    def __init__(self, store: ItemStore) -> None:
+        self.inner = store
+        self.url = store.url
+
+    def transaction(self) -> AbstractContextManager[StoreTransaction]:
+        return self.inner.transaction()
+
+    def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
+        return self.inner.pending_outbox(limit)
+
+    def items(self) -> Iterator[StoredItem]:
+        return self.inner.items()
+
+    def count_items(self) -> int:
+        return self.inner.count_items()
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def clear(self) -> None:
+        self.inner.clear()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.fixture(params=["sqlite-bulk", "sqlite-transactions", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ItemStore]:
+    backend: ItemStore
+    if request.param == "memory":
+        backend = MemoryStore()
+    else:
+        backend = SQLiteStore(tmp_path / "restored.db")
+        if request.param == "sqlite-transactions":
+            backend = WithoutBulkLoad(backend)
+    yield backend
+    backend.close()
+
+
+def versions(store: ItemStore) -> dict[str, int]:
+    return {s.item.id: s.version for s in store.items()}
+
+
+@pytest.mark.parametrize("flush_items", [1, 2, 1000])
+def test_the_original_servers_log_restores_to_its_end(store: ItemStore, flush_items: int) -> None:
+    report = restore(ORIGINAL, store, flush_items=flush_items)
+    assert (report.lines, report.applied, report.items) == (20, 8, 4)
+    assert dict(report.skipped) == HISTORY
+    assert report.problems == []
+    assert versions(store) == {A: 2, B: 4, C: 1, D: 1}
+    items = {s.item.id: s.item for s in store.items()}
+    assert items[A] == Item(A, "2020-02-24T09:01:00.099990+00:00", USER,
+                            {"type": "STORY", "title": "first", "status": "DONE"})
+    assert items[B].properties == {}  # the last update said properties: null
+    assert items[C].properties == {}  # created with properties: null
+
+
+def test_the_original_servers_log_restores_to_the_end_of_its_first_day(
+    store: ItemStore,
+) -> None:
+    report = restore(ORIGINAL, store, until=parse_time("2020-02-24T23:59:59Z"))
+    assert versions(store) == {A: 1, B: 2, C: 1}
+    assert report.skipped[AFTER_UNTIL] == 4
+    assert report.applied == 4 and report.items == 3
+    items = {s.item.id: s.item for s in store.items()}
+    assert items[A].properties == {"type": "STORY", "title": "first"}
+    assert items[B].properties == {"type": "BUG"}
+
+
+def test_until_is_inclusive_to_the_microsecond(store: ItemStore) -> None:
+    restore(ORIGINAL, store, until=parse_time("2020-02-24T09:03:00.400000+00:00"))
+    assert versions(store) == {A: 1, B: 2}
+
+
+def test_until_before_the_first_event_restores_nothing(store: ItemStore) -> None:
+    report = restore(ORIGINAL, store, until=parse_time("2019-01-01T00:00:00+00:00"))
+    assert report.items == 0 and report.applied == 0 and report.skipped[AFTER_UNTIL] == 8
+
+
+def test_a_time_without_offset_is_refused() -> None:
+    with pytest.raises(ValueError, match="no UTC offset"):
+        parse_time("2020-02-24T23:59:59")
+    with pytest.raises(ValueError):
+        parse_time("yesterday")
+
+
+def _event(kind: str, item_id: str, n: int, version: int | None = None,
+           **value: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "time": f"2026-01-01T00:00:{n:02d}.000000+00:00", "type": kind, "user": USER,
+        "value": {"id": item_id, "created_at": "2026-01-01T00:00:00.000000+00:00",
+                  "created_by": USER, "properties": {"n": n}, **value},
+        "id": f"event-{n}"}
+    if version is not None:
+        event["version"] = version
+    return event
+
+
+def _write(path: Path, *lines: dict[str, Any] | bytes) -> Path:
+    with open(path, "wb") as file:
+        for line in lines:
+            file.write(line if isinstance(line, bytes) else json.dumps(line).encode() + b"\n")
+    return path
+
+
+def test_lines_that_contradict_the_log_are_reported_with_their_numbers_and_skipped(
+    store: ItemStore, tmp_path: Path,
+) -> None:
+    log = _write(
+        tmp_path / "events.log",
+        _event("Item created", "x", 1, 1),
+        _event("Item updated", "ghost", 2, 2),               # never created
+        _event("Item created", "x", 3, 1),                   # created twice
+        _event("Item updated", "x", 4, 2),
+        _event("Item updated", "x", 5, 2),                   # version 2 again
+        b"not json\n",
+        {"time": "2026-01-01T00:00:07+00:00", "type": "Item created", "value": "x"},
+        b"[1, 2]\n",
+        _event("Item updated", "x", 9, 3),
+        b'{"time": "2026-01-01T00:00:10+00:00", "type": "Item upd',  # torn: no newline
+    )
+    report = restore(log, store)
+    assert versions(store) == {"x": 3}
+    assert [s.item.properties for s in store.items()] == [{"n": 9}]
+    assert report.applied == 3
+    assert [(p.file, p.line) for p in report.problems] == [
+        ("events.log", n) for n in (2, 3, 5, 6, 7, 8, 10)]
+    why = [p.why for p in report.problems]
+    assert "updated before it is created" in why[0]
+    assert "created twice" in why[1]
+    assert "logged at version 2 but the log so far makes it version 3" in why[2]
+    assert why[3:] == ["not JSON", "Item created event is malformed: value is not an item",
+                       "not a JSON object", "torn line (no newline at the end of the log)"]
+
+
+def test_restore_reads_every_segment_then_the_live_file(store: ItemStore, tmp_path: Path) -> None:
+    log = tmp_path / "thelca-events.log"
+    _write(tmp_path / "thelca-events.log.000001", _event("Item created", "x", 1, 1))
+    _write(tmp_path / "thelca-events.log.000002", _event("Item updated", "x", 2, 2),
+           b"oops\n")
+    _write(log, _event("Item updated", "x", 3, 3))
+    report = restore(log, store)
+    assert versions(store) == {"x": 3}
+    assert report.problems == [Problem("thelca-events.log.000002", 2, "not JSON")]
+
+
+def test_progress_reaches_the_size_of_the_log(tmp_path: Path) -> None:
+    log = shutil.copy(ORIGINAL, tmp_path / "events.log")
+    seen: list[tuple[int, int]] = []
+    restore(log, MemoryStore(), progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (ORIGINAL.stat().st_size, ORIGINAL.stat().st_size)
+
+
+def test_a_missing_log_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        restore(tmp_path / "nothing.log", MemoryStore())
+
+
+# ---------------------------------------------------------------- verify
+
+
+def test_verify_finds_nothing_when_the_store_was_restored_from_the_log(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "restored.db")
+    restore(ORIGINAL, store)
+    report = verify(ORIGINAL, store)
+    assert report.differences == []
+    assert (report.log_items, report.store_items) == (4, 4)
+    store.close()
+
+
+def test_verify_finds_every_difference_planted_in_the_store(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "restored.db")
+    restore(ORIGINAL, store)
+    with store.transaction() as tx:
+        tx.replace_item(Item(A, "2020-02-24T09:01:00.099990+00:00", USER, {"planted": True}), 3)
+        tx.add_item(Item("zz-extra", "2026-01-01T00:00:00+00:00", USER, {}))
+    # behind the interface's back, as a bad hand would
+    store._db.execute("UPDATE items SET created_by = 'someone-else', version = 2 WHERE id = ?",
+                      (C,))
+    store._db.execute("DELETE FROM items WHERE id = ?", (D,))
+    report = verify(ORIGINAL, store)
+    assert [str(d) for d in report.differences] == [
+        f"different {A}: version 2 in the log, 3 in the store; other properties",
+        f"different {C}: version 1 in the log, 2 in the store; other created_by",
+        f"missing {D}: version 1 in the log, not in the store",
+        "extra zz-extra: version 1 in the store, not in the log",
+    ]
+    store.close()
+
+
+def test_verify_until_compares_with_the_state_at_that_moment(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "restored.db")
+    until = parse_time("2020-02-24T23:59:59Z")
+    restore(ORIGINAL, store, until=until)
+    assert verify(ORIGINAL, store, until=until).differences == []
+    assert {d.kind for d in verify(ORIGINAL, store).differences} == {"different", "missing"}
+    store.close()

@@ -1,0 +1,347 @@
+"""The replay consumer's plumbing: many replay streams on one connection, with flow control.
+
+Each request delivered from `<prefix>.replay` becomes a stream (the
+application's EventStream). Up to `streams` requests are served at once
+(that is the prefetch); they take turns: each turn a stream publishes at
+most `chunk` messages, then the next one goes. Every publish is confirmed
+and at most `in_flight` of them are unconfirmed at any time, so a request
+for a million events neither floods the broker nor holds the log in memory,
+and a small request is not stuck behind a big one.
+
+A request is acked only once every message of its stream, the end marker
+included, is confirmed. If the consumer dies before that, the broker
+redelivers the request and the stream starts again from the beginning (a
+subscriber drops the duplicates by event id). A stream whose subscriber
+queue is gone (the publish comes back unroutable) is abandoned and its
+request acked; one the broker refused (nack) is abandoned and requeued.
+
+Everything runs on the connection's thread, in short steps: pika connections
+are single-threaded, and a long step would starve the heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.channel
+import pika.connection
+import pika.frame
+import pika.spec
+
+from thelca.amqp.consumer import (
+    Reconnecting,
+    SessionLike,
+    Topology,
+    basic_properties,
+    declare_steps,
+    refusal,
+    run_steps,
+)
+from thelca.messaging import EventStream, Incoming, Outgoing, StreamOpener
+from thelca_client.tls import TlsFiles
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = 500  # unconfirmed publishes at most, over all streams
+CHUNK = 100  # messages one stream publishes in its turn
+
+
+class ReplayConsumer(Reconnecting):
+    """Serves replay requests: `streams` at once, taking turns, with confirms."""
+
+    def __init__(
+        self,
+        urls: str,
+        queue: str,
+        opener: StreamOpener,
+        topology: Topology,
+        *,
+        streams: int = 4,
+        in_flight: int = IN_FLIGHT,
+        chunk: int = CHUNK,
+        name: str = "replay",
+        on_state: Callable[[str], None] | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        super().__init__(urls, queue, topology, prefetch=streams, name=name, on_state=on_state,
+                         tls=tls)
+        self.opener = opener
+        self.in_flight = in_flight
+        self.chunk = chunk
+
+    def new_session(self, params: pika.URLParameters) -> SessionLike:
+        return _ReplaySession(self, params)
+
+
+@dataclass(eq=False)
+class _Request:
+    """A request being answered, and where its stream stands."""
+
+    tag: int
+    reply_to: str | None
+    stream: EventStream
+    unconfirmed: int = 0
+    ended: bool = False  # the stream gave its last message, or was abandoned
+    requeue: bool = False  # nack it (a refused publish, or stopping) instead of acking
+    dead: bool = False  # nack it without requeue: to the dead letters
+
+
+class _ReplaySession:
+    """One connection and its channel, serving requests until it closes."""
+
+    DRAIN_TIMEOUT = 10.0
+
+    def __init__(self, owner: ReplayConsumer, params: pika.URLParameters) -> None:
+        self.owner = owner
+        self.params = params
+        self.connection: pika.SelectConnection | None = None
+        self.channel: pika.channel.Channel | None = None
+        self.consumed = False
+        self.consumer_tag: str | None = None
+        self._requests: deque[_Request] = deque()
+        self._by_seq: dict[int, _Request] = {}
+        self._next_seq = 1
+        self._lowest_seq = 1  # no publish below this is still unconfirmed
+        self._pump_scheduled = False
+        self._closing = False
+        self._stop_deadline = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        try:
+            self.connection = pika.SelectConnection(
+                self.params,
+                on_open_callback=self._on_connection_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_connection_closed,
+            )
+        except Exception as error:
+            log.warning("%s: cannot connect to %s:%s: %s", self.owner.name, self.params.host,
+                        self.params.port, error)
+            return
+        try:
+            self.connection.ioloop.start()
+        finally:
+            for request in self._requests:  # unacked: the broker gives them to someone again
+                request.stream.close()
+            self._requests.clear()
+
+    def request_stop(self) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        try:
+            connection.ioloop.add_callback_threadsafe(self._begin_stop)
+        except Exception:  # the loop is already gone
+            log.debug("stop requested after the loop closed")
+
+    def _on_open_error(self, connection: pika.connection.Connection, error: Any) -> None:
+        log.warning("%s: cannot connect to %s:%s: %s", self.owner.name, self.params.host,
+                    self.params.port, error)
+        self._stop_loop()
+
+    def _on_connection_open(self, connection: pika.connection.Connection) -> None:
+        self.owner.on_state(f"connected to {self.params.host}:{self.params.port}")
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_connection_closed(self, connection: pika.connection.Connection, reason: Any) -> None:
+        if not self._closing:
+            log.warning("%s: disconnected: connection lost: %s", self.owner.name, reason)
+        self._stop_loop()
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
+        if not self._closing:
+            log.warning("%s: disconnected: channel closed: %s", self.owner.name, reason)
+        refusal(self.owner, self.consumed, reason)
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        self._closing = True
+        if self.connection is not None and not (
+            self.connection.is_closing or self.connection.is_closed
+        ):
+            self.connection.close()
+        else:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self.connection is not None:
+            self.connection.ioloop.stop()
+
+    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm)
+        run_steps(declare_steps(channel, self.owner.topology, self.owner.prefetch),
+                  self._on_declared)
+
+    def _on_declared(self) -> None:
+        if self.owner.stopping:
+            self._begin_stop()
+            return
+        assert self.channel is not None
+        self.consumer_tag = self.channel.basic_consume(
+            self.owner.queue, on_message_callback=self._on_message, auto_ack=False)
+        self.consumed = True
+        self.owner.on_state(f"consuming {self.owner.queue}")
+
+    # ------------------------------------------------------------ requests
+
+    def _on_message(
+        self,
+        channel: pika.channel.Channel,
+        method: pika.spec.Basic.Deliver,
+        properties: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        incoming = Incoming(
+            body=body, message_id=properties.message_id,
+            correlation_id=properties.correlation_id, reply_to=properties.reply_to,
+            headers=dict(properties.headers or {}), type=properties.type,
+            redelivered=bool(method.redelivered),
+        )
+        tag = int(method.delivery_tag or 0)
+        if self._stop_deadline:
+            channel.basic_nack(tag, requeue=True)
+            return
+        try:
+            stream = self.owner.opener.open(incoming)
+        except Exception:
+            # A bug, not the request's fault: to the dead letters, where an operator sees it.
+            log.exception("%s: a replay request (correlation_id %s) failed; dead-lettered",
+                          self.owner.name, incoming.correlation_id)
+            channel.basic_nack(tag, requeue=False)
+            return
+        self._requests.append(_Request(tag, incoming.reply_to, stream))
+        self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled and not self._closing and self.connection is not None:
+            self._pump_scheduled = True
+            self.connection.ioloop.call_later(0, self._pump)
+
+    def _pump(self) -> None:
+        """One turn for each stream, as far as the confirms in flight allow."""
+        self._pump_scheduled = False
+        if self._closing or self.channel is None:
+            return
+        for _ in range(len(self._requests)):
+            room = self.owner.in_flight - len(self._by_seq)
+            if room <= 0 or not self._requests:
+                return  # a confirm will schedule the next turn
+            request = self._requests[0]
+            self._requests.rotate(-1)
+            if not request.ended:
+                self._turn(request, min(self.owner.chunk, room))
+            self._settle(request)
+        if any(not r.ended for r in self._requests):
+            self._schedule_pump()
+
+    def _turn(self, request: _Request, limit: int) -> None:
+        try:
+            messages = request.stream.take(limit)
+        except Exception:
+            # A bug, not the request's fault: to the dead letters once what was sent is
+            # confirmed, where an operator sees it, rather than a crash loop.
+            log.exception("%s: a replay stream failed; its request is dead-lettered",
+                          self.owner.name)
+            request.stream.close()
+            request.ended = request.dead = True
+            return
+        self._publish(request, messages)
+
+    def _publish(self, request: _Request, messages: list[Outgoing]) -> None:
+        assert self.channel is not None
+        for message in messages:
+            self.channel.basic_publish(message.exchange, message.routing_key, message.body,
+                                       basic_properties(message), mandatory=True)
+            self._by_seq[self._next_seq] = request
+            self._next_seq += 1
+            request.unconfirmed += 1
+        if request.stream.finished:
+            request.ended = True
+
+    def _on_return(
+        self,
+        channel: pika.channel.Channel,
+        method: pika.spec.Basic.Return,
+        properties: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        """A publish came back unroutable: that subscriber's queue is gone; stop its streams."""
+        for request in self._requests:
+            if request.reply_to == method.routing_key and not request.ended:
+                log.warning("%s: the subscriber queue %s is gone; its replay is abandoned",
+                            self.owner.name, method.routing_key)
+                request.stream.close()
+                request.ended = True
+
+    def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
+        method = frame.method
+        tag = int(method.delivery_tag)
+        refused = isinstance(method, pika.spec.Basic.Nack)
+        if method.multiple:
+            seqs = range(self._lowest_seq, tag + 1)
+            self._lowest_seq = max(self._lowest_seq, tag + 1)
+        else:
+            seqs = range(tag, tag + 1)
+        touched = []
+        for seq in seqs:
+            request = self._by_seq.pop(seq, None)
+            if request is None:
+                continue
+            request.unconfirmed -= 1
+            touched.append(request)
+            if refused and not request.requeue:
+                log.warning("%s: the broker refused a replay message; the request goes back "
+                            "to the queue and will start again", self.owner.name)
+                request.stream.close()
+                request.ended = request.requeue = True
+        for request in touched:
+            self._settle(request)
+        self._schedule_pump()
+        if self._stop_deadline and not self._requests:
+            self._close_connection()
+
+    def _settle(self, request: _Request) -> None:
+        """Ack (or requeue) a request whose stream ended and whose messages are confirmed."""
+        if not request.ended or request.unconfirmed or request not in self._requests:
+            return
+        assert self.channel is not None
+        self._requests.remove(request)
+        request.stream.close()
+        if request.requeue or request.dead:
+            self.channel.basic_nack(request.tag, requeue=not request.dead)
+        else:
+            self.channel.basic_ack(request.tag)
+
+    # ------------------------------------------------------------ stop
+
+    def _begin_stop(self) -> None:
+        """Stop taking requests; finish acking streams already ended, requeue the others."""
+        if self._stop_deadline:
+            return
+        self._stop_deadline = time.monotonic() + self.DRAIN_TIMEOUT
+        if self.channel is not None and self.consumer_tag is not None and self.channel.is_open:
+            self.channel.basic_cancel(self.consumer_tag)
+        for request in list(self._requests):
+            if not request.ended:
+                request.stream.close()
+                request.ended = request.requeue = True
+            if self.channel is not None and self.channel.is_open:
+                self._settle(request)
+        self._wait_for_drain()
+
+    def _wait_for_drain(self) -> None:
+        if not self._requests or time.monotonic() > self._stop_deadline:
+            self._close_connection()  # whatever is still unacked goes back to the queue
+        elif self.connection is not None:
+            self.connection.ioloop.call_later(0.05, self._wait_for_drain)

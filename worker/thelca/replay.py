@@ -1,0 +1,198 @@
+"""Replay: the events of the log, streamed to a subscriber that asks for them.
+
+A request is checked in this order: the token (401), the Authority's
+`check_read_events` (403), then the body (400). A refused request gets only
+the end marker, with its status and an error. An accepted one reads the log
+as it is at that moment (segments, then the live file: a LogSnapshot) and
+yields each matching event as its own message, in log order, with the same
+body as on the fanout exchange, then the end marker with the count.
+
+Nothing here knows about pika: the AMQP side (thelca.amqp.replay) asks each
+stream for a few messages at a time and publishes them with flow control.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from thelca.authority.base import Authority
+from thelca.errors import CommandRefused
+from thelca.eventlog import LogLine, LogSnapshot
+from thelca.messaging import Incoming, Outgoing
+from thelca_client.contract import (
+    REPLAY_END_HEADER,
+    STATUS_HEADER,
+    ContractError,
+    ReplayRequest,
+    bearer_token,
+    decode_replay_request,
+    dumps,
+    parse_time,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BODY = 64 * 1024  # a replay request is three small fields
+LINES_PER_TAKE = 5000  # lines read at most per take(), so a sparse filter cannot hog the loop
+
+
+class ReplayService:
+    """Opens a stream for each replay request."""
+
+    def __init__(self, log_path: str | Path, authority: Authority) -> None:
+        self.log_path = Path(log_path)
+        self.authority = authority
+
+    def open(self, request: Incoming) -> ReplayStream:
+        """The stream that answers this request: the events, or a refusal."""
+        correlation_id = request.correlation_id or request.message_id
+        if not request.reply_to:
+            log.warning("replay: a request without reply_to (correlation_id %s) cannot be "
+                        "answered; dropped", correlation_id)
+            return ReplayStream(None, correlation_id, None, status=400, error="no reply_to")
+        try:
+            user, wanted = self._check(request)
+        except (CommandRefused, ContractError) as refused:
+            log.info("replay: request %s refused with %d: %s", correlation_id, refused.status,
+                     refused)
+            return ReplayStream(request.reply_to, correlation_id, None, status=refused.status,
+                                error=str(refused))
+        try:
+            snapshot = LogSnapshot(self.log_path)
+        except FileNotFoundError:
+            snapshot = None  # no event was ever logged: an empty replay
+        except OSError as error:
+            log.error("replay: cannot read the event log %s: %s", self.log_path, error)
+            return ReplayStream(request.reply_to, correlation_id, None, status=500,
+                                error="the event log cannot be read; the replay consumer's "
+                                "log says why")
+        log.info("replay: request %s from %s: since %s, until %s, types %s", correlation_id,
+                 user, wanted.since or "-", wanted.until or "-",
+                 ", ".join(wanted.types) if wanted.types is not None else "all")
+        return ReplayStream(request.reply_to, correlation_id, snapshot, wanted=wanted)
+
+    def _check(self, request: Incoming) -> tuple[str, ReplayRequest]:
+        """The user and the request, in the order: token (401), scope (403), body (400)."""
+        principal = self.authority.authenticate(bearer_token(request.headers))
+        user = self.authority.check_read_events(principal)
+        if len(request.body) > MAX_REQUEST_BODY:
+            raise ContractError(f"the request is larger than {MAX_REQUEST_BODY} bytes")
+        return user, decode_replay_request(request.body or b"{}")
+
+
+class ReplayStream:
+    """One request being answered: take() gives its messages a few at a time.
+
+    The last message is the end marker (header x-replay-end: true); after it
+    `finished` is true. A stream with nowhere to reply (no reply_to) is
+    finished from the start.
+    """
+
+    def __init__(
+        self,
+        reply_to: str | None,
+        correlation_id: str | None,
+        snapshot: LogSnapshot | None,
+        *,
+        wanted: ReplayRequest | None = None,
+        status: int = 200,
+        error: str | None = None,
+    ) -> None:
+        self.reply_to = reply_to
+        self.correlation_id = correlation_id
+        self.status = status
+        self.error = error
+        self.count = 0
+        self.finished = reply_to is None
+        self.started = time.monotonic()
+        self._snapshot = snapshot
+        self._events = _matching(snapshot, wanted) if snapshot and wanted else iter(())
+
+    def take(self, limit: int) -> list[Outgoing]:
+        """Up to `limit` messages, fewer when LINES_PER_TAKE lines matched nothing more."""
+        if self.finished or self.reply_to is None:
+            return []
+        out: list[Outgoing] = []
+        try:
+            for line in self._events:
+                if line is None:  # LINES_PER_TAKE lines read: give the loop back
+                    return out
+                out.append(self._message(line))
+                if len(out) >= limit:
+                    return out
+        except OSError as error:  # a segment removed or unreadable while streaming
+            log.error("replay: request %s: the event log could not be read: %s",
+                      self.correlation_id, error)
+            self.status, self.error = 500, ("the event log could not be read; the replay "
+                                            "consumer's log says why")
+        out.append(self.end())
+        self.finished = True
+        log.info("replay: request %s: %d events sent in %.1fs", self.correlation_id,
+                 self.count, time.monotonic() - self.started)
+        return out
+
+    def _message(self, line: LogLine) -> Outgoing:
+        assert line.event is not None and self.reply_to is not None
+        self.count += 1
+        event_id, kind = line.event.get("id"), line.event.get("type")
+        return Outgoing(
+            "", self.reply_to, line.raw, correlation_id=self.correlation_id,
+            message_id=event_id if isinstance(event_id, str) else None,
+            type=kind if isinstance(kind, str) else None,
+        )
+
+    def end(self) -> Outgoing:
+        """The end marker: the count of events sent, or the refusal."""
+        assert self.reply_to is not None
+        body: dict[str, object] = {"status": self.status}
+        if self.status in (200, 500):
+            body["count"] = self.count
+        if self.error is not None:
+            body["error"] = self.error
+        return Outgoing("", self.reply_to, dumps(body), correlation_id=self.correlation_id,
+                        headers={REPLAY_END_HEADER: True, STATUS_HEADER: self.status})
+
+    def close(self) -> None:
+        """Stop early (the subscriber is gone, or the consumer stops): release the log."""
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+        if self._snapshot is not None:
+            self._snapshot.close()
+        self.finished = True
+
+
+def _matching(snapshot: LogSnapshot, wanted: ReplayRequest) -> Iterator[LogLine | None]:
+    """The snapshot's events that match, in log order; None after every LINES_PER_TAKE lines
+    read, so that the caller can hand the loop back between reads."""
+    since, until = wanted.since_time, wanted.until_time
+    types = frozenset(wanted.types) if wanted.types is not None else None
+    timed = since is not None or until is not None
+    read = 0
+    for line in snapshot.lines():
+        read += 1
+        if read % LINES_PER_TAKE == 0:
+            yield None
+        event = line.event
+        if event is None:  # torn or unreadable: never sent, see docs/contract.md
+            continue
+        kind = event.get("type")
+        if types is not None and not (isinstance(kind, str) and kind in types):
+            continue
+        if timed and not _in_time(event.get("time"), since, until):
+            continue
+        yield line
+
+
+def _in_time(text: object, since: datetime | None, until: datetime | None) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        moment = parse_time(text)
+    except ValueError:
+        return False
+    return (since is None or moment >= since) and (until is None or moment <= until)
