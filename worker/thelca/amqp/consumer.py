@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import takewhile
 from typing import Any, Protocol
 
 import pika
@@ -489,7 +490,10 @@ class _Session:
         method = frame.method
         tag = int(method.delivery_tag)
         nacked = isinstance(method, pika.spec.Basic.Nack)
-        seqs = [s for s in self._seq_to_batch if s <= tag] if method.multiple else [tag]
+        # Sequence numbers enter the dict in increasing order, so a multiple confirm
+        # only needs its head, not a scan of everything in flight.
+        seqs = (list(takewhile(lambda seq: seq <= tag, self._seq_to_batch))
+                if method.multiple else [tag])
         for seq in seqs:
             batch = self._seq_to_batch.pop(seq, None)
             if batch is not None:
