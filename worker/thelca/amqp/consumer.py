@@ -302,32 +302,25 @@ def refusal(owner: Reconnecting, consumed: bool, reason: Any) -> None:
             f"{reason.reply_text}. {SETUP_REFUSALS[code]}"))
 
 
-class _Session:
-    """One connection and its channel. Its state dies with it: no stale delivery tags."""
+class ConnectionSession:
+    """One connection and its channel, from opening to closing; subclasses do the work.
 
-    DRAIN_TIMEOUT = 30.0
+    Its state dies with it, so no delivery tag outlives its channel. Subclasses
+    provide `_on_confirm`, `_on_declared` (declarations done: start consuming)
+    and `_begin_stop`, and may add to `_prepare_channel` and `_ended`.
+    """
 
-    def __init__(self, owner: BatchConsumer, params: pika.URLParameters) -> None:
+    def __init__(self, owner: Reconnecting, params: pika.URLParameters) -> None:
         self.owner = owner
         self.params = params
         self.connection: pika.SelectConnection | None = None
         self.channel: pika.channel.Channel | None = None
         self.consumed = False
         self.consumer_tag: str | None = None
-        self._waiting: list[tuple[int, Incoming, float]] = []
-        self._flush_scheduled = False
-        self._tidy_scheduled = False
-        self._batches: deque[_Batch] = deque()
-        self._next_seq = 1
-        self._seq_to_batch: dict[int, _Batch] = {}
-        self._retry_delay = 0.0
         self._closing = False
         self._stop_deadline = 0.0
 
-    # ------------------------------------------------------------ lifecycle
-
     def run(self) -> None:
-        where = f"{self.params.host}:{self.params.port}"
         try:
             self.connection = pika.SelectConnection(
                 self.params,
@@ -336,9 +329,13 @@ class _Session:
                 on_close_callback=self._on_connection_closed,
             )
         except Exception as error:
-            log.warning("%s: cannot connect to %s: %s", self.owner.name, where, error)
+            log.warning("%s: cannot connect to %s:%s: %s", self.owner.name, self.params.host,
+                        self.params.port, error)
             return
-        self.connection.ioloop.start()
+        try:
+            self.connection.ioloop.start()
+        finally:
+            self._ended()
 
     def request_stop(self) -> None:
         connection = self.connection
@@ -348,6 +345,9 @@ class _Session:
             connection.ioloop.add_callback_threadsafe(self._begin_stop)
         except Exception:  # the loop is already gone
             log.debug("stop requested after the loop closed")
+
+    def _ended(self) -> None:
+        """The loop has stopped; release what the session holds."""
 
     def _on_open_error(self, connection: pika.connection.Connection, error: Any) -> None:
         log.warning("%s: cannot connect to %s:%s: %s", self.owner.name,
@@ -386,14 +386,51 @@ class _Session:
         if self.connection is not None:
             self.connection.ioloop.stop()
 
-    # ------------------------------------------------------------ set up
-
     def _on_channel_open(self, channel: pika.channel.Channel) -> None:
         self.channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
+        self._prepare_channel(channel)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm)
         run_steps(declare_steps(channel, self.owner.topology, self.owner.prefetch),
                   self._on_declared)
+
+    def _prepare_channel(self, channel: pika.channel.Channel) -> None:
+        """Add callbacks before publishing starts (the replay's returns)."""
+
+    def _consume(self, on_message: Callable[..., None]) -> None:
+        assert self.channel is not None
+        self.consumer_tag = self.channel.basic_consume(
+            self.owner.queue, on_message_callback=on_message, auto_ack=False)
+        self.consumed = True
+        metrics.CONSUMING.labels(self.owner.name).set(1)
+        self.owner.on_state(f"consuming {self.owner.queue}")
+
+    def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
+        raise NotImplementedError
+
+    def _on_declared(self) -> None:
+        raise NotImplementedError
+
+    def _begin_stop(self) -> None:
+        raise NotImplementedError
+
+
+class _Session(ConnectionSession):
+    """The batch consumer's session: deliveries in batches, acked once their publishes are
+    confirmed."""
+
+    DRAIN_TIMEOUT = 30.0
+
+    def __init__(self, owner: BatchConsumer, params: pika.URLParameters) -> None:
+        super().__init__(owner, params)
+        self.owner: BatchConsumer = owner
+        self._waiting: list[tuple[int, Incoming, float]] = []
+        self._flush_scheduled = False
+        self._tidy_scheduled = False
+        self._batches: deque[_Batch] = deque()
+        self._next_seq = 1
+        self._seq_to_batch: dict[int, _Batch] = {}
+        self._retry_delay = 0.0
 
     def _on_declared(self) -> None:
         if self.owner.stopping:
@@ -403,13 +440,7 @@ class _Session:
         if recovered:
             log.info("%s: republishing %d unconfirmed events", self.owner.name, len(recovered))
             self._publish_batch([], recovered, [])
-        assert self.channel is not None
-        self.consumer_tag = self.channel.basic_consume(
-            self.owner.queue, on_message_callback=self._on_message, auto_ack=False
-        )
-        self.consumed = True
-        metrics.CONSUMING.labels(self.owner.name).set(1)
-        self.owner.on_state(f"consuming {self.owner.queue}")
+        self._consume(self._on_message)
 
     # ------------------------------------------------------------ consume
 

@@ -35,13 +35,11 @@ import pika.frame
 import pika.spec
 
 from thelca.amqp.consumer import (
+    ConnectionSession,
     Reconnecting,
     SessionLike,
     Topology,
     basic_properties,
-    declare_steps,
-    refusal,
-    run_steps,
 )
 from thelca.messaging import EventStream, Incoming, Outgoing, StreamOpener
 from thelca_client.tls import TlsFiles
@@ -92,106 +90,33 @@ class _Request:
     dead: bool = False  # nack it without requeue: to the dead letters
 
 
-class _ReplaySession:
+class _ReplaySession(ConnectionSession):
     """One connection and its channel, serving requests until it closes."""
 
     DRAIN_TIMEOUT = 10.0
 
     def __init__(self, owner: ReplayConsumer, params: pika.URLParameters) -> None:
-        self.owner = owner
-        self.params = params
-        self.connection: pika.SelectConnection | None = None
-        self.channel: pika.channel.Channel | None = None
-        self.consumed = False
-        self.consumer_tag: str | None = None
+        super().__init__(owner, params)
+        self.owner: ReplayConsumer = owner
         self._requests: deque[_Request] = deque()
         self._by_seq: dict[int, _Request] = {}
         self._next_seq = 1
         self._lowest_seq = 1  # no publish below this is still unconfirmed
         self._pump_scheduled = False
-        self._closing = False
-        self._stop_deadline = 0.0
 
-    # ------------------------------------------------------------ lifecycle
+    def _ended(self) -> None:
+        for request in self._requests:  # unacked: the broker gives them to someone again
+            request.stream.close()
+        self._requests.clear()
 
-    def run(self) -> None:
-        try:
-            self.connection = pika.SelectConnection(
-                self.params,
-                on_open_callback=self._on_connection_open,
-                on_open_error_callback=self._on_open_error,
-                on_close_callback=self._on_connection_closed,
-            )
-        except Exception as error:
-            log.warning("%s: cannot connect to %s:%s: %s", self.owner.name, self.params.host,
-                        self.params.port, error)
-            return
-        try:
-            self.connection.ioloop.start()
-        finally:
-            for request in self._requests:  # unacked: the broker gives them to someone again
-                request.stream.close()
-            self._requests.clear()
-
-    def request_stop(self) -> None:
-        connection = self.connection
-        if connection is None:
-            return
-        try:
-            connection.ioloop.add_callback_threadsafe(self._begin_stop)
-        except Exception:  # the loop is already gone
-            log.debug("stop requested after the loop closed")
-
-    def _on_open_error(self, connection: pika.connection.Connection, error: Any) -> None:
-        log.warning("%s: cannot connect to %s:%s: %s", self.owner.name, self.params.host,
-                    self.params.port, error)
-        self._stop_loop()
-
-    def _on_connection_open(self, connection: pika.connection.Connection) -> None:
-        self.owner.on_state(f"connected to {self.params.host}:{self.params.port}")
-        connection.channel(on_open_callback=self._on_channel_open)
-
-    def _on_connection_closed(self, connection: pika.connection.Connection, reason: Any) -> None:
-        if not self._closing:
-            log.warning("%s: disconnected: connection lost: %s", self.owner.name, reason)
-        self._stop_loop()
-
-    def _on_channel_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
-        if not self._closing:
-            log.warning("%s: disconnected: channel closed: %s", self.owner.name, reason)
-        refusal(self.owner, self.consumed, reason)
-        self._close_connection()
-
-    def _close_connection(self) -> None:
-        self._closing = True
-        if self.connection is not None and not (
-            self.connection.is_closing or self.connection.is_closed
-        ):
-            self.connection.close()
-        else:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        if self.connection is not None:
-            self.connection.ioloop.stop()
-
-    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
-        self.channel = channel
-        channel.add_on_close_callback(self._on_channel_closed)
+    def _prepare_channel(self, channel: pika.channel.Channel) -> None:
         channel.add_on_return_callback(self._on_return)
-        channel.confirm_delivery(ack_nack_callback=self._on_confirm)
-        run_steps(declare_steps(channel, self.owner.topology, self.owner.prefetch),
-                  self._on_declared)
 
     def _on_declared(self) -> None:
         if self.owner.stopping:
             self._begin_stop()
             return
-        assert self.channel is not None
-        self.consumer_tag = self.channel.basic_consume(
-            self.owner.queue, on_message_callback=self._on_message, auto_ack=False)
-        self.consumed = True
-        self.owner.on_state(f"consuming {self.owner.queue}")
+        self._consume(self._on_message)
 
     # ------------------------------------------------------------ requests
 
