@@ -451,15 +451,7 @@ class _Session(ConnectionSession):
         properties: pika.spec.BasicProperties,
         body: bytes,
     ) -> None:
-        incoming = Incoming(
-            body=body,
-            message_id=properties.message_id,
-            correlation_id=properties.correlation_id,
-            reply_to=properties.reply_to,
-            headers=dict(properties.headers or {}),
-            type=properties.type,
-            redelivered=bool(method.redelivered),
-        )
+        incoming = incoming_of(method, properties, body)
         self._waiting.append((int(method.delivery_tag or 0), incoming, time.monotonic()))
         self._schedule_flush(0)
 
@@ -600,6 +592,21 @@ class _Session(ConnectionSession):
             self._close_connection()
         elif self.connection is not None:
             self.connection.ioloop.call_later(0.05, self._wait_for_drain)
+
+
+def incoming_of(
+    method: pika.spec.Basic.Deliver, properties: pika.spec.BasicProperties, body: bytes
+) -> Incoming:
+    """A delivery as the application sees it: no pika object leaves this package."""
+    return Incoming(
+        body=body,
+        message_id=properties.message_id,
+        correlation_id=properties.correlation_id,
+        reply_to=properties.reply_to,
+        headers=dict(properties.headers or {}),
+        type=properties.type,
+        redelivered=bool(method.redelivered),
+    )
 
 
 def basic_properties(message: Outgoing) -> pika.BasicProperties:

@@ -40,8 +40,9 @@ from thelca.amqp.consumer import (
     SessionLike,
     Topology,
     basic_properties,
+    incoming_of,
 )
-from thelca.messaging import EventStream, Incoming, Outgoing, StreamOpener
+from thelca.messaging import EventStream, Outgoing, StreamOpener
 from thelca_client.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,7 @@ class _ReplaySession(ConnectionSession):
         properties: pika.spec.BasicProperties,
         body: bytes,
     ) -> None:
-        incoming = Incoming(
-            body=body, message_id=properties.message_id,
-            correlation_id=properties.correlation_id, reply_to=properties.reply_to,
-            headers=dict(properties.headers or {}), type=properties.type,
-            redelivered=bool(method.redelivered),
-        )
+        incoming = incoming_of(method, properties, body)
         tag = int(method.delivery_tag or 0)
         if self._stop_deadline:
             channel.basic_nack(tag, requeue=True)
