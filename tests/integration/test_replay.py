@@ -26,10 +26,13 @@ from tests.integration.conftest import (
     StandInAuthority,
     _running_system,
     delete_prefix,
+    queue_depth,
     system_env,
     wait_for_consumers,
 )
+from thelca.authority.base import Principal
 from thelca.bootstrap import build_replay
+from thelca.errors import AuthorityUnavailable
 from thelca.eventlog import read_all
 from thelca.restore import restore
 from thelca.settings import Settings
@@ -428,3 +431,42 @@ def test_a_replay_consumer_killed_mid_stream_starts_the_stream_again(
         unique = list(dict.fromkeys(everything))  # first sighting of each, in order
         assert unique == lines
         assert len(everything) > len(lines)  # the restart sent the beginning again
+
+
+class UnavailableTwice(StandInAuthority):
+    """An identity provider that does not answer the first two replay requests' checks."""
+
+    def __init__(self) -> None:
+        self.misses = 2
+
+    def check_read_events(self, principal: Principal) -> str:
+        if self.misses:
+            self.misses -= 1
+            raise AuthorityUnavailable("the key set cannot be fetched (test)")
+        return principal.user_id
+
+
+def test_a_replay_asked_while_the_authority_is_down_is_served_once_it_answers(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "events.log"
+    write_log(log, 3)
+    settings = Settings(amqp_url=amqp_url, prefix=prefix, event_log=str(log),
+                        authority="test-only")
+    authority = UnavailableTwice()
+    role = build_replay(settings, authority=authority)
+    thread = threading.Thread(target=role.run, daemon=True)
+    thread.start()
+    subscriber = Subscriber(amqp_url, prefix)
+    try:
+        wait_for_consumers(amqp_url, settings.names.replay, [])
+        correlation_id = subscriber.ask({})
+        replay = subscriber.collect(correlation_id, timeout=30)[correlation_id]
+        assert replay.end == {"status": 200, "count": 3}
+        assert authority.misses == 0
+        assert queue_depth(amqp_url, settings.names.dead) == 0  # nothing dead-lettered
+    finally:
+        subscriber.close()
+        role.stop()
+        thread.join(timeout=30)
+        delete_prefix(amqp_url, prefix)

@@ -74,3 +74,7 @@ class StreamOpener(Protocol):
     def open(self, request: Incoming) -> EventStream:
         """The stream that answers a request; acked once its last message is confirmed."""
         ...
+
+    def broken(self, request: Incoming, error_id: str) -> EventStream:
+        """A stream of one end marker, status 500, for a request that hit a bug."""
+        ...

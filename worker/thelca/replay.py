@@ -47,6 +47,11 @@ class ReplayService:
         self.log_path = Path(log_path)
         self.authority = authority
 
+    def broken(self, request: Incoming, error_id: str) -> ReplayStream:
+        return ReplayStream(request.reply_to, request.correlation_id or request.message_id,
+                            None, status=500, error="internal error; the replay consumer's "
+                            f"log has it under error id {error_id}")
+
     def open(self, request: Incoming) -> ReplayStream:
         """The stream that answers this request: the events, or a refusal."""
         correlation_id = request.correlation_id or request.message_id

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ from thelca.amqp.consumer import (
     basic_properties,
     incoming_of,
 )
-from thelca.messaging import EventStream, Outgoing, StreamOpener
+from thelca.errors import AuthorityUnavailable
+from thelca.messaging import EventStream, Incoming, Outgoing, StreamOpener
 from thelca_client.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -83,12 +85,15 @@ class _Request:
     """A request being answered, and where its stream stands."""
 
     tag: int
-    reply_to: str | None
+    incoming: Incoming
     stream: EventStream
     unconfirmed: int = 0
     ended: bool = False  # the stream gave its last message, or was abandoned
     requeue: bool = False  # nack it (a refused publish, or stopping) instead of acking
-    dead: bool = False  # nack it without requeue: to the dead letters
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.incoming.reply_to
 
 
 class _ReplaySession(ConnectionSession):
@@ -104,6 +109,7 @@ class _ReplaySession(ConnectionSession):
         self._next_seq = 1
         self._lowest_seq = 1  # no publish below this is still unconfirmed
         self._pump_scheduled = False
+        self._unavailable = 0.0  # the last backoff for an Authority that did not answer
 
     def _ended(self) -> None:
         for request in self._requests:  # unacked: the broker gives them to someone again
@@ -135,14 +141,32 @@ class _ReplaySession(ConnectionSession):
             return
         try:
             stream = self.owner.opener.open(incoming)
-        except Exception:
-            # A bug, not the request's fault: to the dead letters, where an operator sees it.
-            log.exception("%s: a replay request (correlation_id %s) failed; dead-lettered",
-                          self.owner.name, incoming.correlation_id)
-            channel.basic_nack(tag, requeue=False)
+        except AuthorityUnavailable as error:
+            # Not the request's fault: give it back later, when the keys may answer.
+            self._unavailable = min(30.0, max(1.0, self._unavailable * 2))
+            log.warning("%s: a replay request goes back to the queue in %.0fs (%s)",
+                        self.owner.name, self._unavailable, error)
+            self._requeue_later(channel, tag, self._unavailable)
             return
-        self._requests.append(_Request(tag, incoming.reply_to, stream))
+        except Exception:
+            stream = self.owner.opener.broken(incoming, self._bug("a replay request failed"))
+        self._unavailable = 0.0
+        self._requests.append(_Request(tag, incoming, stream))
         self._schedule_pump()
+
+    def _bug(self, what: str) -> str:
+        """Log the current exception under a new error id, and return the id."""
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("%s: %s (error id %s); answered 500", self.owner.name, what, error_id)
+        return error_id
+
+    def _requeue_later(self, channel: pika.channel.Channel, tag: int, delay: float) -> None:
+        def requeue() -> None:
+            if self.channel is channel and channel.is_open:  # else it came back by itself
+                channel.basic_nack(tag, requeue=True)
+
+        assert self.connection is not None
+        self.connection.ioloop.call_later(delay, requeue)
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and not self._closing and self.connection is not None:
@@ -170,13 +194,12 @@ class _ReplaySession(ConnectionSession):
         try:
             messages = request.stream.take(limit)
         except Exception:
-            # A bug, not the request's fault: to the dead letters once what was sent is
-            # confirmed, where an operator sees it, rather than a crash loop.
-            log.exception("%s: a replay stream failed; its request is dead-lettered",
-                          self.owner.name)
+            # A bug, not the request's fault: end the answer with a 500 the subscriber
+            # can see, rather than a crash loop or a dead letter that keeps its token.
             request.stream.close()
-            request.ended = request.dead = True
-            return
+            request.stream = self.owner.opener.broken(
+                request.incoming, self._bug("a replay stream failed"))
+            messages = request.stream.take(limit)
         self._publish(request, messages)
 
     def _publish(self, request: _Request, messages: list[Outgoing]) -> None:
@@ -239,8 +262,8 @@ class _ReplaySession(ConnectionSession):
         assert self.channel is not None
         self._requests.remove(request)
         request.stream.close()
-        if request.requeue or request.dead:
-            self.channel.basic_nack(request.tag, requeue=not request.dead)
+        if request.requeue:
+            self.channel.basic_nack(request.tag, requeue=True)
         else:
             self.channel.basic_ack(request.tag)
 
