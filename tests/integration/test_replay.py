@@ -464,7 +464,7 @@ def test_a_replay_asked_while_the_authority_is_down_is_served_once_it_answers(
         replay = subscriber.collect(correlation_id, timeout=30)[correlation_id]
         assert replay.end == {"status": 200, "count": 3}
         assert authority.misses == 0
-        assert queue_depth(amqp_url, settings.names.dead) == 0  # nothing dead-lettered
+        assert queue_depth(amqp_url, settings.names.replay) == 0  # acked, not dead-lettered
     finally:
         subscriber.close()
         role.stop()
