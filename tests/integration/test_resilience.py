@@ -21,6 +21,7 @@ from tests.integration.conftest import (
     RunningSystem,
     close_connections,
     delete_prefix,
+    queue_depth,
     run_prepared,
     system_env,
     wait_for_consumers,
@@ -152,3 +153,39 @@ def test_a_broker_list_is_tried_in_turn_when_the_first_is_down(
         finally:
             client.close()
         assert "127.0.0.1:1" in system.output()  # it said which broker it could not reach
+
+
+def test_events_the_broker_refuses_are_kept_and_logged_once_it_accepts_them(
+    system: RunningSystem,
+) -> None:
+    """A subscriber's full reject-publish queue makes the broker nack every event.
+
+    The commands took effect, so they are acked rather than redelivered in a loop;
+    their events stay in the outbox and are published again until confirmed, and
+    the logger keeps one line for each.
+    """
+    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
+    channel = connection.channel()
+    blocker = f"{system.prefix}.blocker"
+    channel.queue_declare(blocker, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    channel.queue_bind(blocker, system.names.events)
+    client = PlainClient(system.amqp_url, system.prefix)
+    try:
+        sent = [client.send({"command": "create", "item": {"properties": {"n": n}}})
+                for n in range(5)]
+        assert all(reply.status == 200 for reply in sent)
+        ids = [reply.properties.correlation_id for reply in sent]
+        time.sleep(2.5)  # long enough for a republish to be refused again
+        assert queue_depth(system.amqp_url, system.names.commands) == 0  # acked, not looping
+        # The broker refuses the publish but may still route it to the other queues:
+        # the events may be logged already, and the republished copies are dropped.
+        channel.queue_delete(blocker)
+        lines = system.wait_for_log(
+            lambda ls: set(ids) <= {line.get("command_id") for line in ls}, timeout=40)
+    finally:
+        client.close()
+        connection.close()
+    logged = Counter(line.get("command_id") for line in lines)
+    assert all(logged[message_id] == 1 for message_id in ids)
+    assert "its events are kept and published again" in system.output()
+    assert "requeueing" not in system.output()  # no command went round again

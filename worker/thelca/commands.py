@@ -71,6 +71,7 @@ class CommandHandler:
         self.max_body = max_body
         self.service = service or ItemService(authority)
         self._confirmed_event_ids: list[str] = []
+        self._outboxed: set[str] = set()  # ids of published events that the outbox holds
 
     # ------------------------------------------------------------ BatchHandler
 
@@ -88,9 +89,25 @@ class CommandHandler:
             raise
 
     def confirmed(self, published: list[Outgoing]) -> None:
-        self._confirmed_event_ids.extend(
-            m.message_id for m in published if m.exchange == self.names.events and m.message_id
-        )
+        # Only events the outbox holds need removing: reads and refusals never enter it.
+        for message in published:
+            if message.message_id in self._outboxed:
+                self._outboxed.discard(message.message_id)
+                self._confirmed_event_ids.append(message.message_id)
+
+    def nacked(self, published: list[Outgoing]) -> bool:
+        """Keep every refused batch's events in the outbox, to be published again.
+
+        The commands took effect and are acked; their replies may be lost, and a
+        client that times out retries with the same message_id.
+        """
+        events = [m for m in published if m.exchange == self.names.events and m.message_id]
+        with self.store.transaction() as tx:
+            for message in events:
+                if message.message_id and tx.get_outbox(message.message_id) is None:
+                    tx.add_outbox(OutboxEvent(message.message_id, message.body))
+        self._outboxed.update(m.message_id for m in events if m.message_id)
+        return True
 
     def tidy(self) -> None:
         """Remove confirmed events from the outbox when no batch came to do it."""
@@ -113,6 +130,10 @@ class CommandHandler:
             principal = self.authority.authenticate(bearer_token(message.headers))
         except (CommandRefused, ContractError) as refused:  # both are 401s here
             return self._refused_before_auth(message, command_id, str(refused))
+        except AuthorityUnavailable:
+            raise
+        except Exception:  # a token the Authority's library chokes on: this message only
+            return self._poison(message, None)
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with tx.savepoint():
@@ -215,8 +236,9 @@ class CommandHandler:
             event.id if event else None))
         if event is not None:
             tx.add_outbox(OutboxEvent(event.id, encode_event(event)))
+            self._outboxed.add(event.id)
 
-    def _poison(self, message: Incoming, principal: Principal) -> list[Outgoing]:
+    def _poison(self, message: Incoming, principal: Principal | None) -> list[Outgoing]:
         """An unexpected failure: answer 500, keep the command in the dead letters."""
         error_id = uuid.uuid4().hex[:12]
         log.exception("command %s failed unexpectedly (error id %s); dead-lettered",
@@ -224,7 +246,7 @@ class CommandHandler:
         out = self._reply(message, Reply(
             500, error=f"internal error; the worker's log has it under error id {error_id}"))
         out.append(self.dead_letter(message, f"exception (error id {error_id})",
-                                    user=principal.user_id))
+                                    user=principal.user_id if principal else None))
         metrics.DEAD_LETTERS.labels("worker").inc()
         return out
 
@@ -273,6 +295,7 @@ class CommandHandler:
                         type=event.type)
 
     def _event_message_from_outbox(self, event: OutboxEvent) -> Outgoing:
+        self._outboxed.add(event.event_id)
         kind = orjson.loads(event.body).get("type")
         return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
                         type=kind if isinstance(kind, str) else None)

@@ -52,6 +52,9 @@ class EventLogger:
     def confirmed(self, published: list[Outgoing]) -> None:
         return None
 
+    def nacked(self, published: list[Outgoing]) -> bool:
+        return False  # a refused dead letter: the event comes back and is tried again
+
     def tidy(self) -> None:
         return None
 

@@ -49,6 +49,12 @@ class BatchHandler(Protocol):
         """Called once the broker has confirmed every message a recover or handle returned."""
         ...
 
+    def nacked(self, published: list[Outgoing]) -> bool:
+        """The broker refused some of published: keep what must not be lost and return True
+        (the deliveries are then acked and recover() is published again later), or return
+        False to have the deliveries requeued."""
+        ...
+
     def tidy(self) -> None:
         """Commit bookkeeping left by confirmed(); called when idle and before stopping."""
         ...

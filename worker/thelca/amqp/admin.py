@@ -24,7 +24,7 @@ def connect(
         params.connection_attempts = 1
         try:
             return pika.BlockingConnection(params)
-        except pika.exceptions.AMQPError as error:
+        except (pika.exceptions.AMQPError, OSError) as error:  # OSError: a name not resolved
             last_error = error
     raise NoBroker(f"no broker answered: {last_error!r}")
 

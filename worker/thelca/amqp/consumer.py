@@ -431,15 +431,13 @@ class _Session(ConnectionSession):
         self._next_seq = 1
         self._seq_to_batch: dict[int, _Batch] = {}
         self._retry_delay = 0.0
+        self._republish_delay = 0.0
 
     def _on_declared(self) -> None:
         if self.owner.stopping:
             self._begin_stop()
             return
-        recovered = self.owner.handler.recover()
-        if recovered:
-            log.info("%s: republishing %d unconfirmed events", self.owner.name, len(recovered))
-            self._publish_batch([], recovered, [])
+        self._recover()
         self._consume(self._on_message)
 
     # ------------------------------------------------------------ consume
@@ -530,7 +528,7 @@ class _Session(ConnectionSession):
         assert self.channel is not None
         while self._batches and not self._batches[0].unconfirmed:
             batch = self._batches.popleft()
-            if batch.nacked:
+            if batch.nacked and not self._kept(batch):
                 log.warning("%s: the broker refused a publish; requeueing %d deliveries",
                             self.owner.name, len(batch.delivery_tags))
                 for tag in batch.delivery_tags:
@@ -539,12 +537,50 @@ class _Session(ConnectionSession):
             if batch.delivery_tags:
                 self.channel.basic_ack(max(batch.delivery_tags), multiple=True)
             self._observe(batch)
-            if batch.published:
+            if batch.published and not batch.nacked:
+                self._republish_delay = 0.0
                 self.owner.handler.confirmed(batch.published)
                 self._schedule_tidy()
         if self._stop_deadline and self._drained():
             self._run_tidy()
             self._close_connection()
+
+    def _kept(self, batch: _Batch) -> bool:
+        """After a refused publish, whether the handler kept what must not be lost.
+
+        Requeueing commands that already took effect would redeliver them in a loop
+        for as long as the broker refuses (and on RabbitMQ 3.10 count each return
+        against the delivery limit); instead the handler keeps the batch's events in
+        its outbox, the deliveries are acked, and the outbox is published again.
+        """
+        try:
+            kept = self.owner.handler.nacked(batch.published)
+        except Exception:
+            log.exception("%s: keeping refused publishes failed", self.owner.name)
+            return False
+        if kept:
+            self._republish_delay = min(30.0, max(1.0, self._republish_delay * 2))
+            log.warning("%s: the broker refused a publish; its events are kept and published "
+                        "again in %.0fs", self.owner.name, self._republish_delay)
+            assert self.connection is not None
+            self.connection.ioloop.call_later(self._republish_delay, self._recover)
+        return kept
+
+    def _recover(self) -> None:
+        """Publish the handler's unconfirmed messages (at connect, and after a refusal)."""
+        if self._closing or self.channel is None:
+            return
+        try:
+            recovered = self.owner.handler.recover()
+        except (StoreUnavailable, AuthorityUnavailable) as error:
+            log.warning("%s: cannot read the outbox now (%s); trying again in 5s",
+                        self.owner.name, error)
+            assert self.connection is not None
+            self.connection.ioloop.call_later(5.0, self._recover)
+            return
+        if recovered:
+            log.info("%s: republishing %d unconfirmed events", self.owner.name, len(recovered))
+            self._publish_batch([], recovered, [])
 
     def _observe(self, batch: _Batch) -> None:
         role = self.owner.name
@@ -587,6 +623,8 @@ class _Session(ConnectionSession):
         return not self._waiting and not self._batches
 
     def _wait_for_drain(self) -> None:
+        if self._closing:  # _settle closed it already
+            return
         if self._drained() or time.monotonic() > self._stop_deadline:
             self._run_tidy()
             self._close_connection()
