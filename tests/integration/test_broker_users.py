@@ -8,6 +8,7 @@ a client sends commands as its own, and each role is shown what it cannot do.
 
 from __future__ import annotations
 
+import json
 import secrets
 import shlex
 import shutil
@@ -29,7 +30,6 @@ from tests.integration.conftest import (
     system_env,
     wait_for_consumers,
 )
-from thelca.amqp import thelca_topology
 from thelca_client import Client
 from thelca_client.contract import Names
 
@@ -149,7 +149,12 @@ def test_each_role_does_its_job_with_only_the_readme_permissions(
             ("send replies", publish("", names.commands)),
         ]:
             assert refused(logger_url, action), f"the logger could {what}"
-        _replay_can_do_its_job(users["replay"].url, names)
+        system.env = system_env(users["replay"].url, prefix, tmp_path)
+        system.start("replay")
+        wait_for_consumers(amqp_url, names.replay, [system.processes["replay"]])
+        assert _replayed(amqp_url, names) == {"status": 200, "count": 2}
+        assert refused(users["replay"].url, get(names.events_log))
+        assert refused(users["replay"].url, get(names.commands))
         listing = subprocess.run(
             [sys.executable, "-m", "thelca", "dead", "list"], capture_output=True, text=True,
             env=system_env(users["operator"].url, prefix, tmp_path), timeout=60, check=False)
@@ -161,17 +166,20 @@ def test_each_role_does_its_job_with_only_the_readme_permissions(
         delete_prefix(amqp_url, prefix)
 
 
-def _replay_can_do_its_job(url: str, names: Names) -> None:
-    """What a replay consumer does, at the protocol level: it is not in this release."""
-    replay = next(q for q in thelca_topology(names).queues if q.name == names.replay)
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+def _replayed(amqp_url: str, names: Names) -> dict[str, object]:
+    """Ask the replay consumer (running as its own user) for everything; its end marker."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))  # a subscriber
     try:
         channel = connection.channel()
-        channel.confirm_delivery()
-        channel.queue_declare(replay.name, durable=True, arguments=replay.arguments)
-        channel.basic_get(replay.name, auto_ack=False)
-        channel.basic_publish("", f"{names.prefix}-a-subscriber-queue", b"{}")  # a reply
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.basic_publish("", names.replay, b"{}", pika.BasicProperties(
+            reply_to=queue, correlation_id="users", headers={"Authorization": "Bearer alice"}))
+        for method, properties, body in channel.consume(queue, inactivity_timeout=20):
+            assert method is not None and properties is not None and body is not None, \
+                "no end marker"
+            if (properties.headers or {}).get("x-replay-end"):
+                end: dict[str, object] = json.loads(body)
+                return end
     finally:
         connection.close()
-    assert refused(url, get(names.events_log))
-    assert refused(url, get(names.commands))
+    raise AssertionError("unreachable")

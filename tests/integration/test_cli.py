@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     system_env,
     wait_for_consumers,
 )
+from thelca.amqp import queue_consumers
 
 pytestmark = pytest.mark.broker
 
@@ -200,3 +201,22 @@ def test_run_starts_worker_logger_and_replay_and_stops_them_on_sigterm(
     assert process.returncode == 0, output
     assert "worker: stopped" in output and "logger: stopped" in output
     assert "replay: stopped" in output
+
+
+def test_the_children_of_run_go_when_it_is_killed(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """An orphaned worker would go on consuming and hold the SQLite lock."""
+    env = system_env(amqp_url, prefix, tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "thelca", "run"], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_consumers(amqp_url, f"{prefix}.commands", [process])
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while queue_consumers(amqp_url, f"{prefix}.commands") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert queue_consumers(amqp_url, f"{prefix}.commands") == 0
+    finally:
+        delete_prefix(amqp_url, prefix)

@@ -33,7 +33,13 @@ def _thelca_services() -> dict[str, Any]:
 def test_compose_runs_worker_logger_replay_and_rabbitmq_with_management() -> None:
     services = _compose()["services"]
     assert "management" in services["rabbitmq"]["image"]
-    assert "15672:15672" in services["rabbitmq"]["ports"]
+    assert "127.0.0.1:15672:15672" in services["rabbitmq"]["ports"]
+
+
+def test_every_published_port_is_on_loopback_only() -> None:
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every host"
     commands = sorted(service["command"][0] for service in _thelca_services().values())
     assert commands == ["logger", "replay", "worker"]
 

@@ -155,6 +155,9 @@ class Settings:
         values["metrics_port"] = _port(values["metrics_port"])
         if values["log_format"] not in ("text", "json"):
             raise ConfigurationError(f"{OPTIONS['log_format'].env} must be text or json")
+        if str(values["log_level"]).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigurationError(
+                f"{OPTIONS['log_level'].env} must be DEBUG, INFO, WARNING or ERROR")
         try:
             Names(values["prefix"])
         except ValueError as error:

@@ -70,7 +70,11 @@ class Topology:
 
 
 def thelca_topology(names: Names) -> Topology:
-    """Every broker object of the contract. Each process declares all of it at start.
+    """Every broker object of the contract, which the worker declares at start.
+
+    The logger and the replay consumer declare only their part (logger_topology,
+    replay_topology), so that their broker users need no access to what may hold
+    tokens.
 
     Declaring the same thing twice is harmless; declaring it with other arguments
     is refused by the broker, so the arguments live here and nowhere else.
@@ -181,7 +185,7 @@ class Reconnecting:
         self.on_state = on_state or (lambda state: None)
         self._stopping = threading.Event()
         self._session: SessionLike | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stop() may run in a signal handler on this thread
         self._fatal: ConfigurationError | None = None
 
     def new_session(self, params: pika.URLParameters) -> SessionLike:
