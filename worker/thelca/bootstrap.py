@@ -154,6 +154,7 @@ def build_worker(
     authority: Authority | None = None,
 ) -> Role:
     authority = authority or build_authority(settings)
+    tls = tls_files(settings)  # before the store, whose lock a refusal here would keep
     store = store or open_store(settings.store)
     names = settings.names
     handler = CommandHandler(store, authority, names, max_body=settings.max_body)
@@ -162,7 +163,7 @@ def build_worker(
     consumer = BatchConsumer(
         settings.amqp_url, names.commands, handler, thelca_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="worker",
-        on_state=_state_logger("worker"), tls=tls_files(settings),
+        on_state=_state_logger("worker"), tls=tls,
     )
     return Role(consumer, store.close)
 

@@ -220,8 +220,10 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
         print(f"broker: FAILED ({type(error).__name__}: {error})")
     try:
         store = open_store(settings.store, writer=False)
-        store.ping()
-        store.close()
+        try:
+            store.ping()
+        finally:
+            store.close()
         print("store: ok")
     except Exception as error:
         healthy = False

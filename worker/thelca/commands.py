@@ -23,13 +23,10 @@ from thelca.authority.base import Authority, Principal
 from thelca.domain import model
 from thelca.domain.service import ItemService, Result
 from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
-from thelca.messaging import Incoming, Outgoing
+from thelca.messaging import Incoming, Outgoing, dead_letter
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 from thelca_client.contract import (
     COMMANDS,
-    DEAD_REASON_HEADER,
-    DEAD_REPLY_TO_HEADER,
-    DEAD_USER_HEADER,
     STATUS_HEADER,
     Command,
     ContractError,
@@ -245,24 +242,12 @@ class CommandHandler:
                       message.message_id, error_id)
         out = self._reply(message, Reply(
             500, error=f"internal error; the worker's log has it under error id {error_id}"))
-        out.append(self.dead_letter(message, f"exception (error id {error_id})",
-                                    user=principal.user_id if principal else None))
+        out.append(dead_letter(message, self.names.dead, f"exception (error id {error_id})",
+                               user=principal.user_id if principal else None))
         metrics.DEAD_LETTERS.labels("worker").inc()
         return out
 
     # ------------------------------------------------------------ messages
-
-    def dead_letter(self, message: Incoming, reason: str, *, user: str | None) -> Outgoing:
-        """The command as it came, minus its token, with why it could not be processed."""
-        headers = {k: v for k, v in message.headers.items()
-                   if k.lower() not in ("authorization", "x-delivery-count")}
-        headers[DEAD_REASON_HEADER] = reason
-        if user is not None:
-            headers[DEAD_USER_HEADER] = user
-        if message.reply_to:
-            headers[DEAD_REPLY_TO_HEADER] = message.reply_to
-        return Outgoing(self.names.dead, "", message.body, message_id=message.message_id,
-                        correlation_id=message.correlation_id, headers=headers)
 
     def _reply(
         self, message: Incoming, reply: Reply, command: str | None = None

@@ -74,7 +74,8 @@ def _add_retry_parser(verbs: Any) -> None:
                        metavar="ID", help="the commands with these message_ids")
     retry.add_argument("--token", help="the Bearer token to send them with (env THELCA_TOKEN), "
                        "replacing any they carry: they then run as this token's user; never "
-                       "printed or logged")
+                       "printed or logged. Prefer the env THELCA_TOKEN: other local users "
+                       "can read a command line (ps)")
     add_options(retry, "broker", "logging")
     retry.set_defaults(func=run_retry)
 

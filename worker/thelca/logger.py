@@ -11,8 +11,8 @@ import logging
 
 from thelca import metrics
 from thelca.eventlog import EventLogWriter, to_line
-from thelca.messaging import Incoming, Outgoing
-from thelca_client.contract import DEAD_REASON_HEADER, Names
+from thelca.messaging import Incoming, Outgoing, dead_letter
+from thelca_client.contract import Names
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,5 @@ class EventLogger:
     def _dead_letter(self, message: Incoming, reason: str) -> Outgoing:
         log.error("an event that is not a JSON object (message_id %s) went to %s: %s",
                   message.message_id, self.names.dead, reason)
-        headers = {k: v for k, v in message.headers.items() if k.lower() != "authorization"}
-        headers[DEAD_REASON_HEADER] = f"logger: {reason}"
         metrics.DEAD_LETTERS.labels("logger").inc()
-        return Outgoing(self.names.dead, "", message.body, message_id=message.message_id,
-                        headers=headers)
+        return dead_letter(message, self.names.dead, f"logger: {reason}")

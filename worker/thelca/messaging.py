@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from thelca_client.contract import DEAD_REASON_HEADER, DEAD_REPLY_TO_HEADER, DEAD_USER_HEADER
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -84,3 +86,19 @@ class StreamOpener(Protocol):
     def broken(self, request: Incoming, error_id: str) -> EventStream:
         """A stream of one end marker, status 500, for a request that hit a bug."""
         ...
+
+
+def dead_letter(
+    message: Incoming, exchange: str, reason: str, *, user: str | None = None
+) -> Outgoing:
+    """A message as it came, minus its token and the broker's bookkeeping, with why it
+    could not be processed (the contract's dead-letter headers)."""
+    headers = {k: v for k, v in message.headers.items()
+               if k.lower() not in ("authorization", "x-delivery-count")}
+    headers[DEAD_REASON_HEADER] = reason
+    if user is not None:
+        headers[DEAD_USER_HEADER] = user
+    if message.reply_to:
+        headers[DEAD_REPLY_TO_HEADER] = message.reply_to
+    return Outgoing(exchange, "", message.body, message_id=message.message_id,
+                    correlation_id=message.correlation_id, headers=headers)

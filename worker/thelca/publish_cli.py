@@ -39,8 +39,9 @@ def add_publish_parser(sub: Any) -> None:
     update.add_argument("--expected-version", type=int,
                         help="refuse (409) unless the item is at this version")
     for parser in (create, read, update):
-        parser.add_argument("--token", help="the Bearer token (env THELCA_TOKEN); never "
-                            "printed or logged")
+        parser.add_argument("--token", help="the Bearer token; never printed or logged. "
+                            "Prefer the env THELCA_TOKEN: other local users can read a "
+                            "command line (ps)")
         parser.add_argument("--message-id", help="the idempotency key (default: a new uuid)")
         parser.add_argument("--timeout", type=float, default=10.0,
                             help="seconds to wait for the reply (default 10)")
