@@ -76,8 +76,14 @@ class SQLiteStore:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        with _unavailable_on_error():
+        try:
             self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            # A failed COMMIT can leave the transaction open, and then every later
+            # BEGIN fails: end it, so that the retried batch starts afresh.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreUnavailable(f"the SQLite store could not commit: {error}") from error
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
         rows = self._db.execute(
@@ -138,9 +144,16 @@ class _SQLiteTransaction:
         try:
             with _unavailable_on_error():
                 yield
-        except BaseException:
-            self._db.execute(f"ROLLBACK TO {name}")
-            self._db.execute(f"RELEASE {name}")
+        except BaseException as error:
+            try:
+                self._db.execute(f"ROLLBACK TO {name}")
+                self._db.execute(f"RELEASE {name}")
+            except sqlite3.Error as failed:
+                # SQLite rolled back the whole transaction itself (disk full, I/O
+                # error): the batch is to be retried, not the command refused.
+                raise StoreUnavailable(
+                    f"the SQLite store lost the transaction ({failed}) after: {error}"
+                ) from error
             raise
         self._db.execute(f"RELEASE {name}")
 
