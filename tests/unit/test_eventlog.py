@@ -231,6 +231,28 @@ def test_a_snapshot_reads_the_log_as_it_was_despite_appends_and_rotations(
     assert _ids(list(read_all(path))) == ["e0", "e1", "e2", "e3"]
 
 
+def test_a_snapshot_made_while_the_log_rotated_twice_reads_no_line_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path, max_bytes=1)
+    writer.append([_event_line(0)])
+    writer.append([_event_line(1)])  # e0 in segment 1; e1 live, and opened by the snapshot
+    real_log_segments = log_segments
+
+    def rotate_twice_then_list(where: str | Path) -> list[Path]:
+        monkeypatch.undo()  # the writer lists segments too
+        writer.append([_event_line(2)])  # e1's file becomes segment 2
+        writer.append([_event_line(3)])  # e2's file becomes segment 3
+        return real_log_segments(where)
+
+    monkeypatch.setattr("thelca.eventlog.log_segments", rotate_twice_then_list)
+    snapshot = LogSnapshot(path)
+    writer.close()
+    assert snapshot.files == ["events.log.000001", "events.log.000002", "events.log.000003"]
+    assert _ids(list(snapshot.lines())) == ["e0", "e1", "e2"]
+
+
 def test_a_snapshot_cuts_a_line_still_being_written_and_reports_it(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     path.write_bytes(_event_line(0)[1] + b'{"half')

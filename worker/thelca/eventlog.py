@@ -181,14 +181,17 @@ class LogSnapshot:
         self.bytes_read = 0
 
     def _rotated_meanwhile(self, live: BinaryIO) -> bool:
-        """True when the file opened as live became a segment before the listing."""
+        """True when the file opened as live became a segment before the listing.
+
+        Any segment, not only the newest: the writer may have rotated more than once.
+        """
         opened = os.fstat(live.fileno())
-        for segment in self.segments[-1:]:
+        for segment in reversed(self.segments):  # the newest is the likeliest
             try:
                 seen = segment.stat()
             except FileNotFoundError:
                 continue
-            if (seen.st_ino, seen.st_dev) == (opened.st_ino, opened.st_dev):
+            if (seen.st_dev, seen.st_ino) == (opened.st_dev, opened.st_ino):
                 return True
         return False
 
