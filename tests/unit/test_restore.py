@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from thelca.cli import main
 from thelca.domain.model import Item, StoredItem
 from thelca.restore import AFTER_UNTIL, Problem, restore, verify
 from thelca.stores import ItemStore, StoreTransaction
@@ -251,3 +252,17 @@ def test_verify_tells_json_values_apart_that_python_takes_as_equal(
     assert [str(d) for d in verify(log, store).differences] == [
         f"different {A}: other properties"]
     store.close()
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_a_segment_that_cannot_be_read_exits_3_saying_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str,
+) -> None:
+    log = _write(tmp_path / "events.log", _event("Item created", A, 1))
+    (tmp_path / "events.log.000001").mkdir()  # unreadable as a file, even for root
+    store = tmp_path / "store.db"
+    SQLiteStore(store).close()
+    assert main([command, "--log", str(log), "--store", f"sqlite:///{store}"]) == 3
+    error = capsys.readouterr().err
+    assert f"thelca {command}:" in error and "events.log.000001" in error
+    assert "Traceback" not in error and "the store" not in error  # the log's fault
