@@ -13,6 +13,7 @@ transaction is open: the interface does not promise it works there.
 from __future__ import annotations
 
 import abc
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -609,6 +610,25 @@ class TestSQLiteStore(StoreContract):
             with store.transaction() as tx:
                 tx.add_item(item("b"))
             assert [stored.item.id for stored in store.items()] == ["b"]
+        finally:
+            store.close()
+
+    def test_a_store_that_fails_to_open_lets_go_of_its_lock(
+        self, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        monkeypatch.setattr("thelca.stores.sqlite.sqlite3.connect", refuse)
+        # Kept, as a caller that logs or retries may: its traceback holds the half-made store.
+        with pytest.raises(sqlite3.OperationalError, match="unable to open") as failed:
+            SQLiteStore(self.path)
+        monkeypatch.undo()
+        store = SQLiteStore(self.path)  # not StoreLocked by the failed attempt
+        assert failed.value is not None
+        try:
+            with store.transaction() as tx:
+                tx.add_item(item("a"))
         finally:
             store.close()
 

@@ -53,13 +53,12 @@ class SQLiteStore:
         self._lock_file: IO[str] | None = None
         if writer:
             self._lock_file = _lock_exclusively(self.path)
-        if writer:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            try:
+                self._db = _open_writer(self.path)
+            except BaseException:  # else the lock stays held and refuses the next try
+                self._lock_file.close()
+                self._lock_file = None
+                raise
         else:  # a reader (health, verify) must not create an empty database
             self._db = sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
@@ -232,6 +231,19 @@ def _unavailable_on_error() -> Iterator[None]:
 def _stored(row: tuple[str, str, str, bytes, int]) -> StoredItem:
     item_id, created_at, created_by, properties, version = row
     return StoredItem(Item(item_id, created_at, created_by, orjson.loads(properties)), version)
+
+
+def _open_writer(path: Path) -> sqlite3.Connection:
+    """The writer's connection, WAL and fully synchronous, with the schema made."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _lock_exclusively(path: Path) -> IO[str]:
