@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +231,28 @@ def test_a_snapshot_reads_the_log_as_it_was_despite_appends_and_rotations(
     assert _ids(list(read_all(path))) == ["e0", "e1", "e2", "e3"]
 
 
+def test_a_snapshot_made_while_the_log_rotated_twice_reads_no_line_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path, max_bytes=1)
+    writer.append([_event_line(0)])
+    writer.append([_event_line(1)])  # e0 in segment 1; e1 live, and opened by the snapshot
+    real_log_segments = log_segments
+
+    def rotate_twice_then_list(where: str | Path) -> list[Path]:
+        monkeypatch.undo()  # the writer lists segments too
+        writer.append([_event_line(2)])  # e1's file becomes segment 2
+        writer.append([_event_line(3)])  # e2's file becomes segment 3
+        return real_log_segments(where)
+
+    monkeypatch.setattr("thelca.eventlog.log_segments", rotate_twice_then_list)
+    snapshot = LogSnapshot(path)
+    writer.close()
+    assert snapshot.files == ["events.log.000001", "events.log.000002", "events.log.000003"]
+    assert _ids(list(snapshot.lines())) == ["e0", "e1", "e2"]
+
+
 def test_a_snapshot_cuts_a_line_still_being_written_and_reports_it(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     path.write_bytes(_event_line(0)[1] + b'{"half')
@@ -288,3 +313,71 @@ def test_restore_reports_an_update_whose_earlier_version_never_came(tmp_path: Pa
         Problem("events.log", 4, "item i1 is updated to version 5 but the log never reached "
                 "version 4")]
     assert [(s.item.id, s.version) for s in store.items()] == [("i1", 3)]
+
+
+def _failing_write(lines: list[tuple[str | None, bytes]]) -> Iterator[tuple[str | None, bytes]]:
+    """The batch's lines, then half a line, then the disk is full (ENOSPC mid-write)."""
+    yield from lines
+    yield None, b'{"half'
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("failure", ["fsync", "write"])
+def test_a_failed_write_or_fsync_leaves_no_trace_so_the_retry_writes_the_batch_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str,
+) -> None:
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path)
+    writer.append([_event_line(0)])
+    before = path.read_bytes()
+    batch = [_event_line(1), _event_line(2)]
+    if failure == "fsync":
+        real_fsync, failures = os.fsync, [OSError(errno.EIO, "Input/output error")]
+
+        def fsync_once(fd: int) -> None:
+            if failures:
+                raise failures.pop()
+            real_fsync(fd)
+
+        monkeypatch.setattr("thelca.eventlog.os.fsync", fsync_once)
+        with pytest.raises(OSError, match="Input/output"):
+            writer.append(batch)
+    else:
+        with pytest.raises(OSError, match="No space"):
+            writer.append(_failing_write(batch))
+    assert path.read_bytes() == before  # nothing of the failed batch, no partial line
+    assert "e1" not in writer and "e2" not in writer  # so the redelivery is not dropped
+    assert writer.append(batch) == 2  # the redelivered batch
+    writer.close()
+    assert path.read_bytes() == before + batch[0][1] + batch[1][1]
+
+
+def test_a_cut_back_that_fails_too_is_done_before_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path)
+    writer.append([_event_line(0)])
+    before = path.read_bytes()
+    real_fsync, real_open = os.fsync, open
+    failures = [OSError(errno.EIO, "Input/output error")]
+
+    def fsync_once(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    def open_failing_to_cut(file: Path, mode: str = "r") -> Any:
+        if mode == "rb+" and not failures:
+            monkeypatch.undo()  # fails once
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(file, mode)
+
+    monkeypatch.setattr("thelca.eventlog.os.fsync", fsync_once)
+    monkeypatch.setattr("thelca.eventlog.open", open_failing_to_cut, raising=False)
+    with pytest.raises(OSError, match="Input/output"):
+        writer.append([_event_line(1)])
+    assert path.read_bytes() == before + _event_line(1)[1]  # flushed, not fsynced, not cut
+    assert writer.append([_event_line(1)]) == 1
+    writer.close()
+    assert path.read_bytes() == before + _event_line(1)[1]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from thelca.cli import main
 from thelca.domain.model import Item, StoredItem
 from thelca.restore import AFTER_UNTIL, Problem, restore, verify
 from thelca.stores import ItemStore, StoreTransaction
@@ -233,3 +234,35 @@ def test_verify_until_compares_with_the_state_at_that_moment(tmp_path: Path) -> 
     assert verify(ORIGINAL, store, until=until).differences == []
     assert {d.kind for d in verify(ORIGINAL, store).differences} == {"different", "missing"}
     store.close()
+
+
+@pytest.mark.parametrize(("logged", "stored"), [
+    (True, 1), (1, 1.0), (False, 0), ({"x": 1}, {"x": True}), ([1], [1.0]),
+])
+def test_verify_tells_json_values_apart_that_python_takes_as_equal(
+    tmp_path: Path, logged: Any, stored: Any,
+) -> None:
+    log = _write(tmp_path / "events.log",
+                 _event("Item created", A, 1, version=1, properties={"a": logged, "b": "k"}))
+    store = SQLiteStore(tmp_path / "store.db")
+    restore(log, store)
+    assert verify(log, store).differences == []
+    store._db.execute("UPDATE items SET properties = ? WHERE id = ?",  # behind its back
+                      (json.dumps({"b": "k", "a": stored}).encode(), A))
+    assert [str(d) for d in verify(log, store).differences] == [
+        f"different {A}: other properties"]
+    store.close()
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_a_segment_that_cannot_be_read_exits_3_saying_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str,
+) -> None:
+    log = _write(tmp_path / "events.log", _event("Item created", A, 1))
+    (tmp_path / "events.log.000001").mkdir()  # unreadable as a file, even for root
+    store = tmp_path / "store.db"
+    SQLiteStore(store).close()
+    assert main([command, "--log", str(log), "--store", f"sqlite:///{store}"]) == 3
+    error = capsys.readouterr().err
+    assert f"thelca {command}:" in error and "events.log.000001" in error
+    assert "Traceback" not in error and "the store" not in error  # the log's fault

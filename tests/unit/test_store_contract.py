@@ -13,6 +13,7 @@ transaction is open: the interface does not promise it works there.
 from __future__ import annotations
 
 import abc
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -579,6 +580,57 @@ class TestSQLiteStore(StoreContract):
                 reader.close()
         finally:
             writer.close()
+
+    def test_a_failed_commit_ends_the_transaction_so_the_next_one_works(self) -> None:
+        store = SQLiteStore(self.path)
+        try:
+            db = store._db  # a test-only table whose deferred foreign key fails at COMMIT
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("CREATE TABLE test_child (parent TEXT REFERENCES items (id) "
+                       "DEFERRABLE INITIALLY DEFERRED)")
+            with pytest.raises(StoreUnavailable, match="could not commit"), \
+                    store.transaction() as tx:
+                tx.add_item(item("a"))
+                db.execute("INSERT INTO test_child VALUES ('nobody')")
+            with store.transaction() as tx:
+                assert tx.get_item("a") is None  # rolled back
+                tx.add_item(item("b"))
+            assert store.count_items() == 1
+        finally:
+            store.close()
+
+    def test_a_savepoint_whose_transaction_sqlite_rolled_back_is_unavailable(self) -> None:
+        store = SQLiteStore(self.path)
+        try:
+            with pytest.raises(StoreUnavailable, match="lost the transaction"), \
+                    store.transaction() as tx, tx.savepoint():
+                tx.add_item(item("a"))
+                store._db.execute("ROLLBACK")  # what SQLite does itself on SQLITE_FULL
+                raise Boom
+            with store.transaction() as tx:
+                tx.add_item(item("b"))
+            assert [stored.item.id for stored in store.items()] == ["b"]
+        finally:
+            store.close()
+
+    def test_a_store_that_fails_to_open_lets_go_of_its_lock(
+        self, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        monkeypatch.setattr("thelca.stores.sqlite.sqlite3.connect", refuse)
+        # Kept, as a caller that logs or retries may: its traceback holds the half-made store.
+        with pytest.raises(sqlite3.OperationalError, match="unable to open") as failed:
+            SQLiteStore(self.path)
+        monkeypatch.undo()
+        store = SQLiteStore(self.path)  # not StoreLocked by the failed attempt
+        assert failed.value is not None
+        try:
+            with store.transaction() as tx:
+                tx.add_item(item("a"))
+        finally:
+            store.close()
 
     def test_open_store_opens_sqlite_urls(self) -> None:
         store = open_store("sqlite:///" + str(self.path))

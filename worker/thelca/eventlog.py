@@ -181,14 +181,17 @@ class LogSnapshot:
         self.bytes_read = 0
 
     def _rotated_meanwhile(self, live: BinaryIO) -> bool:
-        """True when the file opened as live became a segment before the listing."""
+        """True when the file opened as live became a segment before the listing.
+
+        Any segment, not only the newest: the writer may have rotated more than once.
+        """
         opened = os.fstat(live.fileno())
-        for segment in self.segments[-1:]:
+        for segment in reversed(self.segments):  # the newest is the likeliest
             try:
                 seen = segment.stat()
             except FileNotFoundError:
                 continue
-            if (seen.st_ino, seen.st_dev) == (opened.st_ino, opened.st_dev):
+            if (seen.st_dev, seen.st_ino) == (opened.st_dev, opened.st_ino):
                 return True
         return False
 
@@ -248,6 +251,7 @@ class EventLogWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.set_aside = heal_torn_tail(self.path) if self.path.exists() else None
         self._file: BinaryIO | None = None
+        self._cut_back_to: int | None = None  # the size to cut back to after a failed write
         self._open()
         self._recent: deque[str] = deque(maxlen=RECENT_IDS)
         self._known: set[str] = set()
@@ -257,20 +261,54 @@ class EventLogWriter:
         return event_id in self._known
 
     def append(self, lines: Iterable[tuple[str | None, bytes]]) -> int:
-        """Write (event id, line) pairs, flush and fsync once; return how many were written."""
+        """Write (event id, line) pairs, flush and fsync once; return how many were written.
+
+        All or nothing: when writing, flushing or fsyncing fails, the file is cut
+        back to its size before the batch and no id is remembered, so the
+        redelivered batch is written again, whole, after a complete line.
+        """
         file = self._ready()
+        size_before = file.tell()
+        ids: list[str] = []
         written = 0
-        for event_id, line in lines:
-            file.write(line)
-            written += 1
-            if event_id:
-                self._remember(event_id)
-        if written:
-            started = time.perf_counter()
-            file.flush()
-            os.fsync(file.fileno())
-            metrics.FSYNC_SECONDS.observe(time.perf_counter() - started)
+        try:
+            for event_id, line in lines:
+                file.write(line)
+                written += 1
+                if event_id:
+                    ids.append(event_id)
+            if written:
+                started = time.perf_counter()
+                file.flush()
+                os.fsync(file.fileno())
+                metrics.FSYNC_SECONDS.observe(time.perf_counter() - started)
+        except BaseException:
+            self._cut_back_to = size_before
+            self._cut_back()
+            raise
+        for event_id in ids:  # only now are they on disk
+            self._remember(event_id)
         return written
+
+    def _cut_back(self) -> None:
+        """Drop a failed batch's bytes, in the file or still buffered; retried by _ready.
+
+        A failure here is logged, not raised: the batch's own error is the one to report.
+        """
+        if self._file is not None:
+            with contextlib.suppress(OSError):  # flushing the buffer may fail again
+                self._file.close()
+            self._file = None
+        try:
+            with open(self.path, "rb+") as file:
+                file.truncate(self._cut_back_to)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:
+            log.error("cannot cut the event log %s back to %d bytes after a failed write "
+                      "(retried before the next write): %s", self.path, self._cut_back_to, error)
+            return
+        self._cut_back_to = None
 
     def close(self) -> None:
         if self._file is not None:
@@ -286,6 +324,10 @@ class EventLogWriter:
 
     def _ready(self) -> BinaryIO:
         """The live file, rotated first when it has reached max_bytes."""
+        if self._cut_back_to is not None:
+            self._cut_back()
+            if self._cut_back_to is not None:
+                raise OSError(f"the event log {self.path} still holds part of a failed write")
         file = self._file if self._file is not None else self._open()
         if self.max_bytes is not None and file.tell() >= self.max_bytes:
             self.rotate()

@@ -421,6 +421,11 @@ def _compare(want: StoredItem, have: StoredItem) -> list[Difference]:
     if want.version != have.version:
         details.append(f"version {want.version} in the log, {have.version} in the store")
     for name in ("created_at", "created_by", "properties"):
-        if getattr(want.item, name) != getattr(have.item, name):
+        if _json(getattr(want.item, name)) != _json(getattr(have.item, name)):
             details.append(f"other {name}")
     return [Difference(want.item.id, "different", "; ".join(details))] if details else []
+
+
+def _json(value: Any) -> bytes:
+    """A value as JSON, keys sorted: Python's == takes true for 1 and 1 for 1.0; JSON not."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)

@@ -87,7 +87,7 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
             print(f"emptied the store ({held} items)")
         with _progress() as progress:
             report = restore(args.log, store, until=until, progress=progress)
-    except FileNotFoundError as error:
+    except OSError as error:  # gone, or unreadable (permissions, I/O), like verify
         return _unavailable("restore", str(error))
     finally:
         store.close()
@@ -113,7 +113,7 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
         return _unavailable("verify", f"cannot open the store: {error}")
     try:
         report = verify(args.log, store, until=until)
-    except FileNotFoundError as error:
+    except OSError as error:  # the log: gone, or unreadable (permissions, I/O)
         return _unavailable("verify", str(error))
     except Exception as error:
         return _unavailable("verify", f"cannot read the store: {error}")

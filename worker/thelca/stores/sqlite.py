@@ -53,13 +53,12 @@ class SQLiteStore:
         self._lock_file: IO[str] | None = None
         if writer:
             self._lock_file = _lock_exclusively(self.path)
-        if writer:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            try:
+                self._db = _open_writer(self.path)
+            except BaseException:  # else the lock stays held and refuses the next try
+                self._lock_file.close()
+                self._lock_file = None
+                raise
         else:  # a reader (health, verify) must not create an empty database
             self._db = sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
@@ -76,8 +75,14 @@ class SQLiteStore:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        with _unavailable_on_error():
+        try:
             self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            # A failed COMMIT can leave the transaction open, and then every later
+            # BEGIN fails: end it, so that the retried batch starts afresh.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreUnavailable(f"the SQLite store could not commit: {error}") from error
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
         rows = self._db.execute(
@@ -138,9 +143,16 @@ class _SQLiteTransaction:
         try:
             with _unavailable_on_error():
                 yield
-        except BaseException:
-            self._db.execute(f"ROLLBACK TO {name}")
-            self._db.execute(f"RELEASE {name}")
+        except BaseException as error:
+            try:
+                self._db.execute(f"ROLLBACK TO {name}")
+                self._db.execute(f"RELEASE {name}")
+            except sqlite3.Error as failed:
+                # SQLite rolled back the whole transaction itself (disk full, I/O
+                # error): the batch is to be retried, not the command refused.
+                raise StoreUnavailable(
+                    f"the SQLite store lost the transaction ({failed}) after: {error}"
+                ) from error
             raise
         self._db.execute(f"RELEASE {name}")
 
@@ -219,6 +231,19 @@ def _unavailable_on_error() -> Iterator[None]:
 def _stored(row: tuple[str, str, str, bytes, int]) -> StoredItem:
     item_id, created_at, created_by, properties, version = row
     return StoredItem(Item(item_id, created_at, created_by, orjson.loads(properties)), version)
+
+
+def _open_writer(path: Path) -> sqlite3.Connection:
+    """The writer's connection, WAL and fully synchronous, with the schema made."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _lock_exclusively(path: Path) -> IO[str]:
