@@ -381,3 +381,26 @@ def test_a_cut_back_that_fails_too_is_done_before_the_next_write(
     assert writer.append([_event_line(1)]) == 1
     writer.close()
     assert path.read_bytes() == before + _event_line(1)[1]
+
+
+def test_the_logger_reads_only_the_newest_lines_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Start-up must not grow with the log: ids are read from the end, as far as needed."""
+    monkeypatch.setattr("thelca.eventlog.RECENT_IDS", 3)
+    path = tmp_path / "events.log"
+    path.write_bytes(b"".join(_event_line(n)[1] for n in range(1000)))
+    writer = EventLogWriter(path)
+    assert writer.lines_at_start == 3
+    assert all(f"e{n}" in writer for n in (997, 998, 999))
+    assert "e996" not in writer
+    writer.close()
+
+
+def test_lines_are_read_backwards_across_block_boundaries(tmp_path: Path) -> None:
+    from thelca.eventlog import _lines_backwards
+
+    path = tmp_path / "lines"
+    lines = [f"line {n} {'x' * (n % 7)}".encode() for n in range(200)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert list(_lines_backwards(path, block=16)) == list(reversed(lines))

@@ -359,25 +359,53 @@ class EventLogWriter:
         self._known.add(event_id)
 
     def _load_ids(self) -> int:
-        """Remember the ids of the newest RECENT_IDS events, reading files newest first."""
-        files = [*log_segments(self.path), self.path]
-        newest_first: list[list[str]] = []
-        count = lines = 0
-        for path in reversed(files):
-            if count >= RECENT_IDS or not path.exists():
+        """Remember the ids of the newest RECENT_IDS events; return how many lines were read.
+
+        Files and lines are read newest first, from the end, and only as far back as
+        it takes: start-up does not grow with the log's age.
+        """
+        newest_first: list[str] = []
+        lines = 0
+        for path in reversed([*log_segments(self.path), self.path]):
+            if not path.exists():
                 continue
-            ids = []
-            for line in read_log(path):
+            for raw in _lines_backwards(path):
                 lines += 1
-                event_id = line.event.get("id") if line.event else None
-                if isinstance(event_id, str):
-                    ids.append(event_id)
-            newest_first.append(ids)
-            count += len(ids)
-        for ids in reversed(newest_first):
-            for event_id in ids:
-                self._remember(event_id)
+                event_id = _event_id(raw)
+                if event_id is not None:
+                    newest_first.append(event_id)
+                    if len(newest_first) >= RECENT_IDS:
+                        break
+            if len(newest_first) >= RECENT_IDS:
+                break
+        for event_id in reversed(newest_first):
+            self._remember(event_id)
         return lines
+
+
+def _event_id(raw: bytes) -> str | None:
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    event_id = event.get("id") if isinstance(event, dict) else None
+    return event_id if isinstance(event_id, str) else None
+
+
+def _lines_backwards(path: Path, block: int = 1 << 20) -> Iterator[bytes]:
+    """The lines of a file, last first, read in blocks from its end."""
+    with open(path, "rb") as file:
+        position = file.seek(0, os.SEEK_END)
+        rest = b""
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            file.seek(position)
+            pieces = (file.read(step) + rest).split(b"\n")
+            rest = pieces[0]  # may be the end of a line that starts in an earlier block
+            yield from (line for line in reversed(pieces[1:]) if line)
+        if rest:
+            yield rest
 
 
 def heal_torn_tail(path: Path) -> Path | None:
