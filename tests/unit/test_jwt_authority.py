@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.idp import Idp, JwksServer, broken_tokens, hs256_with_public_key
+from tests.idp import Idp, JwksServer, broken_tokens, hs256_with_public_key, jwks_server
 from tests.pki import Ca
 from thelca.authority.base import Principal
 from thelca.authority.jwt import (
@@ -269,6 +269,18 @@ def test_a_jwks_url_with_an_untrusted_certificate_is_unavailable(
     with pytest.raises(AuthorityUnavailable):
         authority.authenticate(idp.token())
     assert served.fetches == 0
+
+
+def test_symmetric_keys_from_a_jwks_url_are_ignored(
+    idp: Idp, https: tuple[Ca, ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    # An oct key listed first under the RSA key's kid: were it kept, it would be the
+    # key chosen for that kid and a good token would be refused.
+    oct_key = {"kty": "oct", "kid": "key-rsa", "k": "c2VjcmV0"}
+    body = json.dumps({"keys": [oct_key, idp.keys[0].public_jwk()]}).encode()
+    with jwks_server(https[1], body) as server:
+        authority = JwtAuthority(JwksUrl(server.url, ssl_context=https[2]), RULES)
+        assert authority.authenticate(idp.token()).user_id == "alice"
 
 
 # ---------------------------------------------------------------- settings

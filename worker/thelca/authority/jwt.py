@@ -179,7 +179,7 @@ class JwksUrl:
         )
 
     def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        keys = self._fetched(self._client.get_signing_keys)
+        keys = _public(self._fetched(self._client.get_signing_keys))
         found = _match(keys, kid)
         if found is None and kid is not None:
             found = self._fetched(lambda: self._refreshed(kid))
@@ -198,11 +198,12 @@ class JwksUrl:
 
     def _refreshed(self, kid: str) -> jwt.PyJWK | None:
         try:
-            return self._client.get_signing_key(kid)  # refetches, unless cooling down
+            found = self._client.get_signing_key(kid)  # refetches, unless cooling down
         except jwt.PyJWKClientConnectionError:
             raise
         except jwt.PyJWKClientError:
             return None  # still unknown after the refetch
+        return next(iter(_public([found])), None)
 
     def _fetched(self, fetch: Callable[[], Any]) -> Any:
         try:
@@ -211,6 +212,11 @@ class JwksUrl:
             raise AuthorityUnavailable(
                 f"the key set at {self.url} cannot be fetched or used "
                 f"({type(error).__name__}: {str(error)[:200]})") from None
+
+
+def _public(keys: list[jwt.PyJWK]) -> list[jwt.PyJWK]:
+    """The keys less symmetric (oct) ones: a shared secret never verifies a token here."""
+    return [k for k in keys if k.key_type != "oct"]
 
 
 def _match(keys: list[jwt.PyJWK], kid: str | None) -> jwt.PyJWK | None:
