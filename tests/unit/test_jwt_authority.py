@@ -283,6 +283,48 @@ def test_symmetric_keys_from_a_jwks_url_are_ignored(
         assert authority.authenticate(idp.token()).user_id == "alice"
 
 
+def _without(jwk: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: v for k, v in jwk.items() if k not in names}
+
+
+@pytest.mark.parametrize("what", ["no kid", "only use enc", "only oct", "empty", "not a set",
+                                  "not json"])
+def test_a_jwks_url_without_a_usable_signing_key_refuses_the_start(
+    idp: Idp, https: tuple[Ca, ssl.SSLContext, ssl.SSLContext], what: str
+) -> None:
+    jwk = idp.keys[0].public_jwk()
+    body = {
+        "no kid": json.dumps({"keys": [_without(jwk, "kid")]}).encode(),
+        "only use enc": json.dumps({"keys": [{**jwk, "use": "enc"}]}).encode(),
+        "only oct": json.dumps({"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}).encode(),
+        "empty": b'{"keys": []}',
+        "not a set": b"[]",
+        "not json": b"<html>oops</html>",
+    }[what]
+    with jwks_server(https[1], body) as server, pytest.raises(ConfigurationError) as refused:
+        JwksUrl(server.url, ssl_context=https[2]).warm_up()
+    assert f"THELCA_JWKS={server.url}" in str(refused.value)
+
+
+def test_an_unreachable_jwks_url_at_start_is_logged_and_waited_for(
+    idp: Idp, https: tuple[Ca, ssl.SSLContext, ssl.SSLContext], caplog: pytest.LogCaptureFixture
+) -> None:
+    with jwks_server(https[1], idp.jwks(idp.keys)) as server:
+        url = server.url
+    keys = JwksUrl(url, ssl_context=https[2])
+    with caplog.at_level(logging.WARNING, logger="thelca.authority.jwt"):
+        keys.warm_up()  # no ConfigurationError: the IdP may come back
+    assert "cannot be fetched" in caplog.text
+
+
+def test_a_good_jwks_url_warms_up(idp: Idp, served: JwksServer,
+                                  https: tuple[Ca, ssl.SSLContext, ssl.SSLContext]) -> None:
+    keys = JwksUrl(served.url, ssl_context=https[2])
+    keys.warm_up()
+    assert JwtAuthority(keys, RULES).authenticate(idp.token()).user_id == "alice"
+    assert served.fetches == 1
+
+
 # ---------------------------------------------------------------- settings
 
 
