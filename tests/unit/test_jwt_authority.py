@@ -27,7 +27,7 @@ from thelca.authority.jwt import (
     from_settings,
 )
 from thelca.bootstrap import build_authority, check_authority_choice
-from thelca.devkeys import KeyPair
+from thelca.devkeys import DevKeysError, KeyPair, mint_from_directory
 from thelca.domain.model import Item
 from thelca.errors import AuthorityUnavailable, ConfigurationError, Forbidden, NotAuthenticated
 from thelca.settings import Settings
@@ -444,3 +444,21 @@ def test_a_retired_key_goes_once_the_file_changed_and_the_cooldown_passed(idp: I
     now[0] += 5
     assert "not in the key set" in refusal(authority, retired)
     assert authority.authenticate(idp.token(key=idp.keys[1])).user_id == "alice"
+
+
+# ---------------------------------------------------------------- dev keys
+
+
+@pytest.mark.parametrize("pem", [
+    b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    b"garbage",
+    b"",
+])
+def test_a_corrupt_dev_private_key_is_a_dev_keys_error(idp: Idp, tmp_path: Path,
+                                                       pem: bytes) -> None:
+    (tmp_path / "jwks.json").write_bytes(idp.jwks(idp.keys[:1]))
+    (tmp_path / "private.pem").write_bytes(pem)
+    with pytest.raises(DevKeysError) as refused:
+        mint_from_directory(tmp_path, idp.claims())
+    assert "private.pem" in str(refused.value)
+    assert "thelca dev-keys" in str(refused.value)
