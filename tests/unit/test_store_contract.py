@@ -760,10 +760,23 @@ class TestPostgresStore(StoreContract):
         ("postgresql://h/db?password=secret&sslmode=require",
          "postgresql://h/db?password=***&sslmode=require"),
         ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://u@h/db?sslpassword=s3cret&sslmode=require&PGPASSWORD=s3cret",
+         "postgresql://u@h/db?sslpassword=***&sslmode=require&PGPASSWORD=***"),
+        ("postgresql://u@h/db?ssl%70assword=s3cret", "postgresql://u@h/db?ssl%70assword=***"),
     ],
 )
 def test_a_postgresql_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert redacted(url) == shown
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:s3cr%zzet@127.0.0.1/test",
+])
+def test_a_postgresql_url_libpq_cannot_parse_never_shows_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        open_store(url)
+    assert "s3cr" not in str(refused.value)
+    assert "cannot be parsed" in str(refused.value)
 
 
 def test_the_schema_parameter_is_thelca_s_own_and_defaults_to_thelca() -> None:
