@@ -42,7 +42,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, LiteralString
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -329,7 +329,9 @@ def split_schema(url: str) -> tuple[str, str]:
     schema = schemas[-1] if schemas else DEFAULT_SCHEMA
     if not schema:
         raise ValueError("the schema parameter of a PostgreSQL store URL is empty")
-    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    # The other pieces are kept byte for byte: re-encoding them would turn %20 into +,
+    # which libpq does not decode (options=-c%20statement_timeout%3D5000, a password).
+    rest = "&".join(piece for piece in parts.query.split("&") if _key(piece) != "schema")
     return urlunsplit(parts._replace(query=rest)), schema
 
 
