@@ -60,7 +60,8 @@ def ssl_context(files: TlsFiles | None) -> ssl.SSLContext:
 def apply_tls(parameters: pika.URLParameters, url: str, files: TlsFiles | None) -> None:
     """Give an amqps:// URL's parameters our context; refuse TLS files for an amqp:// URL.
 
-    An explicit `ssl_options` query argument in the URL is left as it is.
+    An explicit `ssl_options` query argument in the URL is left as it is, and TLS
+    files given with it are refused: they would go unused.
     """
     scheme = urlparse(url).scheme.lower()
     if scheme != "amqps":
@@ -70,6 +71,10 @@ def apply_tls(parameters: pika.URLParameters, url: str, files: TlsFiles | None) 
                                "use amqps://")
         return
     if "ssl_options" in parse_qs(urlparse(url).query):
+        if files is not None and files.given:
+            raise TlsFileError("url", f"TLS files are given but the broker URL for "
+                               f"{parameters.host} sets its own ssl_options, which would "
+                               "leave them unused: give one or the other")
         return
     parameters.ssl_options = pika.SSLOptions(ssl_context(files),
                                              server_hostname=parameters.host)

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.idp import Idp, JwksServer, broken_tokens, hs256_with_public_key
+from tests.idp import Idp, JwksServer, broken_tokens, hs256_with_public_key, jwks_server
 from tests.pki import Ca
 from thelca.authority.base import Principal
 from thelca.authority.jwt import (
@@ -27,7 +27,7 @@ from thelca.authority.jwt import (
     from_settings,
 )
 from thelca.bootstrap import build_authority, check_authority_choice
-from thelca.devkeys import KeyPair
+from thelca.devkeys import DevKeysError, KeyPair, mint_from_directory
 from thelca.domain.model import Item
 from thelca.errors import AuthorityUnavailable, ConfigurationError, Forbidden, NotAuthenticated
 from thelca.settings import Settings
@@ -271,6 +271,60 @@ def test_a_jwks_url_with_an_untrusted_certificate_is_unavailable(
     assert served.fetches == 0
 
 
+def test_symmetric_keys_from_a_jwks_url_are_ignored(
+    idp: Idp, https: tuple[Ca, ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    # An oct key listed first under the RSA key's kid: were it kept, it would be the
+    # key chosen for that kid and a good token would be refused.
+    oct_key = {"kty": "oct", "kid": "key-rsa", "k": "c2VjcmV0"}
+    body = json.dumps({"keys": [oct_key, idp.keys[0].public_jwk()]}).encode()
+    with jwks_server(https[1], body) as server:
+        authority = JwtAuthority(JwksUrl(server.url, ssl_context=https[2]), RULES)
+        assert authority.authenticate(idp.token()).user_id == "alice"
+
+
+def _without(jwk: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: v for k, v in jwk.items() if k not in names}
+
+
+@pytest.mark.parametrize("what", ["no kid", "only use enc", "only oct", "empty", "not a set",
+                                  "not json"])
+def test_a_jwks_url_without_a_usable_signing_key_refuses_the_start(
+    idp: Idp, https: tuple[Ca, ssl.SSLContext, ssl.SSLContext], what: str
+) -> None:
+    jwk = idp.keys[0].public_jwk()
+    body = {
+        "no kid": json.dumps({"keys": [_without(jwk, "kid")]}).encode(),
+        "only use enc": json.dumps({"keys": [{**jwk, "use": "enc"}]}).encode(),
+        "only oct": json.dumps({"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}).encode(),
+        "empty": b'{"keys": []}',
+        "not a set": b"[]",
+        "not json": b"<html>oops</html>",
+    }[what]
+    with jwks_server(https[1], body) as server, pytest.raises(ConfigurationError) as refused:
+        JwksUrl(server.url, ssl_context=https[2]).warm_up()
+    assert f"THELCA_JWKS={server.url}" in str(refused.value)
+
+
+def test_an_unreachable_jwks_url_at_start_is_logged_and_waited_for(
+    idp: Idp, https: tuple[Ca, ssl.SSLContext, ssl.SSLContext], caplog: pytest.LogCaptureFixture
+) -> None:
+    with jwks_server(https[1], idp.jwks(idp.keys)) as server:
+        url = server.url
+    keys = JwksUrl(url, ssl_context=https[2])
+    with caplog.at_level(logging.WARNING, logger="thelca.authority.jwt"):
+        keys.warm_up()  # no ConfigurationError: the IdP may come back
+    assert "cannot be fetched" in caplog.text
+
+
+def test_a_good_jwks_url_warms_up(idp: Idp, served: JwksServer,
+                                  https: tuple[Ca, ssl.SSLContext, ssl.SSLContext]) -> None:
+    keys = JwksUrl(served.url, ssl_context=https[2])
+    keys.warm_up()
+    assert JwtAuthority(keys, RULES).authenticate(idp.token()).user_id == "alice"
+    assert served.fetches == 1
+
+
 # ---------------------------------------------------------------- settings
 
 
@@ -390,3 +444,21 @@ def test_a_retired_key_goes_once_the_file_changed_and_the_cooldown_passed(idp: I
     now[0] += 5
     assert "not in the key set" in refusal(authority, retired)
     assert authority.authenticate(idp.token(key=idp.keys[1])).user_id == "alice"
+
+
+# ---------------------------------------------------------------- dev keys
+
+
+@pytest.mark.parametrize("pem", [
+    b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    b"garbage",
+    b"",
+])
+def test_a_corrupt_dev_private_key_is_a_dev_keys_error(idp: Idp, tmp_path: Path,
+                                                       pem: bytes) -> None:
+    (tmp_path / "jwks.json").write_bytes(idp.jwks(idp.keys[:1]))
+    (tmp_path / "private.pem").write_bytes(pem)
+    with pytest.raises(DevKeysError) as refused:
+        mint_from_directory(tmp_path, idp.claims())
+    assert "private.pem" in str(refused.value)
+    assert "thelca dev-keys" in str(refused.value)

@@ -804,6 +804,14 @@ class TestPostgresStore(StoreContract):
             finally:
                 store.close()
 
+    def test_libpq_options_in_the_url_reach_the_server(self) -> None:
+        store = PostgresStore(f"{self.url}&options=-c%20statement_timeout%3D4321")
+        try:
+            with store._using() as conn:
+                assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
+        finally:
+            store.close()
+
 
 @pytest.mark.parametrize(
     ("url", "shown"),
@@ -812,16 +820,35 @@ class TestPostgresStore(StoreContract):
         ("postgresql://h/db?password=secret&sslmode=require",
          "postgresql://h/db?password=***&sslmode=require"),
         ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://u@h/db?sslpassword=s3cret&sslmode=require&PGPASSWORD=s3cret",
+         "postgresql://u@h/db?sslpassword=***&sslmode=require&PGPASSWORD=***"),
+        ("postgresql://u@h/db?ssl%70assword=s3cret", "postgresql://u@h/db?ssl%70assword=***"),
     ],
 )
 def test_a_postgresql_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert redacted(url) == shown
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql://u:s3cr%zzet@127.0.0.1/test",
+    "postgresql://u@127.0.0.1/test?schema=x&sslpassword=s3cr%zzet",
+])
+def test_a_postgresql_url_libpq_cannot_parse_never_shows_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        open_store(url)
+    assert "s3cr" not in str(refused.value)
+    assert "cannot be parsed" in str(refused.value)
+
+
 def test_the_schema_parameter_is_thelca_s_own_and_defaults_to_thelca() -> None:
     assert split_schema("postgresql://u@h/db?schema=s&sslmode=require") == (
         "postgresql://u@h/db?sslmode=require", "s")
     assert split_schema("postgresql://u@h/db") == ("postgresql://u@h/db", "thelca")
+    # Everything but schema is kept as written: %20 must not become + (libpq leaves + as is).
+    assert split_schema("postgresql://u@h/db?options=-c%20statement_timeout%3D5000&schema=s"
+                        "&password=a%20b&application_name=x+y") == (
+        "postgresql://u@h/db?options=-c%20statement_timeout%3D5000&password=a%20b"
+        "&application_name=x+y", "s")
     with pytest.raises(ConfigurationError, match="schema"):
         open_store("postgresql://u@h/db?schema=")
 

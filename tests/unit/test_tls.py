@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pika
 import pytest
@@ -125,6 +126,16 @@ def test_amqp_urls_stay_plain_and_refuse_tls_files(ca: Ca) -> None:
     for build in _builders():
         with pytest.raises(TlsFileError, match="use amqps://"):
             build(plain, TlsFiles(ca_file=str(ca.cert_file)))
+
+
+def test_amqps_urls_with_their_own_ssl_options_refuse_tls_files(ca: Ca) -> None:
+    own = f"{URL}?ssl_options=" + quote(repr({"ca_certs": str(ca.cert_file)}))
+    for make in (worker_parameters, client_parameters):
+        assert make(own)[0].ssl_options is not None  # pika's, from the URL
+    for build in _builders():
+        with pytest.raises(TlsFileError, match="ssl_options") as refused:
+            build(own, TlsFiles(ca_file=str(ca.cert_file)))
+        assert "secret" not in str(refused.value)
 
 
 def _builders() -> list[Callable[[str, TlsFiles], object]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -79,7 +80,11 @@ def mint_from_directory(directory: Path, claims: dict[str, Any]) -> str:
         raise DevKeysError(f"{directory} does not hold the keys of `thelca dev-keys` "
                            f"({type(error).__name__}); run `thelca dev-keys --dir "
                            f"{directory}` first") from None
-    private = serialization.load_pem_private_key(pem, password=None)
+    try:
+        private = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: it has a password
+        raise DevKeysError(f"{directory}/private.pem is not an unencrypted PEM private key; "
+                           f"run `thelca dev-keys --dir DIR` for fresh keys") from None
     if not isinstance(private, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         raise DevKeysError(f"{directory}/private.pem is not an RSA or EC key")
     return KeyPair(private, algorithm, kid).mint(claims)

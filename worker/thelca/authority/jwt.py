@@ -179,7 +179,7 @@ class JwksUrl:
         )
 
     def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        keys = self._fetched(self._client.get_signing_keys)
+        keys = _public(self._fetched(self._client.get_signing_keys))
         found = _match(keys, kid)
         if found is None and kid is not None:
             found = self._fetched(lambda: self._refreshed(kid))
@@ -188,21 +188,36 @@ class JwksUrl:
         return found
 
     def warm_up(self) -> None:
-        """Fetch the key set now, so that a wrong URL shows in the log at start."""
+        """Fetch the key set now: an unreachable URL shows in the log at start, and a key
+        set that answers but holds no usable signing key refuses the start (PyJWKClient
+        would fail every token on it, and the worker would retry every batch forever)."""
+        env = OPTIONS["jwks"].env
         try:
-            count = len(self._fetched(self._client.get_signing_keys))
-        except AuthorityUnavailable as error:
-            log.warning("jwt: %s; commands wait (are retried) until it answers", error)
-        else:
-            log.info("jwt: %d signing key(s) from %s", count, self.url)
+            jwk_set = self._client.get_jwk_set()
+        except (jwt.PyJWKClientConnectionError, OSError) as error:
+            log.warning("jwt: the key set at %s cannot be fetched (%s); commands wait (are "
+                        "retried) until it answers", self.url, str(error)[:200])
+            return
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError):
+            raise ConfigurationError(f"{env}={self.url} does not answer with a JSON Web Key Set "
+                                     '({"keys": [...]}) holding a usable public key') from None
+        # PyJWKClient's own rule for a signing key (use sig or unset, and a kid), less oct.
+        usable = [k for k in _public(jwk_set.keys)
+                  if k.public_key_use in ("sig", None) and k.key_id]
+        if not usable:
+            raise ConfigurationError(
+                f"{env}={self.url} holds no usable signing key: every key of the set needs a "
+                "kid, a public key type (RSA, EC, OKP) and use sig (or no use)")
+        log.info("jwt: %d signing key(s) from %s", len(usable), self.url)
 
     def _refreshed(self, kid: str) -> jwt.PyJWK | None:
         try:
-            return self._client.get_signing_key(kid)  # refetches, unless cooling down
+            found = self._client.get_signing_key(kid)  # refetches, unless cooling down
         except jwt.PyJWKClientConnectionError:
             raise
         except jwt.PyJWKClientError:
             return None  # still unknown after the refetch
+        return next(iter(_public([found])), None)
 
     def _fetched(self, fetch: Callable[[], Any]) -> Any:
         try:
@@ -211,6 +226,11 @@ class JwksUrl:
             raise AuthorityUnavailable(
                 f"the key set at {self.url} cannot be fetched or used "
                 f"({type(error).__name__}: {str(error)[:200]})") from None
+
+
+def _public(keys: list[jwt.PyJWK]) -> list[jwt.PyJWK]:
+    """The keys less symmetric (oct) ones: a shared secret never verifies a token here."""
+    return [k for k in keys if k.key_type != "oct"]
 
 
 def _match(keys: list[jwt.PyJWK], kid: str | None) -> jwt.PyJWK | None:

@@ -42,14 +42,19 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, LiteralString
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import orjson
 import psycopg
 from psycopg import sql
 
 from thelca.domain.model import Item, StoredItem
-from thelca.errors import ConcurrentUpdate, InvalidCommand, StoreUnavailable
+from thelca.errors import (
+    ConcurrentUpdate,
+    ConfigurationError,
+    InvalidCommand,
+    StoreUnavailable,
+)
 from thelca.stores.base import ItemRow, OutboxEvent, ProcessedCommand
 
 log = logging.getLogger(__name__)
@@ -117,6 +122,13 @@ class PostgresStore:
             conn = psycopg.connect(self._conninfo, autocommit=True,
                                    connect_timeout=CONNECT_TIMEOUT,
                                    fallback_application_name="thelca")
+        except psycopg.ProgrammingError:
+            # libpq's parse error quotes the offending piece, which may be the password
+            # (`invalid percent-encoded token: "s3cr%zzet"`): a fixed message instead.
+            raise ConfigurationError(
+                f"the PostgreSQL store URL {self.url} cannot be parsed: fix its parameter "
+                "names and %-escapes (libpq's own message is not shown: it may quote the "
+                "password)") from None
         except psycopg.Error as error:
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {self.url}: "
                                    f"{_first_line(error)}") from None
@@ -317,20 +329,28 @@ def split_schema(url: str) -> tuple[str, str]:
     schema = schemas[-1] if schemas else DEFAULT_SCHEMA
     if not schema:
         raise ValueError("the schema parameter of a PostgreSQL store URL is empty")
-    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    # The other pieces are kept byte for byte: re-encoding them would turn %20 into +,
+    # which libpq does not decode (options=-c%20statement_timeout%3D5000, a password).
+    rest = "&".join(piece for piece in parts.query.split("&") if _key(piece) != "schema")
     return urlunsplit(parts._replace(query=rest)), schema
 
 
 def redacted(url: str) -> str:
-    """The URL fit for a log line: a password, in the user part or a parameter, is ***."""
+    """The URL fit for a log line: a password, in the user part or in any parameter whose
+    name ends in `password` (password, sslpassword), is ***."""
     parts = urlsplit(url)
     netloc = parts.netloc
     credentials, at, host = netloc.rpartition("@")
     if at and ":" in credentials:
         netloc = f"{credentials.split(':', 1)[0]}:***@{host}"
-    query = [(key, "***" if key == "password" else value)
-             for key, value in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+    query = "&".join(f"{piece.partition('=')[0]}=***" if _key(piece).endswith("password")
+                     else piece for piece in parts.query.split("&"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _key(piece: str) -> str:
+    """The parameter name of one `key=value` piece of a query string, decoded, lower case."""
+    return unquote(piece.partition("=")[0]).lower()
 
 
 def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
