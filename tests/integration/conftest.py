@@ -240,9 +240,11 @@ class RunningSystem:
         )
 
     def log_lines(self) -> list[dict[str, Any]]:
+        """The log's complete lines: the logger may be writing the last one right now."""
         if not self.event_log.exists():
             return []
-        return [json.loads(line) for line in self.event_log.read_text().splitlines()]
+        whole, _, _ = self.event_log.read_bytes().rpartition(b"\n")
+        return [json.loads(line) for line in whole.splitlines() if line]
 
     def wait_for_log(
         self, condition: Callable[[list[dict[str, Any]]], bool], timeout: float = 10
