@@ -10,8 +10,6 @@ import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-import orjson
-
 from thelca import __version__
 from thelca.errors import ConfigurationError, ThelcaError
 from thelca.settings import Settings, add_options
@@ -246,5 +244,13 @@ def _configure_logging(level: str, format_: str = "text") -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
 
 
-def dump_json(value: object) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def token_of(args: argparse.Namespace) -> str | None:
+    """--token, else THELCA_TOKEN (the better place: a command line shows in ps)."""
+    return args.token or os.environ.get("THELCA_TOKEN") or None

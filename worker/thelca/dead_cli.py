@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from thelca.cli import EXIT_UNAVAILABLE
+from thelca.cli import EXIT_UNAVAILABLE, positive_int, token_of
 from thelca.settings import Settings, add_options
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ def add_dead_parser(sub: Any) -> None:
         "never shown, only whether the message carries one. Exit status: 0, or 3 when the "
         "broker or the queue is not there.",
     )
-    listing.add_argument("--limit", type=_positive, default=100,
+    listing.add_argument("--limit", type=positive_int, default=100,
                          help="show at most this many messages (default 100)")
     listing.add_argument("--json", action="store_true",
                          help="print JSON, with the whole bodies")
@@ -101,7 +100,7 @@ def run_retry(args: argparse.Namespace, settings: Settings) -> int:
     from thelca.bootstrap import tls_files
 
     tls = tls_files(settings)
-    token = args.token or os.environ.get("THELCA_TOKEN") or None
+    token = token_of(args)
     wanted = None if args.all else set(args.message_ids)
     names = settings.names
     print(f"retrying from {names.dead} to {names.commands}")
@@ -197,9 +196,3 @@ def _clean(text: str, width: int | None = None) -> str:
     if width is not None and len(printable) > width:
         return printable[: width - 3] + "..."
     return printable
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from thelca.cli import EXIT_USAGE
+from thelca.cli import EXIT_USAGE, positive_int
 from thelca.settings import Settings
 
 DEFAULT_DIR = "thelca-dev-keys"
@@ -50,7 +50,7 @@ def add_dev_keys_parsers(sub: Any) -> None:
     token.add_argument("--scope", default=DEFAULT_SCOPE,
                        help=f"space-separated scopes (default {DEFAULT_SCOPE!r}); also "
                        "items:admin, events:read")
-    token.add_argument("--ttl", type=_positive, default=3600,
+    token.add_argument("--ttl", type=positive_int, default=3600,
                        help="seconds until it expires (default 3600)")
     token.add_argument("--aud", help="the aud claim (match THELCA_JWT_AUDIENCE)")
     token.add_argument("--iss", help="the iss claim (match THELCA_JWT_ISSUER)")
@@ -106,9 +106,3 @@ def _write_private(path: Path, pem: bytes) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as file:
         file.write(pem)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)

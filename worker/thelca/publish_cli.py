@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 import orjson
 
-from thelca.cli import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
+from thelca.cli import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, token_of
 from thelca.settings import Settings, add_options
 from thelca_client.contract import JSON, encode_command
 
@@ -57,7 +56,7 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
     from thelca_client.client import Client
     from thelca_client.errors import CommandFailed, ThelcaClientError
 
-    token = args.token or os.environ.get("THELCA_TOKEN")
+    token = token_of(args)
     if not token:
         print("thelca publish: no token: give --token or set THELCA_TOKEN", file=sys.stderr)
         return EXIT_USAGE

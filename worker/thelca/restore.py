@@ -282,9 +282,7 @@ def _next_version(kind: str, item_id: str, current: int | None, logged: Any) -> 
 
 def _item(raw: bytes) -> Item:
     """The Item of a log line the fold has checked; properties null means {}."""
-    value = orjson.loads(raw)["value"]
-    return Item(value["id"], value["created_at"], value["created_by"],
-                value.get("properties") or {})
+    return Item.from_json(orjson.loads(raw)["value"])
 
 
 # ---------------------------------------------------------------- restore

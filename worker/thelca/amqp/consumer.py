@@ -436,6 +436,7 @@ class _Session(ConnectionSession):
         self._seq_to_batch: dict[int, _Batch] = {}
         self._retry_delay = 0.0
         self._republish_delay = 0.0
+        self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
 
     def _on_declared(self) -> None:
         if self.owner.stopping:
@@ -589,8 +590,9 @@ class _Session(ConnectionSession):
     def _observe(self, batch: _Batch) -> None:
         role = self.owner.name
         now = time.monotonic()
+        delivery_seconds = self._delivery_seconds
         for received in batch.received:
-            metrics.DELIVERY_SECONDS.labels(role).observe(now - received)
+            delivery_seconds.observe(now - received)
         for message in batch.published:
             metrics.PUBLISHED.labels(role, message.exchange or "(default)").inc()
 

@@ -33,9 +33,6 @@ from thelca_client.contract import (
 )
 from thelca_client.tls import TlsFiles
 
-REASON_HEADER = DEAD_REASON_HEADER
-USER_HEADER = DEAD_USER_HEADER
-REPLY_TO_HEADER = DEAD_REPLY_TO_HEADER
 # What the broker and thelca add on the way to the dead queue; a retried command drops them.
 DROPPED_HEADERS = ("x-death", "x-delivery-count", "x-acquired-count")
 DROPPED_PREFIXES = ("x-thelca-", "x-first-death-", "x-last-death-")
@@ -197,7 +194,7 @@ def _letter(
     position: int, names: Names, properties: pika.spec.BasicProperties, body: bytes
 ) -> DeadLetter:
     headers = dict(properties.headers or {})
-    reason = _text(headers.get(REASON_HEADER))
+    reason = _text(headers.get(DEAD_REASON_HEADER))
     deaths = _deaths(headers)
     by = _dead_by(reason, deaths)
     first_queue = _text(headers.get("x-first-death-queue")) or (
@@ -206,10 +203,10 @@ def _letter(
         position=position,
         message_id=properties.message_id,
         correlation_id=properties.correlation_id,
-        reply_to=_text(headers.get(REPLY_TO_HEADER)) or properties.reply_to,
+        reply_to=_text(headers.get(DEAD_REPLY_TO_HEADER)) or properties.reply_to,
         by=by,
         reason=reason,
-        user=_text(headers.get(USER_HEADER)),
+        user=_text(headers.get(DEAD_USER_HEADER)),
         deaths=deaths,
         has_token=any(str(k).lower() == "authorization" for k in headers),
         is_command=by == "worker" or (by == "broker" and first_queue == names.commands),

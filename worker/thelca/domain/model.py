@@ -47,6 +47,7 @@ class Item:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Item:
+        """An item from its JSON form; properties null (the original server's) means {}."""
         return cls(
             id=str(data["id"]),
             created_at=str(data["created_at"]),
