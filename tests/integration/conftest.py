@@ -28,6 +28,7 @@ import pika.exceptions
 import pytest
 
 from tests.idp import Idp
+from thelca.amqp import thelca_topology
 from thelca.authority.base import Principal
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.bootstrap import build_worker
@@ -175,6 +176,28 @@ def worker(amqp_url: str, prefix: str, tmp_path: Path) -> Iterator[Names]:
     try:
         with stand_in_worker(amqp_url, prefix, tmp_path) as names:
             yield names
+    finally:
+        delete_prefix(amqp_url, prefix)
+
+
+@pytest.fixture
+def topology(amqp_url: str, prefix: str) -> Iterator[Names]:
+    """The broker objects of a prefix, declared with thelca's own arguments, and no worker."""
+    names = Names(prefix)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        declared = thelca_topology(names)
+        for exchange in declared.fanout_exchanges:
+            channel.exchange_declare(exchange, "fanout", durable=True)
+        for queue in declared.queues:
+            channel.queue_declare(queue.name, durable=True, arguments=queue.arguments)
+            if queue.bind_to:
+                channel.queue_bind(queue.name, queue.bind_to)
+    finally:
+        connection.close()
+    try:
+        yield names
     finally:
         delete_prefix(amqp_url, prefix)
 

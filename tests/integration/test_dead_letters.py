@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,12 @@ import pytest
 
 from tests.integration.conftest import (
     RunningSystem,
-    delete_prefix,
     queue_depth,
     stand_in_worker,
     system_env,
     wait_for_consumers,
 )
 from tests.integration.plain import PlainClient
-from thelca.amqp import thelca_topology
 from thelca_client.contract import Names
 
 pytestmark = pytest.mark.broker
@@ -205,28 +202,6 @@ def test_retry_all_of_a_command_that_fails_again_ends_and_leaves_it_dead(
 
 
 # ---------------------------------------------------------------- dead-lettered by the broker
-
-
-@pytest.fixture
-def topology(amqp_url: str, prefix: str) -> Iterator[Names]:
-    """The broker objects of a prefix, declared with thelca's own arguments, and no worker."""
-    names = Names(prefix)
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        declared = thelca_topology(names)
-        for exchange in declared.fanout_exchanges:
-            channel.exchange_declare(exchange, "fanout", durable=True)
-        for queue in declared.queues:
-            channel.queue_declare(queue.name, durable=True, arguments=queue.arguments)
-            if queue.bind_to:
-                channel.queue_bind(queue.name, queue.bind_to)
-    finally:
-        connection.close()
-    try:
-        yield names
-    finally:
-        delete_prefix(amqp_url, prefix)
 
 
 def poison_past_the_delivery_limit(amqp_url: str, names: Names) -> str:

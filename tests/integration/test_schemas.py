@@ -26,7 +26,7 @@ import pika
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.integration.conftest import RunningSystem, delete_prefix, run_system, wait_for_consumers
+from tests.integration.conftest import RunningSystem, run_system, wait_for_consumers
 from tests.integration.contract_schemas import (
     ASYNCAPI,
     CONTRACT,
@@ -470,28 +470,6 @@ def test_the_logger_s_dead_letter_matches_the_asyncapi_message(system: RunningSy
     assert_message("deadLetter", dead, json_body=False)
     assert dead.body == b"[1, 2, 3]"
     assert dead.headers["x-thelca-reason"].startswith("logger:")
-
-
-@pytest.fixture
-def topology(amqp_url: str, prefix: str) -> Iterator[Names]:
-    """The broker objects of a prefix, declared with thelca's own arguments, and no worker."""
-    names = Names(prefix)
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        declared = thelca_topology(names)
-        for exchange in declared.fanout_exchanges:
-            channel.exchange_declare(exchange, "fanout", durable=True)
-        for queue in declared.queues:
-            channel.queue_declare(queue.name, durable=True, arguments=queue.arguments)
-            if queue.bind_to:
-                channel.queue_bind(queue.name, queue.bind_to)
-    finally:
-        connection.close()
-    try:
-        yield names
-    finally:
-        delete_prefix(amqp_url, prefix)
 
 
 def test_the_broker_s_dead_letter_matches_the_asyncapi_message(

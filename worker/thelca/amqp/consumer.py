@@ -310,8 +310,8 @@ class ConnectionSession:
     """One connection and its channel, from opening to closing; subclasses do the work.
 
     Its state dies with it, so no delivery tag outlives its channel. Subclasses
-    provide `_on_confirm`, `_on_declared` (declarations done: start consuming)
-    and `_begin_stop`, and may add to `_prepare_channel` and `_ended`.
+    provide `_on_confirm`, `_start` (declarations done: start consuming) and
+    `_begin_stop`, and may add to `_prepare_channel` and `_ended`.
     """
 
     def __init__(self, owner: Reconnecting, params: pika.URLParameters) -> None:
@@ -413,6 +413,13 @@ class ConnectionSession:
         raise NotImplementedError
 
     def _on_declared(self) -> None:
+        if self.owner.stopping:  # a stop asked for while the declarations ran
+            self._begin_stop()
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        """The declarations are done: start consuming."""
         raise NotImplementedError
 
     def _begin_stop(self) -> None:
@@ -438,10 +445,7 @@ class _Session(ConnectionSession):
         self._republish_delay = 0.0
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
 
-    def _on_declared(self) -> None:
-        if self.owner.stopping:
-            self._begin_stop()
-            return
+    def _start(self) -> None:
         self._recover()
         self._consume(self._on_message)
 

@@ -119,10 +119,7 @@ class _ReplaySession(ConnectionSession):
     def _prepare_channel(self, channel: pika.channel.Channel) -> None:
         channel.add_on_return_callback(self._on_return)
 
-    def _on_declared(self) -> None:
-        if self.owner.stopping:
-            self._begin_stop()
-            return
+    def _start(self) -> None:
         self._consume(self._on_message)
 
     # ------------------------------------------------------------ requests
