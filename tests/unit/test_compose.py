@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from thelca.cli import build_parser
+from thelca.cli.main import build_parser
 from thelca.settings import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]

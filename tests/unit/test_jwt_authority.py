@@ -405,7 +405,7 @@ def test_a_pem_key_that_fits_no_allowed_algorithm_is_refused(tmp_path: Path) -> 
 
 
 def test_the_flags_win_over_the_environment() -> None:
-    from thelca.cli import build_parser
+    from thelca.cli.main import build_parser
 
     args = build_parser().parse_args([
         "worker", "--jwks", "flag.json", "--jwt-algorithms", "ES256", "--jwt-issuer", "i",

@@ -35,7 +35,7 @@ def test_only_the_amqp_package_imports_pika_on_the_worker_side(path: Path) -> No
 
 @pytest.mark.parametrize("path", _modules(WORKER / "domain"), ids=lambda p: p.name)
 def test_the_domain_has_no_broker_no_sql_and_no_wiring(path: Path) -> None:
-    forbidden = {"pika", "sqlite3", "psycopg", "thelca.amqp", "thelca.commands",
+    forbidden = {"pika", "sqlite3", "psycopg", "thelca.amqp", "thelca.roles",
                  "thelca.bootstrap", "thelca.stores.sqlite", "thelca.stores.memory"}
     imported = _imports(path)
     assert not {name for name in imported

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from thelca.authority.test_only import TestOnlyAuthority
-from thelca.commands import CommandHandler
 from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConcurrentUpdate, StoreUnavailable
-from thelca.messaging import Incoming
+from thelca.roles.commands import CommandHandler
+from thelca.roles.messages import Incoming
 from thelca.stores.base import OutboxEvent, ProcessedCommand
 from thelca.stores.postgres import PostgresStore, _translated
 from thelca_client.contract import Names, encode_command

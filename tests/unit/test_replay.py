@@ -10,8 +10,8 @@ import pytest
 from thelca.authority.base import Principal
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.errors import Forbidden
-from thelca.messaging import Incoming
-from thelca.replay import LINES_PER_TAKE, ReplayService
+from thelca.roles.messages import Incoming
+from thelca.roles.replay import LINES_PER_TAKE, ReplayService
 from thelca_client.contract import ContractError, ReplayRequest, decode_replay_request
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from thelca.cli import main
+from thelca.cli.main import main
 from thelca.domain.model import Item, StoredItem
 from thelca.restore import AFTER_UNTIL, Problem, restore, verify
 from thelca.stores import ItemStore, StoreTransaction

@@ -184,7 +184,7 @@ def test_the_settings_name_the_variable_of_a_bad_file(
 
 
 def test_every_tls_setting_has_a_flag_and_a_variable(ca: Ca) -> None:
-    from thelca.cli import build_parser
+    from thelca.cli.main import build_parser
 
     for command in (["worker"], ["logger"], ["health"], ["publish", "read", "--id", "x"],
                     ["dead", "list"]):

@@ -1,5 +1,5 @@
 import sys
 
-from thelca.cli import main
+from thelca.cli.main import main
 
 sys.exit(main())

@@ -16,10 +16,10 @@ from thelca.amqp import (
     thelca_topology,
 )
 from thelca.authority.base import Authority
-from thelca.commands import CommandHandler
 from thelca.errors import ConfigurationError
 from thelca.eventlog import EventLogWriter
-from thelca.logger import EventLogger
+from thelca.roles.commands import CommandHandler
+from thelca.roles.logwriter import EventLogger
 from thelca.settings import OPTIONS, Settings
 from thelca.stores import ItemStore, many_writers, open_store
 from thelca_client.tls import TlsFileError, TlsFiles
@@ -185,7 +185,7 @@ def build_logger(settings: Settings) -> Role:
 
 def build_replay(settings: Settings, *, authority: Authority | None = None) -> Role:
     """The replay consumer: serves <prefix>.replay from the event log and its segments."""
-    from thelca.replay import ReplayService
+    from thelca.roles.replay import ReplayService
 
     authority = authority or build_authority(settings)
     names = settings.names

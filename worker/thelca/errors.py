@@ -45,12 +45,6 @@ class Conflict(CommandRefused):
     status = 409
 
 
-class TooLarge(CommandRefused):
-    """Raised when a message body is larger than the configured limit."""
-
-    status = 413
-
-
 class ConcurrentUpdate(ThelcaError):
     """Raised by a store when another writer changed the item since it was read."""
 
@@ -65,6 +59,10 @@ class AuthorityUnavailable(ThelcaError):
 
 class StoreLocked(ThelcaError):
     """Raised when another process already writes to the same store."""
+
+
+class BrokerUnavailable(ThelcaError):
+    """Raised when no broker of the configured URLs answers, or it refuses the login."""
 
 
 class ConfigurationError(ThelcaError):

@@ -25,7 +25,7 @@ from thelca.amqp.dead import (
     list_dead,
     retry_dead,
 )
-from thelca.amqp.replay import ReplayConsumer
+from thelca.amqp.streams import ReplayConsumer
 
 __all__ = [
     "BatchConsumer",

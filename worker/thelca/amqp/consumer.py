@@ -31,7 +31,7 @@ import pika.spec
 
 from thelca import metrics
 from thelca.errors import AuthorityUnavailable, ConfigurationError, StoreUnavailable
-from thelca.messaging import BatchHandler, Incoming, Outgoing
+from thelca.roles.messages import BatchHandler, Incoming, Outgoing
 from thelca_client.contract import Names
 from thelca_client.tls import TlsFiles, apply_tls
 

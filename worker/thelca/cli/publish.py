@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from thelca.cli import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, token_of
+from thelca.cli.common import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, token_of
 from thelca.settings import Settings, add_options
 from thelca_client.contract import JSON, encode_command
 

@@ -7,7 +7,7 @@ as it is at that moment (segments, then the live file: a LogSnapshot) and
 yields each matching event as its own message, in log order, with the same
 body as on the fanout exchange, then the end marker with the count.
 
-Nothing here knows about pika: the AMQP side (thelca.amqp.replay) asks each
+Nothing here knows about pika: the AMQP side (thelca.amqp.streams) asks each
 stream for a few messages at a time and publishes them with flow control.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from thelca.authority.base import Authority
 from thelca.errors import CommandRefused
 from thelca.eventlog import LogLine, LogSnapshot
-from thelca.messaging import Incoming, Outgoing
+from thelca.roles.messages import Incoming, Outgoing
 from thelca_client.contract import (
     REPLAY_END_HEADER,
     STATUS_HEADER,

@@ -44,7 +44,7 @@ from thelca.amqp.consumer import (
     incoming_of,
 )
 from thelca.errors import AuthorityUnavailable
-from thelca.messaging import EventStream, Incoming, Outgoing, StreamOpener
+from thelca.roles.messages import EventStream, Incoming, Outgoing, StreamOpener
 from thelca_client.tls import TlsFiles
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from thelca.authority.base import Authority, Principal
 from thelca.domain import model
 from thelca.domain.service import ItemService, Result
 from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
-from thelca.messaging import Incoming, Outgoing, dead_letter
+from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 from thelca_client.contract import (
     COMMANDS,

@@ -11,7 +11,7 @@ import logging
 
 from thelca import metrics
 from thelca.eventlog import EventLogWriter, to_line
-from thelca.messaging import Incoming, Outgoing, dead_letter
+from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca_client.contract import Names
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from thelca.cli import EXIT_UNAVAILABLE, positive_int, token_of
+from thelca.cli.common import EXIT_UNAVAILABLE, positive_int, token_of
 from thelca.settings import Settings, add_options
 
 if TYPE_CHECKING:

@@ -11,14 +11,11 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from thelca import __version__
+from thelca.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, configure_logging
 from thelca.errors import ConfigurationError, ThelcaError
 from thelca.settings import Settings, add_options
 
 log = logging.getLogger("thelca")
-
-EXIT_REFUSED = 1  # the command got a reply whose status is not 200
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3  # no broker, no reply in time, or a bad configuration
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ThelcaError as error:
         print(f"thelca: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    _configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         result: int = args.func(args, settings)
     except ThelcaError as error:
@@ -86,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(health, "broker", "store", "logging")
     health.set_defaults(func=_health)
 
-    from thelca.publish_cli import add_publish_parser
+    from thelca.cli.publish import add_publish_parser
 
     add_publish_parser(sub)
-    from thelca.dead_cli import add_dead_parser
+    from thelca.cli.dead import add_dead_parser
     add_dead_parser(sub)
-    from thelca.dev_keys_cli import add_dev_keys_parsers
+    from thelca.cli.dev_keys import add_dev_keys_parsers
     add_dev_keys_parsers(sub)
-    from thelca.restore_cli import add_restore_parsers
+    from thelca.cli.restore import add_restore_parsers
     add_restore_parsers(sub)
     return parser
 
@@ -229,28 +226,3 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else EXIT_UNAVAILABLE
 
 
-def _configure_logging(level: str, format_: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if format_ == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
-        handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    # pika's own INFO lines repeat what thelca says about connections.
-    logging.getLogger("pika").setLevel(logging.WARNING)
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
-
-
-def token_of(args: argparse.Namespace) -> str | None:
-    """--token, else THELCA_TOKEN (the better place: a command line shows in ps)."""
-    return args.token or os.environ.get("THELCA_TOKEN") or None

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from thelca.cli import EXIT_USAGE, positive_int
+from thelca.cli.common import EXIT_USAGE, positive_int
 from thelca.settings import Settings
 
 DEFAULT_DIR = "thelca-dev-keys"

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from thelca.cli import EXIT_UNAVAILABLE, EXIT_USAGE
+from thelca.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
 from thelca.settings import Settings, add_options
 
 EXIT_PROBLEMS = 1  # restore: problem lines (the rest was restored); verify: differences

@@ -1,0 +1,43 @@
+"""What every subcommand module shares: exit statuses, argparse types, logging setup.
+
+Subcommand modules import this module, never the package entry (thelca.cli.main),
+so that the CLI has no import cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXIT_REFUSED = 1  # the command got a reply whose status is not 200
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3  # no broker, no reply in time, or a bad configuration
+
+
+def configure_logging(level: str, format_: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if format_ == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # pika's own INFO lines repeat what thelca says about connections.
+    logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def token_of(args: argparse.Namespace) -> str | None:
+    """--token, else THELCA_TOKEN (the better place: a command line shows in ps)."""
+    return args.token or os.environ.get("THELCA_TOKEN") or None
