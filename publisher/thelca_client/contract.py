@@ -248,6 +248,8 @@ class Unauthenticated(ContractError):
 
 @dataclass(frozen=True)
 class Reply:
+    """A reply to a command: its status, and the item and version or the error."""
+
     status: int
     item: JSON | None = None
     version: int | None = None

@@ -25,7 +25,7 @@ class TlsFileError(ValueError):
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """PEM files for amqps://. Without a CA file the system's CAs are trusted."""
+    """The PEM files an amqps:// connection trusts and presents; no CA file: the system's CAs."""
 
     ca_file: str | None = None
     cert_file: str | None = None

@@ -27,7 +27,7 @@ from thelca.bootstrap import tls_files
 from thelca.errors import ConfigurationError
 from thelca.settings import Settings
 from thelca_client import Client, TlsFileError, TlsFiles
-from thelca_client.client import connection_parameters as client_parameters
+from thelca_client.broker import connection_parameters as client_parameters
 
 URL = "amqps://user:secret@localhost:5671/%2F"
 
@@ -147,7 +147,7 @@ def _builders() -> list[Callable[[str, TlsFiles], object]]:
 def test_the_client_library_takes_the_files_as_an_option(ca: Ca, client_cert: Issued) -> None:
     files = TlsFiles(str(ca.cert_file), str(client_cert.cert_file), str(client_cert.key_file))
     client = Client(f"{URL},amqps://other-host/%2F", tls=files)
-    hosts = [(p.host, p.ssl_options.server_hostname) for p in client._parameters
+    hosts = [(p.host, p.ssl_options.server_hostname) for p in client._connection.parameters
              if p.ssl_options is not None]
     assert hosts == [("localhost", "localhost"), ("other-host", "other-host")]
     assert "secret" not in repr(client)

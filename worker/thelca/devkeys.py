@@ -27,7 +27,7 @@ class DevKeysError(Exception):
 
 @dataclass(frozen=True)
 class KeyPair:
-    """A private key, the algorithm it signs with, and the kid its JWKS entry carries."""
+    """A development key that mints tokens: private key, algorithm, and its JWKS entry's kid."""
 
     private: PrivateKey
     algorithm: str

@@ -17,14 +17,14 @@ from thelca_client.contract import JSON
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller. Never holds the token itself."""
+    """An authenticated caller: its user id and scopes, for the checks. Never the token."""
 
     user_id: str
     scopes: frozenset[str] = field(default_factory=frozenset)
 
 
 class Authority(Protocol):
-    """Raises NotAuthenticated (401) or Forbidden (403); returns the user id otherwise."""
+    """Decides who a token belongs to and what they may do: the user id, or 401 / 403."""
 
     name: str
 

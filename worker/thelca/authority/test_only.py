@@ -12,9 +12,10 @@ USER_PREFIX = "a-test-only-id-"
 
 
 class TestOnlyAuthority:
-    """Any token but BAAD is the user a-test-only-id-<token>; every check passes.
+    """For development and tests: any token but BAAD is a user, and every check passes.
 
-    The user id contains the token by design: never use this in production.
+    That user is a-test-only-id-<token>: the user id contains the token by design,
+    so never use this in production.
     """
 
     __test__ = False  # not a pytest test class, despite the name

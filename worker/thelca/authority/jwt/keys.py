@@ -1,15 +1,9 @@
-"""The jwt Authority: OAuth 2.0 / OpenID Connect access tokens, verified with PyJWT.
+"""Where the jwt Authority's public keys come from: one PEM key, a JWKS file, or a JWKS URL.
 
-It follows RFC 8725 (JWT best current practice): the algorithms are an
-allow-list that never holds `none` nor a symmetric algorithm (the keys are
-public keys, and a public key used as an HMAC secret would let anyone sign);
-the key is chosen by `kid` from the configured keys only (`jku`, `x5u` and
-`jwk` headers are never read); `exp` is required and `exp`, `nbf`, `iat` are
-checked with a small leeway; `iss` and `aud` are checked when configured.
-
-The user id is the `sub` claim; scopes come from `scope` (space-separated) or
-`scp` (a list, or a string as Entra ID sends it). Refusals say what is wrong
-in words that help a legitimate client, never echoing the token or its claims.
+Each is a KeySource: given a token's kid and alg it returns the key to verify
+it with, or refuses (NotAuthenticated; AuthorityUnavailable when a key set URL
+cannot be fetched). Symmetric (oct) keys are never used: a shared secret never
+verifies a token here.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
 from typing import Any, Protocol
@@ -29,44 +22,18 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from thelca.authority.base import Principal
-from thelca.domain.model import Item
-from thelca.errors import AuthorityUnavailable, ConfigurationError, Forbidden, NotAuthenticated
+from thelca.errors import AuthorityUnavailable, ConfigurationError, NotAuthenticated
 from thelca.settings import OPTIONS, Settings
-from thelca_client.contract import JSON
 
 log = logging.getLogger(__name__)
-
-SCOPE_READ = "items:read"
-SCOPE_WRITE = "items:write"
-SCOPE_ADMIN = "items:admin"
-SCOPE_EVENTS = "events:read"
 
 # An unknown kid fetches the key set again at most this often, so a stream of
 # forged kids cannot turn the worker into a load generator against the IdP.
 REFETCH_COOLDOWN = 5.0
 JWKS_LIFESPAN = 300.0  # a URL's key set is fetched again after this long
 FETCH_TIMEOUT = 10.0
-LONGEST_SUB = 255
-
-# Refusals, by PyJWT's error type; the first match wins, so subclasses come first.
-REASONS: tuple[tuple[type[Exception], str], ...] = (
-    (jwt.ExpiredSignatureError, "the token has expired"),
-    (jwt.ImmatureSignatureError, "the token is not valid yet (its nbf or iat is in the future)"),
-    (jwt.InvalidAudienceError, "the token is not meant for this service (aud)"),
-    (jwt.InvalidIssuerError, "the token was not issued by the issuer this service trusts (iss)"),
-    (jwt.InvalidSignatureError, "the token's signature does not verify"),
-    (jwt.InvalidAlgorithmError, "the token's algorithm does not match its key"),
-    (jwt.InvalidIssuedAtError, "the token's iat claim is not a number"),
-    (jwt.exceptions.InvalidSubjectError, "the token's sub claim is not a string"),
-    (jwt.DecodeError, "the token is not a well-formed JWT"),
-    (jwt.InvalidKeyError, "the token's key cannot verify it"),
-)
-
-
-# ---------------------------------------------------------------- keys
 
 
 class KeySource(Protocol):
@@ -125,6 +92,8 @@ class JwksFile:
         self.description = f"{OPTIONS['jwks'].env} file {path}"
         self.cooldown = cooldown
         self.clock = clock
+        # The key set in force and the stamp of the file it came from: a bad file at
+        # start refuses the start; after it, only _reread replaces them.
         self._stamp = self._file_stamp()
         self._keys = _jwks_from_file(path)
         self._looked_at = clock()
@@ -294,153 +263,16 @@ def _public_jwk(public: Any) -> dict[str, Any]:
                              "are supported")
 
 
-# ---------------------------------------------------------------- the Authority
-
-
-@dataclass(frozen=True)
-class JwtRules:
-    """What a token must satisfy besides its signature."""
-
-    algorithms: tuple[str, ...]
-    issuer: str | None
-    audience: str | None
-    leeway: int
-
-
-class JwtAuthority:
-    """Verifies Bearer JWTs and decides by their scopes; see the module docstring."""
-
-    name = "jwt"
-
-    def __init__(self, keys: KeySource, rules: JwtRules) -> None:
-        self.keys = keys
-        self.rules = rules
-
-    def __repr__(self) -> str:
-        return f"JwtAuthority({self.keys.description}, {self.rules})"
-
-    def authenticate(self, token: str | None) -> Principal:
-        if not token:
-            raise NotAuthenticated("no token")
-        header = _header(token)
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.rules.algorithms:
-            raise NotAuthenticated("the token's algorithm is not accepted: this service accepts "
-                                   + ", ".join(self.rules.algorithms))
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise NotAuthenticated("the token's key id (kid) is not a string")
-        claims = self._verified(token, self.keys.key(kid, alg), alg)
-        return Principal(_subject(claims), _scopes(claims))
-
-    def _verified(self, token: str, key: jwt.PyJWK, alg: str) -> dict[str, Any]:
-        rules = self.rules
-        required = ["exp", "sub"] + (["iss"] if rules.issuer else []) + \
-            (["aud"] if rules.audience else [])
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[alg], audience=rules.audience, issuer=rules.issuer,
-                leeway=rules.leeway,
-                options={"require": required, "verify_aud": rules.audience is not None},
-            )
-        except jwt.MissingRequiredClaimError as missing:
-            raise NotAuthenticated(f"the token has no {missing.claim} claim") from None
-        except (jwt.InvalidTokenError, jwt.InvalidKeyError) as error:
-            raise NotAuthenticated(_reason(error)) from None
-        return claims
-
-    # ------------------------------------------------------------ what a user may do
-
-    def check_create_item(self, principal: Principal, dictionary: JSON) -> str:
-        return _needs(principal, SCOPE_WRITE, "create items")
-
-    def check_read_item(self, principal: Principal, item: Item) -> str:
-        return _needs(principal, SCOPE_READ, "read items")
-
-    def check_update_item(self, principal: Principal, current: Item, proposed: Item) -> str:
-        _needs(principal, SCOPE_WRITE, "update items")
-        if current.created_by != principal.user_id and SCOPE_ADMIN not in principal.scopes:
-            raise Forbidden(f"only the user who created this item may update it, or a token "
-                            f"with the {SCOPE_ADMIN} scope")
-        return principal.user_id
-
-    def check_read_events(self, principal: Principal) -> str:
-        return _needs(principal, SCOPE_EVENTS, "read the event history")
-
-
-def _header(token: str) -> dict[str, Any]:
-    try:
-        return jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise NotAuthenticated("the token is not a well-formed JWT") from None
-
-
-def _reason(error: Exception) -> str:
-    for kind, reason in REASONS:
-        if isinstance(error, kind):
-            return reason
-    return "the token is not valid"
-
-
-def _subject(claims: dict[str, Any]) -> str:
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not 0 < len(sub) <= LONGEST_SUB or not sub.isprintable():
-        raise NotAuthenticated(f"the token's sub claim is not a user id (a printable string of "
-                               f"1 to {LONGEST_SUB} characters)")
-    return sub
-
-
-def _scopes(claims: dict[str, Any]) -> frozenset[str]:
-    scopes: set[str] = set()
-    for claim in ("scope", "scp"):
-        value = claims.get(claim)
-        if isinstance(value, str):
-            scopes.update(value.split())
-        elif isinstance(value, list):
-            scopes.update(v for v in value if isinstance(v, str))
-    return frozenset(scopes)
-
-
-def _needs(principal: Principal, scope: str, to: str) -> str:
-    if scope not in principal.scopes:
-        raise Forbidden(f"the token lacks the {scope} scope needed to {to}")
-    return principal.user_id
-
-
 # ---------------------------------------------------------------- from settings
 
 
-def rules_from_settings(settings: Settings) -> JwtRules:
-    """The allow-list and claim rules; refuses `none` and symmetric algorithms."""
-    env = OPTIONS["jwt_algorithms"].env
-    algorithms = tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip())
-    if not algorithms:
-        raise ConfigurationError(f"{env} is empty: name the algorithms your issuer signs with, "
-                                 "such as RS256,ES256")
-    known = set(get_default_algorithms()) - {"none"}
-    for alg in algorithms:
-        if alg.lower() == "none":
-            raise ConfigurationError(f"{env}: 'none' would accept unsigned tokens; remove it")
-        if alg.startswith("HS"):
-            raise ConfigurationError(
-                f"{env}: {alg} is a symmetric (HMAC) algorithm, but the keys of "
-                f"{OPTIONS['jwks'].env} / {OPTIONS['jwt_key_file'].env} are public keys, and a "
-                f"public key must never serve as an HMAC secret (anyone could sign with it): "
-                f"remove {alg}")
-        if alg not in known:
-            raise ConfigurationError(f"{env}: {alg!r} is not an algorithm; use some of "
-                                     f"{', '.join(sorted(known - _symmetric(known)))}")
-    return JwtRules(algorithms, settings.jwt_issuer or None, settings.jwt_audience or None,
-                    settings.jwt_leeway)
-
-
-def key_source(settings: Settings, rules: JwtRules) -> KeySource:
+def key_source(settings: Settings, algorithms: Iterable[str]) -> KeySource:
     """The keys: THELCA_JWKS (https URL or file) or THELCA_JWT_KEY_FILE, exactly one."""
     jwks_env, pem_env = OPTIONS["jwks"].env, OPTIONS["jwt_key_file"].env
     if settings.jwks and settings.jwt_key_file:
         raise ConfigurationError(f"both {jwks_env} and {pem_env} are set: choose one")
     if settings.jwt_key_file:
-        return PemKey(settings.jwt_key_file, rules.algorithms)
+        return PemKey(settings.jwt_key_file, algorithms)
     if not settings.jwks:
         raise ConfigurationError(
             f"the jwt Authority has no keys: set {jwks_env} (an https URL or a file of your "
@@ -452,13 +284,3 @@ def key_source(settings: Settings, rules: JwtRules) -> KeySource:
     if scheme == "http":
         raise ConfigurationError(f"{jwks_env}: the keys must come over https, not http")
     return JwksFile(settings.jwks)
-
-
-def from_settings(settings: Settings) -> JwtAuthority:
-    """The jwt Authority the settings describe; a key set URL is not fetched yet."""
-    rules = rules_from_settings(settings)
-    return JwtAuthority(key_source(settings, rules), rules)
-
-
-def _symmetric(algorithms: Iterable[str]) -> set[str]:
-    return {a for a in algorithms if a.startswith("HS")}

@@ -1,0 +1,81 @@
+"""The client's commands apart from any transport: their bodies, the message around them, replies.
+
+Nothing here knows pika. A transport (the blocking Connection today) is given
+an Outgoing and hands back the bytes of its reply; a client turns those into a
+Reply here. So a client over another transport (an asyncio one) builds and
+reads its commands with these same functions, and a new command is one more
+body builder here plus a method on each client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from thelca_client.contract import (
+    ContractError,
+    Reply,
+    authorization_headers,
+    decode_reply,
+    encode_command,
+)
+from thelca_client.errors import ThelcaClientError, error_for
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A command ready for any transport: its body, its message_id and its headers."""
+
+    body: bytes
+    message_id: str
+    headers: dict[str, str] | None = None  # the Authorization header, when there is a token
+
+
+def outgoing(body: bytes, *, token: str | None, message_id: str | None) -> Outgoing:
+    """The command as it will be published: a new message_id unless one is given."""
+    return Outgoing(
+        body,
+        new_id() if message_id is None else message_id,
+        None if token is None else authorization_headers(token),
+    )
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+# ---------------------------------------------------------------- bodies
+
+
+def create_body(properties: Mapping[str, Any] | None) -> bytes:
+    return encode_command("create", item={"properties": dict(properties or {})})
+
+
+def read_body(id: str) -> bytes:
+    return encode_command("read", id=id)
+
+
+def update_body(id: str, item: Mapping[str, Any], expected_version: int | None) -> bytes:
+    return encode_command("update", id=id, item=item, expected_version=expected_version)
+
+
+# ---------------------------------------------------------------- replies
+
+
+def reply_from(body: bytes, message_id: str, *, raise_for_status: bool) -> Reply:
+    """The decoded reply; the CommandFailed subclass of its status if it failed and should raise."""
+    reply = _decode(body, message_id)
+    if raise_for_status and not reply.ok:
+        raise error_for(reply, message_id=message_id)
+    return reply
+
+
+def _decode(body: bytes, message_id: str) -> Reply:
+    try:
+        return decode_reply(body)
+    except ContractError as error:
+        raise ThelcaClientError(
+            f"the reply to message {message_id} does not follow the contract: {error}"
+        ) from error
