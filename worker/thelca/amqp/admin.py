@@ -5,7 +5,7 @@ from __future__ import annotations
 import pika
 import pika.exceptions
 
-from thelca.amqp.consumer import connection_parameters
+from thelca.amqp.connection import connection_parameters
 from thelca_client.tls import TlsFiles
 
 
