@@ -6,10 +6,10 @@ the reconnect loop, `session` one connection's life (confirms, drain on stop),
 `batch` the batch consumer (worker, logger) and `streams` the replay
 consumer's streams; `convert` turns pika's messages into the roles' and
 back. Short-lived operator tools use a BlockingConnection: `admin` (health)
-and `dead` (dead letters).
+and `dead` (dead letters). Callers see thelca's errors, never pika's.
 """
 
-from thelca.amqp.admin import queue_consumers
+from thelca.amqp.admin import QueueMissing, queue_consumers
 from thelca.amqp.batch import BatchConsumer
 from thelca.amqp.connection import connection_parameters, safe_url
 from thelca.amqp.dead import (
@@ -30,6 +30,7 @@ __all__ = [
     "DeadLettersUnavailable",
     "DeadQueue",
     "Death",
+    "QueueMissing",
     "ReplayConsumer",
     "Retried",
     "Topology",
