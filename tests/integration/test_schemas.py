@@ -43,7 +43,7 @@ from tests.integration.contract_schemas import (
     schema_uri,
 )
 from tests.integration.plain import PlainClient, watch
-from thelca.amqp.consumer import thelca_topology
+from thelca.amqp.topology import thelca_topology
 from thelca_client.contract import Names, encode_command, encode_replay_request
 
 pytestmark = pytest.mark.broker

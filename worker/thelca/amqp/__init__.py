@@ -1,21 +1,17 @@
 """AMQP plumbing: the only package of the worker side that imports pika.
 
-`consumer` runs the long-lived consumers (worker, logger) on a SelectConnection
-with pipelined publisher confirms, and `replay` the replay consumer's streams
-on one; short-lived operator tools use a BlockingConnection: `admin` (health)
-and `dead` (dead letters).
+The long-lived consumers run on a SelectConnection with pipelined publisher
+confirms: `topology` says what to declare, `connection` where to connect and
+the reconnect loop, `session` one connection's life (confirms, drain on stop),
+`batch` the batch consumer (worker, logger) and `streams` the replay
+consumer's streams; `convert` turns pika's messages into the roles' and
+back. Short-lived operator tools use a BlockingConnection: `admin` (health)
+and `dead` (dead letters). Callers see thelca's errors, never pika's.
 """
 
-from thelca.amqp.admin import queue_consumers
-from thelca.amqp.consumer import (
-    BatchConsumer,
-    Topology,
-    connection_parameters,
-    logger_topology,
-    replay_topology,
-    safe_url,
-    thelca_topology,
-)
+from thelca.amqp.admin import QueueMissing, queue_consumers
+from thelca.amqp.batch import BatchConsumer
+from thelca.amqp.connection import connection_parameters, safe_url
 from thelca.amqp.dead import (
     DeadLetter,
     DeadLettersUnavailable,
@@ -26,6 +22,7 @@ from thelca.amqp.dead import (
     retry_dead,
 )
 from thelca.amqp.streams import ReplayConsumer
+from thelca.amqp.topology import Topology, logger_topology, replay_topology, thelca_topology
 
 __all__ = [
     "BatchConsumer",
@@ -33,6 +30,7 @@ __all__ = [
     "DeadLettersUnavailable",
     "DeadQueue",
     "Death",
+    "QueueMissing",
     "ReplayConsumer",
     "Retried",
     "Topology",

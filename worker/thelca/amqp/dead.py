@@ -20,8 +20,8 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
-from thelca.amqp.admin import NoBroker, connect
-from thelca.errors import ThelcaError
+from thelca.amqp.admin import close_quietly, connect
+from thelca.errors import BrokerUnavailable, ThelcaError
 from thelca_client.contract import (
     AUTHORIZATION_HEADER,
     CONTENT_TYPE,
@@ -260,7 +260,7 @@ def _session(urls: str, timeout: float, tls: TlsFiles | None) -> Iterator[Blocki
     """A channel on the first broker that answers; closing it returns every unacked message."""
     try:
         connection = connect(urls, timeout, "thelca dead letters", tls=tls)
-    except NoBroker as error:
+    except BrokerUnavailable as error:
         raise DeadLettersUnavailable(str(error)) from None
     try:
         yield connection.channel()
@@ -269,5 +269,4 @@ def _session(urls: str, timeout: float, tls: TlsFiles | None) -> Iterator[Blocki
     except pika.exceptions.AMQPError as error:
         raise DeadLettersUnavailable(f"the broker dropped the connection: {error!r}") from None
     finally:
-        if connection.is_open:
-            connection.close()
+        close_quietly(connection)

@@ -22,27 +22,19 @@ are single-threaded, and a long step would starve the heartbeats.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pika
 import pika.channel
-import pika.connection
-import pika.frame
 import pika.spec
 
-from thelca.amqp.consumer import (
-    ConnectionSession,
-    Reconnecting,
-    SessionLike,
-    Topology,
-    basic_properties,
-    incoming_of,
-)
+from thelca.amqp.connection import Reconnecting, SessionLike
+from thelca.amqp.convert import basic_properties, incoming_of
+from thelca.amqp.session import ConnectionSession
+from thelca.amqp.topology import Topology
 from thelca.errors import AuthorityUnavailable
 from thelca.roles.messages import EventStream, Incoming, Outgoing, StreamOpener
 from thelca_client.tls import TlsFiles
@@ -96,7 +88,7 @@ class _Request:
         return self.incoming.reply_to
 
 
-class _ReplaySession(ConnectionSession):
+class _ReplaySession(ConnectionSession[_Request]):
     """One connection and its channel, serving requests until it closes."""
 
     DRAIN_TIMEOUT = 10.0
@@ -105,9 +97,6 @@ class _ReplaySession(ConnectionSession):
         super().__init__(owner, params)
         self.owner: ReplayConsumer = owner
         self._requests: deque[_Request] = deque()
-        self._by_seq: dict[int, _Request] = {}
-        self._next_seq = 1
-        self._lowest_seq = 1  # no publish below this is still unconfirmed
         self._pump_scheduled = False
         self._unavailable = 0.0  # the last backoff for an Authority that did not answer
 
@@ -176,7 +165,7 @@ class _ReplaySession(ConnectionSession):
         if self._closing or self.channel is None:
             return
         for _ in range(len(self._requests)):
-            room = self.owner.in_flight - len(self._by_seq)
+            room = self.owner.in_flight - len(self._in_flight)
             if room <= 0 or not self._requests:
                 return  # a confirm will schedule the next turn
             request = self._requests[0]
@@ -204,9 +193,7 @@ class _ReplaySession(ConnectionSession):
         for message in messages:
             self.channel.basic_publish(message.exchange, message.routing_key, message.body,
                                        basic_properties(message), mandatory=True)
-            self._by_seq[self._next_seq] = request
-            self._next_seq += 1
-            request.unconfirmed += 1
+            self._published(request)
         if request.stream.finished:
             request.ended = True
 
@@ -225,32 +212,17 @@ class _ReplaySession(ConnectionSession):
                 request.stream.close()
                 request.ended = True
 
-    def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
-        method = frame.method
-        tag = int(method.delivery_tag)
-        refused = isinstance(method, pika.spec.Basic.Nack)
-        if method.multiple:
-            seqs = range(self._lowest_seq, tag + 1)
-            self._lowest_seq = max(self._lowest_seq, tag + 1)
-        else:
-            seqs = range(tag, tag + 1)
-        touched = []
-        for seq in seqs:
-            request = self._by_seq.pop(seq, None)
-            if request is None:
-                continue
-            request.unconfirmed -= 1
-            touched.append(request)
+    def _confirmed(self, confirmed: list[_Request], refused: bool) -> None:
+        for request in confirmed:
             if refused and not request.requeue:
                 log.warning("%s: the broker refused a replay message; the request goes back "
                             "to the queue and will start again", self.owner.name)
                 request.stream.close()
                 request.ended = request.requeue = True
-        for request in touched:
+        for request in confirmed:
             self._settle(request)
         self._schedule_pump()
-        if self._stop_deadline and not self._requests:
-            self._close_connection()
+        self._close_if_drained()
 
     def _settle(self, request: _Request) -> None:
         """Ack (or requeue) a request whose stream ended and whose messages are confirmed."""
@@ -266,23 +238,14 @@ class _ReplaySession(ConnectionSession):
 
     # ------------------------------------------------------------ stop
 
-    def _begin_stop(self) -> None:
-        """Stop taking requests; finish acking streams already ended, requeue the others."""
-        if self._stop_deadline:
-            return
-        self._stop_deadline = time.monotonic() + self.DRAIN_TIMEOUT
-        if self.channel is not None and self.consumer_tag is not None and self.channel.is_open:
-            self.channel.basic_cancel(self.consumer_tag)
+    def _abandon_unfinished(self) -> None:
+        """Finish acking streams already ended; requeue the others."""
         for request in list(self._requests):
             if not request.ended:
                 request.stream.close()
                 request.ended = request.requeue = True
             if self.channel is not None and self.channel.is_open:
                 self._settle(request)
-        self._wait_for_drain()
 
-    def _wait_for_drain(self) -> None:
-        if not self._requests or time.monotonic() > self._stop_deadline:
-            self._close_connection()  # whatever is still unacked goes back to the queue
-        elif self.connection is not None:
-            self.connection.ioloop.call_later(0.05, self._wait_for_drain)
+    def _drained(self) -> bool:
+        return not self._requests

@@ -210,7 +210,7 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
             print(f"worker: FAILED (nothing consumes {names.commands})")
         print(f"logger: {'ok' if loggers else 'not running; events wait in the queue'} "
               f"({loggers} consuming {names.events_log})")
-    except Exception as error:
+    except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         healthy = False
         print(f"broker: FAILED ({type(error).__name__}: {error})")
     try:
