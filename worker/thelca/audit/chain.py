@@ -29,7 +29,7 @@ HEAD = b',"prev":"'  # how a chained line written by the logger ends: HEAD + has
 END = b'"}'
 CHAINED_TAIL = len(HEAD) + 64 + len(END)
 BLOCK = 1 << 20
-RESUME_LIMIT = 2_000_000  # lines walked back to find the last checkpoint before counting all
+RESUME_LIMIT = 1_000_000  # lines walked back to the last checkpoint before counting them all
 
 
 def line_hash(line: bytes) -> str:
