@@ -14,7 +14,9 @@ Each runs --repeat times (default 3), taking turns, and the best time of each
 counts: on a shared machine that is the figure least bent by the others' load.
 
 Prints both times and their ratio, and exits 1 when the audit did not say
-"intact" or took more than --target times the floor (default 2). Example:
+"intact" or took more than --target times the floor (default 2). The target
+is for the full run: with few lines, starting the process (printed too) weighs
+more than reading. Example:
 
     .venv/bin/python benchmarks/audit_benchmark.py              # the full run
     .venv/bin/python benchmarks/audit_benchmark.py --lines 100000

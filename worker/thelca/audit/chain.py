@@ -22,7 +22,6 @@ from typing import BinaryIO, NamedTuple
 import orjson
 
 from thelca.audit.checkpoints import checkpoints_path, last_checkpoint
-from thelca.eventlog import log_segments
 
 GENESIS = "0" * 64  # the `prev` of the first line of a new log
 HEAD = b',"prev":"'  # how a chained line written by the logger ends: HEAD + hash + END
@@ -155,6 +154,9 @@ def _lines_from_checkpoint(log: str | Path) -> int | None:
 
 def log_files(log: str | Path) -> list[Path]:
     """The log's files in order: its numbered segments, then the live file."""
+    # Imported here, not above: the event log writer imports this module (no cycle).
+    from thelca.eventlog import log_segments
+
     return [*log_segments(log), Path(log)]
 
 

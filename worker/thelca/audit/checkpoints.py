@@ -36,7 +36,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from thelca.errors import ConfigurationError
-from thelca.eventlog import heal_torn_tail
 
 SIGNING_KEY_ENV = "THELCA_LOG_SIGNING_KEY"
 INTERVAL = 9.0  # seconds between checkpoints: the contract's 10, less a caller's timer tick
@@ -218,6 +217,9 @@ class CheckpointWriter:
     def __init__(self, path: str | Path, key: Ed25519PrivateKey | None = None, *,
                  interval: float = INTERVAL,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        # Imported here, not above: the event log writer may import this module (no cycle).
+        from thelca.eventlog import heal_torn_tail
+
         self.path = Path(path)
         self.key = key
         self.interval = interval
