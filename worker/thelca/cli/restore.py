@@ -135,7 +135,7 @@ def _until(text: str | None) -> datetime | None:
 
 
 def _log_exists(path: str) -> bool:
-    from thelca.eventlog import log_segments
+    from thelca.eventlog.segments import log_segments
 
     return Path(path).exists() or bool(log_segments(path))
 
