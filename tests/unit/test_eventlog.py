@@ -16,7 +16,8 @@ from thelca.eventlog.reader import LogSnapshot, read_all, read_log
 from thelca.eventlog.segments import log_segments
 from thelca.eventlog.torn import heal_torn_tail
 from thelca.eventlog.writer import EventLogWriter
-from thelca.restore import Problem, restore
+from thelca.restore.rebuild import restore
+from thelca.restore.report import Problem
 from thelca.stores.memory import MemoryStore
 
 CREATED = {"time": "2020-02-18T16:37:09.654949+00:00", "type": "Item created", "user": "u",
