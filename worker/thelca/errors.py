@@ -67,3 +67,12 @@ class BrokerUnavailable(ThelcaError):
 
 class ConfigurationError(ThelcaError):
     """Raised when settings are missing or contradict each other."""
+
+
+class ChainBroken(ThelcaError):
+    """Raised by restore when the log's hash chain is broken and that was not accepted."""
+
+    def __init__(self, where: str, count: int) -> None:
+        super().__init__(where)
+        self.where = where  # the first break: file:line: what was seen
+        self.count = count  # breaks seen before restore stopped (at least 1)

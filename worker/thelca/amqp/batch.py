@@ -19,7 +19,7 @@ import pika.channel
 import pika.spec
 
 from thelca import metrics
-from thelca.amqp.connection import Reconnecting, SessionLike
+from thelca.amqp.connection import Reconnecting, SessionLike, broker_login
 from thelca.amqp.convert import basic_properties, incoming_of
 from thelca.amqp.session import ConnectionSession
 from thelca.amqp.topology import Topology
@@ -35,7 +35,14 @@ class BatchConsumer(Reconnecting):
 
     Reconnects with backoff when the broker goes away; deliveries that were
     not acked are redelivered by the broker, so the handler must be idempotent.
+
+    `tick`, when given, is called on the connection's thread about every
+    TICK seconds, busy or idle, and once more with True when stopping, after
+    the last batch; what it returns is published under confirms like a
+    batch's publishes (the logger's checkpoints).
     """
+
+    TICK = 1.0
 
     def __init__(
         self,
@@ -49,11 +56,13 @@ class BatchConsumer(Reconnecting):
         name: str = "consumer",
         on_state: Callable[[str], None] | None = None,
         tls: TlsFiles | None = None,
+        tick: Callable[[bool], list[Outgoing]] | None = None,
     ) -> None:
         super().__init__(urls, queue, topology, prefetch=prefetch, name=name, on_state=on_state,
                          tls=tls)
         self.handler = handler
         self.max_batch = max_batch
+        self.tick = tick
 
     def new_session(self, params: pika.URLParameters) -> SessionLike:
         return _BatchSession(self, params)
@@ -86,10 +95,15 @@ class _BatchSession(ConnectionSession[_Batch]):
         self._republish_delay = 0.0
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
         self._confirms_pending = metrics.CONFIRMS_PENDING.labels(owner.name)
+        # Every publish carries the login as user_id, which the broker checks: a dead
+        # letter with the worker's user_id was dead-lettered by the worker, not forged.
+        self._login = broker_login(params)
 
     def _start(self) -> None:
         self._recover()
         self._consume(self._on_message)
+        if self.owner.tick is not None:
+            self._schedule_tick()
 
     # ------------------------------------------------------------ consume
 
@@ -148,8 +162,10 @@ class _BatchSession(ConnectionSession[_Batch]):
         assert self.channel is not None
         batch = _Batch(delivery_tags, received, publish)
         for message in publish:
+            properties = basic_properties(message)
+            properties.user_id = self._login
             self.channel.basic_publish(
-                message.exchange, message.routing_key, message.body, basic_properties(message)
+                message.exchange, message.routing_key, message.body, properties
             )
             self._published(batch)
         self._batches.append(batch)
@@ -248,10 +264,40 @@ class _BatchSession(ConnectionSession[_Batch]):
         except Exception:
             log.exception("%s: tidying up failed; will try again", self.owner.name)
 
+    # ------------------------------------------------------------ tick
+
+    def _schedule_tick(self) -> None:
+        if self.connection is not None:
+            self.connection.ioloop.call_later(self.owner.TICK, self._tick)
+
+    def _tick(self) -> None:
+        if self._closing or self._stop_deadline or self.channel is None:
+            return  # stopping: the last tick comes once drained
+        self._publish_ticked(stopping=False)
+        self._schedule_tick()
+
+    def _publish_ticked(self, *, stopping: bool) -> bool:
+        """Publish what the tick returns; whether there was anything."""
+        assert self.owner.tick is not None and self.channel is not None
+        try:
+            publish = self.owner.tick(stopping)
+        except Exception:
+            log.exception("%s: the periodic step failed; will try again", self.owner.name)
+            return False
+        if publish:
+            self._publish_batch([], publish, [])
+        return bool(publish)
+
     # ------------------------------------------------------------ stop
 
     def _drained(self) -> bool:
-        return not self._waiting and not self._batches
+        if self._waiting or self._batches:
+            return False
+        # Drained: the tick's last word (the logger's final checkpoint) goes out now and
+        # is waited for like any publish; the tick returns nothing the second time.
+        if self.owner.tick is None or self.channel is None or not self.channel.is_open:
+            return True
+        return not self._publish_ticked(stopping=True)
 
     def _before_close(self) -> None:
         self._run_tidy()

@@ -20,7 +20,16 @@ def incoming_of(
         headers=dict(properties.headers or {}),
         type=properties.type,
         redelivered=bool(method.redelivered),
+        exchange=method.exchange or "",
+        user_id=_user_id(properties.user_id),
     )
+
+
+def _user_id(value: str | bytes | None) -> str | None:
+    """The user_id property: the broker refuses one that is not the publisher's login."""
+    if isinstance(value, bytes):  # not UTF-8, so no broker user's name: shown, never trusted
+        return value.decode("utf-8", errors="backslashreplace")
+    return value
 
 
 def basic_properties(message: Outgoing) -> pika.BasicProperties:

@@ -4,15 +4,21 @@ The log (its segments, then the live file) is streamed, never loaded whole,
 through a fold whose writer loads the store in large batches: one bulk load
 each when the store has one, else ordinary transactions, one version at a
 time. Restore publishes nothing.
+
+The hash chain is followed along the way (each block is hashed as it passes,
+before the fold applies it): a broken chain stops the restore at the block
+where it breaks, unless it is accepted, and the report says where it broke.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-from thelca.eventlog.reader import LogSnapshot
+from thelca.audit.verify import ChainWalk
+from thelca.errors import ChainBroken
+from thelca.eventlog.reader import Block, LogSnapshot
 from thelca.restore.fold import FLUSH_ITEMS, Fold, without_cyclic_gc
 from thelca.restore.report import RestoreReport
 from thelca.restore.writers import bulk_writer, transaction_writer
@@ -26,13 +32,21 @@ def restore(
     until: datetime | None = None,
     progress: Callable[[int, int], None] | None = None,
     flush_items: int = FLUSH_ITEMS,
+    accept_broken_chain: bool = False,
 ) -> RestoreReport:
     """Apply the log's item events to an (empty) store; return what happened.
 
     progress, when given, is called now and then with (bytes read, bytes in all).
-    Raises FileNotFoundError when there is no log.
+    Raises FileNotFoundError when there is no log, and ChainBroken at the first
+    break of the hash chain unless accept_broken_chain (the store may then hold
+    part of the log: empty it). A log without a chain (an original server's)
+    restores as it is.
     """
     snapshot = LogSnapshot(log_path)
+    walk = ChainWalk()
+    blocks: Iterable[Block] = walk.watch(snapshot.blocks())
+    if not accept_broken_chain:
+        blocks = _unbroken(walk, blocks)
     if isinstance(store, BulkItemLoader):
         fold = Fold(until=until, flush=bulk_writer(store), flush_items=flush_items,
                     track_flushed=False)
@@ -42,8 +56,21 @@ def restore(
     if progress is not None:
         tick = lambda: progress(snapshot.bytes_read, snapshot.total_bytes)  # noqa: E731
     with without_cyclic_gc():
-        fold.run(snapshot.blocks(), tick)
+        fold.run(blocks, tick)
         fold.finish()
     fold.settle_held()
-    fold.report.items = store.count_items()
-    return fold.report
+    report = fold.report
+    report.items = store.count_items()
+    report.chain_breaks = [str(b) for b in walk.breaks]
+    report.chain_break_count = walk.break_count
+    report.chain_lines = walk.lines
+    report.unchained = walk.unchained
+    return report
+
+
+def _unbroken(walk: ChainWalk, blocks: Iterable[Block]) -> Iterator[Block]:
+    """The blocks, up to the first one where the chain breaks: ChainBroken there."""
+    for block in blocks:  # the walk has followed each block before it comes out
+        if walk.break_count:
+            raise ChainBroken(str(walk.breaks[0]), walk.break_count)
+        yield block
