@@ -352,3 +352,29 @@ def test_the_live_log_audits_and_a_witness_catches_a_chain_recomputed_on_the_log
             connection.channel().queue_delete(witness_queue)
         finally:
             connection.close()
+
+
+def test_a_logger_killed_while_it_writes_leaves_a_log_that_audits(
+    amqp_url: str, prefix: str, tmp_path: Path,
+) -> None:
+    """SIGKILL mid-stream: a torn tail is set aside, the chain goes on from the last line."""
+    keys = tmp_path / "keys"
+    assert thelca("dev-keys", "--dir", str(keys)).returncode == 0
+    with audited_system(amqp_url, prefix, tmp_path, {
+            "THELCA_LOG_SIGNING_KEY": str(keys / "log-signing.pem"),
+            "THELCA_PREFETCH": "20"}) as system, \
+            Client(amqp_url, prefix=prefix, token="abcd") as client:
+        sent = [client.create_async({"n": n}) for n in range(600)]
+        system.wait_for_log(lambda lines: len(lines) >= 50, timeout=30)
+        logger = system.processes.pop("logger")
+        logger.kill()  # while events are still flowing
+        logger.wait()
+        system.start("logger")
+        lines = system.wait_for_log(
+            lambda ls: set(sent) <= {line["command_id"] for line in ls}, timeout=60)
+        assert system.stop("logger") == 0
+    assert sorted(line["command_id"] for line in lines) == sorted(sent)  # each once
+    audited = thelca("audit", "--log", str(system.event_log),
+                     "--public-key", str(keys / "log-signing.pub.pem"))
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert f"the last matched: line {len(sent)} " in audited.stdout
