@@ -6,8 +6,9 @@ docs/contract.md and the code's topology. Then real messages, captured from a
 running worker and logger through a plain pika client, must match them: every
 reply status the test-only Authority can give, every event on the fanout
 exchange, every line of the event log, the dead letters of the worker, the
-logger and the broker, and the logger's checkpoints. Bodies the worker refuses with 400 must be invalid per
-the command schema, and bodies it accepts valid.
+logger and the broker, and the logger's checkpoints. Bodies the worker
+refuses with 400 must be invalid per the command schema, and bodies it
+accepts valid.
 """
 
 from __future__ import annotations

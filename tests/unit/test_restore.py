@@ -371,3 +371,24 @@ def test_a_log_without_a_chain_restores_as_before_and_one_continued_by_the_logge
     assert "hash chain:       unbroken after 20 lines without one" in capsys.readouterr().out
     with closing(SQLiteStore(store)) as restored:
         assert versions(restored)[A] == 3
+
+
+def test_a_big_log_has_its_chain_followed_beside_the_fold_and_refused_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr("thelca.restore.chainwatch.BESIDE_BYTES", 0)  # every log is big
+    log = _chained(tmp_path / "events.log", _history(5))
+    report = restore(log, MemoryStore())
+    assert (report.chain_lines, report.chain_break_count) == (6, 0)
+    _edit(log, 2, b'"n": 1', b'"n": 7')
+    store = MemoryStore()
+    with pytest.raises(ChainBroken) as broken:
+        restore(log, store)
+    assert broken.value.where.startswith("events.log:3: the chain breaks")
+    assert versions(store) == {"x": 6}  # known only once the fold is done: the caller empties
+    database = tmp_path / "store.db"
+    assert main(["restore", "--log", str(log), "--store", f"sqlite:///{database}"]) == 1
+    assert "hash chain is broken at events.log:3" in capsys.readouterr().err
+    with closing(SQLiteStore(database)) as restored:
+        assert restored.count_items() == 0
+    assert restore(log, MemoryStore(), accept_broken_chain=True).chain_break_count == 1

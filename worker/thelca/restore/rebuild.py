@@ -5,20 +5,18 @@ through a fold whose writer loads the store in large batches: one bulk load
 each when the store has one, else ordinary transactions, one version at a
 time. Restore publishes nothing.
 
-The hash chain is followed along the way (each block is hashed as it passes,
-before the fold applies it): a broken chain stops the restore at the block
-where it breaks, unless it is accepted, and the report says where it broke.
+The hash chain is followed along the way (`chainwatch`): a broken chain
+stops the restore, unless it is accepted, and the report says where it broke.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from thelca.audit.verify import ChainWalk
-from thelca.errors import ChainBroken
-from thelca.eventlog.reader import Block, LogSnapshot
+from thelca.eventlog.reader import LogSnapshot
+from thelca.restore.chainwatch import ChainWatch
 from thelca.restore.fold import FLUSH_ITEMS, Fold, without_cyclic_gc
 from thelca.restore.report import RestoreReport
 from thelca.restore.writers import bulk_writer, transaction_writer
@@ -37,16 +35,12 @@ def restore(
     """Apply the log's item events to an (empty) store; return what happened.
 
     progress, when given, is called now and then with (bytes read, bytes in all).
-    Raises FileNotFoundError when there is no log, and ChainBroken at the first
-    break of the hash chain unless accept_broken_chain (the store may then hold
-    part of the log: empty it). A log without a chain (an original server's)
-    restores as it is.
+    Raises FileNotFoundError when there is no log, and ChainBroken when the hash
+    chain is broken, unless accept_broken_chain: the store may then hold part of
+    the log or all of it, so empty it. A log without a chain (an original
+    server's) restores as it is.
     """
     snapshot = LogSnapshot(log_path)
-    walk = ChainWalk()
-    blocks: Iterable[Block] = walk.watch(snapshot.blocks())
-    if not accept_broken_chain:
-        blocks = _unbroken(walk, blocks)
     if isinstance(store, BulkItemLoader):
         fold = Fold(until=until, flush=bulk_writer(store), flush_items=flush_items,
                     track_flushed=False)
@@ -55,22 +49,13 @@ def restore(
     tick = None
     if progress is not None:
         tick = lambda: progress(snapshot.bytes_read, snapshot.total_bytes)  # noqa: E731
-    with without_cyclic_gc():
-        fold.run(blocks, tick)
+    with ChainWatch(Path(log_path), snapshot, accept_broken=accept_broken_chain) as chain, \
+            without_cyclic_gc():
+        fold.run(chain.blocks(snapshot), tick)
         fold.finish()
+        found = chain.found()
     fold.settle_held()
     report = fold.report
     report.items = store.count_items()
-    report.chain_breaks = [str(b) for b in walk.breaks]
-    report.chain_break_count = walk.break_count
-    report.chain_lines = walk.lines
-    report.unchained = walk.unchained
+    report.chain_lines, report.unchained, report.chain_break_count, report.chain_breaks = found
     return report
-
-
-def _unbroken(walk: ChainWalk, blocks: Iterable[Block]) -> Iterator[Block]:
-    """The blocks, up to the first one where the chain breaks: ChainBroken there."""
-    for block in blocks:  # the walk has followed each block before it comes out
-        if walk.break_count:
-            raise ChainBroken(str(walk.breaks[0]), walk.break_count)
-        yield block
