@@ -6,9 +6,11 @@ tests/integration/test_audit_trail.py; here the role is handed messages.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -178,3 +180,33 @@ def test_the_stop_checkpoint_is_written_even_when_the_broker_is_gone(tmp_path: P
     checkpoint = Checkpoint.parse(
         checkpoints_path(tmp_path / "events.log").read_bytes().splitlines()[-1])
     assert (checkpoint.lines, checkpoint.sig) == (2, None)
+
+
+class _FullDisk:
+    """The checkpoints file, on a disk that is full for one write."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_no_batch_and_comes_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    logger = _logger(tmp_path, clock)
+    assert logger.checkpoints is not None
+    logger.checkpoints._file = _FullDisk(logger.checkpoints._file)  # type: ignore[assignment]
+    clock.now += 9
+    with caplog.at_level(logging.ERROR):
+        assert logger.handle([_from_worker(1)]) == []  # written; the checkpoint was not
+    assert "cannot write a checkpoint" in caplog.text and "No space" in caplog.text
+    assert _ids(tmp_path) == ["event-1"]
+    assert not checkpoints_path(tmp_path / "events.log").read_bytes()  # cut back
+    assert Checkpoint.parse(logger.tick(False)[0].body).lines == 1  # the next tick
+    logger.close()

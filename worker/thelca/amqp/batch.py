@@ -273,6 +273,8 @@ class _BatchSession(ConnectionSession[_Batch]):
     def _tick(self) -> None:
         if self._closing or self._stop_deadline or self.channel is None:
             return  # stopping: the last tick comes once drained
+        if not self.channel.is_open:
+            return  # the session is ending: the next one ticks again
         self._publish_ticked(stopping=False)
         self._schedule_tick()
 

@@ -2,7 +2,8 @@
 
 The modules: `fold` (the log's events applied in order: restore's hot loop),
 `items` (the item events' rules), `writers` (folded items into a store),
-`rebuild` (`restore`), `compare` (`verify`), `report` (what either found).
+`rebuild` (`restore`), `chainwatch` (the hash chain, followed while restore
+reads), `compare` (`verify`), `report` (what either found).
 """
 
 from thelca.restore.compare import Difference, VerifyReport, verify

@@ -110,7 +110,12 @@ class EventLogger:
         due = chain.lines != checkpoints.lines if stopping else checkpoints.due(chain.lines)
         if not due:
             return []
-        body = checkpoints.write(chain.lines, chain.last)
+        try:
+            body = checkpoints.write(chain.lines, chain.last)
+        except OSError as error:  # the lines are on disk all the same: the next one covers them
+            log.error("cannot write a checkpoint of the event log to %s (tried again at the "
+                      "next): %s", checkpoints.path, error)
+            return []
         metrics.LOG_CHECKPOINTS.inc()
         return [Outgoing(self.names.checkpoints, "", body)]
 
