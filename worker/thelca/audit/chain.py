@@ -65,6 +65,18 @@ def _reencoded(prev: str, line: bytes) -> bytes:
     return escape_line_breaks(orjson.dumps(value))  # one line for every reader, still
 
 
+def without_prev(line: bytes) -> bytes:
+    """A line as it was before the chain linked it (the event's own bytes), without its
+    newline; a line that does not end with a `prev` the logger added is returned as it is.
+
+    For what leaves the log as events (a replay): a `prev` links to the line
+    before in this log, which the receiver of a filtered stream does not have.
+    """
+    if line.endswith(END) and line[-CHAINED_TAIL:-CHAINED_TAIL + len(HEAD)] == HEAD:
+        return line[:-CHAINED_TAIL] + b"}"
+    return line
+
+
 def prev_of(line: bytes) -> str | None:
     """The `prev` a line carries (any string, unchecked), or None when it carries none.
 
