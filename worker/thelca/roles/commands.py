@@ -52,7 +52,9 @@ class _Outcome:
     command: Command | None
 
 
-class CommandHandler:
+class CommandRole:
+    """The worker role: each command in, its reply and its event out, all in one batch."""
+
     def __init__(
         self,
         store: ItemStore,
