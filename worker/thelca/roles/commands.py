@@ -21,8 +21,9 @@ import orjson
 from thelca import metrics
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
-from thelca.domain.service import ItemService, Result
+from thelca.domain.service import ItemService
 from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
+from thelca.roles.handlers import HANDLERS, Context
 from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 from thelca_client.contract import (
@@ -158,7 +159,7 @@ class CommandRole:
             if prior is not None:
                 return self._repeat(tx, message, principal, prior)
         outcome = self._serve(tx, principal, message, command_id)
-        if message.message_id and (outcome.command is None or outcome.command.name != "read"):
+        if message.message_id and _remembered(outcome.command):
             self._remember(tx, message.message_id, outcome)
         command = outcome.command.name if outcome.command else None
         out = self._reply(message, outcome.reply, command)
@@ -172,22 +173,11 @@ class CommandRole:
         command: Command | None = None
         try:
             command = decode_command(message.body)
-            result = self._dispatch(tx, principal, command, command_id)
+            handler = HANDLERS[type(command)]
+            served = handler.handle(Context(self.service, tx, principal, command_id), command)
         except (CommandRefused, ContractError) as refused:
             return self._refusal(refused, principal, command, command_id)
-        reply = Reply(200, item=result.stored.item.to_json(), version=result.stored.version)
-        return _Outcome(reply, result.event, principal.user_id, command)
-
-    def _dispatch(
-        self, tx: StoreTransaction, principal: Principal, command: Command, command_id: str
-    ) -> Result:
-        if command.name == "create":
-            return self.service.create(tx, principal, command.item or {}, command_id)
-        if command.name == "read":
-            return self.service.read(tx, principal, command.id or "", command_id)
-        return self.service.update(tx, principal, command.id or "", command.item or {},
-                                   expected_version=command.expected_version,
-                                   command_id=command_id)
+        return _Outcome(served.reply, served.event, principal.user_id, command)
 
     def _refusal(
         self,
@@ -199,7 +189,7 @@ class CommandRole:
         event = None
         if refused.status == 403:
             event = model.access_refused(
-                command.name if command else None, command.id if command else None,
+                command.name if command else None, _named_id(command),
                 403, user=principal.user_id, time=model.utc_now(), command_id=command_id)
         return _Outcome(Reply(refused.status, error=str(refused)), event,
                         principal.user_id, command)
@@ -286,6 +276,18 @@ class CommandRole:
         kind = orjson.loads(event.body).get("type")
         return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
                         type=kind if isinstance(kind, str) else None)
+
+
+def _remembered(command: Command | None) -> bool:
+    """Whether an outcome is recorded under its message_id: a body that could not be
+    decoded is (its refusal is), a command is as its handler says (a read is not)."""
+    return command is None or HANDLERS[type(command)].remembered
+
+
+def _named_id(command: Command | None) -> str | None:
+    """The id a command names (a create names none), for an Access refused event."""
+    item_id = getattr(command, "id", None)
+    return item_id if isinstance(item_id, str) else None
 
 
 def _peek(body: bytes) -> tuple[str | None, str | None]:
