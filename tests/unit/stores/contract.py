@@ -467,6 +467,21 @@ class StoreContract(abc.ABC):
             tx.add_item(item("a"))
         assert store.count_items() == 1
 
+    def test_ids_with_nul_round_trip_in_a_store_that_keeps_nul(self, store: ItemStore) -> None:
+        """Only for backends whose keeps_nul is true; the others refuse them (their files)."""
+        if not store.keeps_nul:
+            return
+        odd = Item("a\x00b", CREATED_AT, "user\x00", {"nul": "\x00"})
+        command = ProcessedCommand("m\x00", "user\x00", b"{}", "e\x00")
+        with store.transaction() as tx:
+            tx.add_item(odd)
+            tx.add_processed(command)
+        with store.transaction() as tx:
+            assert tx.get_item("a\x00b") == StoredItem(odd, 1)
+            assert tx.get_item("a") is None
+            assert tx.get_processed("m\x00") == command
+            assert tx.get_processed("m") is None
+
     # ------------------------------------------------------------ optional bulk load
 
     def test_load_items_stores_each_item_at_its_given_version(self, store: ItemStore) -> None:

@@ -19,7 +19,7 @@ from tests.unit.stores.contract import (
     processed,
 )
 from thelca.domain.model import Item, StoredItem
-from thelca.errors import ConfigurationError, InvalidCommand, StoreUnavailable
+from thelca.errors import ConfigurationError, StoreUnavailable, UnstorableValue
 from thelca.stores import ItemStore, many_writers, open_store
 from thelca.stores.postgres import PostgresStore, redacted, split_schema
 from thelca_client.contract import JSON
@@ -148,17 +148,21 @@ class TestPostgresStore(StoreContract):
         assert "postgres:***@127.0.0.1:1/test" in str(refused.value)
 
     def test_nul_cannot_be_an_id_but_is_kept_in_properties(self, store: ItemStore) -> None:
+        """Not a refused command (a store never answers 400): the worker checks keeps_nul
+        first, and a value that reaches the store anyway fails that one command."""
+        assert not store.keeps_nul
         properties: JSON = {"nul": "\x00", "key\x00": ["\x00"]}
         with store.transaction() as tx:
             tx.add_item(item("a", properties))
             assert tx.get_item("a\x00b") is None
             assert tx.get_processed("m\x00") is None
-            with pytest.raises(InvalidCommand, match="NUL"):
+            with pytest.raises(UnstorableValue, match="NUL"):
                 tx.add_item(Item("b", CREATED_AT, "user\x00", {}))
-            with pytest.raises(InvalidCommand, match="NUL"):
+            with pytest.raises(UnstorableValue, match="NUL"):
                 tx.add_processed(processed("m\x00"))
         with store.transaction() as tx:
             assert tx.get_item("a") == StoredItem(item("a", properties), 1)
+            assert tx.get_item("b") is None
 
     def test_a_reader_does_not_create_the_schema(self, pg_url: str) -> None:
         with fresh_schema(pg_url) as schema:

@@ -126,16 +126,29 @@ class TestSQLiteStore(StoreContract):
 
         monkeypatch.setattr("thelca.stores.sqlite.sqlite3.connect", refuse)
         # Kept, as a caller that logs or retries may: its traceback holds the half-made store.
-        with pytest.raises(sqlite3.OperationalError, match="unable to open") as failed:
+        with pytest.raises(StoreUnavailable, match=r"could not open .*unable to open") as failed:
             SQLiteStore(self.path)
         monkeypatch.undo()
         store = SQLiteStore(self.path)  # not StoreLocked by the failed attempt
-        assert failed.value is not None
+        assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
         try:
             with store.transaction() as tx:
                 tx.add_item(item("a"))
         finally:
             store.close()
+
+    def test_sqlite_s_own_errors_come_out_as_store_unavailable(self) -> None:
+        """Nothing outside the store sees sqlite3: a write to a read-only file is retried."""
+        SQLiteStore(self.path).close()
+        reader = SQLiteStore(self.path, writer=False)
+        try:
+            with pytest.raises(StoreUnavailable, match="could not add an item") as failed, \
+                    reader.transaction() as tx:
+                tx.add_item(item("a"))
+            assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
+            assert reader.count_items() == 0
+        finally:
+            reader.close()
 
     def test_open_store_opens_sqlite_urls(self) -> None:
         store = open_store("sqlite:///" + str(self.path))

@@ -1,10 +1,11 @@
-"""The worker's command handler: from a delivered message to a reply and an event.
+"""The worker's role: from a delivered command to a reply and an event.
 
-For each command, in the contract's order: size (413), token (401), the
-idempotency record, then the service (400, 404, 403, 409). Everything a
-batch changes — items, the processed-command records with their replies,
-the outbox of events — is committed in one store transaction, each command
-inside its own savepoint, before anything is published. The plumbing acks
+For each command, in the contract's order: size (413), token (401), a user
+id the store cannot keep (400), the idempotency record, then the service
+(400, 404, 403, 409) through the command's handler (thelca.roles.handlers).
+Everything a batch changes — items, the processed-command records with their
+replies, the outbox of events — is committed in one store transaction, each
+command inside its own savepoint, before anything is published. The plumbing acks
 the batch only once the broker has confirmed every reply and event, and the
 outbox keeps each event until then, so a crash at any point can neither lose
 an event nor apply a command twice.
@@ -43,6 +44,8 @@ from thelca_client.contract import (
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
+NUL_USER_ID = ("the user id contains a NUL character (\\u0000), which this store cannot keep "
+               "outside properties")
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,10 @@ class CommandRole:
             raise
         except Exception:  # a token the Authority's library chokes on: this message only
             return self._poison(message, None)
+        if "\x00" in principal.user_id and not self.store.keeps_nul:
+            # Neither the item's created_by nor the record of the command could be kept;
+            # refused before anything is written, so not remembered either.
+            return self._reply(message, Reply(400, error=NUL_USER_ID))
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with tx.savepoint():
