@@ -16,6 +16,8 @@ from thelca_client.contract import ContractError, ReplayRequest, decode_replay_r
 
 
 class NoEventsForMallory(TestOnlyAuthority):
+    """The test-only Authority, except that mallory may not replay events (a 403)."""
+
     def check_read_events(self, principal: Principal) -> str:
         if principal.user_id.endswith("mallory"):
             raise Forbidden("mallory may not read events")

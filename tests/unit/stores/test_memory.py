@@ -10,6 +10,8 @@ from thelca.stores.memory import MemoryStore
 
 
 class TestMemoryStore(StoreContract):
+    """The contract against a new memory store."""
+
     def make_store(self) -> ItemStore:
         return MemoryStore()
 

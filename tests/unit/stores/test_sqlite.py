@@ -15,6 +15,8 @@ from thelca.stores.sqlite import SQLiteStore
 
 
 class TestSQLiteStore(StoreContract):
+    """The contract against a real SQLite file, a new one in each test's tmp_path."""
+
     path: Path
 
     @pytest.fixture(autouse=True)
