@@ -17,7 +17,8 @@ ROOMS: dict[str, tuple[Path, ...]] = {
     "sqlite3": (WORKER / "stores" / "sqlite.py",),
     "psycopg": (WORKER / "stores" / "postgres.py",),
     "jwt": (WORKER / "authority", WORKER / "devkeys.py"),
-    "cryptography": (WORKER / "authority", WORKER / "devkeys.py"),
+    # and the audit trail's checkpoints, which are signed (Ed25519)
+    "cryptography": (WORKER / "authority", WORKER / "devkeys.py", WORKER / "audit"),
 }
 
 
