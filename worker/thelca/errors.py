@@ -6,7 +6,9 @@
     ├── StoreError: StoreUnavailable, ConcurrentUpdate, UnstorableValue, StoreLocked
     ├── AuthorityUnavailable
     ├── BrokerUnavailable
-    └── ConfigurationError
+    ├── QueueMissing
+    ├── ConfigurationError
+    └── (thelca.amqp.dead.DeadLettersUnavailable, beside the retry results it carries)
 
 Each store translates its driver's errors into the StoreError family in one
 place (stores/sqlite.py, stores/postgres.py), so that nothing above the
@@ -84,6 +86,10 @@ class AuthorityUnavailable(ThelcaError):
 
 class BrokerUnavailable(ThelcaError):
     """Raised when no broker of the configured URLs answers, or it refuses the login."""
+
+
+class QueueMissing(ThelcaError):
+    """Raised when a queue asked about does not exist: a wrong prefix, or nothing declared it."""
 
 
 class ConfigurationError(ThelcaError):
