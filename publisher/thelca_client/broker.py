@@ -67,6 +67,15 @@ def _parameters(url: str, connection_name: str, tls: TlsFiles | None) -> pika.UR
     return parameters
 
 
+def renamed(parameters: pika.URLParameters, suffix: str) -> pika.URLParameters:
+    """A copy whose connection_name (what the broker shows) ends with suffix."""
+    copied = copy.copy(parameters)
+    properties = dict(parameters.client_properties or {})
+    properties["connection_name"] = f"{properties.get('connection_name', '')}{suffix}"
+    copied.client_properties = properties
+    return copied
+
+
 def bounded(parameters: pika.URLParameters, deadline: float) -> pika.URLParameters:
     """A copy whose connect and handshake timeouts end no later than the deadline."""
     left = max(deadline - time.monotonic(), 0.01)

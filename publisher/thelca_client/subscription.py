@@ -46,7 +46,7 @@ from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from thelca_client.asyncio_connection import AsyncConnection, Link, Lost
-from thelca_client.broker import backoff, describe, is_connection_loss
+from thelca_client.broker import backoff, describe, is_connection_loss, renamed
 from thelca_client.commands import new_id, outgoing
 from thelca_client.contract import (
     REPLAY_END_HEADER,
@@ -146,7 +146,9 @@ class Subscription:
         timeout: float,
     ) -> None:
         self.names = names
-        self._connection = AsyncConnection(parameters, queue=names.replay)
+        # A connection of its own, named after the client's with " subscription" added.
+        self._connection = AsyncConnection([renamed(each, " subscription") for each in parameters],
+                                           queue=names.replay)
         self._token = token
         self._since = _time_text(since)
         self._types = None if types is None else tuple(types)
