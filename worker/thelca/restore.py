@@ -386,12 +386,20 @@ class VerifyReport:
 
 
 def verify(
-    log_path: str | Path, store: ItemStore, *, until: datetime | None = None
+    log_path: str | Path, store: ItemStore, *, until: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
-    """Fold the log in memory and compare it, item by item, with the store."""
+    """Fold the log in memory and compare it, item by item, with the store.
+
+    progress, when given, is called now and then with (bytes read, bytes in all).
+    """
     fold = Fold(until=until)
+    snapshot = LogSnapshot(log_path)
+    tick = None
+    if progress is not None:
+        tick = lambda: progress(snapshot.bytes_read, snapshot.total_bytes)  # noqa: E731
     with without_cyclic_gc():
-        fold.run(LogSnapshot(log_path).blocks())
+        fold.run(snapshot.blocks(), tick)
     fold.settle_held()
     report = VerifyReport(fold.report, log_items=len(fold.versions))
     expected = {stored.item.id: stored for stored in fold.items()}
