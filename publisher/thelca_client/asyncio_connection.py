@@ -21,6 +21,7 @@ methods.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -355,6 +356,10 @@ class AsyncConnection:
         self._link: Link | None = None
         self._connecting: asyncio.Task[Link] | None = None
         self._closed = False
+        # Correlation ids only need to be unique among this client's own calls: a random
+        # stem and a counter cost less than a uuid4 per attempt.
+        self._stem = new_id()
+        self._attempts = itertools.count()
 
     def hosts(self) -> str:
         return hosts(self.parameters)
@@ -394,7 +399,7 @@ class AsyncConnection:
         """
 
         async def attempt(link: Link, progress: _Progress) -> bytes:
-            correlation_id = new_id()
+            correlation_id = f"{self._stem}.{next(self._attempts)}"
             reply = link.expect(correlation_id)
             try:
                 confirmed = link.publish(message, self.queue, correlation_id)
