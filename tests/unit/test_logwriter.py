@@ -20,7 +20,7 @@ from thelca import metrics
 from thelca.audit.checkpoints import Checkpoint, CheckpointWriter, checkpoints_path
 from thelca.audit.verify import audit
 from thelca.eventlog.writer import EventLogWriter
-from thelca.roles.logwriter import EventLogger
+from thelca.roles.logwriter import LogWriterRole
 from thelca.roles.messages import Incoming
 from thelca_client.contract import DEAD_REASON_HEADER, Names
 
@@ -48,10 +48,10 @@ def _from_worker(n: int, user_id: str | None = "thelca-worker") -> Incoming:
 
 
 def _logger(tmp_path: Path, clock: Clock | None = None, key: Ed25519PrivateKey | None = None,
-            publishers: frozenset[str] | None = None) -> EventLogger:
+            publishers: frozenset[str] | None = None) -> LogWriterRole:
     writer = EventLogWriter(tmp_path / "events.log")
     checkpoints = CheckpointWriter(checkpoints_path(writer.path), key, clock=clock or Clock())
-    return EventLogger(writer, NAMES, publishers=publishers, checkpoints=checkpoints)
+    return LogWriterRole(writer, NAMES, publishers=publishers, checkpoints=checkpoints)
 
 
 def _ids(tmp_path: Path) -> list[str]:

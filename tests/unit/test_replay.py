@@ -1,4 +1,4 @@
-"""The replay service without a broker: checks in order, filters, a few messages at a time."""
+"""The replay role without a broker: checks in order, filters, a few messages at a time."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from thelca.errors import Forbidden
 from thelca.eventlog.format import to_line
 from thelca.eventlog.writer import EventLogWriter
 from thelca.roles.messages import Incoming
-from thelca.roles.replay import LINES_PER_TAKE, ReplayService
+from thelca.roles.replay import LINES_PER_TAKE, ReplayRole
 from thelca_client.contract import ContractError, ReplayRequest, decode_replay_request
 
 
 class NoEventsForMallory(TestOnlyAuthority):
+    """The test-only Authority, except that mallory may not replay events (a 403)."""
+
     def check_read_events(self, principal: Principal) -> str:
         if principal.user_id.endswith("mallory"):
             raise Forbidden("mallory may not read events")
@@ -39,12 +41,12 @@ def _request(body: bytes = b"{}", token: str | None = "abcd",
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> ReplayService:
-    return ReplayService(_log(tmp_path / "events.log", 250), NoEventsForMallory())
+def role(tmp_path: Path) -> ReplayRole:
+    return ReplayRole(_log(tmp_path / "events.log", 250), NoEventsForMallory())
 
 
-def test_take_gives_at_most_the_limit_and_the_end_marker_last(service: ReplayService) -> None:
-    stream = service.open(_request())
+def test_take_gives_at_most_the_limit_and_the_end_marker_last(role: ReplayRole) -> None:
+    stream = role.open(_request())
     taken = []
     while not stream.finished:
         batch = stream.take(100)
@@ -62,7 +64,7 @@ def test_a_filter_that_matches_little_hands_the_loop_back_between_reads(
     tmp_path: Path,
 ) -> None:
     log = _log(tmp_path / "events.log", 3 * LINES_PER_TAKE)
-    stream = ReplayService(log, TestOnlyAuthority()).open(
+    stream = ReplayRole(log, TestOnlyAuthority()).open(
         _request(b'{"types": ["Item created"]}'))
     takes = []
     while not stream.finished:
@@ -78,21 +80,21 @@ def test_a_filter_that_matches_little_hands_the_loop_back_between_reads(
     (b"not json", "abcd", 400),  # then the body
 ])
 def test_checks_run_token_then_authority_then_body(
-    service: ReplayService, body: bytes, token: str | None, status: int
+    role: ReplayRole, body: bytes, token: str | None, status: int
 ) -> None:
-    stream = service.open(_request(body, token))
+    stream = role.open(_request(body, token))
     (end,) = stream.take(100)
     assert orjson.loads(end.body)["status"] == status
     assert stream.finished
 
 
-def test_a_request_without_reply_to_is_finished_at_once(service: ReplayService) -> None:
-    stream = service.open(_request(reply_to=None))
+def test_a_request_without_reply_to_is_finished_at_once(role: ReplayRole) -> None:
+    stream = role.open(_request(reply_to=None))
     assert stream.finished and stream.take(100) == []
 
 
-def test_closing_a_stream_early_releases_the_log(service: ReplayService) -> None:
-    stream = service.open(_request())
+def test_closing_a_stream_early_releases_the_log(role: ReplayRole) -> None:
+    stream = role.open(_request())
     assert len(stream.take(10)) == 10
     stream.close()
     assert stream.finished and stream.take(10) == []
@@ -127,7 +129,7 @@ def test_a_segment_removed_while_streaming_ends_the_replay_with_500(tmp_path: Pa
     _log(tmp_path / "events.log.000001", 20)
     _log(tmp_path / "events.log.000002", 20)
     _log(log, 5)
-    stream = ReplayService(log, TestOnlyAuthority()).open(_request())
+    stream = ReplayRole(log, TestOnlyAuthority()).open(_request())
     assert len(stream.take(10)) == 10
     (tmp_path / "events.log.000002").unlink()  # an operator archived it meanwhile
     rest = []
@@ -148,7 +150,7 @@ def test_replayed_events_are_sent_as_published_without_the_logs_chain(tmp_path: 
     writer.append([to_line(orjson.dumps(event)) for event in events])
     writer.close()
     assert all(b'"prev":"' in line for line in path.read_bytes().splitlines())
-    stream = ReplayService(path, NoEventsForMallory()).open(
+    stream = ReplayRole(path, NoEventsForMallory()).open(
         _request(b'{"types": ["Item read"]}'))
     bodies = [m.body for m in stream.take(10)[:-1]]
     assert bodies == [to_line(orjson.dumps(events[n]))[1][:-1] for n in (0, 2)]

@@ -1,4 +1,4 @@
-"""The logger: appends every event from `<prefix>.events.log` to the event log.
+"""The logger role: appends every event from `<prefix>.events.log` to the event log.
 
 A batch of deliveries is written, flushed and fsynced once, and only then
 acked (by the plumbing), so an acknowledged event is on disk. An event whose
@@ -29,7 +29,7 @@ from thelca_client.contract import Names
 log = logging.getLogger(__name__)
 
 
-class EventLogger:
+class LogWriterRole:
     """The logger role: writes the worker's events to the log, once per id, and checkpoints it.
 
     `publishers`: the broker users whose events are written; None for any user
