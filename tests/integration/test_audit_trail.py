@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -357,22 +358,35 @@ def test_the_live_log_audits_and_a_witness_catches_a_chain_recomputed_on_the_log
 def test_a_logger_killed_while_it_writes_leaves_a_log_that_audits(
     amqp_url: str, prefix: str, tmp_path: Path,
 ) -> None:
-    """SIGKILL mid-stream: a torn tail is set aside, the chain goes on from the last line."""
+    """SIGKILL while events flow: a torn tail is set aside, the chain goes on from the last
+    complete line, and the log audits."""
     keys = tmp_path / "keys"
     assert thelca("dev-keys", "--dir", str(keys)).returncode == 0
+    sent: list[str] = []
+
+    def produce() -> None:
+        with Client(amqp_url, prefix=prefix, token="abcd") as client:
+            sent.extend(client.create_async({"n": n}) for n in range(1500))
+
     with audited_system(amqp_url, prefix, tmp_path, {
             "THELCA_LOG_SIGNING_KEY": str(keys / "log-signing.pem"),
-            "THELCA_PREFETCH": "20"}) as system, \
-            Client(amqp_url, prefix=prefix, token="abcd") as client:
-        sent = [client.create_async({"n": n}) for n in range(600)]
-        system.wait_for_log(lambda lines: len(lines) >= 50, timeout=30)
-        logger = system.processes.pop("logger")
-        logger.kill()  # while events are still flowing
-        logger.wait()
-        system.start("logger")
+            "THELCA_PREFETCH": "20"}) as system:
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            system.wait_for_log(lambda lines: len(lines) >= 50, timeout=30)
+            logger = system.processes.pop("logger")
+            logger.kill()  # the producer is still sending
+            logger.wait()
+            killed_at = len(system.log_lines())
+            system.start("logger")
+            wait_for_consumers(amqp_url, system.names.events_log, [system.processes["logger"]])
+        finally:
+            producer.join(timeout=120)
         lines = system.wait_for_log(
             lambda ls: set(sent) <= {line["command_id"] for line in ls}, timeout=60)
         assert system.stop("logger") == 0
+    assert killed_at < len(sent) == 1500
     assert sorted(line["command_id"] for line in lines) == sorted(sent)  # each once
     audited = thelca("audit", "--log", str(system.event_log),
                      "--public-key", str(keys / "log-signing.pub.pem"))
