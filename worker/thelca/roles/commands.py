@@ -1,8 +1,10 @@
 """The worker's role: from a delivered command to a reply and an event.
 
-For each command, in the contract's order: size (413), token (401), a user
-id the store cannot keep (400), the idempotency record, then the service
-(400, 404, 403, 409) through the command's handler (thelca.roles.handlers).
+For each command, in the contract's order: a reply_to naming one of
+thelca's own queues (not executed at all: to the dead letters), size (413),
+token (401), a user id the store cannot keep (400), the idempotency record,
+then the service (400, 404, 403, 409) through the command's handler
+(thelca.roles.handlers).
 Everything a batch changes — items, the processed-command records with their
 replies, the outbox of events — is committed in one store transaction, each
 command inside its own savepoint, before anything is published. The plumbing acks
@@ -24,6 +26,7 @@ from thelca.authority.base import Authority, Principal
 from thelca.domain import model
 from thelca.domain.service import ItemService
 from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
+from thelca.logtext import shown
 from thelca.roles.handlers import HANDLERS, Context
 from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
@@ -120,6 +123,8 @@ class CommandRole:
     # ------------------------------------------------------------ one command
 
     def _handle_one(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+        if self.names.owns(message.reply_to):
+            return self._hijacked(message)
         # Without a message_id a command cannot be idempotent; it is still served,
         # under an id of its own, and the worker's log says so.
         command_id = message.message_id or f"generated-{uuid.uuid4()}"
@@ -238,13 +243,24 @@ class CommandRole:
         """An unexpected failure: answer 500, keep the command in the dead letters."""
         error_id = uuid.uuid4().hex[:12]
         log.exception("command %s failed unexpectedly (error id %s); dead-lettered",
-                      message.message_id, error_id)
+                      shown(message.message_id), error_id)
         out = self._reply(message, Reply(
             500, error=f"internal error; the worker's log has it under error id {error_id}"))
         out.append(dead_letter(message, self.names.dead, f"exception (error id {error_id})",
                                user=principal.user_id if principal else None))
         metrics.DEAD_LETTERS.labels("worker").inc()
         return out
+
+    def _hijacked(self, message: Incoming) -> list[Outgoing]:
+        """A reply_to that names one of thelca's own queues (its log, its commands, its dead
+        letters...): not executed and nothing published there, so that no client can write
+        into thelca through a reply; kept in the dead letters, without its token."""
+        reason = (f"reply_to names thelca's own queue {shown(message.reply_to)}: replies go "
+                  "to clients, never into thelca; not executed")
+        log.warning("a command (message_id %s) went to %s: %s", shown(message.message_id),
+                    self.names.dead, reason)
+        metrics.DEAD_LETTERS.labels("worker").inc()
+        return [dead_letter(message, self.names.dead, reason)]
 
     # ------------------------------------------------------------ messages
 
