@@ -36,6 +36,7 @@ from thelca.amqp.convert import basic_properties, incoming_of
 from thelca.amqp.session import ConnectionSession
 from thelca.amqp.topology import Topology
 from thelca.errors import AuthorityUnavailable
+from thelca.logtext import shown
 from thelca.roles.messages import EventStream, Incoming, Outgoing, StreamOpener
 from thelca_client.tls import TlsFiles
 
@@ -208,7 +209,7 @@ class _ReplaySession(ConnectionSession[_Request]):
         for request in self._requests:
             if request.reply_to == method.routing_key and not request.ended:
                 log.warning("%s: the subscriber queue %s is gone; its replay is abandoned",
-                            self.owner.name, method.routing_key)
+                            self.owner.name, shown(method.routing_key))
                 request.stream.close()
                 request.ended = True
 
