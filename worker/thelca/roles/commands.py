@@ -80,7 +80,7 @@ class CommandHandler:
         try:
             with self.store.transaction() as tx:
                 tx.remove_outbox(confirmed)
-                return [out for message in batch for out in self._handle_one(tx, message)]
+                return [out for message in batch for out in self._guarded(tx, message)]
         except BaseException:
             self._confirmed_event_ids = confirmed + self._confirmed_event_ids
             raise
@@ -113,7 +113,23 @@ class CommandHandler:
 
     # ------------------------------------------------------------ one command
 
+    def _guarded(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+        """One command's reply and event; whatever fails in building them costs this
+        command alone (a 500 and a dead letter), never its batch.
+
+        Only an unavailable store or Authority fails the batch, to be tried again.
+        What a command wrote is inside its own savepoint, undone when it raised.
+        """
+        try:
+            return self._handle_one(tx, message)
+        except (StoreUnavailable, AuthorityUnavailable):
+            raise
+        except Exception:
+            return self._poison_or_drop(message)
+
     def _handle_one(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+        if _unreadable(message):
+            return self._refuse_unreadable(message)
         # Without a message_id a command cannot be idempotent; it is still served,
         # under an id of its own, and the worker's log says so.
         command_id = message.message_id or f"generated-{uuid.uuid4()}"
@@ -247,6 +263,34 @@ class CommandHandler:
         metrics.DEAD_LETTERS.labels("worker").inc()
         return out
 
+    def _poison_or_drop(self, message: Incoming) -> list[Outgoing]:
+        """A 500 and a dead letter; if even those cannot be built, the command is dropped
+        (acked unanswered) with an error line, so that it cannot stop the worker."""
+        try:
+            return self._poison(message, None)
+        except Exception:
+            log.exception("a command could not even be dead-lettered; dropped")
+            metrics.COMMANDS.labels("unknown", "500").inc()
+            return []
+
+    def _refuse_unreadable(self, message: Incoming) -> list[Outgoing]:
+        """Properties that cannot be used as sent (a message_id that is not UTF-8, a reply_to
+        that no reply can reach): refused first, like a body over the limit, so neither
+        remembered nor an event. Answered 400 when the reply_to can be used, else kept
+        once in the dead letters (without the token) for the operator."""
+        why = "; ".join(f"the {name} property is {what}"
+                        for name, what in sorted(_unreadable(message).items()))
+        log.warning("a command was refused: %s", why)
+        if "reply_to" in message.unreadable:
+            metrics.COMMANDS.labels(self._command_name(message), "400").inc()
+            out: list[Outgoing] = []
+        else:
+            out = self._reply(message, Reply(400, error=why))
+        if not out:  # nobody to answer
+            out.append(dead_letter(message, self.names.dead, f"refused: {why}"))
+            metrics.DEAD_LETTERS.labels("worker").inc()
+        return out
+
     # ------------------------------------------------------------ messages
 
     def _reply(
@@ -284,6 +328,12 @@ class CommandHandler:
         kind = orjson.loads(event.body).get("type")
         return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
                         type=kind if isinstance(kind, str) else None)
+
+
+def _unreadable(message: Incoming) -> dict[str, str]:
+    """The properties a command's reply depends on that cannot be used as sent, and why."""
+    return {name: why for name, why in message.unreadable.items()
+            if name in ("message_id", "correlation_id", "reply_to")}
 
 
 def _peek(body: bytes) -> tuple[str | None, str | None]:
