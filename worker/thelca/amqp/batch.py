@@ -3,7 +3,12 @@
 The long-lived consumers (worker, logger) run one: deliveries read from the
 socket together are handed to a BatchHandler as one batch (group commit),
 what it returns is published, and the batch's deliveries are acked with one
-multiple ack once the broker has confirmed every message the batch produced.
+multiple ack once the broker has confirmed every message the batch produced
+on this connection (events, dead letters). Replies go to clients' queues on
+the reply connection (thelca.amqp.replies) and the ack waits for none of them:
+a reply is at most once anyway (direct reply-to drops one whose client is
+gone), and a client that gets none sends the command again with the same
+message_id and gets the reply the store kept.
 """
 
 from __future__ import annotations
@@ -145,9 +150,12 @@ class _BatchSession(ConnectionSession[_Batch]):
     def _publish_batch(
         self, delivery_tags: list[int], publish: list[Outgoing], received: list[float]
     ) -> None:
-        assert self.channel is not None
+        assert self.channel is not None and self.replies is not None
         batch = _Batch(delivery_tags, received, publish)
         for message in publish:
+            if not message.exchange:  # thelca sends to the default exchange only to clients
+                self.replies.publish(message)
+                continue
             self.channel.basic_publish(
                 message.exchange, message.routing_key, message.body, basic_properties(message)
             )
@@ -227,7 +235,8 @@ class _BatchSession(ConnectionSession[_Batch]):
         for received in batch.received:
             delivery_seconds.observe(now - received)
         for message in batch.published:
-            metrics.PUBLISHED.labels(role, message.exchange or "(default)").inc()
+            if message.exchange:  # the reply connection counts the replies it delivered
+                metrics.PUBLISHED.labels(role, message.exchange).inc()
 
     def _schedule_tidy(self) -> None:
         # Lets the handler commit its bookkeeping (such as clearing confirmed
@@ -251,7 +260,8 @@ class _BatchSession(ConnectionSession[_Batch]):
     # ------------------------------------------------------------ stop
 
     def _drained(self) -> bool:
-        return not self._waiting and not self._batches
+        return (not self._waiting and not self._batches
+                and (self.replies is None or not self.replies.outstanding))
 
     def _before_close(self) -> None:
         self._run_tidy()
