@@ -9,6 +9,13 @@ the reply connection (thelca.amqp.replies) and the ack waits for none of them:
 a reply is at most once anyway (direct reply-to drops one whose client is
 gone), and a client that gets none sends the command again with the same
 message_id and gets the reply the store kept.
+
+A batch that fails is tried again with backoff, counted in
+thelca_batch_retries_total. After STUCK_AFTER failures in a row the consumer
+stops consuming (it keeps what it holds and goes on trying): a worker that
+cannot get past a batch then shows as no consumer on its queue, which is what
+`thelca health` looks at, and thelca_batch_stuck is 1 until the batch goes
+through and it consumes again.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from thelca.roles.messages import BatchHandler, Incoming, Outgoing
 from thelca_client.tls import TlsFiles
 
 log = logging.getLogger(__name__)
+
+STUCK_AFTER = 5  # failures in a row of the same batch before the consumer stops consuming
 
 
 class BatchConsumer(Reconnecting):
@@ -88,11 +97,13 @@ class _BatchSession(ConnectionSession[_Batch]):
         self._tidy_scheduled = False
         self._batches: deque[_Batch] = deque()
         self._retry_delay = 0.0
+        self._failures = 0  # of the batch at the head, in a row
         self._republish_delay = 0.0
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
         self._confirms_pending = metrics.CONFIRMS_PENDING.labels(owner.name)
 
     def _start(self) -> None:
+        metrics.BATCH_STUCK.labels(self.owner.name).set(0)
         self._recover()
         self._consume(self._on_message)
 
@@ -133,6 +144,8 @@ class _BatchSession(ConnectionSession[_Batch]):
             self._retry_later(batch, "see the traceback above")
             return
         self._retry_delay = 0.0
+        if self._failures:
+            self._unstuck()
         del self._waiting[: len(batch)]
         metrics.BATCH_SIZE.labels(self.owner.name).observe(len(batch))
         self._publish_batch([tag for tag, _, _ in batch], publish, [t for _, _, t in batch])
@@ -140,10 +153,28 @@ class _BatchSession(ConnectionSession[_Batch]):
             self._schedule_flush(0)
 
     def _retry_later(self, batch: list[tuple[int, Incoming, float]], why: str) -> None:
+        self._failures += 1
+        metrics.BATCH_RETRIES.labels(self.owner.name).inc()
         self._retry_delay = min(30.0, max(0.5, self._retry_delay * 2))
         log.warning("%s: a batch of %d is retried in %.1fs (%s)", self.owner.name, len(batch),
                     self._retry_delay, why)
+        if self._failures == STUCK_AFTER and self.consumer_tag is not None:
+            log.error("%s: stuck batch: a batch of %d failed %d times in a row; no longer "
+                      "consuming %s until it goes through (tried again every %.0fs at most)",
+                      self.owner.name, len(batch), self._failures, self.owner.queue, 30.0)
+            metrics.BATCH_STUCK.labels(self.owner.name).set(1)
+            self._cancel_consumer()
+            self.owner.on_state(f"stuck batch: not consuming {self.owner.queue}")
         self._schedule_flush(self._retry_delay)
+
+    def _unstuck(self) -> None:
+        """The batch that failed went through: consume again if a stuck batch had stopped it."""
+        self._failures = 0
+        if self.consumer_tag is None and not self._stop_deadline and not self._closing:
+            log.info("%s: the stuck batch went through; consuming %s again", self.owner.name,
+                     self.owner.queue)
+            metrics.BATCH_STUCK.labels(self.owner.name).set(0)
+            self._consume(self._on_message)
 
     # ------------------------------------------------------------ publish and ack
 

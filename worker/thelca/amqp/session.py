@@ -172,6 +172,13 @@ class ConnectionSession(Generic[P]):
         """The declarations are done: start consuming."""
         raise NotImplementedError
 
+    def _cancel_consumer(self) -> None:
+        """Stop taking deliveries; those already delivered stay ours until acked or closed."""
+        if self.channel is not None and self.consumer_tag is not None and self.channel.is_open:
+            self.channel.basic_cancel(self.consumer_tag)
+        self.consumer_tag = None
+        metrics.CONSUMING.labels(self.owner.name).set(0)
+
     def _consume(self, on_message: Callable[..., None]) -> None:
         assert self.channel is not None
         self.consumer_tag = self.channel.basic_consume(
@@ -221,8 +228,7 @@ class ConnectionSession(Generic[P]):
         if self._stop_deadline:
             return
         self._stop_deadline = time.monotonic() + self.DRAIN_TIMEOUT
-        if self.channel is not None and self.consumer_tag is not None and self.channel.is_open:
-            self.channel.basic_cancel(self.consumer_tag)
+        self._cancel_consumer()
         self._abandon_unfinished()
         self._wait_for_drain()
 
