@@ -15,7 +15,7 @@ loses its connection over a header it cannot decode.
 """
 
 from thelca.amqp import decoding
-from thelca.amqp.admin import QueueMissing, queue_consumers
+from thelca.amqp.admin import QueueMissing, queue_consumers, stuck
 from thelca.amqp.batch import BatchConsumer
 from thelca.amqp.connection import connection_parameters, safe_url
 from thelca.amqp.dead import (
@@ -49,5 +49,6 @@ __all__ = [
     "replay_topology",
     "retry_dead",
     "safe_url",
+    "stuck",
     "thelca_topology",
 ]

@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health", help="exit 0 only when broker, worker and store answer",
         description="Exit 0 only when the broker answers, a worker consumes the commands "
-        "queue and the store answers; 3 otherwise. Says whether a logger runs too. A worker "
-        "stuck on a batch that keeps failing stops consuming, so it fails this check.")
+        "queue, none is stuck on a batch that keeps failing, and the store answers; 3 "
+        "otherwise. Says whether a logger runs (or is stuck) too.")
     add_options(health, "broker", "store", "logging")
     health.set_defaults(func=_health)
 
@@ -190,14 +190,13 @@ def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
 
 # ------------------------------------------------------------ health
 
-# A consumer that keeps failing on the same batch stops consuming (thelca.amqp.batch), so
-# that it shows here as no consumer rather than as a healthy one.
-STUCK = "a stuck batch logs 'stuck batch' and sets thelca_batch_stuck to 1"
+STUCK = ("a batch keeps failing and a consumer has stopped taking more until it goes "
+         "through; its log says why, under 'stuck batch'")
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
     """0 only when the broker answers, a worker consumes the commands and the store answers."""
-    from thelca.amqp import queue_consumers
+    from thelca.amqp import queue_consumers, stuck
     from thelca.bootstrap import tls_files
     from thelca.stores import open_store
 
@@ -208,14 +207,19 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
         workers = queue_consumers(settings.amqp_url, names.commands, tls=tls)
         loggers = queue_consumers(settings.amqp_url, names.events_log, tls=tls)
         print("broker: ok")
-        if workers:
+        if stuck(settings.amqp_url, names.commands, tls=tls):
+            healthy = False
+            print(f"worker: FAILED (stuck batch: {STUCK})")
+        elif workers:
             print(f"worker: ok ({workers} consuming {names.commands})")
         else:
             healthy = False
-            print(f"worker: FAILED (nothing consumes {names.commands}: no worker runs, or "
-                  f"each is stuck on a batch that keeps failing: {STUCK})")
-        print(f"logger: {'ok' if loggers else f'not running or {STUCK}; events wait in the queue'}"
-              f" ({loggers} consuming {names.events_log})")
+            print(f"worker: FAILED (nothing consumes {names.commands})")
+        if stuck(settings.amqp_url, names.events_log, tls=tls):
+            print(f"logger: stuck batch ({STUCK}); events wait in the queue")
+        else:
+            print(f"logger: {'ok' if loggers else 'not running; events wait in the queue'} "
+                  f"({loggers} consuming {names.events_log})")
     except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         healthy = False
         print(f"broker: FAILED ({type(error).__name__}: {error})")
