@@ -4,7 +4,7 @@ The worker, the logger and the replay consumer run as subprocesses. Each row
 is sent as a broker user with exactly the README's client permissions (write
 on `amq.default` only: any queue by name through the default exchange), with
 frames built byte by byte where pika would refuse to encode them
-(tests/integration/rawframes.py). After every row an honest client's create
+(tests/rawframes.py). After every row an honest client's create
 and read, and a replay request, must be answered within a few seconds; no
 consumer may have lost its connection; and no honest client's token may be in
 `<prefix>.dead`. Each row prints what it got (`pytest -s` shows the lines).
@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import pika
 import pytest
 
-from tests.integration import rawframes as raw
+from tests import rawframes as raw
 from tests.integration.conftest import RunningSystem, run_prepared, system_env
 from tests.integration.test_broker_users import BrokerUser, rabbitmqctl, readme_commands
 from thelca_client.contract import DIRECT_REPLY_TO, Names
