@@ -232,6 +232,7 @@ PLACES: list[tuple[str, Callable[[int], raw.Field]]] = [
 ]
 STAMPS = [("2^63", BEYOND_INT64), ("past year 9999", PAST_YEAR_9999)]
 NOT_AN_EVENT = b"hostile: not an event"
+CREATE_HONEST = b'{"command": "create", "item": {"properties": {"honest": true}}}'
 OVERSIZED = (*((f"x-h{n:03d}".encode(), raw.text(b"v" * 20)) for n in range(300)),
              (b"x-big", raw.text(b"b" * 100_000)))  # ~110 KB, under frame_max (128 KiB)
 DEEP = ((b"x-deep", raw.deep(2000, raw.text(b"bottom"))),)
@@ -327,7 +328,7 @@ def send(row: Row, system: RunningSystem, attacker: Sender, victim_queue: str) -
 def check(sent: Sent, system: RunningSystem, attacker: Sender,
           victim: pika.BlockingConnection) -> str:
     """What the row got, asserted; returned as words for the row's line."""
-    expect, row = sent.row.expect, sent.row
+    expect = sent.row.expect
     if expect[:3] in ("200", "400", "401"):
         reply = attacker.wait(sent.correlation_id, bool)[0]
         assert reply.status == int(expect[:3]), reply.body
@@ -347,14 +348,7 @@ def check(sent: Sent, system: RunningSystem, attacker: Sender,
             assert expect[5:] in reason, reason
         return f"dead-lettered once, without a token ({reason})"
     if expect == "effect, no reply":
-        (event,) = system.events_for(sent.message_id, timeout=ANSWER_WITHIN)
-        assert event["type"] == "Item created"
-        wait_for_line(system, f"a message to {row.reply_to!r} cannot be delivered")
-        attacker.linger(0.5)
-        assert sent.correlation_id not in attacker.received
-        assert all(p.message_id != sent.message_id for p, _ in dead_letters(system))
-        return ("took effect (Item created logged), not dead-lettered; the reply alone was "
-                "dropped when the broker closed the reply connection over it")
+        return check_effect(sent, system, attacker)
     if expect == "stray reply":
         return check_stray(sent, victim)
     if expect.startswith("replay"):
@@ -367,6 +361,17 @@ def check(sent: Sent, system: RunningSystem, attacker: Sender,
         assert sent.message_id in listing.stdout
         return "listed by `thelca dead list` (exit 0), the header shown as a string"
     raise AssertionError(f"no check for {expect!r}")
+
+
+def check_effect(sent: Sent, system: RunningSystem, attacker: Sender) -> str:
+    (event,) = system.events_for(sent.message_id, timeout=ANSWER_WITHIN)
+    assert event["type"] == "Item created"
+    wait_for_line(system, f"a message to {sent.row.reply_to!r} cannot be delivered")
+    attacker.linger(0.5)
+    assert sent.correlation_id not in attacker.received
+    assert all(p.message_id != sent.message_id for p, _ in dead_letters(system))
+    return ("took effect (Item created logged), not dead-lettered; the reply alone was "
+            "dropped when the broker closed the reply connection over it")
 
 
 def check_stray(sent: Sent, victim: pika.BlockingConnection) -> str:
@@ -446,6 +451,39 @@ def test_one_message_never_stops_a_consumer(
     finally:
         attacker.close()
     print(f"\n{row.queue}: {row.label}: {outcome}; {honestly}", end="")
+
+
+def test_a_reply_the_broker_chokes_on_costs_only_that_reply_in_a_batch_of_honest_ones(
+    attacked: RunningSystem, client_user: BrokerUser, honest: Sender,
+) -> None:
+    """The poisoned reply and twenty honest ones in flight together on the reply connection:
+    every honest command is answered, the poisoned one took effect and is not dead."""
+    attacker = Sender(client_user.url, attacked.names)
+    token = f"{HONEST}-{uuid.uuid4().hex[:8]}"
+    message_ids = [str(uuid.uuid4()) for _ in range(20)]
+
+    def publish_honestly(some: list[str]) -> None:
+        for message_id in some:
+            honest.publish(attacked.names.commands, CREATE_HONEST, pika.BasicProperties(
+                message_id=message_id, reply_to=DIRECT_REPLY_TO,
+                headers={"Authorization": f"Bearer {token}"}))
+
+    try:
+        # Published together, without waiting: they are handled in one batch or two, and
+        # their replies are in flight with the poisoned one.
+        publish_honestly(message_ids[:10])
+        poisoned = send(Row("made-up reply-to in a batch", "commands",
+                            reply_to=MADE_UP_REPLY_TO, expect="effect, no reply"),
+                        attacked, attacker, "")
+        publish_honestly(message_ids[10:])
+        statuses = [honest.wait(message_id, bool)[0].status for message_id in message_ids]
+        outcome = check_effect(poisoned, attacked, attacker)
+    finally:
+        attacker.close()
+    assert statuses == [200] * 20
+    assert disconnections(attacked) == []
+    print(f"\n20 honest creates sent with a made-up reply-to among them: {statuses.count(200)} "
+          f"answered 200; the poisoned one {outcome}", end="")
 
 
 def test_the_rows_left_no_trace_of_a_lost_connection(attacked: RunningSystem) -> None:
