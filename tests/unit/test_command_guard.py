@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from thelca.authority import TestOnlyAuthority
-from thelca.roles.commands import CommandHandler
+from thelca.roles.commands import CommandRole
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.stores.memory import MemoryStore
 from thelca_client.contract import DEAD_REASON_HEADER, Names
@@ -20,8 +20,8 @@ NAMES = Names("guard")
 CREATE = b'{"command": "create", "item": {"properties": {"type": "STORY"}}}'
 
 
-def handler() -> CommandHandler:
-    return CommandHandler(MemoryStore(), TestOnlyAuthority(), NAMES, max_body=1 << 20)
+def handler() -> CommandRole:
+    return CommandRole(MemoryStore(), TestOnlyAuthority(), NAMES, max_body=1 << 20)
 
 
 def replies(out: list[Outgoing]) -> dict[str, int]:

@@ -15,7 +15,7 @@ loses its connection over a header it cannot decode.
 """
 
 from thelca.amqp import decoding
-from thelca.amqp.admin import QueueMissing, queue_consumers, stuck
+from thelca.amqp.admin import queue_consumers, stuck
 from thelca.amqp.batch import BatchConsumer
 from thelca.amqp.connection import connection_parameters, safe_url
 from thelca.amqp.dead import (
@@ -29,6 +29,7 @@ from thelca.amqp.dead import (
 )
 from thelca.amqp.streams import ReplayConsumer
 from thelca.amqp.topology import Topology, logger_topology, replay_topology, thelca_topology
+from thelca.errors import QueueMissing
 
 decoding.install()  # at import, so before any connection of this process reads a frame
 

@@ -13,15 +13,11 @@ import pika.exceptions
 
 from thelca.amqp.connection import connection_parameters
 from thelca.amqp.topology import stuck_marker
-from thelca.errors import BrokerUnavailable, ThelcaError
+from thelca.errors import BrokerUnavailable, QueueMissing
 from thelca_client.tls import TlsFiles
 
 NOT_FOUND = 404
 RESOURCE_LOCKED = 405  # an exclusive queue of another connection
-
-
-class QueueMissing(ThelcaError):
-    """Raised when a queue asked about does not exist: a wrong prefix, or nothing declared it."""
 
 
 def connect(

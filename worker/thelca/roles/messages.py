@@ -14,7 +14,7 @@ from thelca_client.contract import DEAD_REASON_HEADER, DEAD_REPLY_TO_HEADER, DEA
 
 @dataclass(frozen=True)
 class Incoming:
-    """A delivered message, as the plumbing hands it over.
+    """A message as the broker delivered it, without pika's types.
 
     `unreadable` names the properties that cannot be used as sent, and why (a
     message_id that is not UTF-8, a reply_to that no reply can reach): their
@@ -33,6 +33,8 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Outgoing:
+    """A message for the plumbing to publish (and to wait for the broker's confirm)."""
+
     exchange: str
     routing_key: str
     body: bytes
