@@ -1,14 +1,16 @@
 """The worker's role: from a delivered command to a reply and an event.
 
-For each command, in the contract's order: size (413), token (401), a user
-id the store cannot keep (400), the idempotency record, then the service
-(400, 404, 403, 409) through the command's handler (thelca.roles.handlers).
-Everything a batch changes — items, the processed-command records with their
-replies, the outbox of events — is committed in one store transaction, each
-command inside its own savepoint, before anything is published. The plumbing acks
-the batch only once the broker has confirmed every reply and event, and the
-outbox keeps each event until then, so a crash at any point can neither lose
-an event nor apply a command twice.
+For each command, in the contract's order: properties that cannot be used as
+sent (400), size (413), token (401), a user id the store cannot keep (400),
+the idempotency record, then the service (400, 404, 403, 409) through the
+command's handler (thelca.roles.handlers). Everything a batch changes — items,
+the processed-command records with their replies, the outbox of events — is
+committed in one store transaction, each command inside its own savepoint,
+before anything is published; whatever fails while one command's outcome is
+built costs that command alone (a 500), never its batch. The plumbing acks
+the batch only once the broker has confirmed every event (replies go out on
+a connection of their own), and the outbox keeps each event until then, so a
+crash at any point can neither lose an event nor apply a command twice.
 """
 
 from __future__ import annotations
