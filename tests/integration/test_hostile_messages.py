@@ -335,7 +335,7 @@ def check(sent: Sent, system: RunningSystem, attacker: Sender,
         words = expect[4:]
         assert not words or words in json.loads(reply.body)["error"], reply.body
         if reply.status == 200:
-            return "answered 200 (the header taken as any other; the item created)"
+            return "answered 200, served as usual (the item created)"
         return f"answered {reply.body.decode()}"
     if expect.startswith("dead"):
         properties = dead_letter_of(system, sent.message_id)
