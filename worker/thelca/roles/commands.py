@@ -1,18 +1,20 @@
 """The worker's role: from a delivered command to a reply and an event.
 
 For each command, in the contract's order: a reply_to naming one of
-thelca's own queues (not executed at all: to the dead letters), size (413),
-token (401), a user id the store cannot keep (400), the idempotency record
-(a different command under a used message_id: 409), then the service (400,
-404, 403, 409) through the command's handler (thelca.roles.handlers). Event
-ids derive from what makes a delivery itself (thelca.roles.fingerprints), so
-that only a redelivery of the same message repeats one.
-Everything a batch changes — items, the processed-command records with their
-replies, the outbox of events — is committed in one store transaction, each
-command inside its own savepoint, before anything is published. The plumbing acks
-the batch only once the broker has confirmed every reply and event, and the
-outbox keeps each event until then, so a crash at any point can neither lose
-an event nor apply a command twice.
+thelca's own queues (not executed at all: to the dead letters), properties
+that cannot be used as sent (400), size (413), token (401), a user id the
+store cannot keep (400), the idempotency record (a different command under a
+used message_id: 409), then the service (400, 404, 403, 409) through the
+command's handler (thelca.roles.handlers). Event ids derive from what makes a
+delivery itself (thelca.roles.fingerprints), so that only a redelivery of the
+same message repeats one. Everything a batch changes — items, the
+processed-command records with their replies, the outbox of events — is
+committed in one store transaction, each command inside its own savepoint,
+before anything is published; whatever fails while one command's outcome is
+built costs that command alone (a 500), never its batch. The plumbing acks
+the batch only once the broker has confirmed every event (replies go out on
+a connection of their own), and the outbox keeps each event until then, so a
+crash at any point can neither lose an event nor apply a command twice.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class CommandRole:
         try:
             with self.store.transaction() as tx:
                 tx.remove_outbox(confirmed)
-                return [out for message in batch for out in self._handle_one(tx, message)]
+                return [out for message in batch for out in self._guarded(tx, message)]
         except BaseException:
             self._confirmed_event_ids = confirmed + self._confirmed_event_ids
             raise
@@ -130,18 +132,30 @@ class CommandRole:
 
     # ------------------------------------------------------------ one command
 
+    def _guarded(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+        """One command's reply and event; whatever fails in building them costs this
+        command alone (a 500 and a dead letter), never its batch.
+
+        Only an unavailable store or Authority fails the batch, to be tried again.
+        What a command wrote is inside its own savepoint, undone when it raised.
+        """
+        try:
+            return self._handle_one(tx, message)
+        except (StoreUnavailable, AuthorityUnavailable):
+            raise
+        except Exception:
+            return self._poison_or_drop(message)
+
     def _handle_one(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
-        if self.names.owns(message.reply_to):
-            return self._hijacked(message)
+        refused = self._refused_up_front(message)
+        if refused is not None:
+            return refused
         # Without a message_id a command cannot be idempotent; it is still served,
         # under an id of its own, and the worker's log says so.
         command_id = message.message_id or f"generated-{uuid.uuid4()}"
         if not message.message_id:
             log.warning("a command without message_id is served without idempotency "
                         "(generated %s)", command_id)
-        if len(message.body) > self.max_body:
-            return self._reply(message, Reply(
-                413, error=f"the body is larger than the limit of {self.max_body} bytes"))
         fingerprint = fingerprints.fingerprint(message.body)
         assert self._key is not None  # read by handle()
         origin = Origin(command_id, fingerprints.id_seed(self._key, command_id, fingerprint,
@@ -158,6 +172,26 @@ class CommandRole:
             # Neither the item's created_by nor the record of the command could be kept;
             # refused before anything is written, so not remembered either.
             return self._reply(message, Reply(400, error=NUL_USER_ID))
+        return self._in_savepoint(tx, message, principal, origin, fingerprint)
+
+    def _refused_up_front(self, message: Incoming) -> list[Outgoing] | None:
+        """What is refused before the token is even read, neither remembered nor audited:
+        a reply_to of thelca's own, properties that cannot be used, a body over the limit."""
+        if self.names.owns(message.reply_to):
+            return self._hijacked(message)
+        if _unreadable(message):
+            return self._refuse_unreadable(message)
+        if len(message.body) > self.max_body:
+            return self._reply(message, Reply(
+                413, error=f"the body is larger than the limit of {self.max_body} bytes"))
+        return None
+
+    def _in_savepoint(
+        self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
+        fingerprint: str,
+    ) -> list[Outgoing]:
+        """The authenticated command in a savepoint of its own, run again if another
+        writer won a race for its rows."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with tx.savepoint():
@@ -280,6 +314,34 @@ class CommandRole:
         metrics.DEAD_LETTERS.labels("worker").inc()
         return [dead_letter(message, self.names.dead, reason)]
 
+    def _poison_or_drop(self, message: Incoming) -> list[Outgoing]:
+        """A 500 and a dead letter; if even those cannot be built, the command is dropped
+        (acked unanswered) with an error line, so that it cannot stop the worker."""
+        try:
+            return self._poison(message, None)
+        except Exception:
+            log.exception("a command could not even be dead-lettered; dropped")
+            metrics.COMMANDS.labels("unknown", "500").inc()
+            return []
+
+    def _refuse_unreadable(self, message: Incoming) -> list[Outgoing]:
+        """Properties that cannot be used as sent (a message_id that is not UTF-8, a reply_to
+        that no reply can reach): refused first, like a body over the limit, so neither
+        remembered nor an event. Answered 400 when the reply_to can be used, else kept
+        once in the dead letters (without the token) for the operator."""
+        why = "; ".join(f"the {name} property is {what}"
+                        for name, what in sorted(_unreadable(message).items()))
+        log.warning("a command was refused: %s", why)
+        if "reply_to" in message.unreadable:
+            metrics.COMMANDS.labels(self._command_name(message), "400").inc()
+            out: list[Outgoing] = []
+        else:
+            out = self._reply(message, Reply(400, error=why))
+        if not out:  # nobody to answer
+            out.append(dead_letter(message, self.names.dead, f"refused: {why}"))
+            metrics.DEAD_LETTERS.labels("worker").inc()
+        return out
+
     # ------------------------------------------------------------ messages
 
     def _reply(
@@ -317,6 +379,12 @@ class CommandRole:
         kind = orjson.loads(event.body).get("type")
         return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
                         type=kind if isinstance(kind, str) else None)
+
+
+def _unreadable(message: Incoming) -> dict[str, str]:
+    """The properties a command's reply depends on that cannot be used as sent, and why."""
+    return {name: why for name, why in message.unreadable.items()
+            if name in ("message_id", "correlation_id", "reply_to")}
 
 
 def _remembered(command: Command | None) -> bool:

@@ -70,6 +70,14 @@ class ReplayRole:
             log.warning("replay: a request without reply_to (correlation_id %s) cannot be "
                         "answered; dropped", shown(correlation_id))
             return ReplayStream(None, correlation_id, None, status=400, error="no reply_to")
+        unreadable = {name: why for name, why in request.unreadable.items()
+                      if name in ("message_id", "correlation_id", "reply_to")}
+        if unreadable:  # refused before the token, like a request without reply_to
+            why = "; ".join(f"the {name} property is {what}"
+                            for name, what in sorted(unreadable.items()))
+            log.warning("replay: a request was refused: %s", why)
+            reply_to = None if "reply_to" in unreadable else request.reply_to
+            return ReplayStream(reply_to, correlation_id, None, status=400, error=why)
         try:
             user, wanted = self._check(request)
         except (CommandRefused, ContractError) as refused:
