@@ -1,4 +1,5 @@
-"""The audit trail against an attacker, on the real broker with real broker users.
+"""Issue 10, the logger's side: the audit trail against an attacker, on the real broker
+with real broker users (the worker's side is test_audit_trail_attacks.py).
 
 Each attack is made as a broker user created here for the test (deleted
 afterwards): a client with exactly the README's client permissions forging an

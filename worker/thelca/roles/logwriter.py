@@ -23,6 +23,7 @@ from thelca import metrics
 from thelca.audit.checkpoints import CheckpointWriter, last_checkpoint
 from thelca.eventlog.format import to_line
 from thelca.eventlog.writer import EventLogWriter
+from thelca.logtext import shown
 from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca_client.contract import Names
 
@@ -81,22 +82,23 @@ class LogWriterRole:
     def _refusal(self, message: Incoming) -> tuple[str, str] | None:
         """Why a message is not the worker's event to write (a metric label, a reason), or None."""
         if message.exchange != self.names.events:
-            came = (f"through the exchange {message.exchange!r}" if message.exchange
+            came = (f"through the exchange {shown(message.exchange)}" if message.exchange
                     else "straight to the queue, through the default exchange")
             return "exchange", (f"not published through {self.names.events} (it came {came}): "
                                 "only the worker's events are written")
         if self.publishers is not None and message.user_id not in self.publishers:
             who = ("no user_id" if message.user_id is None
-                   else f"user_id {message.user_id!r}")
+                   else f"user_id {shown(message.user_id)}")
             return "publisher", (f"published with {who}, which is not one of the event "
                                  "publishers (THELCA_EVENT_PUBLISHERS)")
         return None
 
     def _reject(self, message: Incoming, kind: str, reason: str) -> Outgoing:
-        # Every client-supplied string in repr form: no one can start a line in our log.
-        log.warning("not written to the event log, sent to %s instead: %s (message_id %r, "
-                    "user_id %r)", self.names.dead, reason, message.message_id,
-                    message.user_id)
+        # Every client-supplied string shown escaped (the reason's too): no one can start
+        # a line in our log.
+        log.warning("not written to the event log, sent to %s instead: %s (message_id %s, "
+                    "user_id %s)", self.names.dead, reason, shown(message.message_id),
+                    shown(message.user_id))
         metrics.LOG_REJECTED.labels(kind).inc()
         metrics.DEAD_LETTERS.labels("logger").inc()
         return dead_letter(message, self.names.dead, f"logger: {reason}")
