@@ -10,6 +10,11 @@ Connecting tries each URL of the list in turn, each given what is left of the
 call's time. After a lost connection the attempt runs again on a new one, with
 the same message_id, after a backoff, until the call's deadline; then
 ConnectionFailed (or ReplyTimeout when the broker answered but no reply came).
+A publish the broker refuses (a nack) runs again the same way on a fresh
+channel: on RabbitMQ 3.10 a channel whose first publish to a quorum queue came
+while the queue's leader was down has every later publish nacked until that
+node is back, while a new channel works within half a second of the election.
+Only when the deadline passes does a nack become PublishFailed.
 No pika exception leaves this module's public methods.
 """
 
@@ -119,8 +124,7 @@ class Connection:
             )
             raise PublishFailed(reason, message_id=message_id) from None
         except pika.exceptions.NackError:
-            reason = f"the broker refused it (nack); queue {queue!r} may be full"
-            raise PublishFailed(reason, message_id=message_id) from None
+            raise _Nacked(queue) from None
 
     def _wait(
         self, channel: BlockingChannel, message_id: str, deadline: float, timeout: float
@@ -163,6 +167,15 @@ class Connection:
         while True:
             try:
                 return attempt(self._ready(deadline))
+            except _Nacked as nacked:
+                # Never again on this channel (see the module docstring).
+                self._drop_channel()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PublishFailed(nacked.reason, message_id=message_id) from None
+                delay = min(next(delays), remaining)
+                log.debug("the broker refused message %s (nack); trying again in %.2f s on "
+                          "a fresh channel", message_id, delay)
             except (pika.exceptions.AMQPError, OSError) as error:
                 if not is_connection_loss(error):
                     raise refusal(error, message_id) from None
@@ -216,6 +229,15 @@ class Connection:
         channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
         return channel
 
+    def _drop_channel(self) -> None:
+        """Close the channel (the next attempt opens another); if that fails, the connection."""
+        channel, self._channel = self._channel, None
+        if channel is not None and channel.is_open:
+            try:
+                channel.close()
+            except (pika.exceptions.AMQPError, OSError):
+                self._drop_connection()
+
     def _drop_connection(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and connection.is_open:
@@ -230,6 +252,15 @@ class Connection:
             f"last error: {describe(error)}"
         )
         return ConnectionFailed(reason, message_id=message_id)
+
+
+class _Nacked(Exception):
+    """The broker refused a publish: tried again on a fresh channel until the deadline."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(queue)
+        self.reason = (f"the broker refused it (nack) until the call's time ran out; queue "
+                       f"{queue!r} may be full, or lack a majority of its cluster's nodes")
 
 
 def _responds(connection: pika.BlockingConnection) -> bool:
