@@ -36,6 +36,7 @@ from thelca_client.contract import (
     CONTENT_TYPE,
     DIRECT_REPLY_TO,
     STATUS_HEADER,
+    CreateItem,
     Names,
     decode_command,
     encode_reply,
@@ -178,7 +179,7 @@ def test_a_200_reply_is_returned(client: Client, respond: Callable[[Answer], Res
     assert reply == Reply(200, item=ITEM, version=1)
     assert reply.ok
     ((_, body),) = responder.received
-    assert decode_command(body).item == {"properties": {"type": "STORY"}}
+    assert decode_command(body) == CreateItem({"properties": {"type": "STORY"}})
 
 
 def test_read_and_update_send_the_contract_bodies(
@@ -426,7 +427,7 @@ def test_fire_and_forget_sets_no_reply_to(
     assert properties.delivery_mode == 2
     assert properties.content_type == "application/json"
     assert properties.headers == {"Authorization": f"Bearer {TOKEN}"}
-    assert decode_command(body).item == {"properties": {"type": "STORY"}}
+    assert decode_command(body) == CreateItem({"properties": {"type": "STORY"}})
 
 
 def test_fire_and_forget_uses_a_given_message_id_and_token(

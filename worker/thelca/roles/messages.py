@@ -14,6 +14,8 @@ from thelca_client.contract import DEAD_REASON_HEADER, DEAD_REPLY_TO_HEADER, DEA
 
 @dataclass(frozen=True)
 class Incoming:
+    """A message as the broker delivered it, without pika's types."""
+
     body: bytes
     message_id: str | None = None
     correlation_id: str | None = None
@@ -25,6 +27,8 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Outgoing:
+    """A message for the plumbing to publish (and to wait for the broker's confirm)."""
+
     exchange: str
     routing_key: str
     body: bytes
