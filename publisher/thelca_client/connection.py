@@ -15,6 +15,8 @@ channel: on RabbitMQ 3.10 a channel whose first publish to a quorum queue came
 while the queue's leader was down has every later publish nacked until that
 node is back, while a new channel works within half a second of the election.
 Only when the deadline passes does a nack become PublishFailed.
+A broker that refuses the login or the virtual host is not asked again:
+AccessRefused at once.
 No pika exception leaves this module's public methods.
 """
 
@@ -32,17 +34,21 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from pika.spec import Basic, BasicProperties
 
 from thelca_client.broker import (
+    Nacked,
+    access_refused,
     backoff,
     basic_properties,
     bounded,
     describe,
     hosts,
     is_connection_loss,
+    login_refused,
     refusal,
+    unreachable,
 )
 from thelca_client.commands import Outgoing, new_id
 from thelca_client.contract import DIRECT_REPLY_TO
-from thelca_client.errors import ConnectionFailed, PublishFailed, ReplyTimeout, ThelcaClientError
+from thelca_client.errors import PublishFailed, ReplyTimeout, ThelcaClientError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +130,7 @@ class Connection:
             )
             raise PublishFailed(reason, message_id=message_id) from None
         except pika.exceptions.NackError:
-            raise _Nacked(queue) from None
+            raise Nacked(queue) from None
 
     def _wait(
         self, channel: BlockingChannel, message_id: str, deadline: float, timeout: float
@@ -164,10 +170,13 @@ class Connection:
         """attempt's result, running it again on a new connection after each connection loss."""
         delays = backoff()
         failures = 0
+        sent = False  # whether an attempt got as far as publishing: only then may it have landed
         while True:
             try:
-                return attempt(self._ready(deadline))
-            except _Nacked as nacked:
+                channel = self._ready(deadline, message_id)
+                sent = True
+                return attempt(channel)
+            except Nacked as nacked:
                 # Never again on this channel (see the module docstring).
                 self._drop_channel()
                 remaining = deadline - time.monotonic()
@@ -182,27 +191,32 @@ class Connection:
                 self._drop_connection()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise self._unreachable(error, message_id, timeout) from None
+                    raise unreachable(self.hosts(), error, timeout, message_id,
+                                      sent=sent) from None
                 delay = min(next(delays), remaining)
                 failures += 1
                 _log_retry(error, delay, message_id, first=failures == 1)
             time.sleep(delay)
 
-    def _ready(self, deadline: float) -> BlockingChannel:
+    def _ready(self, deadline: float, message_id: str) -> BlockingChannel:
         """The open channel, reconnecting first when the broker dropped the connection."""
         if self._closed:
             raise ThelcaClientError("the client is closed")
         connection = self._connection
         if connection is None or not _responds(connection):
             self._drop_connection()
-            connection = self._connection = self._connect(deadline)
+            connection = self._connection = self._connect(deadline, message_id)
         if self._channel is None or not self._channel.is_open:
             self._channel = self._open_channel(connection)
         return self._channel
 
-    def _connect(self, deadline: float) -> pika.BlockingConnection:
-        """The first broker of the list that answers, each given what is left of the time."""
+    def _connect(self, deadline: float, message_id: str) -> pika.BlockingConnection:
+        """The first broker of the list that answers, each given what is left of the time.
+
+        When none does and one of them refused the login: AccessRefused, at once.
+        """
         errors: list[Exception] = []
+        refused: tuple[pika.URLParameters, Exception] | None = None
         for parameters in self.parameters:
             try:
                 return pika.BlockingConnection(bounded(parameters, deadline))
@@ -214,11 +228,15 @@ class Connection:
                 log.debug(
                     "no broker at %s:%s (%s)", parameters.host, parameters.port, describe(error)
                 )
+                if login_refused(error):
+                    refused = parameters, error
                 lost = isinstance(error, AMQPConnectorException)
                 errors.append(pika.exceptions.AMQPConnectionError(describe(error))
                               if lost else error)
             if time.monotonic() >= deadline:
                 break
+        if refused is not None:
+            raise access_refused(*refused, message_id)
         raise errors[-1]
 
     def _open_channel(self, connection: pika.BlockingConnection) -> BlockingChannel:
@@ -245,22 +263,6 @@ class Connection:
                 connection.close()
             except (pika.exceptions.AMQPError, OSError):
                 log.debug("the connection was already gone while closing it")
-
-    def _unreachable(self, error: Exception, message_id: str, timeout: float) -> ConnectionFailed:
-        reason = (
-            f"no broker answered within {timeout:g} s (tried {self.hosts()}); "
-            f"last error: {describe(error)}"
-        )
-        return ConnectionFailed(reason, message_id=message_id)
-
-
-class _Nacked(Exception):
-    """The broker refused a publish: tried again on a fresh channel until the deadline."""
-
-    def __init__(self, queue: str) -> None:
-        super().__init__(queue)
-        self.reason = (f"the broker refused it (nack) until the call's time ran out; queue "
-                       f"{queue!r} may be full, or lack a majority of its cluster's nodes")
 
 
 def _responds(connection: pika.BlockingConnection) -> bool:
