@@ -57,6 +57,7 @@ FRESH_CHANNEL_FIRST = 0.05
 FRESH_CHANNEL_LONGEST = 0.5
 REPUBLISH_FIRST = 0.5  # seconds before republishing the outbox after a refusal, doubling
 REPUBLISH_LONGEST = 10.0
+PASSING_RETRY_LONGEST = 1.0  # seconds between tries of a batch the store or Authority failed
 OUTBOX_ROUND = 1000  # events one republish takes from the outbox at most (its default)
 
 
@@ -229,8 +230,9 @@ class _BatchSession(ConnectionSession[_Batch]):
             publish = self.owner.handler.handle([incoming for _, incoming, _ in batch])
         except (StoreUnavailable, AuthorityUnavailable) as error:
             # Known and passing (a database restart, a deadlock, an unreachable key
-            # set): one line is enough; the batch is kept and tried again.
-            self._retry_later(batch, f"{type(error).__name__}: {error}")
+            # set): one line is enough; the batch is kept and tried again, at most a
+            # second apart, so that it goes through within a second of the store's return.
+            self._retry_later(batch, f"{type(error).__name__}: {error}", PASSING_RETRY_LONGEST)
             return
         except Exception:
             log.exception("%s: a batch of %d failed unexpectedly", self.owner.name, len(batch))
@@ -243,8 +245,9 @@ class _BatchSession(ConnectionSession[_Batch]):
         if self._waiting:
             self._schedule_flush(0)
 
-    def _retry_later(self, batch: list[tuple[int, Incoming, float]], why: str) -> None:
-        self._retry_delay = min(30.0, max(0.5, self._retry_delay * 2))
+    def _retry_later(self, batch: list[tuple[int, Incoming, float]], why: str,
+                     longest: float = 30.0) -> None:
+        self._retry_delay = min(longest, max(0.5, self._retry_delay * 2))
         log.warning("%s: a batch of %d is retried in %.1fs (%s)", self.owner.name, len(batch),
                     self._retry_delay, why)
         self._schedule_flush(self._retry_delay)
