@@ -260,3 +260,37 @@ def _drain(channel: BlockingChannel, queue: str) -> list[bytes]:
         if method is None or body is None:
             return bodies
         bodies.append(body)
+
+
+def test_a_publish_the_broker_closes_the_channel_over_returns_no_command(
+    system: RunningSystem,
+) -> None:
+    """The events exchange deleted under the worker: each event publish makes the broker
+    close the channel it went out on (404). That is the publish channel alone: the
+    commands that took effect are acked, never returned to their queue (where each
+    return counts against the delivery limit, and the twentieth dead-letters them),
+    and their events are logged once the exchange is back."""
+    client = PlainClient(system.amqp_url, system.prefix)
+    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
+    channel = connection.channel()
+    try:
+        channel.exchange_delete(system.names.events)
+        sent = [client.send({"command": "create", "item": {"properties": {"n": n}}})
+                for n in range(5)]
+        assert all(reply.status == 200 for reply in sent)
+        ids = {str(reply.properties.correlation_id) for reply in sent}
+        _wait_for_output(system, lambda out: out.count("closed the publish channel") >= 2)
+        channel.exchange_declare(system.names.events, "fanout", durable=True)
+        channel.queue_bind(system.names.events_log, system.names.events)
+        lines = system.wait_for_log(
+            lambda ls: ids <= {line.get("command_id") for line in ls}, timeout=40)
+        depth = queue_depth(system.amqp_url, system.names.commands)
+    finally:
+        client.close()
+        connection.close()
+    output = system.output()
+    logged = Counter(line.get("command_id") for line in lines)
+    assert all(logged[message_id] == 1 for message_id in ids), logged
+    assert depth == 0
+    assert "worker: disconnected" not in output  # the consuming channel never closed
+    assert "requeueing" not in output
