@@ -174,8 +174,12 @@ class _BatchSession(ConnectionSession[_Batch]):
             self._on_confirm(frame)
 
     def _on_publisher_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
-        if channel is self.publisher and not self._closing:
-            self._retire_publisher(f"the broker closed the publish channel: {reason}")
+        if channel is not self.publisher or self._closing:
+            return
+        if self.connection is None or not self.connection.is_open:
+            self.publisher = None  # the connection went: so does the session, with its acks
+            return
+        self._retire_publisher(f"the broker closed the publish channel: {reason}")
 
     def _retire_publisher(self, why: str) -> None:
         """Publish no more on this channel: what it has not confirmed counts as refused."""
@@ -291,7 +295,8 @@ class _BatchSession(ConnectionSession[_Batch]):
 
     def _settle(self) -> None:
         """Ack (or requeue) batches whose publishes are all confirmed, oldest first."""
-        assert self.channel is not None
+        if self.channel is None or not self.channel.is_open:
+            return  # the session is ending: what is unacked goes back to the queue
         kept = 0
         while (self._batches and self._batches[0].unsent is None
                and not self._batches[0].unconfirmed):
