@@ -19,7 +19,7 @@ import pika.channel
 import pika.spec
 
 from thelca import metrics
-from thelca.amqp.connection import Reconnecting, SessionLike
+from thelca.amqp.connection import Reconnecting, SessionLike, broker_login
 from thelca.amqp.convert import basic_properties, incoming_of
 from thelca.amqp.session import ConnectionSession
 from thelca.amqp.topology import Topology
@@ -86,6 +86,9 @@ class _BatchSession(ConnectionSession[_Batch]):
         self._republish_delay = 0.0
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
         self._confirms_pending = metrics.CONFIRMS_PENDING.labels(owner.name)
+        # Every publish carries the login as user_id, which the broker checks: a dead
+        # letter with the worker's user_id was dead-lettered by the worker, not forged.
+        self._login = broker_login(params)
 
     def _start(self) -> None:
         self._recover()
@@ -148,8 +151,10 @@ class _BatchSession(ConnectionSession[_Batch]):
         assert self.channel is not None
         batch = _Batch(delivery_tags, received, publish)
         for message in publish:
+            properties = basic_properties(message)
+            properties.user_id = self._login
             self.channel.basic_publish(
-                message.exchange, message.routing_key, message.body, basic_properties(message)
+                message.exchange, message.routing_key, message.body, properties
             )
             self._published(batch)
         self._batches.append(batch)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -27,6 +27,7 @@ from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 from thelca_client.contract import (
     COMMANDS,
+    RETRY_OF_HEADER,
     STATUS_HEADER,
     Command,
     ContractError,
@@ -42,6 +43,7 @@ from thelca_client.contract import (
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
+LONGEST_USER = 255  # a retry_of longer than any user id is not one
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class CommandHandler:
             prior = tx.get_processed(message.message_id)
             if prior is not None:
                 return self._repeat(tx, message, principal, prior)
-        outcome = self._serve(tx, principal, message, command_id)
+        outcome = _noted_retry(self._serve(tx, principal, message, command_id), message)
         if message.message_id and (outcome.command is None or outcome.command.name != "read"):
             self._remember(tx, message.message_id, outcome)
         command = outcome.command.name if outcome.command else None
@@ -284,6 +286,22 @@ class CommandHandler:
         kind = orjson.loads(event.body).get("type")
         return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
                         type=kind if isinstance(kind, str) else None)
+
+
+def _noted_retry(outcome: _Outcome, message: Incoming) -> _Outcome:
+    """The event with `retry_of` when the command says whose dead letter it retries.
+
+    `thelca dead retry --as-operator` writes the header; the worker cannot tell it
+    from one a client wrote, so it is information in the event and never a right:
+    the command was authorised as its own token's user, who is the event's `user`.
+    An empty value says the operator's tool could not tell who sent the letter.
+    """
+    value = message.headers.get(RETRY_OF_HEADER)
+    if outcome.event is None or not isinstance(value, str) or len(value) > LONGEST_USER \
+            or not value.isprintable():
+        return outcome
+    extra = {**outcome.event.extra, "retry_of": value or None}
+    return replace(outcome, event=replace(outcome.event, extra=extra))
 
 
 def _peek(body: bytes) -> tuple[str | None, str | None]:
