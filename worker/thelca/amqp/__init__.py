@@ -18,6 +18,7 @@ from thelca.amqp.dead import (
     DeadQueue,
     Death,
     Retried,
+    Sender,
     list_dead,
     retry_dead,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "QueueMissing",
     "ReplayConsumer",
     "Retried",
+    "Sender",
     "Topology",
     "connection_parameters",
     "list_dead",
