@@ -85,6 +85,7 @@ JWT = ("jwks", "jwt_key_file", "jwt_algorithms", "jwt_issuer", "jwt_audience", "
 GROUPS = {
     "broker": ("amqp_url", "prefix", "amqp_ca_file", "amqp_cert_file", "amqp_key_file"),
     "store": ("store",),
+    "authority": ("authority", *JWT),
     "worker": ("authority", *JWT, "max_body", "prefetch", "processes"),
     "logger": ("event_log", "event_log_max_bytes", "prefetch"),
     "replay": ("authority", *JWT, "event_log", "replay_streams"),

@@ -77,10 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run_all)
 
     health = sub.add_parser(
-        "health", help="exit 0 only when broker, worker and store answer",
+        "health", help="exit 0 only when broker, worker, store and Authority answer",
         description="Exit 0 only when the broker answers, a worker consumes the commands "
-        "queue and the store answers; 3 otherwise. Says whether a logger runs too.")
-    add_options(health, "broker", "store", "logging")
+        "queue, the store answers and, under jwt, the key set holds keys (an emptied or "
+        "removed JWKS file revokes every token); 3 otherwise. Says whether a logger runs too.")
+    add_options(health, "broker", "store", "authority", "logging")
     health.set_defaults(func=_health)
 
     from thelca.cli.publish import add_publish_parser
@@ -191,9 +192,10 @@ def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
-    """0 only when the broker answers, a worker consumes the commands and the store answers."""
+    """0 only when the broker answers, a worker consumes the commands, the store answers and
+    the Authority can verify tokens."""
     from thelca.amqp import queue_consumers
-    from thelca.bootstrap import tls_files
+    from thelca.bootstrap import authority_health, tls_files
     from thelca.stores import open_store
 
     names = settings.names
@@ -223,6 +225,9 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     except Exception as error:
         healthy = False
         print(f"store: FAILED ({type(error).__name__}: {error})")
+    verifies, line = authority_health(settings)
+    print(f"authority: {line}")
+    healthy = healthy and verifies
     return 0 if healthy else EXIT_UNAVAILABLE
 
 
