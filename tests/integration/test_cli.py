@@ -34,7 +34,7 @@ def thelca(*args: str, env: dict[str, str] | None = None,
     "command",
     [[], ["worker"], ["logger"], ["replay"], ["run"], ["health"], ["publish"],
      ["publish", "create"], ["publish", "read"], ["publish", "update"], ["dev-keys"],
-     ["dev-token"], ["restore"], ["verify"]],
+     ["dev-token"], ["restore"], ["verify"], ["audit"]],
 )
 def test_help_answers(command: list[str]) -> None:
     result = thelca(*command, "--help")

@@ -22,7 +22,8 @@ from tests.integration.conftest import (
     _running_system,
     system_env,
 )
-from thelca.eventlog import log_segments, read_all
+from thelca.eventlog.reader import read_all
+from thelca.eventlog.segments import log_segments
 from thelca.stores.sqlite import SQLiteStore
 from thelca_client import Client
 

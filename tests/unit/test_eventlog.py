@@ -11,17 +11,13 @@ from typing import Any
 
 import pytest
 
-from thelca.eventlog import (
-    EventLogWriter,
-    LogLine,
-    LogSnapshot,
-    heal_torn_tail,
-    log_segments,
-    read_all,
-    read_log,
-    to_line,
-)
-from thelca.restore import Problem, restore
+from thelca.eventlog.format import LogLine, to_line
+from thelca.eventlog.reader import LogSnapshot, read_all, read_log
+from thelca.eventlog.segments import log_segments
+from thelca.eventlog.torn import heal_torn_tail
+from thelca.eventlog.writer import EventLogWriter
+from thelca.restore.rebuild import restore
+from thelca.restore.report import Problem
 from thelca.stores.memory import MemoryStore
 
 CREATED = {"time": "2020-02-18T16:37:09.654949+00:00", "type": "Item created", "user": "u",
@@ -183,7 +179,7 @@ def test_a_crash_before_the_rename_rotates_at_the_next_batch(tmp_path: Path) -> 
 def test_the_ids_remembered_at_start_come_from_the_newest_segments(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("thelca.eventlog.RECENT_IDS", 3)
+    monkeypatch.setattr("thelca.eventlog.writer.RECENT_IDS", 3)
     path = tmp_path / "events.log"
     writer = EventLogWriter(path, max_bytes=1)  # one line per segment
     for n in range(5):
@@ -204,7 +200,7 @@ def test_a_failed_rotation_writes_nothing_so_the_batch_can_be_retried(
     def refuse(source: object, target: object) -> None:
         raise OSError("disk trouble")
 
-    monkeypatch.setattr("thelca.eventlog.os.rename", refuse)
+    monkeypatch.setattr("thelca.eventlog.writer.os.rename", refuse)
     with pytest.raises(OSError, match="disk trouble"):
         writer.append([_event_line(1)])
     assert path.read_bytes() == before and "e1" not in writer
@@ -246,7 +242,7 @@ def test_a_snapshot_made_while_the_log_rotated_twice_reads_no_line_twice(
         writer.append([_event_line(3)])  # e2's file becomes segment 3
         return real_log_segments(where)
 
-    monkeypatch.setattr("thelca.eventlog.log_segments", rotate_twice_then_list)
+    monkeypatch.setattr("thelca.eventlog.reader.log_segments", rotate_twice_then_list)
     snapshot = LogSnapshot(path)
     writer.close()
     assert snapshot.files == ["events.log.000001", "events.log.000002", "events.log.000003"]
@@ -339,7 +335,7 @@ def test_a_failed_write_or_fsync_leaves_no_trace_so_the_retry_writes_the_batch_o
                 raise failures.pop()
             real_fsync(fd)
 
-        monkeypatch.setattr("thelca.eventlog.os.fsync", fsync_once)
+        monkeypatch.setattr("thelca.eventlog.writer.os.fsync", fsync_once)
         with pytest.raises(OSError, match="Input/output"):
             writer.append(batch)
     else:
@@ -373,8 +369,8 @@ def test_a_cut_back_that_fails_too_is_done_before_the_next_write(
             raise OSError(errno.EIO, "Input/output error")
         return real_open(file, mode)
 
-    monkeypatch.setattr("thelca.eventlog.os.fsync", fsync_once)
-    monkeypatch.setattr("thelca.eventlog.open", open_failing_to_cut, raising=False)
+    monkeypatch.setattr("thelca.eventlog.writer.os.fsync", fsync_once)
+    monkeypatch.setattr("thelca.eventlog.writer.open", open_failing_to_cut, raising=False)
     with pytest.raises(OSError, match="Input/output"):
         writer.append([_event_line(1)])
     assert path.read_bytes() == before + _event_line(1)[1]  # flushed, not fsynced, not cut
@@ -387,7 +383,7 @@ def test_the_logger_reads_only_the_newest_lines_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Start-up must not grow with the log: ids are read from the end, as far as needed."""
-    monkeypatch.setattr("thelca.eventlog.RECENT_IDS", 3)
+    monkeypatch.setattr("thelca.eventlog.writer.RECENT_IDS", 3)
     path = tmp_path / "events.log"
     path.write_bytes(b"".join(_event_line(n)[1] for n in range(1000)))
     writer = EventLogWriter(path)
@@ -398,9 +394,9 @@ def test_the_logger_reads_only_the_newest_lines_at_start(
 
 
 def test_lines_are_read_backwards_across_block_boundaries(tmp_path: Path) -> None:
-    from thelca.eventlog import _lines_backwards
+    from thelca.eventlog.reader import lines_backwards
 
     path = tmp_path / "lines"
     lines = [f"line {n} {'x' * (n % 7)}".encode() for n in range(200)]
     path.write_bytes(b"\n".join(lines) + b"\n")
-    assert list(_lines_backwards(path, block=16)) == list(reversed(lines))
+    assert list(lines_backwards(path, block=16)) == list(reversed(lines))

@@ -16,7 +16,10 @@ import pytest
 
 from thelca.cli.main import main
 from thelca.domain.model import Item, StoredItem
-from thelca.restore import AFTER_UNTIL, Problem, restore, verify
+from thelca.restore.compare import verify
+from thelca.restore.fold import AFTER_UNTIL
+from thelca.restore.rebuild import restore
+from thelca.restore.report import Problem
 from thelca.stores import ItemStore, StoreTransaction
 from thelca.stores.base import OutboxEvent
 from thelca.stores.memory import MemoryStore

@@ -17,7 +17,7 @@ from thelca.amqp import (
 )
 from thelca.authority.base import Authority
 from thelca.errors import ConfigurationError
-from thelca.eventlog import EventLogWriter
+from thelca.eventlog.writer import EventLogWriter
 from thelca.roles.commands import CommandHandler
 from thelca.roles.logwriter import EventLogger
 from thelca.settings import OPTIONS, Settings

@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -67,6 +67,15 @@ class KeyPair:
         merged = {"kid": self.kid, **(headers or {})}
         return jwt.encode(claims, self.private, algorithm=self.algorithm,
                           headers={k: v for k, v in merged.items() if v is not None})
+
+
+def log_signing_pems() -> tuple[bytes, bytes]:
+    """A fresh Ed25519 key pair that signs the log's checkpoints: (private PEM, public PEM)."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    return (private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()),
+            private.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def mint_from_directory(directory: Path, claims: dict[str, Any]) -> str:

@@ -23,6 +23,8 @@ DEFAULT_DIR = "thelca-dev-keys"
 PRIVATE = "private.pem"
 PUBLIC = "public.pem"
 JWKS = "jwks.json"
+LOG_SIGNING = "log-signing.pem"  # signs the event log's checkpoints (THELCA_LOG_SIGNING_KEY)
+LOG_SIGNING_PUBLIC = "log-signing.pub.pem"  # what `thelca audit --public-key` checks them with
 DEFAULT_SCOPE = "items:read items:write"
 
 
@@ -33,7 +35,9 @@ def add_dev_keys_parsers(sub: Any) -> None:
         description="Write a fresh key pair (private.pem, readable by you only, and "
         "public.pem) and jwks.json (the public key with its kid) into a directory. Then run "
         f"the worker with THELCA_AUTHORITY=jwt THELCA_JWKS=DIR/{JWKS} and mint tokens with "
-        "`thelca dev-token`. For development only.",
+        "`thelca dev-token`. Also an Ed25519 key pair that signs the event log's checkpoints: "
+        f"{LOG_SIGNING} (readable by you only; THELCA_LOG_SIGNING_KEY) and {LOG_SIGNING_PUBLIC} "
+        "(for `thelca audit --public-key`). For development only.",
     )
     keys.add_argument("--dir", default=DEFAULT_DIR,
                       help=f"where to write the keys (default {DEFAULT_DIR})")
@@ -60,12 +64,14 @@ def add_dev_keys_parsers(sub: Any) -> None:
 
 
 def run_dev_keys(args: argparse.Namespace, settings: Settings) -> int:
-    """Write private.pem (0600), public.pem and jwks.json; refuse to overwrite."""
-    from thelca.devkeys import KeyPair
+    """Write private.pem (0600), public.pem, jwks.json and the log signing pair; never overwrite."""
+    from thelca.devkeys import KeyPair, log_signing_pems
 
     directory = Path(args.dir)
-    if (directory / PRIVATE).exists():
-        print(f"thelca dev-keys: {directory / PRIVATE} already exists: use those keys, or "
+    for existing in (directory / PRIVATE, directory / LOG_SIGNING):
+        if not existing.exists():
+            continue
+        print(f"thelca dev-keys: {existing} already exists: use those keys, or "
               "remove the directory (or give another --dir) for fresh ones", file=sys.stderr)
         return EXIT_USAGE
     pair = KeyPair.generate(args.algorithm)
@@ -73,11 +79,18 @@ def run_dev_keys(args: argparse.Namespace, settings: Settings) -> int:
     _write_private(directory / PRIVATE, pair.private_pem())
     (directory / PUBLIC).write_bytes(pair.public_pem())
     (directory / JWKS).write_text(json.dumps({"keys": [pair.public_jwk()]}, indent=2) + "\n")
+    signing, verifying = log_signing_pems()
+    _write_private(directory / LOG_SIGNING, signing)
+    (directory / LOG_SIGNING_PUBLIC).write_bytes(verifying)
     print(f"wrote {directory / PRIVATE} (mode 0600), {directory / PUBLIC} and "
           f"{directory / JWKS} (kid {pair.kid}, {pair.algorithm})")
-    print(f"run:  THELCA_AUTHORITY=jwt THELCA_JWKS={directory / JWKS} thelca run")
+    print(f"wrote {directory / LOG_SIGNING} (mode 0600) and {directory / LOG_SIGNING_PUBLIC}: "
+          "the event log's checkpoint signing key pair (Ed25519)")
+    print(f"run:  THELCA_AUTHORITY=jwt THELCA_JWKS={directory / JWKS} "
+          f"THELCA_LOG_SIGNING_KEY={directory / LOG_SIGNING} thelca run")
     print(f"then: thelca publish create --token \"$(thelca dev-token --keys {directory} "
           "--sub alice)\"")
+    print(f"audit: thelca audit --public-key {directory / LOG_SIGNING_PUBLIC}")
     return 0
 
 

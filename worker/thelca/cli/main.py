@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dev_keys_parsers(sub)
     from thelca.cli.restore import add_restore_parsers
     add_restore_parsers(sub)
+    from thelca.cli.audit import add_audit_parser
+    add_audit_parser(sub)
     return parser
 
 

@@ -62,7 +62,7 @@ def _log_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.restore import restore
+    from thelca.restore.rebuild import restore
     from thelca.stores import open_store
 
     try:
@@ -97,7 +97,7 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.restore import verify
+    from thelca.restore.compare import verify
     from thelca.stores import open_store
 
     try:
@@ -135,7 +135,7 @@ def _until(text: str | None) -> datetime | None:
 
 
 def _log_exists(path: str) -> bool:
-    from thelca.eventlog import log_segments
+    from thelca.eventlog.segments import log_segments
 
     return Path(path).exists() or bool(log_segments(path))
 

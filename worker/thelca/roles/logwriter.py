@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 
 from thelca import metrics
-from thelca.eventlog import EventLogWriter, to_line
+from thelca.eventlog.format import to_line
+from thelca.eventlog.writer import EventLogWriter
 from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca_client.contract import Names
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from thelca.authority.base import Authority
 from thelca.errors import CommandRefused
-from thelca.eventlog import LogLine, LogSnapshot
+from thelca.eventlog.format import LogLine
+from thelca.eventlog.reader import LogSnapshot
 from thelca.roles.messages import Incoming, Outgoing
 from thelca_client.contract import (
     REPLAY_END_HEADER,

@@ -1,83 +1,40 @@
-"""Rebuild an item store from the event log, to its end or to a moment in time; verify one.
+"""The fold: the log's item events applied in order, each item kept at its latest line.
 
-The log (its segments, then the live file) is streamed, never loaded whole.
 A fold keeps the version of every item and the latest value of the items
-changed since the last write; every FLUSH_ITEMS changed items it writes them
-to the store, each at its final version, in one transaction (or, for a
-backend without the bulk load, through ordinary transactions, one version at
-a time). So each item is written about once however often the log changed it.
+changed since the last write; every FLUSH_ITEMS changed items it hands them
+to its writer (restore), each at its final version, so each item is written
+about once however often the log changed it. Verify folds without a writer
+and keeps everything.
 
-Restore publishes nothing. Lines it cannot use are counted and reported with
-their file and line number, never fatal: a torn last line, a line that is not
-JSON, an event that contradicts the state before it. Lines of types the item
-store does not use (reads, refusals, the original server's `Server started`,
-`Item search`, `Link ...` lines) are skipped and counted by type.
+Lines it cannot use are counted and reported with their file and line
+number, never fatal: a torn last line, a line that is not JSON, an event
+that contradicts the state before it. Lines of types the item store does not
+use (reads, refusals, the original server's `Server started`, `Item search`,
+`Link ...` lines) are skipped and counted by type.
 """
 
 from __future__ import annotations
 
 import gc
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
-from thelca.domain.model import Item, StoredItem
-from thelca.eventlog import TORN, Block, LogSnapshot
-from thelca.stores.base import BulkItemLoader, ItemRow, ItemStore
+from thelca.domain.model import StoredItem
+from thelca.eventlog.format import TORN
+from thelca.eventlog.reader import Block
+from thelca.restore.items import item_of, next_version, well_formed
+from thelca.restore.report import Problem, RestoreReport
 from thelca_client.contract import ITEM_CREATED, ITEM_UPDATED, parse_time
 
 # Changed items held in memory between two writes to the store: a few hundred
 # MB at most, and few enough writes that a million-event log restores at
 # close to the speed of reading it.
 FLUSH_ITEMS = 500_000
-TRANSACTION_ITEMS = 1000  # per transaction on a store without the bulk load
 AFTER_UNTIL = "after --until"
-
-
-class Problem(NamedTuple):
-    """A line restore could not use, and why."""
-
-    file: str
-    line: int
-    why: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.why}" if self.file else f"{self.line}: {self.why}"
-
-
-@dataclass
-class RestoreReport:
-    lines: int = 0
-    applied: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    problems: list[Problem] = field(default_factory=list)
-    items: int = 0
-
-    def summary(self) -> str:
-        parts = [f"{self.lines} lines read", f"{self.applied} events applied"]
-        parts += [f"{count} {kind!r} skipped" for kind, count in sorted(self.skipped.items())]
-        parts.append(f"{len(self.problems)} problem lines")
-        parts.append(f"{self.items} items restored")
-        return ", ".join(parts)
-
-    def describe(self, items_label: str = "items restored") -> list[str]:
-        """The report as lines of text for a person, problem lines not included."""
-        text = [f"{'lines read:':<18}{self.lines}", f"{'events applied:':<18}{self.applied}"]
-        if self.skipped:
-            text.append(f"{'lines skipped:':<18}{sum(self.skipped.values())}")
-            width = max(len(kind) for kind in self.skipped)
-            text += [f"  {kind:<{width}}  {count}" for kind, count in sorted(
-                self.skipped.items())]
-        text.append(f"{'problem lines:':<18}{len(self.problems)}")
-        text.append(f"{items_label + ':':<18}{self.items}")
-        return text
-
 
 # item id -> the log line of its latest event. Keeping the line rather than the
 # decoded event lets every decoded event be freed at once, which makes the fold
@@ -148,7 +105,7 @@ class Fold:
                 # The common case inline: a well-formed event at the next version.
                 value = event.get("value")
                 item_id = value.get("id") if type(value) is dict else None
-                if type(item_id) is str and until is None and _well_formed(value):
+                if type(item_id) is str and until is None and well_formed(value):
                     current = versions.get(item_id)
                     if current is None:
                         version = 1 if kind == ITEM_CREATED else 0  # 0: does not follow
@@ -201,7 +158,7 @@ class Fold:
         value = event.get("value")
         if type(value) is not dict:
             return f"{kind} event is malformed: value is not an item"
-        if not _well_formed(value):
+        if not well_formed(value):
             return (f"{kind} event is malformed: id, created_at and created_by must be "
                     "strings and properties an object or null")
         item_id = value["id"]
@@ -210,7 +167,7 @@ class Fold:
         if kind == ITEM_UPDATED and type(logged) is int and logged > (current or 0) + 1:
             self.held.setdefault(item_id, {})[logged] = (name, number, raw)
             return None
-        why = _next_version(kind, item_id, current, logged)
+        why = next_version(kind, item_id, current, logged)
         if why is None:
             self.versions[item_id] = 1 if current is None else current + 1
             self.changed[item_id] = raw
@@ -254,68 +211,7 @@ class Fold:
     def items(self) -> Iterator[StoredItem]:
         """The folded items not written yet (all of them, when nothing flushes)."""
         for item_id, raw in self.changed.items():
-            yield StoredItem(_item(raw), self.versions[item_id])
-
-
-def _well_formed(value: dict[str, Any]) -> bool:
-    properties = value.get("properties")
-    return (type(value.get("id")) is str and type(value.get("created_at")) is str
-            and type(value.get("created_by")) is str
-            and (properties is None or type(properties) is dict))
-
-
-def _next_version(kind: str, item_id: str, current: int | None, logged: Any) -> str | None:
-    """Why this event cannot follow the item's current version, or None when it can."""
-    if kind == ITEM_CREATED:
-        if current is not None:
-            return f"item {item_id} is created twice"
-        version = 1
-    elif current is None:
-        return f"item {item_id} is updated before it is created"
-    else:
-        version = current + 1
-    if logged is not None and logged != version:
-        return (f"item {item_id} is logged at version {logged} "
-                f"but the log so far makes it version {version}")
-    return None
-
-
-def _item(raw: bytes) -> Item:
-    """The Item of a log line the fold has checked; properties null means {}."""
-    return Item.from_json(orjson.loads(raw)["value"])
-
-
-# ---------------------------------------------------------------- restore
-
-
-def restore(
-    log_path: str | Path,
-    store: ItemStore,
-    *,
-    until: datetime | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    flush_items: int = FLUSH_ITEMS,
-) -> RestoreReport:
-    """Apply the log's item events to an (empty) store; return what happened.
-
-    progress, when given, is called now and then with (bytes read, bytes in all).
-    Raises FileNotFoundError when there is no log.
-    """
-    snapshot = LogSnapshot(log_path)
-    if isinstance(store, BulkItemLoader):
-        fold = Fold(until=until, flush=_bulk_writer(store), flush_items=flush_items,
-                    track_flushed=False)
-    else:
-        fold = Fold(until=until, flush=_transaction_writer(store), flush_items=flush_items)
-    tick = None
-    if progress is not None:
-        tick = lambda: progress(snapshot.bytes_read, snapshot.total_bytes)  # noqa: E731
-    with without_cyclic_gc():
-        fold.run(snapshot.blocks(), tick)
-        fold.finish()
-    fold.settle_held()
-    fold.report.items = store.count_items()
-    return fold.report
+            yield StoredItem(item_of(raw), self.versions[item_id])
 
 
 @contextmanager
@@ -329,101 +225,3 @@ def without_cyclic_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _bulk_writer(store: BulkItemLoader) -> Writer:
-    def write(changed: Changed, versions: dict[str, int], flushed: dict[str, int]) -> None:
-        loads, dumps = orjson.loads, orjson.dumps
-
-        def rows() -> Iterator[ItemRow]:
-            for item_id in sorted(changed):
-                value = loads(changed[item_id])["value"]
-                yield (item_id, value["created_at"], value["created_by"],
-                       dumps(value.get("properties") or {}), versions[item_id])
-
-        store.load_items(rows())
-
-    return write
-
-
-def _transaction_writer(store: ItemStore) -> Writer:
-    """Through the ordinary interface: add at version 1, then replace up to the version."""
-
-    def write(changed: Changed, versions: dict[str, int], flushed: dict[str, int]) -> None:
-        pending = list(changed.items())
-        for start in range(0, len(pending), TRANSACTION_ITEMS):
-            with store.transaction() as tx:
-                for item_id, raw in pending[start:start + TRANSACTION_ITEMS]:
-                    item = _item(raw)
-                    written = flushed.get(item_id, 0)
-                    if written == 0:
-                        tx.add_item(item)
-                    for version in range(max(2, written + 1), versions[item_id] + 1):
-                        tx.replace_item(item, version)
-
-    return write
-
-
-# ---------------------------------------------------------------- verify
-
-
-@dataclass(frozen=True)
-class Difference:
-    item_id: str
-    kind: str  # "missing" (in the log, not the store), "extra", or "different"
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.item_id}: {self.detail}"
-
-
-@dataclass
-class VerifyReport:
-    log: RestoreReport
-    log_items: int = 0
-    store_items: int = 0
-    differences: list[Difference] = field(default_factory=list)
-
-
-def verify(
-    log_path: str | Path, store: ItemStore, *, until: datetime | None = None
-) -> VerifyReport:
-    """Fold the log in memory and compare it, item by item, with the store."""
-    fold = Fold(until=until)
-    with without_cyclic_gc():
-        fold.run(LogSnapshot(log_path).blocks())
-    fold.settle_held()
-    report = VerifyReport(fold.report, log_items=len(fold.versions))
-    expected = {stored.item.id: stored for stored in fold.items()}
-    for have in store.items():
-        report.store_items += 1
-        want = expected.pop(have.item.id, None)
-        if want is None:
-            report.differences.append(Difference(
-                have.item.id, "extra", f"version {have.version} in the store, not in the log"))
-        else:
-            report.differences.extend(_compare(want, have))
-    report.differences.extend(_missing(want) for want in expected.values())
-    report.differences.sort(key=lambda d: d.item_id)
-    fold.report.items = report.log_items
-    return report
-
-
-def _missing(want: StoredItem) -> Difference:
-    return Difference(want.item.id, "missing",
-                      f"version {want.version} in the log, not in the store")
-
-
-def _compare(want: StoredItem, have: StoredItem) -> list[Difference]:
-    details = []
-    if want.version != have.version:
-        details.append(f"version {want.version} in the log, {have.version} in the store")
-    for name in ("created_at", "created_by", "properties"):
-        if _json(getattr(want.item, name)) != _json(getattr(have.item, name)):
-            details.append(f"other {name}")
-    return [Difference(want.item.id, "different", "; ".join(details))] if details else []
-
-
-def _json(value: Any) -> bytes:
-    """A value as JSON, keys sorted: Python's == takes true for 1 and 1 for 1.0; JSON not."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)

@@ -1,0 +1,48 @@
+"""What a restore (or the fold under a verify) found: counts, skipped kinds, problem lines."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Problem(NamedTuple):
+    """A line restore could not use, and why."""
+
+    file: str
+    line: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.why}" if self.file else f"{self.line}: {self.why}"
+
+
+@dataclass
+class RestoreReport:
+    """What a fold of the log did: lines read, events applied, lines skipped and why not."""
+
+    lines: int = 0
+    applied: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    problems: list[Problem] = field(default_factory=list)
+    items: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.lines} lines read", f"{self.applied} events applied"]
+        parts += [f"{count} {kind!r} skipped" for kind, count in sorted(self.skipped.items())]
+        parts.append(f"{len(self.problems)} problem lines")
+        parts.append(f"{self.items} items restored")
+        return ", ".join(parts)
+
+    def describe(self, items_label: str = "items restored") -> list[str]:
+        """The report as lines of text for a person, problem lines not included."""
+        text = [f"{'lines read:':<18}{self.lines}", f"{'events applied:':<18}{self.applied}"]
+        if self.skipped:
+            text.append(f"{'lines skipped:':<18}{sum(self.skipped.values())}")
+            width = max(len(kind) for kind in self.skipped)
+            text += [f"  {kind:<{width}}  {count}" for kind, count in sorted(
+                self.skipped.items())]
+        text.append(f"{'problem lines:':<18}{len(self.problems)}")
+        text.append(f"{items_label + ':':<18}{self.items}")
+        return text
