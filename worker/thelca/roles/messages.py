@@ -71,6 +71,7 @@ class EventStream(Protocol):
     """Messages to publish one after another, a few at a time (a replay)."""
 
     finished: bool
+    user: str | None  # who asked; None for an answer that costs nothing (a refusal)
 
     def take(self, limit: int) -> list[Outgoing]:
         """Up to `limit` next messages (maybe none yet); `finished` once the last is given."""
@@ -90,6 +91,10 @@ class StreamOpener(Protocol):
 
     def broken(self, request: Incoming, error_id: str) -> EventStream:
         """A stream of one end marker, status 500, for a request that hit a bug."""
+        ...
+
+    def refused(self, request: Incoming, status: int, error: str) -> EventStream:
+        """A stream of one end marker with this status and error (429: too many at once)."""
         ...
 
 
