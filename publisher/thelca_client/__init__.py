@@ -1,8 +1,10 @@
-"""thelca_client: publish commands to a thelca worker over RabbitMQ and read its replies."""
+"""thelca_client: send commands to thelca over RabbitMQ, read its replies, follow its events."""
 
+from thelca_client.async_client import AsyncClient
 from thelca_client.client import Client
-from thelca_client.contract import Names, Reply
+from thelca_client.contract import Event, Names, Reply
 from thelca_client.errors import (
+    AccessRefused,
     BadRequest,
     CommandFailed,
     Conflict,
@@ -17,15 +19,21 @@ from thelca_client.errors import (
     Unauthorized,
     error_for,
 )
+from thelca_client.replies import ItemReply
+from thelca_client.subscription import Subscription
 from thelca_client.tls import TlsFileError, TlsFiles
 
 __all__ = [
+    "AccessRefused",
+    "AsyncClient",
     "BadRequest",
     "Client",
     "CommandFailed",
     "Conflict",
     "ConnectionFailed",
+    "Event",
     "Forbidden",
+    "ItemReply",
     "Names",
     "NotFound",
     "PayloadTooLarge",
@@ -33,6 +41,7 @@ __all__ = [
     "Reply",
     "ReplyTimeout",
     "ServerError",
+    "Subscription",
     "ThelcaClientError",
     "TlsFileError",
     "TlsFiles",

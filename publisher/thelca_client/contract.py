@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import orjson
 
@@ -32,7 +32,6 @@ DEAD_REPLY_TO_HEADER: Final = "x-thelca-reply-to"
 # sent by ("" when not known). Information for the event, never a right.
 RETRY_OF_HEADER: Final = "x-thelca-retry-of"
 
-COMMANDS: Final = ("create", "read", "update")
 CommandName = Literal["create", "read", "update"]
 
 ITEM_CREATED: Final = "Item created"
@@ -130,13 +129,59 @@ def _json_type(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class Command:
-    """A decoded command body. `item` is the raw object the client sent."""
+class CreateItem:
+    """The create command: a new item from the object the client sent (`{}` when none)."""
 
-    name: CommandName
-    id: str | None = None
-    item: JSON | None = None
+    name: ClassVar[CommandName] = "create"
+    item: JSON = field(default_factory=dict)
+
+    @classmethod
+    def decode(cls, data: JSON) -> CreateItem:
+        return cls(_item_field(data, required=False))
+
+
+@dataclass(frozen=True)
+class ReadItem:
+    """The read command: the item with this id."""
+
+    name: ClassVar[CommandName] = "read"
+    id: str
+
+    @classmethod
+    def decode(cls, data: JSON) -> ReadItem:
+        return cls(_id_field(data, cls.name))
+
+
+@dataclass(frozen=True)
+class UpdateItem:
+    """The update command: the whole item as the client wants it, maybe at a known version."""
+
+    name: ClassVar[CommandName] = "update"
+    id: str
+    item: JSON
     expected_version: int | None = None
+
+    @classmethod
+    def decode(cls, data: JSON) -> UpdateItem:
+        item_id = _id_field(data, cls.name)
+        version = data.get("expected_version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise ContractError(
+                f"expected_version must be an integer, not {_json_type(version)}")
+        return cls(item_id, _item_field(data, required=True), version)
+
+
+# A decoded command body: one shape per command. A new command is a shape here, its
+# name in CommandName, an entry in COMMAND_TYPES, and a handler in the worker's table
+# (thelca.roles.handlers).
+Command = CreateItem | ReadItem | UpdateItem
+
+COMMAND_TYPES: Final[dict[str, type[Command]]] = {
+    CreateItem.name: CreateItem,
+    ReadItem.name: ReadItem,
+    UpdateItem.name: UpdateItem,
+}
+COMMANDS: Final = tuple(COMMAND_TYPES)  # the command names, in the contract's order
 
 
 def encode_command(
@@ -161,24 +206,20 @@ def decode_command(body: bytes) -> Command:
     data = loads_object(body)
     name = data.get("command")
     if name is None:
-        raise ContractError("command is missing: use one of create, read, update")
-    if not isinstance(name, str) or name not in COMMANDS:
-        raise ContractError(f"command must be one of create, read, update, not {_shown(name)}")
-    if name == "create":
-        return Command("create", item=_item_field(data, required=False))
+        raise ContractError(f"command is missing: use one of {_listed(COMMANDS)}")
+    kind = COMMAND_TYPES.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise ContractError(f"command must be one of {_listed(COMMANDS)}, not {_shown(name)}")
+    return kind.decode(data)
+
+
+def _id_field(data: JSON, command: str) -> str:
     item_id = data.get("id")
     if item_id is None:
-        raise ContractError(f"id is missing: {name} needs the item's id")
+        raise ContractError(f"id is missing: {command} needs the item's id")
     if not isinstance(item_id, str):
         raise ContractError(f"id must be a string, not {_json_type(item_id)}")
-    if name == "read":
-        return Command("read", id=item_id)
-    version = data.get("expected_version")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-        raise ContractError(f"expected_version must be an integer, not {_json_type(version)}")
-    return Command(
-        "update", id=item_id, item=_item_field(data, required=True), expected_version=version
-    )
+    return item_id
 
 
 def _item_field(data: JSON, *, required: bool) -> JSON:
@@ -199,6 +240,10 @@ def _item_field(data: JSON, *, required: bool) -> JSON:
         if value is not None and not isinstance(value, str):
             raise ContractError(f"item.{key} must be a string, not {_json_type(value)}")
     return item
+
+
+def _listed(names: Iterable[str]) -> str:
+    return ", ".join(names)
 
 
 def _shown(value: Any) -> str:

@@ -23,6 +23,7 @@ from thelca_client import (
     CommandFailed,
     Conflict,
     Forbidden,
+    ItemReply,
     NotFound,
     PayloadTooLarge,
     PublishFailed,
@@ -36,6 +37,7 @@ from thelca_client.contract import (
     CONTENT_TYPE,
     DIRECT_REPLY_TO,
     STATUS_HEADER,
+    CreateItem,
     Names,
     decode_command,
     encode_reply,
@@ -110,7 +112,8 @@ def answer_with(status: int, error: str | None = None) -> Answer:
 
 
 def echo_message_id(properties: BasicProperties, body: bytes) -> Reply:
-    return Reply(200, item={**ITEM, "properties": {"message_id": properties.message_id}})
+    return Reply(200, item={**ITEM, "properties": {"message_id": properties.message_id}},
+                 version=1)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -175,10 +178,10 @@ def test_a_200_reply_is_returned(client: Client, respond: Callable[[Answer], Res
 
     reply = client.create({"type": "STORY"})
 
-    assert reply == Reply(200, item=ITEM, version=1)
+    assert reply == ItemReply(200, item=ITEM, version=1)
     assert reply.ok
     ((_, body),) = responder.received
-    assert decode_command(body).item == {"properties": {"type": "STORY"}}
+    assert decode_command(body) == CreateItem({"properties": {"type": "STORY"}})
 
 
 def test_read_and_update_send_the_contract_bodies(
@@ -395,7 +398,7 @@ def test_fire_and_forget_sets_no_reply_to(
     assert properties.delivery_mode == 2
     assert properties.content_type == "application/json"
     assert properties.headers == {"Authorization": f"Bearer {TOKEN}"}
-    assert decode_command(body).item == {"properties": {"type": "STORY"}}
+    assert decode_command(body) == CreateItem({"properties": {"type": "STORY"}})
 
 
 def test_fire_and_forget_uses_a_given_message_id_and_token(

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
 
 from thelca_client.contract import (
+    COMMAND_TYPES,
+    COMMANDS,
     JSON,
     MAX_JSON_DEPTH,
     Command,
+    CommandName,
     ContractError,
+    CreateItem,
     Event,
     Names,
+    ReadItem,
     Reply,
     Unauthenticated,
+    UpdateItem,
     authorization_headers,
     bearer_token,
     decode_command,
@@ -201,7 +207,8 @@ def test_the_depth_limit_is_exact() -> None:
     deepest_allowed = command_body(
         command="create", item={"properties": nested_object(MAX_JSON_DEPTH)}
     )
-    assert decode_command(deepest_allowed).item == {"properties": nested_object(MAX_JSON_DEPTH)}
+    assert decode_command(deepest_allowed) == CreateItem(
+        {"properties": nested_object(MAX_JSON_DEPTH)})
 
 
 def test_the_depth_check_does_not_recurse() -> None:
@@ -218,40 +225,55 @@ def test_the_depth_check_does_not_recurse() -> None:
     ("body", "expected"),
     [
         (b'{"command": "create", "item": {"properties": {"type": "STORY"}}}',
-         Command("create", item={"properties": {"type": "STORY"}})),
-        (b'{"command": "create"}', Command("create", item={})),
-        (b'{"command": "create", "item": null}', Command("create", item={})),
+         CreateItem({"properties": {"type": "STORY"}})),
+        (b'{"command": "create"}', CreateItem({})),
+        (b'{"command": "create", "item": null}', CreateItem({})),
         (b'{"command": "create", "item": {"properties": null}}',
-         Command("create", item={"properties": None})),
+         CreateItem({"properties": None})),
         (b'{"command": "create", "item": {}, "id": 5, "expected_version": "x"}',
-         Command("create", item={})),
-        (b'{"command": "read", "id": "1234"}', Command("read", id="1234")),
-        (b'{"command": "read", "id": "", "item": 5}', Command("read", id="")),
+         CreateItem({})),
+        (b'{"command": "read", "id": "1234"}', ReadItem("1234")),
+        (b'{"command": "read", "id": "", "item": 5}', ReadItem("")),
         (b'{"command": "update", "id": "x", "item": {"id": "x"}, "expected_version": 3}',
-         Command("update", id="x", item={"id": "x"}, expected_version=3)),
+         UpdateItem("x", {"id": "x"}, expected_version=3)),
         (b'{"command": "update", "id": "x", "item": {}, "expected_version": null}',
-         Command("update", id="x", item={}, expected_version=None)),
+         UpdateItem("x", {}, expected_version=None)),
         (b'{"command": "update", "id": "x", "item": {}, "expected_version": 0}',
-         Command("update", id="x", item={}, expected_version=0)),
-        (b' \n{"command": "read", "id": "\\u00fc\xc3\xbc"}\n ', Command("read", id="\u00fc\u00fc")),
+         UpdateItem("x", {}, expected_version=0)),
+        (b' \n{"command": "read", "id": "\\u00fc\xc3\xbc"}\n ', ReadItem("\u00fc\u00fc")),
     ],
 )
 def test_valid_commands_decode(body: bytes, expected: Command) -> None:
+    decoded = decode_command(body)
+    assert decoded == expected
+    assert type(decoded) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (encode_command("create", item={"properties": {"type": "STORY", "ü": [1, {"x": None}]}}),
+         CreateItem({"properties": {"type": "STORY", "ü": [1, {"x": None}]}})),
+        (encode_command("read", id="5f73f540-c125-435d-8a5e-6fea05672b7a"),
+         ReadItem("5f73f540-c125-435d-8a5e-6fea05672b7a")),
+        (encode_command("update", id=ITEM["id"], item=ITEM), UpdateItem(ITEM["id"], ITEM)),
+        (encode_command("update", id=ITEM["id"], item=ITEM, expected_version=3),
+         UpdateItem(ITEM["id"], ITEM, expected_version=3)),
+    ],
+)
+def test_encode_command_round_trips(body: bytes, expected: Command) -> None:
     assert decode_command(body) == expected
+    assert orjson.loads(body)["command"] == expected.name
 
 
-def test_encode_command_round_trips() -> None:
-    for command in [
-        Command("create", item={"properties": {"type": "STORY", "ü": [1, {"x": None}]}}),
-        Command("read", id="5f73f540-c125-435d-8a5e-6fea05672b7a"),
-        Command("update", id=ITEM["id"], item=ITEM),
-        Command("update", id=ITEM["id"], item=ITEM, expected_version=3),
-    ]:
-        body = encode_command(
-            command.name, id=command.id, item=command.item,
-            expected_version=command.expected_version,
-        )
-        assert decode_command(body) == command
+def test_every_command_name_has_one_shape_named_after_it() -> None:
+    assert COMMANDS == get_args(CommandName) == ("create", "read", "update")
+    assert {name: kind.name for name, kind in COMMAND_TYPES.items()} == {
+        name: name for name in COMMANDS}
+    assert len(set(COMMAND_TYPES.values())) == len(COMMANDS)
+
+
+def test_encode_command_without_fields() -> None:
     assert encode_command("create") == b'{"command":"create"}'
 
 

@@ -24,7 +24,7 @@ from thelca.authority.test_only import TestOnlyAuthority
 from thelca.eventlog import read_all
 from thelca.eventlog.index import CHUNK_BYTES
 from thelca.roles.messages import Incoming
-from thelca.roles.replay import ReplayService, ReplayStream
+from thelca.roles.replay import ReplayRole, ReplayStream
 from thelca_client.contract import parse_time
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -100,7 +100,7 @@ def full_scan(log: Path, body: dict[str, Any]) -> list[bytes]:
     return sent
 
 
-def replayed(service: ReplayService, body: dict[str, Any]) -> tuple[list[bytes], ReplayStream]:
+def replayed(service: ReplayRole, body: dict[str, Any]) -> tuple[list[bytes], ReplayStream]:
     stream = service.open(Incoming(body=orjson.dumps(body), correlation_id="c",
                                    reply_to="subscriber",
                                    headers={"Authorization": "Bearer abcd"}))
@@ -133,10 +133,10 @@ def log(tmp_path: Path) -> Path:
 
 
 def test_a_seek_sends_exactly_what_a_full_scan_finds_cold_and_warm(log: Path) -> None:
-    warm = ReplayService(log, TestOnlyAuthority())
+    warm = ReplayRole(log, TestOnlyAuthority())
     for body in requests(random.Random(7), 24):
         expected = full_scan(log, body)
-        cold_sent, _ = replayed(ReplayService(log, TestOnlyAuthority()), body)
+        cold_sent, _ = replayed(ReplayRole(log, TestOnlyAuthority()), body)
         warm_sent, stream = replayed(warm, body)
         assert cold_sent == expected, body
         assert warm_sent == expected, body
@@ -144,7 +144,7 @@ def test_a_seek_sends_exactly_what_a_full_scan_finds_cold_and_warm(log: Path) ->
 
 
 def test_once_indexed_a_request_reads_what_its_time_range_and_types_cover(log: Path) -> None:
-    service = ReplayService(log, TestOnlyAuthority())
+    service = ReplayRole(log, TestOnlyAuthority())
     _, first = replayed(service, {})
     total = first.lines_read
     assert total == sum(1 for _ in read_all(log))  # the first reads all, and indexes it
@@ -170,7 +170,7 @@ def test_once_indexed_a_request_reads_what_its_time_range_and_types_cover(log: P
 def test_the_index_follows_the_live_file_as_it_grows_rotates_and_is_cut_back(
     log: Path,
 ) -> None:
-    service = ReplayService(log, TestOnlyAuthority())
+    service = ReplayRole(log, TestOnlyAuthority())
     rng = random.Random(3)
     late: dict[str, Any] = {"since": (START + timedelta(seconds=235)).isoformat()}
     # Grows: the torn tail completed, then more lines; the new ones are found and indexed.

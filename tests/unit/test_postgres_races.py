@@ -19,7 +19,7 @@ import pytest
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConcurrentUpdate, StoreUnavailable
-from thelca.roles.commands import CommandHandler
+from thelca.roles.commands import CommandRole
 from thelca.roles.messages import Incoming
 from thelca.stores.base import OutboxEvent, ProcessedCommand
 from thelca.stores.postgres import PostgresStore, _translated
@@ -189,7 +189,7 @@ def test_two_handlers_given_the_same_command_at_once_apply_it_once(
     setup = stores()
     with setup.transaction() as tx:
         tx.add_item(item("a", {"n": 0}))
-    handlers = [CommandHandler(stores(), TestOnlyAuthority(), Names("race"), max_body=1 << 20)
+    handlers = [CommandRole(stores(), TestOnlyAuthority(), Names("race"), max_body=1 << 20)
                 for _ in range(2)]
     for round_ in range(20):
         body = encode_command("update", id="a", item={**item("a").to_json(),
@@ -210,7 +210,7 @@ def test_two_handlers_given_the_same_command_at_once_apply_it_once(
         assert tx.get_item("a") == StoredItem(item("a", {"n": 19}), 21)
 
 
-def _handle(handler: CommandHandler, message: Incoming, start: threading.Barrier,
+def _handle(handler: CommandRole, message: Incoming, start: threading.Barrier,
             replies: list[bytes]) -> None:
     start.wait()
     out = handler.handle([message])

@@ -1,4 +1,4 @@
-"""The replay service without a broker: checks in order, filters, a few messages at a time."""
+"""The replay role without a broker: checks in order, filters, a few messages at a time."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from thelca.authority.base import Principal
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.errors import Forbidden
 from thelca.roles.messages import Incoming
-from thelca.roles.replay import LINES_PER_TAKE, ReplayService
+from thelca.roles.replay import LINES_PER_TAKE, ReplayRole
 from thelca_client.contract import ContractError, ReplayRequest, decode_replay_request
 
 
 class NoEventsForMallory(TestOnlyAuthority):
+    """The test-only Authority, except that mallory may not replay events (a 403)."""
+
     def check_read_events(self, principal: Principal) -> str:
         if principal.user_id.endswith("mallory"):
             raise Forbidden("mallory may not read events")
@@ -37,12 +39,12 @@ def _request(body: bytes = b"{}", token: str | None = "abcd",
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> ReplayService:
-    return ReplayService(_log(tmp_path / "events.log", 250), NoEventsForMallory())
+def role(tmp_path: Path) -> ReplayRole:
+    return ReplayRole(_log(tmp_path / "events.log", 250), NoEventsForMallory())
 
 
-def test_take_gives_at_most_the_limit_and_the_end_marker_last(service: ReplayService) -> None:
-    stream = service.open(_request())
+def test_take_gives_at_most_the_limit_and_the_end_marker_last(role: ReplayRole) -> None:
+    stream = role.open(_request())
     taken = []
     while not stream.finished:
         batch = stream.take(100)
@@ -60,7 +62,7 @@ def test_a_filter_that_matches_little_hands_the_loop_back_between_reads(
     tmp_path: Path,
 ) -> None:
     log = _log(tmp_path / "events.log", 3 * LINES_PER_TAKE)
-    stream = ReplayService(log, TestOnlyAuthority()).open(
+    stream = ReplayRole(log, TestOnlyAuthority()).open(
         _request(b'{"types": ["Item created"]}'))
     takes = []
     while not stream.finished:
@@ -76,21 +78,21 @@ def test_a_filter_that_matches_little_hands_the_loop_back_between_reads(
     (b"not json", "abcd", 400),  # then the body
 ])
 def test_checks_run_token_then_authority_then_body(
-    service: ReplayService, body: bytes, token: str | None, status: int
+    role: ReplayRole, body: bytes, token: str | None, status: int
 ) -> None:
-    stream = service.open(_request(body, token))
+    stream = role.open(_request(body, token))
     (end,) = stream.take(100)
     assert orjson.loads(end.body)["status"] == status
     assert stream.finished
 
 
-def test_a_request_without_reply_to_is_finished_at_once(service: ReplayService) -> None:
-    stream = service.open(_request(reply_to=None))
+def test_a_request_without_reply_to_is_finished_at_once(role: ReplayRole) -> None:
+    stream = role.open(_request(reply_to=None))
     assert stream.finished and stream.take(100) == []
 
 
-def test_closing_a_stream_early_releases_the_log(service: ReplayService) -> None:
-    stream = service.open(_request())
+def test_closing_a_stream_early_releases_the_log(role: ReplayRole) -> None:
+    stream = role.open(_request())
     assert len(stream.take(10)) == 10
     stream.close()
     assert stream.finished and stream.take(10) == []
@@ -125,7 +127,7 @@ def test_a_segment_removed_while_streaming_is_read_whole_all_the_same(tmp_path: 
     _log(tmp_path / "events.log.000001", 20)
     _log(tmp_path / "events.log.000002", 20)
     _log(log, 5)
-    stream = ReplayService(log, TestOnlyAuthority()).open(_request())
+    stream = ReplayRole(log, TestOnlyAuthority()).open(_request())
     assert len(stream.take(10)) == 10  # the stream's first turn opens every file
     (tmp_path / "events.log.000002").unlink()  # an operator archived it meanwhile
     rest = []
@@ -139,7 +141,7 @@ def test_a_log_file_that_cannot_be_read_ends_the_replay_with_500(tmp_path: Path)
     _log(tmp_path / "events.log.000001", 20)
     (tmp_path / "events.log.000002").mkdir()  # not a file: it cannot be read
     _log(log, 5)
-    stream = ReplayService(log, TestOnlyAuthority()).open(_request())
+    stream = ReplayRole(log, TestOnlyAuthority()).open(_request())
     taken = []
     while not stream.finished:
         taken += stream.take(100)

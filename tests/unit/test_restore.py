@@ -43,6 +43,7 @@ class WithoutBulkLoad:
     def __init__(self, store: ItemStore) -> None:
         self.inner = store
         self.url = store.url
+        self.keeps_nul = store.keeps_nul
 
     def transaction(self) -> AbstractContextManager[StoreTransaction]:
         return self.inner.transaction()

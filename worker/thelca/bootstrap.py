@@ -18,8 +18,8 @@ from thelca.amqp import (
 from thelca.authority.base import Authority
 from thelca.errors import ConfigurationError
 from thelca.eventlog.writer import EventLogWriter
-from thelca.roles.commands import CommandHandler
-from thelca.roles.logwriter import EventLogger
+from thelca.roles.commands import CommandRole
+from thelca.roles.logwriter import LogWriterRole
 from thelca.settings import OPTIONS, Settings
 from thelca.stores import ItemStore, many_writers, open_store
 from thelca_client.tls import TlsFileError, TlsFiles
@@ -181,7 +181,7 @@ def build_worker(
     tls = tls_files(settings)  # before the store, whose lock a refusal here would keep
     store = store or open_store(settings.store)
     names = settings.names
-    handler = CommandHandler(store, authority, names, max_body=settings.max_body)
+    handler = CommandRole(store, authority, names, max_body=settings.max_body)
     log.info("worker: prefix %s, store %s, authority %s, prefetch %d",
              settings.prefix, safe_url(store.url), authority.name, settings.prefetch)
     consumer = BatchConsumer(
@@ -200,7 +200,8 @@ def build_logger(settings: Settings) -> Role:
     log.info("logger: prefix %s, event log %s (%d recent lines read; %s)",
              settings.prefix, writer.path, writer.lines_at_start, rotation)
     consumer = BatchConsumer(
-        settings.amqp_url, names.events_log, EventLogger(writer, names), logger_topology(names),
+        settings.amqp_url, names.events_log, LogWriterRole(writer, names),
+        logger_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="logger",
         on_state=_state_logger("logger"), tls=tls_files(settings),
     )
@@ -209,14 +210,14 @@ def build_logger(settings: Settings) -> Role:
 
 def build_replay(settings: Settings, *, authority: Authority | None = None) -> Role:
     """The replay consumer: serves <prefix>.replay from the event log and its segments."""
-    from thelca.roles.replay import ReplayService
+    from thelca.roles.replay import ReplayRole
 
     authority = authority or build_authority(settings)
     names = settings.names
     log.info("replay: prefix %s, event log %s, authority %s, %d streams at once",
              settings.prefix, settings.event_log, authority.name, settings.replay_streams)
     consumer = ReplayConsumer(
-        settings.amqp_url, names.replay, ReplayService(settings.event_log, authority),
+        settings.amqp_url, names.replay, ReplayRole(settings.event_log, authority),
         replay_topology(names), streams=settings.replay_streams, name="replay",
         on_state=_state_logger("replay"), tls=tls_files(settings),
     )

@@ -1,10 +1,25 @@
-"""The errors thelca raises: one small tree, each with the status it answers."""
+"""The errors thelca raises: one small tree, each with the status it answers.
+
+    ThelcaError
+    ├── CommandRefused (4xx): InvalidCommand, NotAuthenticated, Forbidden,
+    │                         ItemNotFound, Conflict
+    ├── StoreError: StoreUnavailable, ConcurrentUpdate, UnstorableValue, StoreLocked
+    ├── AuthorityUnavailable
+    ├── BrokerUnavailable
+    ├── QueueMissing
+    ├── ConfigurationError
+    └── (thelca.amqp.dead.DeadLettersUnavailable, beside the retry results it carries)
+
+Each store translates its driver's errors into the StoreError family in one
+place (stores/sqlite.py, stores/postgres.py), so that nothing above the
+stores sees sqlite3 or psycopg; a store never raises a CommandRefused.
+"""
 
 from __future__ import annotations
 
 
 class ThelcaError(Exception):
-    """Base class of every error thelca raises on purpose."""
+    """Raised only as one of its subclasses: the base of every error thelca raises on purpose."""
 
     status = 500
 
@@ -28,7 +43,7 @@ class NotAuthenticated(CommandRefused):
 
 
 class Forbidden(CommandRefused):
-    """Raised when the Authority refuses this user this command on this item."""
+    """Raised when the Authority refuses this user this command on this item, or a replay."""
 
     status = 403
 
@@ -40,29 +55,41 @@ class ItemNotFound(CommandRefused):
 
 
 class Conflict(CommandRefused):
-    """Raised when expected_version is stale or a message_id belongs to another user."""
+    """Raised when a command's expected_version is not the current version."""
 
     status = 409
 
 
-class ConcurrentUpdate(ThelcaError):
-    """Raised by a store when another writer changed the item since it was read."""
+class StoreError(ThelcaError):
+    """Raised when a store fails in a way no subclass names: that command is answered 500."""
 
 
-class StoreUnavailable(ThelcaError):
+class ConcurrentUpdate(StoreError):
+    """Raised when another writer changed or added the row first: the command runs again."""
+
+
+class StoreUnavailable(StoreError):
     """Raised when the store cannot be reached or written: the batch is retried, not refused."""
+
+
+class UnstorableValue(StoreError):
+    """Raised when a store cannot keep a value (PostgreSQL text, NUL): that command fails."""
+
+
+class StoreLocked(StoreError):
+    """Raised when another process already writes to the same store."""
 
 
 class AuthorityUnavailable(ThelcaError):
     """Raised when the Authority cannot be reached: the batch is retried."""
 
 
-class StoreLocked(ThelcaError):
-    """Raised when another process already writes to the same store."""
-
-
 class BrokerUnavailable(ThelcaError):
     """Raised when no broker of the configured URLs answers, or it refuses the login."""
+
+
+class QueueMissing(ThelcaError):
+    """Raised when a queue asked about does not exist: a wrong prefix, or nothing declared it."""
 
 
 class ConfigurationError(ThelcaError):

@@ -9,7 +9,7 @@ back. Short-lived operator tools use a BlockingConnection: `admin` (health)
 and `dead` (dead letters). Callers see thelca's errors, never pika's.
 """
 
-from thelca.amqp.admin import QueueMissing, queue_consumers
+from thelca.amqp.admin import queue_consumers
 from thelca.amqp.batch import BatchConsumer
 from thelca.amqp.connection import connection_parameters, safe_url
 from thelca.amqp.dead import (
@@ -24,6 +24,7 @@ from thelca.amqp.dead import (
 )
 from thelca.amqp.streams import ReplayConsumer
 from thelca.amqp.topology import Topology, logger_topology, replay_topology, thelca_topology
+from thelca.errors import QueueMissing
 
 __all__ = [
     "BatchConsumer",

@@ -12,12 +12,8 @@ import pika
 import pika.exceptions
 
 from thelca.amqp.connection import connection_parameters
-from thelca.errors import BrokerUnavailable, ThelcaError
+from thelca.errors import BrokerUnavailable, QueueMissing
 from thelca_client.tls import TlsFiles
-
-
-class QueueMissing(ThelcaError):
-    """Raised when a queue asked about does not exist: a wrong prefix, or nothing declared it."""
 
 
 def connect(

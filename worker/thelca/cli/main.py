@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "health", help="exit 0 only when broker, worker, store and Authority answer",
         description="Exit 0 only when the broker answers, a worker consumes the commands "
         "queue, the store answers and, under jwt, the key set holds keys (an emptied or "
-        "removed JWKS file revokes every token); 3 otherwise. Says whether a logger runs too.")
+        "removed JWKS file revokes every token); 3 otherwise. Says whether a logger runs too. "
+        "With --role logger or replay: only the broker and that role's queue (and, for "
+        "replay, the key set), so that a logger's or replay consumer's health does not "
+        "depend on a worker.")
+    health.add_argument("--role", choices=("worker", "logger", "replay"), default="worker",
+                        help="whose health to check (default worker)")
     add_options(health, "broker", "store", "authority", "logging")
     health.set_defaults(func=_health)
 
@@ -200,6 +205,8 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     from thelca.bootstrap import authority_health, tls_files
     from thelca.stores import open_store
 
+    if args.role != "worker":
+        return _role_health(args.role, settings)
     names = settings.names
     healthy = True
     tls = tls_files(settings)
@@ -216,7 +223,7 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
               f"({loggers} consuming {names.events_log})")
     except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         healthy = False
-        print(f"broker: FAILED ({type(error).__name__}: {error})")
+        print(_broker_failure(error, "worker", names.commands))
     try:
         store = open_store(settings.store, writer=False)
         try:
@@ -233,3 +240,34 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else EXIT_UNAVAILABLE
 
 
+def _broker_failure(error: Exception, role: str, queue: str) -> str:
+    """What health says when asking the broker failed: its fault, or a queue never declared."""
+    if "NOT_FOUND" in str(error):  # the broker answered: nothing declared the queue
+        return f"broker: ok\n{role}: FAILED (no worker has declared {queue})"
+    return f"broker: FAILED ({type(error).__name__}: {error})"
+
+
+def _role_health(role: str, settings: Settings) -> int:
+    """A logger's or replay consumer's health: the broker, and that role on its queue (and
+    the replay consumer's Authority)."""
+    from thelca.amqp import queue_consumers
+    from thelca.bootstrap import authority_health, tls_files
+
+    names = settings.names
+    queue = names.events_log if role == "logger" else names.replay
+    try:
+        consumers = queue_consumers(settings.amqp_url, queue, tls=tls_files(settings))
+    except Exception as error:
+        print(_broker_failure(error, role, queue))
+        return EXIT_UNAVAILABLE
+    print("broker: ok")
+    healthy = bool(consumers)
+    if consumers:
+        print(f"{role}: ok ({consumers} consuming {queue})")
+    else:
+        print(f"{role}: FAILED (nothing consumes {queue})")
+    if role == "replay":  # it verifies the subscribers' tokens with the same Authority
+        verifies, line = authority_health(settings)
+        print(f"authority: {line}")
+        healthy = healthy and verifies
+    return 0 if healthy else EXIT_UNAVAILABLE

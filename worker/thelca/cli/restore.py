@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,9 +54,12 @@ def add_restore_parsers(sub: Any) -> None:
 
 
 def _log_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log", required=True, metavar="FILE",
+    # The same setting as the logger's --event-log: the flag, else THELCA_EVENT_LOG.
+    default = os.environ.get("THELCA_EVENT_LOG") or "thelca-events.log"
+    parser.add_argument("--log", "--event-log", dest="log", default=default, metavar="FILE",
                         help="the event log (the live file's path; its segments FILE.000001 "
-                        "... are read first)")
+                        "... are read first); default: env THELCA_EVENT_LOG, else "
+                        "thelca-events.log")
     parser.add_argument("--until", metavar="TIME",
                         help="only events whose time is at or before TIME, ISO 8601 with an "
                         "offset, e.g. 2026-11-26T23:59:59.999999+00:00 or ...Z")
@@ -85,7 +89,7 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
         if held:
             store.clear()
             print(f"emptied the store ({held} items)")
-        with _progress() as progress:
+        with _progress("restore") as progress:
             report = restore(args.log, store, until=until, progress=progress)
     except OSError as error:  # gone, or unreadable (permissions, I/O), like verify
         return _unavailable("restore", str(error))
@@ -112,7 +116,8 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     except Exception as error:  # any backend's way of saying no: report it, exit 3
         return _unavailable("verify", f"cannot open the store: {error}")
     try:
-        report = verify(args.log, store, until=until)
+        with _progress("verify") as progress:
+            report = verify(args.log, store, until=until, progress=progress)
     except OSError as error:  # the log: gone, or unreadable (permissions, I/O)
         return _unavailable("verify", str(error))
     except Exception as error:
@@ -153,20 +158,21 @@ def _print_some(what: str, lines: list[str]) -> None:
 
 
 @contextmanager
-def _progress() -> Iterator[Callable[[int, int], None] | None]:
+def _progress(command: str) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar over the log's bytes on a terminal (stderr); nothing otherwise."""
     if not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm
 
-    with tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="restore",
+    with tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=command,
               file=sys.stderr, leave=False) as bar:
 
         def update(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
-            if done >= total:  # read: what is left is writing the last items
-                bar.set_description("restore: writing the store")
+            if done >= total:  # read: what is left is the store's part
+                bar.set_description(f"{command}: " + ("writing the store" if command == "restore"
+                                                      else "comparing with the store"))
 
         yield update

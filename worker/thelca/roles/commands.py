@@ -1,10 +1,11 @@
-"""The worker's command handler: from a delivered message to a reply and an event.
+"""The worker's role: from a delivered command to a reply and an event.
 
-For each command, in the contract's order: size (413), token (401), the
-idempotency record, then the service (400, 404, 403, 409). Everything a
-batch changes — items, the processed-command records with their replies,
-the outbox of events — is committed in one store transaction, each command
-inside its own savepoint, before anything is published. The plumbing acks
+For each command, in the contract's order: size (413), token (401), a user
+id the store cannot keep (400), the idempotency record, then the service
+(400, 404, 403, 409) through the command's handler (thelca.roles.handlers).
+Everything a batch changes — items, the processed-command records with their
+replies, the outbox of events — is committed in one store transaction, each
+command inside its own savepoint, before anything is published. The plumbing acks
 the batch only once the broker has confirmed every reply and event, and the
 outbox keeps each event until then, so a crash at any point can neither lose
 an event nor apply a command twice.
@@ -21,8 +22,9 @@ import orjson
 from thelca import metrics
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
-from thelca.domain.service import ItemService, Result
+from thelca.domain.service import ItemService
 from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
+from thelca.roles.handlers import HANDLERS, Context
 from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 from thelca_client.contract import (
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
 LONGEST_USER = 255  # a retry_of longer than any user id is not one
+NUL_USER_ID = ("the user id contains a NUL character (\\u0000), which this store cannot keep "
+               "outside properties")
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,9 @@ class _Outcome:
     command: Command | None
 
 
-class CommandHandler:
+class CommandRole:
+    """The worker role: each command in, its reply and its event out, all in one batch."""
+
     def __init__(
         self,
         store: ItemStore,
@@ -133,6 +139,10 @@ class CommandHandler:
             raise
         except Exception:  # a token the Authority's library chokes on: this message only
             return self._poison(message, None)
+        if "\x00" in principal.user_id and not self.store.keeps_nul:
+            # Neither the item's created_by nor the record of the command could be kept;
+            # refused before anything is written, so not remembered either.
+            return self._reply(message, Reply(400, error=NUL_USER_ID))
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with tx.savepoint():
@@ -158,7 +168,7 @@ class CommandHandler:
             if prior is not None:
                 return self._repeat(tx, message, principal, prior)
         outcome = _noted_retry(self._serve(tx, principal, message, command_id), message)
-        if message.message_id and (outcome.command is None or outcome.command.name != "read"):
+        if message.message_id and _remembered(outcome.command):
             self._remember(tx, message.message_id, outcome)
         command = outcome.command.name if outcome.command else None
         out = self._reply(message, outcome.reply, command)
@@ -172,22 +182,11 @@ class CommandHandler:
         command: Command | None = None
         try:
             command = decode_command(message.body)
-            result = self._dispatch(tx, principal, command, command_id)
+            handler = HANDLERS[type(command)]
+            served = handler.handle(Context(self.service, tx, principal, command_id), command)
         except (CommandRefused, ContractError) as refused:
             return self._refusal(refused, principal, command, command_id)
-        reply = Reply(200, item=result.stored.item.to_json(), version=result.stored.version)
-        return _Outcome(reply, result.event, principal.user_id, command)
-
-    def _dispatch(
-        self, tx: StoreTransaction, principal: Principal, command: Command, command_id: str
-    ) -> Result:
-        if command.name == "create":
-            return self.service.create(tx, principal, command.item or {}, command_id)
-        if command.name == "read":
-            return self.service.read(tx, principal, command.id or "", command_id)
-        return self.service.update(tx, principal, command.id or "", command.item or {},
-                                   expected_version=command.expected_version,
-                                   command_id=command_id)
+        return _Outcome(served.reply, served.event, principal.user_id, command)
 
     def _refusal(
         self,
@@ -199,7 +198,7 @@ class CommandHandler:
         event = None
         if refused.status == 403:
             event = model.access_refused(
-                command.name if command else None, command.id if command else None,
+                command.name if command else None, _named_id(command),
                 403, user=principal.user_id, time=model.utc_now(), command_id=command_id)
         return _Outcome(Reply(refused.status, error=str(refused)), event,
                         principal.user_id, command)
@@ -302,6 +301,18 @@ def _noted_retry(outcome: _Outcome, message: Incoming) -> _Outcome:
         return outcome
     extra = {**outcome.event.extra, "retry_of": value or None}
     return replace(outcome, event=replace(outcome.event, extra=extra))
+
+
+def _remembered(command: Command | None) -> bool:
+    """Whether an outcome is recorded under its message_id: a body that could not be
+    decoded is (its refusal is), a command is as its handler says (a read is not)."""
+    return command is None or HANDLERS[type(command)].remembered
+
+
+def _named_id(command: Command | None) -> str | None:
+    """The id a command names (a create names none), for an Access refused event."""
+    item_id = getattr(command, "id", None)
+    return item_id if isinstance(item_id, str) else None
 
 
 def _peek(body: bytes) -> tuple[str | None, str | None]:

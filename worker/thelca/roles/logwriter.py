@@ -1,4 +1,4 @@
-"""The logger: appends every event from `<prefix>.events.log` to the event log.
+"""The logger role: appends every event from `<prefix>.events.log` to the event log.
 
 A batch of deliveries is written, flushed and fsynced once, and only then
 acked (by the plumbing), so an acknowledged event is on disk. An event whose
@@ -18,7 +18,9 @@ from thelca_client.contract import Names
 log = logging.getLogger(__name__)
 
 
-class EventLogger:
+class LogWriterRole:
+    """The logger role: writes each event it is handed to the event log, once per id."""
+
     def __init__(self, writer: EventLogWriter, names: Names) -> None:
         self.writer = writer
         self.names = names

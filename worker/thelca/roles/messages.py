@@ -19,6 +19,8 @@ BOOKKEEPING_PREFIXES = ("x-thelca-", "x-first-death-", "x-last-death-")
 
 @dataclass(frozen=True)
 class Incoming:
+    """A message as the broker delivered it, without pika's types."""
+
     body: bytes
     message_id: str | None = None
     correlation_id: str | None = None
@@ -30,6 +32,8 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Outgoing:
+    """A message for the plumbing to publish (and to wait for the broker's confirm)."""
+
     exchange: str
     routing_key: str
     body: bytes

@@ -47,8 +47,9 @@ MAX_REQUEST_BODY = 64 * 1024  # a replay request is three small fields
 LINES_PER_TAKE = 5000  # lines read at most per take(), so a sparse filter cannot hog the loop
 
 
-class ReplayService:
-    """Opens a stream for each replay request; keeps the log's index for all of them."""
+class ReplayRole:
+    """The replay role: opens a stream of the event log for each replay request, and keeps
+    the log's index for all of them."""
 
     def __init__(self, log_path: str | Path, authority: Authority) -> None:
         self.log_path = Path(log_path)

@@ -28,6 +28,8 @@ class ProcessedCommand:
 
 @dataclass(frozen=True)
 class OutboxEvent:
+    """An event kept until the broker confirms it, as the bytes that are published."""
+
     event_id: str
     body: bytes
 
@@ -65,7 +67,15 @@ class StoreTransaction(Protocol):
 
 
 class ItemStore(Protocol):
+    """Where the worker keeps items, processed commands and the outbox; one per backend."""
+
     url: str
+
+    @property
+    def keeps_nul(self) -> bool:
+        """Whether ids, user ids and message_ids may contain NUL (U+0000), as properties
+        always may. PostgreSQL text cannot hold it: the worker refuses such a user id."""
+        ...
 
     def transaction(self) -> AbstractContextManager[StoreTransaction]:
         """Commit on normal exit, roll back if the block raises."""

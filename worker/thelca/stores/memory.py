@@ -19,7 +19,10 @@ _MISSING: Any = object()
 
 
 class MemoryStore:
+    """Items, processed commands and the outbox in dicts, under one lock."""
+
     url = "memory:"
+    keeps_nul = True
 
     def __init__(self) -> None:
         self._items: dict[str, StoredItem] = {}

@@ -52,8 +52,9 @@ from thelca.domain.model import Item, StoredItem
 from thelca.errors import (
     ConcurrentUpdate,
     ConfigurationError,
-    InvalidCommand,
+    StoreError,
     StoreUnavailable,
+    UnstorableValue,
 )
 from thelca.stores.base import ItemRow, OutboxEvent, ProcessedCommand
 
@@ -101,6 +102,8 @@ SELECT_ITEM_FOR_UPDATE = (
 class PostgresStore:
     """One connection, used by one thread at a time; reconnects after a failure."""
 
+    keeps_nul = False  # PostgreSQL text cannot hold NUL (properties are json: they can)
+
     def __init__(self, url: str, *, writer: bool = True) -> None:
         self._conninfo, self.schema = split_schema(url)
         self.url = redacted(url)
@@ -139,7 +142,8 @@ class PostgresStore:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
         except psycopg.Error as error:
             conn.close()
-            raise _translated(error, f"preparing schema {self.schema!r} in {self.url}") from None
+            raise _translated(error, f"preparing schema {self.schema!r} in {self.url}",
+                              opening=True) from None
         self._conn = conn
         return conn
 
@@ -154,12 +158,12 @@ class PostgresStore:
 
     @contextmanager
     def _using(self) -> Iterator[psycopg.Connection[Any]]:
-        """The connection, under the lock; PostgreSQL's own failures become StoreUnavailable."""
+        """The connection, under the lock; psycopg's errors become thelca's (_translated)."""
         with self._lock:
             conn = self._connection()
             try:
                 yield conn
-            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            except psycopg.Error as error:
                 self._forget_if_broken()
                 raise _translated(error) from error
             except StoreUnavailable:
@@ -228,13 +232,15 @@ class PostgresStore:
 
 
 class _PostgresTransaction:
+    """One transaction on the store's connection; every statement's error is translated."""
+
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
     def _execute(self, query: LiteralString, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         try:
             return self._conn.execute(query, params)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+        except psycopg.Error as error:
             raise _translated(error) from error
 
     @contextmanager
@@ -242,8 +248,9 @@ class _PostgresTransaction:
         try:
             with self._conn.transaction():
                 yield
-        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            # The rollback to the savepoint itself failed: the connection is gone.
+        except psycopg.Error as error:
+            # Opening, releasing or rolling back to the savepoint failed (the statements
+            # inside translate their own): most likely the connection is gone.
             raise _translated(error) from error
 
     def get_item(self, item_id: str) -> StoredItem | None:
@@ -253,7 +260,6 @@ class _PostgresTransaction:
         return None if row is None else _stored(row)
 
     def add_item(self, item: Item) -> StoredItem:
-        _refuse_nul(id=item.id, created_at=item.created_at, created_by=item.created_by)
         cursor = self._execute(
             "INSERT INTO items (id, created_at, created_by, properties, version) "
             "VALUES (%s, %s, %s, %s::json, 1) ON CONFLICT (id) DO NOTHING",
@@ -274,7 +280,7 @@ class _PostgresTransaction:
         return StoredItem(item, version)
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
-        if "\x00" in message_id:
+        if "\x00" in message_id:  # no command was recorded under it: see add_processed
             return None
         row = self._execute(
             "SELECT message_id, user_id, reply, event_id FROM processed WHERE message_id = %s",
@@ -283,7 +289,8 @@ class _PostgresTransaction:
         return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3])
 
     def add_processed(self, processed: ProcessedCommand) -> None:
-        _refuse_nul(message_id=processed.message_id, user_id=processed.user_id)
+        # A message_id with NUL cannot be kept: psycopg refuses it (UnstorableValue), and
+        # the command is answered 500 and dead-lettered, never applied unrecorded.
         cursor = self._execute(
             "INSERT INTO processed (message_id, user_id, reply, event_id) "
             "VALUES (%s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
@@ -364,27 +371,32 @@ def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
             conn.execute(statement)
 
 
-def _translated(error: psycopg.Error, doing: str = "") -> ConcurrentUpdate | StoreUnavailable:
-    """PostgreSQL's own failures: a serialization failure is a lost race, the rest retry later."""
+def _translated(error: psycopg.Error, doing: str = "", *, opening: bool = False) -> StoreError:
+    """The one place psycopg's errors become thelca's (connecting keeps its own message, in
+    _connection, so as never to quote the password).
+
+    A serialization failure is a lost race: the command runs again. A deadlock, a lost
+    connection, a server that stops answering, or any failure while a connection is being
+    prepared: the batch is retried later. A value PostgreSQL cannot keep (text with NUL)
+    fails that one command, as does anything else (a bug, not a passing state).
+    """
+    where = f" ({doing})" if doing else ""
     if isinstance(error, psycopg.errors.SerializationFailure):
         return ConcurrentUpdate(f"PostgreSQL could not serialize the change: {_first_line(error)}")
     if isinstance(error, psycopg.errors.DeadlockDetected):
         return StoreUnavailable("a deadlock with another worker's batch; this batch is rolled "
                                 "back and retried")
-    where = f" ({doing})" if doing else ""
-    return StoreUnavailable(f"the PostgreSQL store failed{where}: {_first_line(error)}")
+    if opening or isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return StoreUnavailable(f"the PostgreSQL store failed{where}: {_first_line(error)}")
+    if isinstance(error, psycopg.DataError):
+        return UnstorableValue(f"the PostgreSQL store cannot keep a value{where}: "
+                               f"{_first_line(error)}")
+    return StoreError(f"the PostgreSQL store refused a statement{where}: {_first_line(error)}")
 
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _refuse_nul(**fields: str) -> None:
-    for name, value in fields.items():
-        if "\x00" in value:
-            raise InvalidCommand(f"{name} contains a NUL character (\\u0000), which the "
-                                 "PostgreSQL store cannot keep outside properties")
 
 
 def _json(properties: Any) -> str:

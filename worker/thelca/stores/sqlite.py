@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -47,6 +47,10 @@ LOAD_CACHE_KIB = 256 * 1024  # page cache while restore loads items
 
 
 class SQLiteStore:
+    """One SQLite file, written by one process (a lock file says which) and read by any."""
+
+    keeps_nul = True
+
     def __init__(self, path: str | Path, *, writer: bool = True) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
@@ -54,20 +58,22 @@ class SQLiteStore:
         if writer:
             self._lock_file = _lock_exclusively(self.path)
             try:
-                self._db = _open_writer(self.path)
+                with _translating(f"open {self.path}"):
+                    self._db = _open_writer(self.path)
             except BaseException:  # else the lock stays held and refuses the next try
                 self._lock_file.close()
                 self._lock_file = None
                 raise
         else:  # a reader (health, verify) must not create an empty database
-            self._db = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                check_same_thread=False, timeout=30,
-            )
+            with _translating(f"open {self.path}"):
+                self._db = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                    check_same_thread=False, timeout=30,
+                )
 
     @contextmanager
     def transaction(self) -> Iterator[_SQLiteTransaction]:
-        with _unavailable_on_error():
+        with _translating("begin a transaction"):
             self._db.execute("BEGIN IMMEDIATE")
         try:
             yield _SQLiteTransaction(self._db)
@@ -76,52 +82,58 @@ class SQLiteStore:
                 self._db.execute("ROLLBACK")
             raise
         try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as error:
+            with _translating("commit"):
+                self._db.execute("COMMIT")
+        except StoreUnavailable:
             # A failed COMMIT can leave the transaction open, and then every later
             # BEGIN fails: end it, so that the retried batch starts afresh.
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise StoreUnavailable(f"the SQLite store could not commit: {error}") from error
+            raise
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
-        rows = self._db.execute(
-            "SELECT event_id, body FROM outbox ORDER BY seq LIMIT ?", (limit,)
-        ).fetchall()
+        with _translating("read the outbox"):
+            rows = self._db.execute(
+                "SELECT event_id, body FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
         return [OutboxEvent(event_id, bytes(body)) for event_id, body in rows]
 
     def items(self) -> Iterator[StoredItem]:
-        cursor = self._db.execute(
-            "SELECT id, created_at, created_by, properties, version FROM items ORDER BY id"
-        )
-        for row in cursor:
-            yield _stored(row)
+        with _translating("read the items"):
+            cursor = self._db.execute(
+                "SELECT id, created_at, created_by, properties, version FROM items ORDER BY id"
+            )
+            for row in cursor:
+                yield _stored(row)
 
     def count_items(self) -> int:
-        (count,) = self._db.execute("SELECT count(*) FROM items").fetchone()
+        with _translating("count the items"):
+            (count,) = self._db.execute("SELECT count(*) FROM items").fetchone()
         return int(count)
 
     def ping(self) -> None:
-        self._db.execute("SELECT 1").fetchone()
+        with _translating("answer"):
+            self._db.execute("SELECT 1").fetchone()
 
     def clear(self) -> None:
-        with self.transaction():
+        with self.transaction(), _translating("clear"):
             for table in ("items", "processed", "outbox"):
                 self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
 
     def load_items(self, rows: Iterable[ItemRow]) -> None:
         # Rows in id order append to the primary key's B-tree instead of splitting it
         # all over; that, and a larger page cache for the load, halve the time.
-        (cache,) = self._db.execute("PRAGMA cache_size").fetchone()
-        self._db.execute(f"PRAGMA cache_size = {-LOAD_CACHE_KIB}")
-        try:
-            with self.transaction():
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO items "
-                    "(id, created_at, created_by, properties, version) VALUES (?, ?, ?, ?, ?)",
-                    rows)
-        finally:
-            self._db.execute(f"PRAGMA cache_size = {int(cache)}")
+        with _translating("load items"):
+            (cache,) = self._db.execute("PRAGMA cache_size").fetchone()
+            self._db.execute(f"PRAGMA cache_size = {-LOAD_CACHE_KIB}")
+            try:
+                with self.transaction():
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO items "
+                        "(id, created_at, created_by, properties, version) VALUES (?, ?, ?, ?, ?)",
+                        rows)
+            finally:
+                self._db.execute(f"PRAGMA cache_size = {int(cache)}")
 
     def close(self) -> None:
         self._db.close()
@@ -131,18 +143,26 @@ class SQLiteStore:
 
 
 class _SQLiteTransaction:
+    """One transaction on the store's connection; every statement's error is translated."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._savepoints = 0
+
+    def _execute(self, query: str, params: tuple[Any, ...], doing: str,
+                 conflict: str | None = None) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(query, params)
+        except sqlite3.Error as error:
+            raise _translated(error, doing, conflict) from error
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         self._savepoints += 1
         name = f"sp{self._savepoints}"
-        self._db.execute(f"SAVEPOINT {name}")
+        self._execute(f"SAVEPOINT {name}", (), "open a savepoint")
         try:
-            with _unavailable_on_error():
-                yield
+            yield
         except BaseException as error:
             try:
                 self._db.execute(f"ROLLBACK TO {name}")
@@ -150,82 +170,89 @@ class _SQLiteTransaction:
             except sqlite3.Error as failed:
                 # SQLite rolled back the whole transaction itself (disk full, I/O
                 # error): the batch is to be retried, not the command refused.
-                raise StoreUnavailable(
-                    f"the SQLite store lost the transaction ({failed}) after: {error}"
-                ) from error
+                raise _translated(failed, "roll back to a savepoint (it lost the "
+                                  f"transaction) after {error!r}") from error
             raise
-        self._db.execute(f"RELEASE {name}")
+        self._execute(f"RELEASE {name}", (), "release a savepoint")
 
     def get_item(self, item_id: str) -> StoredItem | None:
-        row = self._db.execute(
+        row = self._execute(
             "SELECT id, created_at, created_by, properties, version FROM items WHERE id = ?",
-            (item_id,),
+            (item_id,), "read an item",
         ).fetchone()
         return None if row is None else _stored(row)
 
     def add_item(self, item: Item) -> StoredItem:
-        try:
-            self._db.execute(
-                "INSERT INTO items (id, created_at, created_by, properties, version) "
-                "VALUES (?, ?, ?, ?, 1)",
-                (item.id, item.created_at, item.created_by, orjson.dumps(item.properties)),
-            )
-        except sqlite3.IntegrityError as error:
-            raise ConcurrentUpdate(f"item {item.id} exists already") from error
+        self._execute(
+            "INSERT INTO items (id, created_at, created_by, properties, version) "
+            "VALUES (?, ?, ?, ?, 1)",
+            (item.id, item.created_at, item.created_by, orjson.dumps(item.properties)),
+            "add an item", conflict=f"item {item.id} exists already",
+        )
         return StoredItem(item, 1)
 
     def replace_item(self, item: Item, version: int) -> StoredItem:
-        cursor = self._db.execute(
+        cursor = self._execute(
             "UPDATE items SET properties = ?, version = ? WHERE id = ? AND version = ?",
-            (orjson.dumps(item.properties), version, item.id, version - 1),
+            (orjson.dumps(item.properties), version, item.id, version - 1), "replace an item",
         )
         if cursor.rowcount != 1:
             raise ConcurrentUpdate(f"item {item.id} changed since it was read")
         return StoredItem(item, version)
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
-        row = self._db.execute(
+        row = self._execute(
             "SELECT message_id, user_id, reply, event_id FROM processed WHERE message_id = ?",
-            (message_id,),
+            (message_id,), "read a processed command",
         ).fetchone()
         return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3])
 
     def add_processed(self, processed: ProcessedCommand) -> None:
-        try:
-            self._db.execute(
-                "INSERT INTO processed (message_id, user_id, reply, event_id) "
-                "VALUES (?, ?, ?, ?)",
-                (processed.message_id, processed.user_id, processed.reply, processed.event_id),
-            )
-        except sqlite3.IntegrityError as error:
-            raise ConcurrentUpdate(
-                f"message_id {processed.message_id} is recorded already") from error
+        self._execute(
+            "INSERT INTO processed (message_id, user_id, reply, event_id) VALUES (?, ?, ?, ?)",
+            (processed.message_id, processed.user_id, processed.reply, processed.event_id),
+            "record a command",
+            conflict=f"message_id {processed.message_id} is recorded already",
+        )
 
     def add_outbox(self, event: OutboxEvent) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT OR IGNORE INTO outbox (event_id, body) VALUES (?, ?)",
-            (event.event_id, event.body),
+            (event.event_id, event.body), "add to the outbox",
         )
 
     def get_outbox(self, event_id: str) -> OutboxEvent | None:
-        row = self._db.execute(
-            "SELECT event_id, body FROM outbox WHERE event_id = ?", (event_id,)
+        row = self._execute(
+            "SELECT event_id, body FROM outbox WHERE event_id = ?", (event_id,),
+            "read the outbox",
         ).fetchone()
         return None if row is None else OutboxEvent(row[0], bytes(row[1]))
 
     def remove_outbox(self, event_ids: list[str]) -> None:
-        self._db.executemany("DELETE FROM outbox WHERE event_id = ?", [(e,) for e in event_ids])
+        with _translating("remove from the outbox"):
+            self._db.executemany("DELETE FROM outbox WHERE event_id = ?",
+                                 [(e,) for e in event_ids])
+
+
+def _translated(
+    error: sqlite3.Error, doing: str, conflict: str | None = None
+) -> ConcurrentUpdate | StoreUnavailable:
+    """The one place sqlite3's errors become thelca's. A row that exists already, where
+    `conflict` says what that means, is a lost race (ConcurrentUpdate); any other failure
+    (disk full, I/O error, locked, a constraint checked at COMMIT) means the store cannot
+    be used now, and the batch is retried (StoreUnavailable)."""
+    if conflict is not None and isinstance(error, sqlite3.IntegrityError):
+        return ConcurrentUpdate(conflict)
+    return StoreUnavailable(f"the SQLite store could not {doing}: {error}")
 
 
 @contextmanager
-def _unavailable_on_error() -> Iterator[None]:
-    """SQLite's own failures (disk full, I/O error, locked) mean retry later, not a bad command."""
+def _translating(doing: str) -> Iterator[None]:
+    """A block whose sqlite3 errors are translated (_translated)."""
     try:
         yield
-    except sqlite3.IntegrityError:
-        raise
     except sqlite3.Error as error:
-        raise StoreUnavailable(f"the SQLite store failed: {error}") from error
+        raise _translated(error, doing) from error
 
 
 def _stored(row: tuple[str, str, str, bytes, int]) -> StoredItem:

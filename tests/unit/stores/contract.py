@@ -1,8 +1,9 @@
-"""The item store contract, run by every backend.
+"""The item store contract: the tests every backend passes.
 
-In the style of the eventsourcing project's recorder tests: `StoreContract`
-holds the tests and an abstract `make_store()`; each backend subclasses it once
-(`TestMemoryStore`, `TestSQLiteStore`, `TestPostgresStore`). The base class
+In the style of the eventsourcing project's persistence tests: `StoreContract`
+holds the tests and an abstract `make_store()`; each backend's test file
+subclasses it once (tests/unit/stores/test_memory.py, test_sqlite.py,
+test_postgres.py) and adds the tests only that backend needs. The base class
 uses nothing but the `ItemStore` / `StoreTransaction` interface, so that a new
 backend only has to say how to make a fresh, empty store.
 
@@ -13,30 +14,16 @@ transaction is open: the interface does not promise it works there.
 from __future__ import annotations
 
 import abc
-import sqlite3
-import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
-import psycopg
 import pytest
 
-from tests.postgres import fresh_schema, terminate, with_schema
 from thelca.domain.model import Item, StoredItem
-from thelca.errors import (
-    ConcurrentUpdate,
-    ConfigurationError,
-    InvalidCommand,
-    StoreLocked,
-    StoreUnavailable,
-)
-from thelca.stores import ItemStore, OutboxEvent, ProcessedCommand, many_writers, open_store
+from thelca.errors import ConcurrentUpdate
+from thelca.stores import ItemStore, OutboxEvent, ProcessedCommand
 from thelca.stores.base import BulkItemLoader
-from thelca.stores.memory import MemoryStore
-from thelca.stores.postgres import PostgresStore, redacted, split_schema
-from thelca.stores.sqlite import SQLiteStore
 from thelca_client.contract import JSON
 
 CREATED_AT = "2020-02-18T16:37:09.654917+00:00"
@@ -480,6 +467,21 @@ class StoreContract(abc.ABC):
             tx.add_item(item("a"))
         assert store.count_items() == 1
 
+    def test_ids_with_nul_round_trip_in_a_store_that_keeps_nul(self, store: ItemStore) -> None:
+        """Only for backends whose keeps_nul is true; the others refuse them (their files)."""
+        if not store.keeps_nul:
+            return
+        odd = Item("a\x00b", CREATED_AT, "user\x00", {"nul": "\x00"})
+        command = ProcessedCommand("m\x00", "user\x00", b"{}", "e\x00")
+        with store.transaction() as tx:
+            tx.add_item(odd)
+            tx.add_processed(command)
+        with store.transaction() as tx:
+            assert tx.get_item("a\x00b") == StoredItem(odd, 1)
+            assert tx.get_item("a") is None
+            assert tx.get_processed("m\x00") == command
+            assert tx.get_processed("m") is None
+
     # ------------------------------------------------------------ optional bulk load
 
     def test_load_items_stores_each_item_at_its_given_version(self, store: ItemStore) -> None:
@@ -502,379 +504,3 @@ class StoreContract(abc.ABC):
                 tx.replace_item(item("b", {"n": 2}), 2)
         store.load_items([])
         assert store.count_items() == 3
-
-
-class TestMemoryStore(StoreContract):
-    def make_store(self) -> ItemStore:
-        return MemoryStore()
-
-
-class TestSQLiteStore(StoreContract):
-    path: Path
-
-    @pytest.fixture(autouse=True)
-    def _database_path(self, tmp_path: Path) -> None:
-        self.path = tmp_path / "store" / "thelca.db"
-
-    def make_store(self) -> ItemStore:
-        return SQLiteStore(self.path)
-
-    def test_the_data_survives_closing_and_reopening(self) -> None:
-        store = SQLiteStore(self.path)
-        with store.transaction() as tx:
-            tx.add_item(item("a", RICH_PROPERTIES))
-            tx.add_item(item("b"))
-            tx.replace_item(item("b", {"n": 2}), 2)
-            tx.add_processed(processed("m1"))
-            tx.add_outbox(outbox("e2"))
-            tx.add_outbox(outbox("e1"))
-        store.close()
-
-        reopened = SQLiteStore(self.path)
-        try:
-            assert list(reopened.items()) == [
-                StoredItem(item("a", RICH_PROPERTIES), 1),
-                StoredItem(item("b", {"n": 2}), 2),
-            ]
-            assert reopened.count_items() == 2
-            assert reopened.pending_outbox() == [outbox("e2"), outbox("e1")]
-            with reopened.transaction() as tx:
-                assert tx.get_processed("m1") == processed("m1")
-                tx.replace_item(item("b", {"n": 3}), 3)
-        finally:
-            reopened.close()
-
-    def test_a_second_writer_is_refused_while_the_first_is_open(self) -> None:
-        first = SQLiteStore(self.path)
-        try:
-            with pytest.raises(StoreLocked) as refused:
-                SQLiteStore(self.path)
-            message = str(refused.value)
-            assert str(self.path) in message
-            assert "already open for writing" in message
-            with first.transaction() as tx:  # the first writer is unharmed
-                tx.add_item(item("a"))
-        finally:
-            first.close()
-
-        second = SQLiteStore(self.path)
-        try:
-            with second.transaction() as tx:
-                assert tx.get_item("a") == StoredItem(item("a"), 1)
-                tx.add_item(item("b"))
-            assert second.count_items() == 2
-        finally:
-            second.close()
-
-    def test_a_reader_opens_beside_the_writer(self) -> None:
-        writer = SQLiteStore(self.path)
-        try:
-            with writer.transaction() as tx:
-                tx.add_item(item("a"))
-            reader = SQLiteStore(self.path, writer=False)
-            try:
-                assert reader.count_items() == 1
-                assert list(reader.items()) == [StoredItem(item("a"), 1)]
-                reader.ping()
-            finally:
-                reader.close()
-        finally:
-            writer.close()
-
-    def test_a_failed_commit_ends_the_transaction_so_the_next_one_works(self) -> None:
-        store = SQLiteStore(self.path)
-        try:
-            db = store._db  # a test-only table whose deferred foreign key fails at COMMIT
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("CREATE TABLE test_child (parent TEXT REFERENCES items (id) "
-                       "DEFERRABLE INITIALLY DEFERRED)")
-            with pytest.raises(StoreUnavailable, match="could not commit"), \
-                    store.transaction() as tx:
-                tx.add_item(item("a"))
-                db.execute("INSERT INTO test_child VALUES ('nobody')")
-            with store.transaction() as tx:
-                assert tx.get_item("a") is None  # rolled back
-                tx.add_item(item("b"))
-            assert store.count_items() == 1
-        finally:
-            store.close()
-
-    def test_a_savepoint_whose_transaction_sqlite_rolled_back_is_unavailable(self) -> None:
-        store = SQLiteStore(self.path)
-        try:
-            with pytest.raises(StoreUnavailable, match="lost the transaction"), \
-                    store.transaction() as tx, tx.savepoint():
-                tx.add_item(item("a"))
-                store._db.execute("ROLLBACK")  # what SQLite does itself on SQLITE_FULL
-                raise Boom
-            with store.transaction() as tx:
-                tx.add_item(item("b"))
-            assert [stored.item.id for stored in store.items()] == ["b"]
-        finally:
-            store.close()
-
-    def test_a_store_that_fails_to_open_lets_go_of_its_lock(
-        self, monkeypatch: pytest.MonkeyPatch,
-    ) -> None:
-        def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
-            raise sqlite3.OperationalError("unable to open database file")
-
-        monkeypatch.setattr("thelca.stores.sqlite.sqlite3.connect", refuse)
-        # Kept, as a caller that logs or retries may: its traceback holds the half-made store.
-        with pytest.raises(sqlite3.OperationalError, match="unable to open") as failed:
-            SQLiteStore(self.path)
-        monkeypatch.undo()
-        store = SQLiteStore(self.path)  # not StoreLocked by the failed attempt
-        assert failed.value is not None
-        try:
-            with store.transaction() as tx:
-                tx.add_item(item("a"))
-        finally:
-            store.close()
-
-    def test_open_store_opens_sqlite_urls(self) -> None:
-        store = open_store("sqlite:///" + str(self.path))
-        try:
-            assert isinstance(store, SQLiteStore)
-            assert store.path == self.path
-            with store.transaction() as tx:
-                tx.add_item(item("a"))
-            url = store.url
-        finally:
-            store.close()
-        again = open_store(url)
-        try:
-            assert isinstance(again, SQLiteStore)
-            assert again.count_items() == 1
-        finally:
-            again.close()
-
-
-@pytest.mark.postgres
-class TestPostgresStore(StoreContract):
-    """The contract against the local PostgreSQL, each test in a schema of its own."""
-
-    url: str
-
-    @pytest.fixture(autouse=True)
-    def _schema(self, pg_store_url: str) -> None:
-        self.url = pg_store_url
-
-    def make_store(self) -> ItemStore:
-        return PostgresStore(self.url)
-
-    def test_the_data_survives_closing_and_reopening(self) -> None:
-        store = PostgresStore(self.url)
-        with store.transaction() as tx:
-            tx.add_item(item("a", RICH_PROPERTIES))
-            tx.add_processed(processed("m1"))
-            tx.add_outbox(outbox("e2"))
-            tx.add_outbox(outbox("e1"))
-        store.close()
-        reopened = PostgresStore(self.url)
-        try:
-            assert list(reopened.items()) == [StoredItem(item("a", RICH_PROPERTIES), 1)]
-            assert reopened.pending_outbox() == [outbox("e2"), outbox("e1")]
-            with reopened.transaction() as tx:
-                assert tx.get_processed("m1") == processed("m1")
-        finally:
-            reopened.close()
-
-    def test_many_writers_share_one_schema(self) -> None:
-        first, second = PostgresStore(self.url), PostgresStore(self.url)
-        try:
-            with first.transaction() as tx:
-                tx.add_item(item("a"))
-            with second.transaction() as tx:
-                assert tx.get_item("a") == StoredItem(item("a"), 1)
-                tx.replace_item(item("a", {"n": 2}), 2)
-            assert list(first.items()) == [StoredItem(item("a", {"n": 2}), 2)]
-        finally:
-            first.close()
-            second.close()
-        assert many_writers(self.url)
-
-    def test_workers_starting_at_once_create_the_schema_once(self) -> None:
-        opened: list[PostgresStore] = []
-        errors: list[BaseException] = []
-
-        def open_one() -> None:
-            try:
-                opened.append(PostgresStore(self.url))
-            except BaseException as error:
-                errors.append(error)
-
-        threads = [threading.Thread(target=open_one) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        for store in opened:
-            store.close()
-        assert not errors
-        assert len(opened) == 6
-
-    def test_items_are_paged_in_id_order(self) -> None:
-        store = PostgresStore(self.url)
-        try:
-            ids = [f"item-{n:05d}" for n in range(2500)]
-            with store.transaction() as tx:
-                for item_id in reversed(ids):
-                    tx.add_item(item(item_id))
-            assert [s.item.id for s in store.items()] == ids
-        finally:
-            store.close()
-
-    def test_a_killed_connection_fails_one_transaction_then_reconnects(
-        self, pg_url: str
-    ) -> None:
-        name = f"thelca-test-{uuid.uuid4().hex[:8]}"
-        store = PostgresStore(f"{self.url}&application_name={name}")
-        try:
-            with store.transaction() as tx:
-                tx.add_item(item("before"))
-            assert terminate(pg_url, name) == 1
-            with pytest.raises(StoreUnavailable, match="PostgreSQL"), \
-                    store.transaction() as tx:
-                tx.add_item(item("lost"))
-            with store.transaction() as tx:
-                tx.add_item(item("after"))
-            assert [s.item.id for s in store.items()] == ["after", "before"]
-            assert terminate(pg_url, name) == 1
-            with pytest.raises(StoreUnavailable):
-                store.ping()
-            store.ping()
-            assert store.count_items() == 2
-        finally:
-            store.close()
-
-    def test_a_connection_killed_inside_a_savepoint_is_store_unavailable(
-        self, pg_url: str
-    ) -> None:
-        """Not a 500 for the command: the batch is rolled back and retried."""
-        name = f"thelca-test-{uuid.uuid4().hex[:8]}"
-        store = PostgresStore(f"{self.url}&application_name={name}")
-        try:
-            with pytest.raises(StoreUnavailable), store.transaction() as tx:
-                with tx.savepoint():
-                    tx.add_item(item("a"))
-                terminate(pg_url, name)
-                with tx.savepoint():
-                    tx.add_item(item("b"))
-            assert store.count_items() == 0
-        finally:
-            store.close()
-
-    def test_no_server_is_store_unavailable_and_never_shows_the_password(self) -> None:
-        url = "postgresql://postgres:hunter2@127.0.0.1:1/test?schema=x"
-        with pytest.raises(StoreUnavailable) as refused:
-            open_store(url)
-        assert "hunter2" not in str(refused.value)
-        assert "postgres:***@127.0.0.1:1/test" in str(refused.value)
-
-    def test_nul_cannot_be_an_id_but_is_kept_in_properties(self, store: ItemStore) -> None:
-        properties: JSON = {"nul": "\x00", "key\x00": ["\x00"]}
-        with store.transaction() as tx:
-            tx.add_item(item("a", properties))
-            assert tx.get_item("a\x00b") is None
-            assert tx.get_processed("m\x00") is None
-            with pytest.raises(InvalidCommand, match="NUL"):
-                tx.add_item(Item("b", CREATED_AT, "user\x00", {}))
-            with pytest.raises(InvalidCommand, match="NUL"):
-                tx.add_processed(processed("m\x00"))
-        with store.transaction() as tx:
-            assert tx.get_item("a") == StoredItem(item("a", properties), 1)
-
-    def test_a_reader_does_not_create_the_schema(self, pg_url: str) -> None:
-        with fresh_schema(pg_url) as schema:
-            reader = open_store(with_schema(pg_url, schema), writer=False)
-            reader.ping()
-            reader.close()
-            with psycopg.connect(pg_url) as conn:
-                found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
-                                     (schema,)).fetchone()
-            assert found is None
-
-    def test_open_store_opens_postgresql_urls(self) -> None:
-        for url in (self.url, self.url.replace("postgresql://", "postgres://", 1)):
-            store = open_store(url)
-            try:
-                assert isinstance(store, PostgresStore)
-                store.ping()
-            finally:
-                store.close()
-
-    def test_libpq_options_in_the_url_reach_the_server(self) -> None:
-        store = PostgresStore(f"{self.url}&options=-c%20statement_timeout%3D4321")
-        try:
-            with store._using() as conn:
-                assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
-        finally:
-            store.close()
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("postgresql://u:secret@h:5432/db?schema=s", "postgresql://u:***@h:5432/db?schema=s"),
-        ("postgresql://h/db?password=secret&sslmode=require",
-         "postgresql://h/db?password=***&sslmode=require"),
-        ("postgresql://u@h/db", "postgresql://u@h/db"),
-        ("postgresql://u@h/db?sslpassword=s3cret&sslmode=require&PGPASSWORD=s3cret",
-         "postgresql://u@h/db?sslpassword=***&sslmode=require&PGPASSWORD=***"),
-        ("postgresql://u@h/db?ssl%70assword=s3cret", "postgresql://u@h/db?ssl%70assword=***"),
-    ],
-)
-def test_a_postgresql_url_is_shown_without_its_password(url: str, shown: str) -> None:
-    assert redacted(url) == shown
-
-
-@pytest.mark.parametrize("url", [
-    "postgresql://u:s3cr%zzet@127.0.0.1/test",
-    "postgresql://u@127.0.0.1/test?schema=x&sslpassword=s3cr%zzet",
-])
-def test_a_postgresql_url_libpq_cannot_parse_never_shows_the_password(url: str) -> None:
-    with pytest.raises(ConfigurationError) as refused:
-        open_store(url)
-    assert "s3cr" not in str(refused.value)
-    assert "cannot be parsed" in str(refused.value)
-
-
-def test_the_schema_parameter_is_thelca_s_own_and_defaults_to_thelca() -> None:
-    assert split_schema("postgresql://u@h/db?schema=s&sslmode=require") == (
-        "postgresql://u@h/db?sslmode=require", "s")
-    assert split_schema("postgresql://u@h/db") == ("postgresql://u@h/db", "thelca")
-    # Everything but schema is kept as written: %20 must not become + (libpq leaves + as is).
-    assert split_schema("postgresql://u@h/db?options=-c%20statement_timeout%3D5000&schema=s"
-                        "&password=a%20b&application_name=x+y") == (
-        "postgresql://u@h/db?options=-c%20statement_timeout%3D5000&password=a%20b"
-        "&application_name=x+y", "s")
-    with pytest.raises(ConfigurationError, match="schema"):
-        open_store("postgresql://u@h/db?schema=")
-
-
-def test_only_postgresql_takes_many_writers() -> None:
-    assert many_writers("postgresql://u@h/db") and many_writers("postgres://u@h/db")
-    assert not many_writers("sqlite:///thelca.db")
-    assert not many_writers("memory:")
-
-
-@pytest.mark.parametrize("url", ["memory:", "memory://"])
-def test_open_store_opens_memory_urls(url: str) -> None:
-    store = open_store(url)
-    assert isinstance(store, MemoryStore)
-    assert store.url == "memory:"
-    store.close()
-
-
-@pytest.mark.parametrize(
-    "url", ["mysql://user:pw@host/db", "thelca.db", "sqlite://relative.db", "", "file:///x.db"]
-)
-def test_open_store_refuses_an_unknown_scheme(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="sqlite:///PATH, memory:"):
-        open_store(url)
-
-
-def test_open_store_refuses_sqlite_without_a_path() -> None:
-    with pytest.raises(ConfigurationError, match="needs a path"):
-        open_store("sqlite:///")

@@ -1,0 +1,238 @@
+"""The PostgreSQL store: the contract, and what only PostgreSQL does (many writers, the
+connection, URLs and their passwords, NUL). Races between writers: test_postgres_races.py."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import psycopg
+import pytest
+
+from tests.postgres import fresh_schema, terminate, with_schema
+from tests.unit.stores.contract import (
+    CREATED_AT,
+    RICH_PROPERTIES,
+    StoreContract,
+    item,
+    outbox,
+    processed,
+)
+from thelca.domain.model import Item, StoredItem
+from thelca.errors import ConfigurationError, StoreUnavailable, UnstorableValue
+from thelca.stores import ItemStore, many_writers, open_store
+from thelca.stores.postgres import PostgresStore, redacted, split_schema
+from thelca_client.contract import JSON
+
+
+@pytest.mark.postgres
+class TestPostgresStore(StoreContract):
+    """The contract against the local PostgreSQL, each test in a schema of its own."""
+
+    url: str
+
+    @pytest.fixture(autouse=True)
+    def _schema(self, pg_store_url: str) -> None:
+        self.url = pg_store_url
+
+    def make_store(self) -> ItemStore:
+        return PostgresStore(self.url)
+
+    def test_the_data_survives_closing_and_reopening(self) -> None:
+        store = PostgresStore(self.url)
+        with store.transaction() as tx:
+            tx.add_item(item("a", RICH_PROPERTIES))
+            tx.add_processed(processed("m1"))
+            tx.add_outbox(outbox("e2"))
+            tx.add_outbox(outbox("e1"))
+        store.close()
+        reopened = PostgresStore(self.url)
+        try:
+            assert list(reopened.items()) == [StoredItem(item("a", RICH_PROPERTIES), 1)]
+            assert reopened.pending_outbox() == [outbox("e2"), outbox("e1")]
+            with reopened.transaction() as tx:
+                assert tx.get_processed("m1") == processed("m1")
+        finally:
+            reopened.close()
+
+    def test_many_writers_share_one_schema(self) -> None:
+        first, second = PostgresStore(self.url), PostgresStore(self.url)
+        try:
+            with first.transaction() as tx:
+                tx.add_item(item("a"))
+            with second.transaction() as tx:
+                assert tx.get_item("a") == StoredItem(item("a"), 1)
+                tx.replace_item(item("a", {"n": 2}), 2)
+            assert list(first.items()) == [StoredItem(item("a", {"n": 2}), 2)]
+        finally:
+            first.close()
+            second.close()
+        assert many_writers(self.url)
+
+    def test_workers_starting_at_once_create_the_schema_once(self) -> None:
+        opened: list[PostgresStore] = []
+        errors: list[BaseException] = []
+
+        def open_one() -> None:
+            try:
+                opened.append(PostgresStore(self.url))
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=open_one) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        for store in opened:
+            store.close()
+        assert not errors
+        assert len(opened) == 6
+
+    def test_items_are_paged_in_id_order(self) -> None:
+        store = PostgresStore(self.url)
+        try:
+            ids = [f"item-{n:05d}" for n in range(2500)]
+            with store.transaction() as tx:
+                for item_id in reversed(ids):
+                    tx.add_item(item(item_id))
+            assert [s.item.id for s in store.items()] == ids
+        finally:
+            store.close()
+
+    def test_a_killed_connection_fails_one_transaction_then_reconnects(
+        self, pg_url: str
+    ) -> None:
+        name = f"thelca-test-{uuid.uuid4().hex[:8]}"
+        store = PostgresStore(f"{self.url}&application_name={name}")
+        try:
+            with store.transaction() as tx:
+                tx.add_item(item("before"))
+            assert terminate(pg_url, name) == 1
+            with pytest.raises(StoreUnavailable, match="PostgreSQL"), \
+                    store.transaction() as tx:
+                tx.add_item(item("lost"))
+            with store.transaction() as tx:
+                tx.add_item(item("after"))
+            assert [s.item.id for s in store.items()] == ["after", "before"]
+            assert terminate(pg_url, name) == 1
+            with pytest.raises(StoreUnavailable):
+                store.ping()
+            store.ping()
+            assert store.count_items() == 2
+        finally:
+            store.close()
+
+    def test_a_connection_killed_inside_a_savepoint_is_store_unavailable(
+        self, pg_url: str
+    ) -> None:
+        """Not a 500 for the command: the batch is rolled back and retried."""
+        name = f"thelca-test-{uuid.uuid4().hex[:8]}"
+        store = PostgresStore(f"{self.url}&application_name={name}")
+        try:
+            with pytest.raises(StoreUnavailable), store.transaction() as tx:
+                with tx.savepoint():
+                    tx.add_item(item("a"))
+                terminate(pg_url, name)
+                with tx.savepoint():
+                    tx.add_item(item("b"))
+            assert store.count_items() == 0
+        finally:
+            store.close()
+
+    def test_no_server_is_store_unavailable_and_never_shows_the_password(self) -> None:
+        url = "postgresql://postgres:hunter2@127.0.0.1:1/test?schema=x"
+        with pytest.raises(StoreUnavailable) as refused:
+            open_store(url)
+        assert "hunter2" not in str(refused.value)
+        assert "postgres:***@127.0.0.1:1/test" in str(refused.value)
+
+    def test_nul_cannot_be_an_id_but_is_kept_in_properties(self, store: ItemStore) -> None:
+        """Not a refused command (a store never answers 400): the worker checks keeps_nul
+        first, and a value that reaches the store anyway fails that one command."""
+        assert not store.keeps_nul
+        properties: JSON = {"nul": "\x00", "key\x00": ["\x00"]}
+        with store.transaction() as tx:
+            tx.add_item(item("a", properties))
+            assert tx.get_item("a\x00b") is None
+            assert tx.get_processed("m\x00") is None
+            with pytest.raises(UnstorableValue, match="NUL"):
+                tx.add_item(Item("b", CREATED_AT, "user\x00", {}))
+            with pytest.raises(UnstorableValue, match="NUL"):
+                tx.add_processed(processed("m\x00"))
+        with store.transaction() as tx:
+            assert tx.get_item("a") == StoredItem(item("a", properties), 1)
+            assert tx.get_item("b") is None
+
+    def test_a_reader_does_not_create_the_schema(self, pg_url: str) -> None:
+        with fresh_schema(pg_url) as schema:
+            reader = open_store(with_schema(pg_url, schema), writer=False)
+            reader.ping()
+            reader.close()
+            with psycopg.connect(pg_url) as conn:
+                found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                                     (schema,)).fetchone()
+            assert found is None
+
+    def test_open_store_opens_postgresql_urls(self) -> None:
+        for url in (self.url, self.url.replace("postgresql://", "postgres://", 1)):
+            store = open_store(url)
+            try:
+                assert isinstance(store, PostgresStore)
+                store.ping()
+            finally:
+                store.close()
+
+    def test_libpq_options_in_the_url_reach_the_server(self) -> None:
+        store = PostgresStore(f"{self.url}&options=-c%20statement_timeout%3D4321")
+        try:
+            with store._using() as conn:
+                assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:secret@h:5432/db?schema=s", "postgresql://u:***@h:5432/db?schema=s"),
+        ("postgresql://h/db?password=secret&sslmode=require",
+         "postgresql://h/db?password=***&sslmode=require"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://u@h/db?sslpassword=s3cret&sslmode=require&PGPASSWORD=s3cret",
+         "postgresql://u@h/db?sslpassword=***&sslmode=require&PGPASSWORD=***"),
+        ("postgresql://u@h/db?ssl%70assword=s3cret", "postgresql://u@h/db?ssl%70assword=***"),
+    ],
+)
+def test_a_postgresql_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:s3cr%zzet@127.0.0.1/test",
+    "postgresql://u@127.0.0.1/test?schema=x&sslpassword=s3cr%zzet",
+])
+def test_a_postgresql_url_libpq_cannot_parse_never_shows_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        open_store(url)
+    assert "s3cr" not in str(refused.value)
+    assert "cannot be parsed" in str(refused.value)
+
+
+def test_the_schema_parameter_is_thelca_s_own_and_defaults_to_thelca() -> None:
+    assert split_schema("postgresql://u@h/db?schema=s&sslmode=require") == (
+        "postgresql://u@h/db?sslmode=require", "s")
+    assert split_schema("postgresql://u@h/db") == ("postgresql://u@h/db", "thelca")
+    # Everything but schema is kept as written: %20 must not become + (libpq leaves + as is).
+    assert split_schema("postgresql://u@h/db?options=-c%20statement_timeout%3D5000&schema=s"
+                        "&password=a%20b&application_name=x+y") == (
+        "postgresql://u@h/db?options=-c%20statement_timeout%3D5000&password=a%20b"
+        "&application_name=x+y", "s")
+    with pytest.raises(ConfigurationError, match="schema"):
+        open_store("postgresql://u@h/db?schema=")
+
+
+def test_only_postgresql_takes_many_writers() -> None:
+    assert many_writers("postgresql://u@h/db") and many_writers("postgres://u@h/db")
+    assert not many_writers("sqlite:///thelca.db")
+    assert not many_writers("memory:")

@@ -1,0 +1,175 @@
+"""The SQLite store: the contract, and what only one SQLite file does."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.unit.stores.contract import RICH_PROPERTIES, Boom, StoreContract, item, outbox, processed
+from thelca.domain.model import StoredItem
+from thelca.errors import ConfigurationError, StoreLocked, StoreUnavailable
+from thelca.stores import ItemStore, open_store
+from thelca.stores.sqlite import SQLiteStore
+
+
+class TestSQLiteStore(StoreContract):
+    """The contract against a real SQLite file, a new one in each test's tmp_path."""
+
+    path: Path
+
+    @pytest.fixture(autouse=True)
+    def _database_path(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "store" / "thelca.db"
+
+    def make_store(self) -> ItemStore:
+        return SQLiteStore(self.path)
+
+    def test_the_data_survives_closing_and_reopening(self) -> None:
+        store = SQLiteStore(self.path)
+        with store.transaction() as tx:
+            tx.add_item(item("a", RICH_PROPERTIES))
+            tx.add_item(item("b"))
+            tx.replace_item(item("b", {"n": 2}), 2)
+            tx.add_processed(processed("m1"))
+            tx.add_outbox(outbox("e2"))
+            tx.add_outbox(outbox("e1"))
+        store.close()
+
+        reopened = SQLiteStore(self.path)
+        try:
+            assert list(reopened.items()) == [
+                StoredItem(item("a", RICH_PROPERTIES), 1),
+                StoredItem(item("b", {"n": 2}), 2),
+            ]
+            assert reopened.count_items() == 2
+            assert reopened.pending_outbox() == [outbox("e2"), outbox("e1")]
+            with reopened.transaction() as tx:
+                assert tx.get_processed("m1") == processed("m1")
+                tx.replace_item(item("b", {"n": 3}), 3)
+        finally:
+            reopened.close()
+
+    def test_a_second_writer_is_refused_while_the_first_is_open(self) -> None:
+        first = SQLiteStore(self.path)
+        try:
+            with pytest.raises(StoreLocked) as refused:
+                SQLiteStore(self.path)
+            message = str(refused.value)
+            assert str(self.path) in message
+            assert "already open for writing" in message
+            with first.transaction() as tx:  # the first writer is unharmed
+                tx.add_item(item("a"))
+        finally:
+            first.close()
+
+        second = SQLiteStore(self.path)
+        try:
+            with second.transaction() as tx:
+                assert tx.get_item("a") == StoredItem(item("a"), 1)
+                tx.add_item(item("b"))
+            assert second.count_items() == 2
+        finally:
+            second.close()
+
+    def test_a_reader_opens_beside_the_writer(self) -> None:
+        writer = SQLiteStore(self.path)
+        try:
+            with writer.transaction() as tx:
+                tx.add_item(item("a"))
+            reader = SQLiteStore(self.path, writer=False)
+            try:
+                assert reader.count_items() == 1
+                assert list(reader.items()) == [StoredItem(item("a"), 1)]
+                reader.ping()
+            finally:
+                reader.close()
+        finally:
+            writer.close()
+
+    def test_a_failed_commit_ends_the_transaction_so_the_next_one_works(self) -> None:
+        store = SQLiteStore(self.path)
+        try:
+            db = store._db  # a test-only table whose deferred foreign key fails at COMMIT
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("CREATE TABLE test_child (parent TEXT REFERENCES items (id) "
+                       "DEFERRABLE INITIALLY DEFERRED)")
+            with pytest.raises(StoreUnavailable, match="could not commit"), \
+                    store.transaction() as tx:
+                tx.add_item(item("a"))
+                db.execute("INSERT INTO test_child VALUES ('nobody')")
+            with store.transaction() as tx:
+                assert tx.get_item("a") is None  # rolled back
+                tx.add_item(item("b"))
+            assert store.count_items() == 1
+        finally:
+            store.close()
+
+    def test_a_savepoint_whose_transaction_sqlite_rolled_back_is_unavailable(self) -> None:
+        store = SQLiteStore(self.path)
+        try:
+            with pytest.raises(StoreUnavailable, match="lost the transaction"), \
+                    store.transaction() as tx, tx.savepoint():
+                tx.add_item(item("a"))
+                store._db.execute("ROLLBACK")  # what SQLite does itself on SQLITE_FULL
+                raise Boom
+            with store.transaction() as tx:
+                tx.add_item(item("b"))
+            assert [stored.item.id for stored in store.items()] == ["b"]
+        finally:
+            store.close()
+
+    def test_a_store_that_fails_to_open_lets_go_of_its_lock(
+        self, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        monkeypatch.setattr("thelca.stores.sqlite.sqlite3.connect", refuse)
+        # Kept, as a caller that logs or retries may: its traceback holds the half-made store.
+        with pytest.raises(StoreUnavailable, match=r"could not open .*unable to open") as failed:
+            SQLiteStore(self.path)
+        monkeypatch.undo()
+        store = SQLiteStore(self.path)  # not StoreLocked by the failed attempt
+        assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
+        try:
+            with store.transaction() as tx:
+                tx.add_item(item("a"))
+        finally:
+            store.close()
+
+    def test_sqlite_s_own_errors_come_out_as_store_unavailable(self) -> None:
+        """Nothing outside the store sees sqlite3: a write to a read-only file is retried."""
+        SQLiteStore(self.path).close()
+        reader = SQLiteStore(self.path, writer=False)
+        try:
+            with pytest.raises(StoreUnavailable, match="could not add an item") as failed, \
+                    reader.transaction() as tx:
+                tx.add_item(item("a"))
+            assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
+            assert reader.count_items() == 0
+        finally:
+            reader.close()
+
+    def test_open_store_opens_sqlite_urls(self) -> None:
+        store = open_store("sqlite:///" + str(self.path))
+        try:
+            assert isinstance(store, SQLiteStore)
+            assert store.path == self.path
+            with store.transaction() as tx:
+                tx.add_item(item("a"))
+            url = store.url
+        finally:
+            store.close()
+        again = open_store(url)
+        try:
+            assert isinstance(again, SQLiteStore)
+            assert again.count_items() == 1
+        finally:
+            again.close()
+
+
+def test_open_store_refuses_sqlite_without_a_path() -> None:
+    with pytest.raises(ConfigurationError, match="needs a path"):
+        open_store("sqlite:///")

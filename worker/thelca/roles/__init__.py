@@ -1,0 +1,7 @@
+"""The role handlers: what each consumer does with its messages, with no pika in sight.
+
+`commands.CommandRole` (the worker: a command in, a reply and an event out),
+`logwriter.LogWriterRole` (the logger: events in, lines in the event log),
+`replay.ReplayRole` (the replay consumer: a request in, a stream of events out),
+and `messages`, the plain message types they exchange with thelca.amqp.
+"""

@@ -1,0 +1,79 @@
+"""One handler per command type, and the table the worker serves commands from.
+
+A handler gets the decoded command and what it runs in (the service, the
+store transaction, the authenticated principal, the command's id) and
+returns the reply and the event; refusals are raised (thelca.errors), and
+the command role (thelca.roles.commands) turns them into replies. A new
+command is a shape in thelca_client.contract, a handler here and its entry
+in HANDLERS: the command role itself does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
+
+from thelca.authority.base import Principal
+from thelca.domain.service import ItemService, Result
+from thelca.stores.base import StoreTransaction
+from thelca_client.contract import Command, CreateItem, Event, ReadItem, Reply, UpdateItem
+
+C = TypeVar("C", bound=Command)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a handler runs in: the service, the batch's transaction, who asks, and the id
+    that the command's event is derived from."""
+
+    service: ItemService
+    tx: StoreTransaction
+    principal: Principal
+    command_id: str
+
+
+@dataclass(frozen=True)
+class Served:
+    """A command's 200 reply and the event that records it."""
+
+    reply: Reply
+    event: Event
+
+
+@dataclass(frozen=True)
+class Handler(Generic[C]):
+    """How the worker serves one command type."""
+
+    handle: Callable[[Context, C], Served]
+    # Remembered under its message_id, so that a redelivery gets the same reply and
+    # changes nothing. A read is not: answering it afresh changes nothing either.
+    remembered: bool = True
+
+
+def create_item(context: Context, command: CreateItem) -> Served:
+    return _item_reply(context.service.create(
+        context.tx, context.principal, command.item, context.command_id))
+
+
+def read_item(context: Context, command: ReadItem) -> Served:
+    return _item_reply(context.service.read(
+        context.tx, context.principal, command.id, context.command_id))
+
+
+def update_item(context: Context, command: UpdateItem) -> Served:
+    return _item_reply(context.service.update(
+        context.tx, context.principal, command.id, command.item,
+        expected_version=command.expected_version, command_id=context.command_id))
+
+
+def _item_reply(result: Result) -> Served:
+    stored = result.stored
+    return Served(Reply(200, item=stored.item.to_json(), version=stored.version), result.event)
+
+
+HANDLERS: Final[dict[type[Command], Handler[Any]]] = {
+    CreateItem: Handler(create_item),
+    ReadItem: Handler(read_item, remembered=False),
+    UpdateItem: Handler(update_item),
+}
