@@ -12,7 +12,7 @@ from types import FrameType
 
 from thelca import __version__
 from thelca.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, configure_logging
-from thelca.errors import ConfigurationError, ThelcaError
+from thelca.errors import ConfigurationError, QueueMissing, ThelcaError
 from thelca.settings import Settings, add_options
 
 log = logging.getLogger("thelca")
@@ -240,9 +240,9 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else EXIT_UNAVAILABLE
 
 
-def _broker_failure(error: Exception, role: str, queue: str) -> str:
+def _broker_failure(error: ThelcaError, role: str, queue: str) -> str:
     """What health says when asking the broker failed: its fault, or a queue never declared."""
-    if "NOT_FOUND" in str(error):  # the broker answered: nothing declared the queue
+    if isinstance(error, QueueMissing):  # the broker answered: nothing declared the queue
         return f"broker: ok\n{role}: FAILED (no worker has declared {queue})"
     return f"broker: FAILED ({type(error).__name__}: {error})"
 
@@ -257,7 +257,7 @@ def _role_health(role: str, settings: Settings) -> int:
     queue = names.events_log if role == "logger" else names.replay
     try:
         consumers = queue_consumers(settings.amqp_url, queue, tls=tls_files(settings))
-    except Exception as error:
+    except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         print(_broker_failure(error, role, queue))
         return EXIT_UNAVAILABLE
     print("broker: ok")
