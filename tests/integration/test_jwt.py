@@ -269,6 +269,8 @@ def test_emptying_or_deleting_the_key_set_file_revokes_its_keys_within_5_seconds
             sick = thelca(*health, cwd=system.directory, env=system.env)
             assert sick.returncode == 3, sick.stdout
             assert f"authority: FAILED ({says})" in sick.stdout
+            replay = thelca(*health, "--role", "replay", cwd=system.directory, env=system.env)
+            assert replay.returncode == 3 and f"authority: FAILED ({says})" in replay.stdout
             idp.publish(idp.keys)  # a new key set: tokens are verified again
             assert _eventually(system, client, idp.token(), 200)
             assert keys_in_force(port) == 2
