@@ -171,6 +171,22 @@ def test_mallory_s_forged_letters_never_run_as_the_operator(
     assert updated["user"] == "operator" and updated["retry_of"] is None
 
 
+def test_a_command_not_run_for_its_reply_to_is_never_sent_back(
+    amqp_url: str, worker: Names, tmp_path: Path
+) -> None:
+    env = system_env(amqp_url, worker.prefix, tmp_path)
+    hijack = f"hijack-{uuid.uuid4()}"
+    publish(amqp_url, "", worker.commands, json.dumps(EXPLODE).encode(), pika.BasicProperties(
+        message_id=hijack, reply_to=worker.events_log, headers={"Authorization": "Bearer a"}))
+    wait_until_ready(amqp_url, worker.dead, 1)
+    assert listed(env)[hijack]["dead_lettered_by"] == "worker"
+    result = thelca(env, "dead", "retry", "--message-id", hijack, "--as-operator", "--token",
+                    "operator")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"skipped  {hijack}: its reply_to names one of thelca's own queues" in result.stdout
+    assert queue_depth(amqp_url, worker.dead) == 1
+
+
 # ---------------------------------------------------------------- per-role broker users
 
 

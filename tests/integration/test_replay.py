@@ -438,7 +438,7 @@ def test_two_streams_per_user_at_once_the_rest_wait_and_too_many_get_429(
     log = tmp_path / "events.log"
     lines = write_log(log, 6_000, every_refusal=100)
     names = Names(prefix)
-    consumer = ReplayConsumer(amqp_url, names.replay, ReplayRole(log, StandInAuthority()),
+    consumer = ReplayConsumer(amqp_url, names.replay, ReplayRole(log, StandInAuthority(), names),
                               replay_topology(names), streams=4, waiting_per_user=1)
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()

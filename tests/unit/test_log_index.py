@@ -25,10 +25,11 @@ from thelca.eventlog import read_all
 from thelca.eventlog.index import CHUNK_BYTES
 from thelca.roles.messages import Incoming
 from thelca.roles.replay import ReplayRole, ReplayStream
-from thelca_client.contract import parse_time
+from thelca_client.contract import Names, parse_time
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 LINES = 24_000
+NAMES = Names("index-test")
 TYPES = ["Item created", "Item updated", "Item read", "Access refused", "Link created"]
 
 
@@ -104,6 +105,7 @@ def replayed(service: ReplayRole, body: dict[str, Any]) -> tuple[list[bytes], Re
     stream = service.open(Incoming(body=orjson.dumps(body), correlation_id="c",
                                    reply_to="subscriber",
                                    headers={"Authorization": "Bearer abcd"}))
+    assert isinstance(stream, ReplayStream)
     sent = []
     while not stream.finished:
         sent += [m.body for m in stream.take(500) if not (m.headers or {}).get("x-replay-end")]
@@ -133,10 +135,10 @@ def log(tmp_path: Path) -> Path:
 
 
 def test_a_seek_sends_exactly_what_a_full_scan_finds_cold_and_warm(log: Path) -> None:
-    warm = ReplayRole(log, TestOnlyAuthority())
+    warm = ReplayRole(log, TestOnlyAuthority(), NAMES)
     for body in requests(random.Random(7), 24):
         expected = full_scan(log, body)
-        cold_sent, _ = replayed(ReplayRole(log, TestOnlyAuthority()), body)
+        cold_sent, _ = replayed(ReplayRole(log, TestOnlyAuthority(), NAMES), body)
         warm_sent, stream = replayed(warm, body)
         assert cold_sent == expected, body
         assert warm_sent == expected, body
@@ -144,7 +146,7 @@ def test_a_seek_sends_exactly_what_a_full_scan_finds_cold_and_warm(log: Path) ->
 
 
 def test_once_indexed_a_request_reads_what_its_time_range_and_types_cover(log: Path) -> None:
-    service = ReplayRole(log, TestOnlyAuthority())
+    service = ReplayRole(log, TestOnlyAuthority(), NAMES)
     _, first = replayed(service, {})
     total = first.lines_read
     assert total == sum(1 for _ in read_all(log))  # the first reads all, and indexes it
@@ -170,7 +172,7 @@ def test_once_indexed_a_request_reads_what_its_time_range_and_types_cover(log: P
 def test_the_index_follows_the_live_file_as_it_grows_rotates_and_is_cut_back(
     log: Path,
 ) -> None:
-    service = ReplayRole(log, TestOnlyAuthority())
+    service = ReplayRole(log, TestOnlyAuthority(), NAMES)
     rng = random.Random(3)
     late: dict[str, Any] = {"since": (START + timedelta(seconds=235)).isoformat()}
     # Grows: the torn tail completed, then more lines; the new ones are found and indexed.

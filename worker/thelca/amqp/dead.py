@@ -51,8 +51,11 @@ Known = Literal["certain", "likely", "token", "claimed", "unknown"]
 KNOWN_SENDERS: tuple[Known, ...] = ("certain", "likely")
 RetryStatus = Literal[
     "sent-own-token", "sent-as-operator", "no-token", "sender-unknown", "not-dead-lettered",
-    "not-a-command", "unroutable", "refused", "unencodable",
+    "not-a-command", "own-reply-to", "unroutable", "refused", "unencodable",
 ]
+# The reason of a command or replay request that was not run because its reply_to named
+# one of thelca's own queues (contract v1.1): sent back, it would only come back here.
+OWN_REPLY_TO_REASON = "reply_to names thelca's own queue"
 # Raised by every listing (the messages go back to the queue): not shown, so that two
 # listings of the same queue are the same.
 LISTING_COUNTS = ("x-delivery-count", "x-acquired-count")
@@ -231,6 +234,8 @@ def _verdict(letter: DeadLetter, operator_token: str | None, *, named: bool) -> 
     """Why a letter is not sent; None when it is."""
     if letter.by in ("nobody", "unknown"):
         return "not-dead-lettered"
+    if letter.reason is not None and letter.reason.startswith(OWN_REPLY_TO_REASON):
+        return "own-reply-to"
     if not letter.is_command:
         return "not-a-command"
     if letter.has_token:

@@ -39,6 +39,8 @@ RETRY_WHY = {
     "into the dead queue, or by a broker user that is not the worker): never sent; left in "
     "the dead queue",
     "not-a-command": "not a command from the commands queue; left in the dead queue",
+    "own-reply-to": "its reply_to names one of thelca's own queues, so it was not run: a "
+    "retry would only bring it back; left in the dead queue",
     "unroutable": "the commands queue does not exist; left in the dead queue",
     "refused": "the broker refused the publish; left in the dead queue",
     "unencodable": "a header cannot be sent again as it is; left in the dead queue",

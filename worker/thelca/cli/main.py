@@ -79,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health", help="exit 0 only when broker, worker, store and Authority answer",
         description="Exit 0 only when the broker answers, a worker consumes the commands "
-        "queue, the store answers and, under jwt, the key set holds keys (an emptied or "
-        "removed JWKS file revokes every token); 3 otherwise. Says whether a logger runs too. "
-        "With --role logger or replay: only the broker and that role's queue (and, for "
-        "replay, the key set), so that a logger's or replay consumer's health does not "
-        "depend on a worker.")
+        "queue, none is stuck on a batch that keeps failing, the store answers and, under "
+        "jwt, the key set holds keys (an emptied or removed JWKS file revokes every token); "
+        "3 otherwise. Says whether a logger runs (or is stuck) too. With --role logger or "
+        "replay: only the broker and that role's queue (and, for replay, the key set), so "
+        "that a logger's or replay consumer's health does not depend on a worker.")
     health.add_argument("--role", choices=("worker", "logger", "replay"), default="worker",
                         help="whose health to check (default worker)")
     add_options(health, "broker", "store", "authority", "logging")
@@ -197,11 +197,14 @@ def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
 
 # ------------------------------------------------------------ health
 
+STUCK = ("a batch keeps failing and a consumer has stopped taking more until it goes "
+         "through; its log says why, under 'stuck batch'")
+
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
     """0 only when the broker answers, a worker consumes the commands, the store answers and
     the Authority can verify tokens."""
-    from thelca.amqp import queue_consumers
+    from thelca.amqp import queue_consumers, stuck
     from thelca.bootstrap import authority_health, tls_files
     from thelca.stores import open_store
 
@@ -214,13 +217,19 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
         workers = queue_consumers(settings.amqp_url, names.commands, tls=tls)
         loggers = queue_consumers(settings.amqp_url, names.events_log, tls=tls)
         print("broker: ok")
-        if workers:
+        if stuck(settings.amqp_url, names.commands, tls=tls):
+            healthy = False
+            print(f"worker: FAILED (stuck batch: {STUCK})")
+        elif workers:
             print(f"worker: ok ({workers} consuming {names.commands})")
         else:
             healthy = False
             print(f"worker: FAILED (nothing consumes {names.commands})")
-        print(f"logger: {'ok' if loggers else 'not running; events wait in the queue'} "
-              f"({loggers} consuming {names.events_log})")
+        if stuck(settings.amqp_url, names.events_log, tls=tls):
+            print(f"logger: stuck batch ({STUCK}); events wait in the queue")
+        else:
+            print(f"logger: {'ok' if loggers else 'not running; events wait in the queue'} "
+                  f"({loggers} consuming {names.events_log})")
     except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         healthy = False
         print(_broker_failure(error, "worker", names.commands))
@@ -250,22 +259,26 @@ def _broker_failure(error: ThelcaError, role: str, queue: str) -> str:
 def _role_health(role: str, settings: Settings) -> int:
     """A logger's or replay consumer's health: the broker, and that role on its queue (and
     the replay consumer's Authority)."""
-    from thelca.amqp import queue_consumers
+    from thelca.amqp import queue_consumers, stuck
     from thelca.bootstrap import authority_health, tls_files
 
     names = settings.names
     queue = names.events_log if role == "logger" else names.replay
+    tls = tls_files(settings)
     try:
-        consumers = queue_consumers(settings.amqp_url, queue, tls=tls_files(settings))
+        consumers = queue_consumers(settings.amqp_url, queue, tls=tls)
+        stuck_batch = role == "logger" and stuck(settings.amqp_url, queue, tls=tls)
     except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         print(_broker_failure(error, role, queue))
         return EXIT_UNAVAILABLE
     print("broker: ok")
-    healthy = bool(consumers)
-    if consumers:
-        print(f"{role}: ok ({consumers} consuming {queue})")
-    else:
+    healthy = bool(consumers) and not stuck_batch
+    if stuck_batch:
+        print(f"{role}: FAILED (stuck batch: {STUCK})")
+    elif not consumers:
         print(f"{role}: FAILED (nothing consumes {queue})")
+    else:
+        print(f"{role}: ok ({consumers} consuming {queue})")
     if role == "replay":  # it verifies the subscribers' tokens with the same Authority
         verifies, line = authority_health(settings)
         print(f"authority: {line}")

@@ -1,7 +1,7 @@
 """One handler per command type, and the table the worker serves commands from.
 
 A handler gets the decoded command and what it runs in (the service, the
-store transaction, the authenticated principal, the command's id) and
+store transaction, the authenticated principal, the delivery's origin) and
 returns the reply and the event; refusals are raised (thelca.errors), and
 the command role (thelca.roles.commands) turns them into replies. A new
 command is a shape in thelca_client.contract, a handler here and its entry
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from thelca.authority.base import Principal
+from thelca.domain.model import Origin
 from thelca.domain.service import ItemService, Result
 from thelca.stores.base import StoreTransaction
 from thelca_client.contract import Command, CreateItem, Event, ReadItem, Reply, UpdateItem
@@ -24,13 +25,13 @@ C = TypeVar("C", bound=Command)
 
 @dataclass(frozen=True)
 class Context:
-    """What a handler runs in: the service, the batch's transaction, who asks, and the id
-    that the command's event is derived from."""
+    """What a handler runs in: the service, the batch's transaction, who asks, and the
+    delivery the command's event comes from (its command_id and the seed of its id)."""
 
     service: ItemService
     tx: StoreTransaction
     principal: Principal
-    command_id: str
+    origin: Origin
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,18 @@ class Handler(Generic[C]):
 
 def create_item(context: Context, command: CreateItem) -> Served:
     return _item_reply(context.service.create(
-        context.tx, context.principal, command.item, context.command_id))
+        context.tx, context.principal, command.item, context.origin))
 
 
 def read_item(context: Context, command: ReadItem) -> Served:
     return _item_reply(context.service.read(
-        context.tx, context.principal, command.id, context.command_id))
+        context.tx, context.principal, command.id, context.origin))
 
 
 def update_item(context: Context, command: UpdateItem) -> Served:
     return _item_reply(context.service.update(
         context.tx, context.principal, command.id, command.item,
-        expected_version=command.expected_version, command_id=context.command_id))
+        expected_version=command.expected_version, origin=context.origin))
 
 
 def _item_reply(result: Result) -> Served:

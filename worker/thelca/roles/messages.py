@@ -19,7 +19,12 @@ BOOKKEEPING_PREFIXES = ("x-thelca-", "x-first-death-", "x-last-death-")
 
 @dataclass(frozen=True)
 class Incoming:
-    """A message as the broker delivered it, without pika's types."""
+    """A message as the broker delivered it, without pika's types.
+
+    `unreadable` names the properties that cannot be used as sent, and why (a
+    message_id that is not UTF-8, a reply_to that no reply can reach): their
+    values here only show what came.
+    """
 
     body: bytes
     message_id: str | None = None
@@ -28,6 +33,7 @@ class Incoming:
     headers: dict[str, Any] = field(default_factory=dict)
     type: str | None = None
     redelivered: bool = False
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A store keeps three things, always changed together in one transaction:
 the items with their versions, the commands already processed (with the
 reply they got, so that a redelivery gets it again), and the outbox of
-events not yet confirmed by the broker.
+events not yet confirmed by the broker. Beside them it keeps the deployment
+key, a random secret that every worker of the store shares.
 """
 
 from __future__ import annotations
@@ -15,15 +16,23 @@ from typing import Protocol, runtime_checkable
 
 from thelca.domain.model import Item, StoredItem
 
+DEPLOYMENT_KEY_BYTES = 32
+
 
 @dataclass(frozen=True)
 class ProcessedCommand:
-    """A command that took effect (or was refused after authentication) and its reply."""
+    """A command that took effect (or was refused after authentication) and its reply.
+
+    `fingerprint` is the command's (thelca.roles.fingerprints): a command re-sent
+    under the message_id with another fingerprint is a different command, not a
+    redelivery. Records kept by releases before it have None.
+    """
 
     message_id: str
     user_id: str
     reply: bytes
     event_id: str | None
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,16 @@ class ItemStore(Protocol):
         """Raise unless the store answers."""
         ...
 
+    def deployment_key(self) -> bytes:
+        """This store's random 32-byte key, the same for every worker that uses the store:
+        created on first use, atomically (of two workers asking at once, both get the one
+        that was kept), never changed afterwards, not removed by clear(). Tokens enter
+        event ids only through a keyed hash under it."""
+        ...
+
     def clear(self) -> None:
-        """Remove every item, processed command and outbox event: an empty store again."""
+        """Remove every item, processed command and outbox event: an empty store again
+        (the deployment key stays)."""
         ...
 
     def close(self) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ import orjson
 
 from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConcurrentUpdate
-from thelca.stores.base import ItemRow, OutboxEvent, ProcessedCommand
+from thelca.stores.base import DEPLOYMENT_KEY_BYTES, ItemRow, OutboxEvent, ProcessedCommand
 
 _MISSING: Any = object()
 
@@ -28,6 +29,7 @@ class MemoryStore:
         self._items: dict[str, StoredItem] = {}
         self._processed: dict[str, ProcessedCommand] = {}
         self._outbox: dict[str, OutboxEvent] = {}  # dicts keep insertion order: oldest first
+        self._key: bytes | None = None
         self._lock = threading.RLock()
 
     @contextmanager
@@ -54,6 +56,12 @@ class MemoryStore:
 
     def ping(self) -> None:
         return None
+
+    def deployment_key(self) -> bytes:
+        with self._lock:
+            if self._key is None:
+                self._key = secrets.token_bytes(DEPLOYMENT_KEY_BYTES)
+            return self._key
 
     def clear(self) -> None:
         with self._lock:

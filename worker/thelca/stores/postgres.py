@@ -38,6 +38,7 @@ written and is still readable with PostgreSQL's JSON operators.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -56,7 +57,8 @@ from thelca.errors import (
     StoreUnavailable,
     UnstorableValue,
 )
-from thelca.stores.base import ItemRow, OutboxEvent, ProcessedCommand
+from thelca.logtext import shown
+from thelca.stores.base import DEPLOYMENT_KEY_BYTES, ItemRow, OutboxEvent, ProcessedCommand
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +78,25 @@ TABLES: tuple[LiteralString, ...] = (
         message_id text PRIMARY KEY,
         user_id text NOT NULL,
         reply bytea NOT NULL,
-        event_id text
+        event_id text,
+        fingerprint text
     )""",
     """CREATE TABLE IF NOT EXISTS outbox (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         event_id text NOT NULL UNIQUE,
         body bytea NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS deployment_keys (
+        name text PRIMARY KEY,
+        value bytea NOT NULL
+    )""",
 )
+# Columns added since the first release, added to a schema made before them by the first
+# writer that opens it: (table, column, the ALTER TABLE that adds it).
+ADDED_COLUMNS: tuple[tuple[str, str, LiteralString], ...] = (
+    ("processed", "fingerprint", "ALTER TABLE processed ADD COLUMN fingerprint text"),
+)
+DEPLOYMENT_KEY = "event-ids"  # the name of the key in deployment_keys
 
 SELECT_FIRST_ITEMS = (
     "SELECT id, created_at, created_by, properties::text, version FROM items "
@@ -211,6 +224,19 @@ class PostgresStore:
         with self._using() as conn:
             conn.execute("SELECT 1").fetchone()
 
+    def deployment_key(self) -> bytes:
+        # Of two workers inserting at once, the second waits for the first's row and then
+        # does nothing (READ COMMITTED): its SELECT, a new statement, reads the first's key.
+        with self._using() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO deployment_keys (name, value) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (DEPLOYMENT_KEY, secrets.token_bytes(DEPLOYMENT_KEY_BYTES)))
+            row = conn.execute("SELECT value FROM deployment_keys WHERE name = %s",
+                               (DEPLOYMENT_KEY,)).fetchone()
+        assert row is not None
+        return bytes(row[0])
+
     def clear(self) -> None:
         """Delete every item, processed command and outbox event (restore --force)."""
         with self._using() as conn, conn.transaction():
@@ -283,22 +309,25 @@ class _PostgresTransaction:
         if "\x00" in message_id:  # no command was recorded under it: see add_processed
             return None
         row = self._execute(
-            "SELECT message_id, user_id, reply, event_id FROM processed WHERE message_id = %s",
+            "SELECT message_id, user_id, reply, event_id, fingerprint FROM processed "
+            "WHERE message_id = %s",
             (message_id,),
         ).fetchone()
-        return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3])
+        return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3],
+                                                         row[4])
 
     def add_processed(self, processed: ProcessedCommand) -> None:
         # A message_id with NUL cannot be kept: psycopg refuses it (UnstorableValue), and
         # the command is answered 500 and dead-lettered, never applied unrecorded.
         cursor = self._execute(
-            "INSERT INTO processed (message_id, user_id, reply, event_id) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
-            (processed.message_id, processed.user_id, processed.reply, processed.event_id),
+            "INSERT INTO processed (message_id, user_id, reply, event_id, fingerprint) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
+            (processed.message_id, processed.user_id, processed.reply, processed.event_id,
+             processed.fingerprint),
         )
         if cursor.rowcount != 1:
             log.debug("lost a race: message_id %s was recorded by another writer",
-                      processed.message_id)
+                      shown(processed.message_id))
             raise ConcurrentUpdate(f"message_id {processed.message_id} is recorded already")
 
     def add_outbox(self, event: OutboxEvent) -> None:
@@ -369,6 +398,22 @@ def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         for statement in TABLES:
             conn.execute(statement)
+        _add_missing_columns(conn, schema)
+
+
+def _add_missing_columns(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Bring a schema made by an earlier release up to this one's tables (under the
+    caller's lock). Asked first rather than ADD COLUMN IF NOT EXISTS, which would take
+    an exclusive lock on the table at every start, queueing the other workers' batches."""
+    for table, column, alter in ADDED_COLUMNS:
+        present = conn.execute(
+            "SELECT 1 FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s AND column_name = %s",
+            (schema, table, column)).fetchone()
+        if present is None:
+            log.info("adding the column %s.%s to the PostgreSQL store (schema %s)", table,
+                     column, schema)
+            conn.execute(alter)
 
 
 def _translated(error: psycopg.Error, doing: str = "", *, opening: bool = False) -> StoreError:
