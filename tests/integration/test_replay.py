@@ -429,7 +429,7 @@ def test_one_user_s_many_requests_that_match_nothing_do_not_starve_another_s(
 def lines_read(log_text: str) -> dict[str, int]:
     """Lines each request read, by correlation id, from the replay consumer's log."""
     return {m.group(1): int(m.group(2)) for m in re.finditer(
-        r"request (\S+): \d+ events sent in \S+ \((\d+) lines read", log_text)}
+        r"request '?([^'\s]+)'?: \d+ events sent in \S+ \((\d+) lines read", log_text)}
 
 
 def test_two_streams_per_user_at_once_the_rest_wait_and_too_many_get_429(

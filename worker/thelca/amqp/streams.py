@@ -197,8 +197,8 @@ class _ReplaySession(ConnectionSession[_Request]):
 
     def _refuse(self, request: _Request, why: str) -> None:
         """Answer 429 at once: an end marker, and the request acked like any other."""
-        log.warning("%s: replay request %r refused with 429: %s", self.owner.name,
-                    request.incoming.correlation_id, why)
+        log.warning("%s: replay request %s refused with 429: %s", self.owner.name,
+                    shown(request.incoming.correlation_id), why)
         request.stream.close()
         request.stream = self.owner.opener.refused(request.incoming, 429, why)
         request.user = None
