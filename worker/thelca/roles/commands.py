@@ -117,9 +117,16 @@ class CommandRole:
         """Keep every refused batch's events in the outbox, to be published again.
 
         The commands took effect and are acked; their replies may be lost, and a
-        client that times out retries with the same message_id.
+        client that times out retries with the same message_id. The outbox holds
+        every event until it is confirmed, so the store is asked only about one
+        this handler does not know there: a refusal while the database restarts
+        must not send commands that took effect back to the queue, where each
+        return counts against its delivery limit.
         """
-        events = [m for m in published if m.exchange == self.names.events and m.message_id]
+        events = [m for m in published if m.exchange == self.names.events and m.message_id
+                  and m.message_id not in self._outboxed]
+        if not events:
+            return True
         with self.store.transaction() as tx:
             for message in events:
                 if message.message_id and tx.get_outbox(message.message_id) is None:
