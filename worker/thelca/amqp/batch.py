@@ -55,7 +55,7 @@ import pika.frame
 import pika.spec
 
 from thelca import metrics
-from thelca.amqp.connection import Reconnecting, SessionLike
+from thelca.amqp.connection import Reconnecting, SessionLike, broker_login
 from thelca.amqp.convert import basic_properties, incoming_of
 from thelca.amqp.session import ConnectionSession
 from thelca.amqp.topology import Topology, stuck_marker
@@ -147,6 +147,9 @@ class _BatchSession(ConnectionSession[_Batch]):
         self._republishing: _Batch | None = None  # the one republish in flight
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
         self._confirms_pending = metrics.CONFIRMS_PENDING.labels(owner.name)
+        # Events and dead letters carry the login as user_id, which the broker checks: a
+        # dead letter with the worker's user_id was dead-lettered by the worker, not forged.
+        self._login = broker_login(params)
 
     def _start(self) -> None:
         metrics.BATCH_STUCK.labels(self.owner.name).set(0)
@@ -365,8 +368,10 @@ class _BatchSession(ConnectionSession[_Batch]):
             key = _key(message)
             if key is not None and key in self._on_their_way:
                 continue  # already on its way in another batch, which answers for it
+            properties = basic_properties(message)
+            properties.user_id = self._login
             self.publisher.basic_publish(
-                message.exchange, message.routing_key, message.body, basic_properties(message)
+                message.exchange, message.routing_key, message.body, properties
             )
             self._published(batch)
             batch.published.append(message)
