@@ -40,6 +40,10 @@ LOG_REJECTED = Counter(
     "published through <prefix>.events), publisher (a user_id not in THELCA_EVENT_PUBLISHERS), "
     "format (not a JSON object)", ["reason"])
 LOG_CHECKPOINTS = Counter("thelca_log_checkpoints", "Checkpoints of the event log written")
+AUTHORITY_KEYS = Gauge(
+    "thelca_authority_keys",
+    "Public keys the jwt Authority verifies tokens with; 0: every token is refused",
+    ["source"])
 FSYNC_SECONDS = Histogram(
     "thelca_log_fsync_seconds", "One flush and fsync of the event log",
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))

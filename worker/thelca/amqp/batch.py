@@ -156,8 +156,8 @@ class _BatchSession(ConnectionSession[_Batch]):
         self._republishing: _Batch | None = None  # the one republish in flight
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
         self._confirms_pending = metrics.CONFIRMS_PENDING.labels(owner.name)
-        # Every publish carries the login as user_id, which the broker checks: a dead
-        # letter with the worker's user_id was dead-lettered by the worker, not forged.
+        # Events and dead letters carry the login as user_id, which the broker checks: a
+        # dead letter with the worker's user_id was dead-lettered by the worker, not forged.
         self._login = broker_login(params)
 
     def _start(self) -> None:
