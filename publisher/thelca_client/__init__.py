@@ -1,6 +1,7 @@
 """thelca_client: publish commands to a thelca worker over RabbitMQ and read its replies."""
 
 from thelca_client.client import Client
+from thelca_client.commands import ItemPage, LinkPage, LinkReply
 from thelca_client.contract import Names, Reply
 from thelca_client.errors import (
     BadRequest,
@@ -26,6 +27,9 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "Forbidden",
+    "ItemPage",
+    "LinkPage",
+    "LinkReply",
     "Names",
     "NotFound",
     "PayloadTooLarge",

@@ -30,15 +30,34 @@ from typing import Any, Final, Self
 
 from thelca_client.broker import DEFAULT_CONNECTION_NAME, connection_parameters
 from thelca_client.commands import (
+    ItemPage,
+    LinkPage,
+    LinkReply,
     Outgoing,
     create_body,
+    create_link_body,
+    delete_link_body,
+    item_page,
+    link_page,
+    link_reply,
     outgoing,
     read_body,
+    read_link_body,
     reply_from,
+    search_items_body,
+    search_links_body,
     update_body,
+    update_link_body,
 )
 from thelca_client.connection import Connection
-from thelca_client.contract import DEFAULT_AMQP_URL, DEFAULT_PREFIX, Names, Reply
+from thelca_client.contract import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_PREFIX,
+    SEARCH_LIMIT,
+    LinkEnd,
+    Names,
+    Reply,
+)
 from thelca_client.tls import TlsFiles
 
 DEFAULT_TIMEOUT: Final = 10.0
@@ -132,6 +151,109 @@ class Client:
         body = update_body(id, item, expected_version)
         return self.send(body, token=token, message_id=message_id, timeout=timeout)
 
+    # ------------------------------------------------------------ links
+
+    def create_link(
+        self,
+        source: str,
+        target: str,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        """A new link from the item `source` to the item `target`; its version is 1."""
+        body = create_link_body(source, target, properties)
+        return self._link(body, token, message_id, timeout)
+
+    def read_link(
+        self,
+        id: str,
+        *,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        return self._link(read_link_body(id), token, message_id, timeout)
+
+    def update_link(
+        self,
+        id: str,
+        link: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        """Store `link` (the whole link, as read, changed: source, target, properties)."""
+        body = update_link_body(id, link, expected_version)
+        return self._link(body, token, message_id, timeout)
+
+    def delete_link(
+        self,
+        id: str,
+        *,
+        expected_version: int | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        """Delete the link; the reply holds it and its version as they were."""
+        body = delete_link_body(id, expected_version)
+        return self._link(body, token, message_id, timeout)
+
+    def _link(
+        self, body: bytes, token: str | None, message_id: str | None, timeout: float | None
+    ) -> LinkReply:
+        message = self._outgoing(body, token, message_id)
+        return link_reply(self._call(message, timeout), message.message_id)
+
+    # ------------------------------------------------------------ search
+
+    def search_items(
+        self,
+        where: Mapping[str, Any] | None = None,
+        *,
+        limit: int = SEARCH_LIMIT,
+        after: str | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ItemPage:
+        """The items whose properties hold every key of `where` with an equal value, in
+        creation order: at most `limit`, after the item `after`; pass the page's `next` as
+        `after` for the next page."""
+        message = self._outgoing(search_items_body(where, limit=limit, after=after), token,
+                                 message_id)
+        return item_page(self._call(message, timeout), message.message_id)
+
+    def search_links(
+        self,
+        *,
+        source: str | None = None,
+        target: str | None = None,
+        either: str | None = None,
+        limit: int = SEARCH_LIMIT,
+        after: str | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkPage:
+        """The links from the item `source`, to the item `target`, or with `either` end
+        (give exactly one), in creation order, paged as search_items is."""
+        ends: dict[LinkEnd, str | None] = {"source": source, "target": target, "either": either}
+        given = [(end, item_id) for end, item_id in ends.items() if item_id is not None]
+        if len(given) != 1:
+            raise ValueError("search_links takes exactly one of source, target, either")
+        (end, item_id), = given
+        message = self._outgoing(search_links_body(end, item_id, limit=limit, after=after),
+                                 token, message_id)
+        return link_page(self._call(message, timeout), message.message_id)
+
+    # ------------------------------------------------------------ any command
+
     def send(
         self,
         command_body: bytes,
@@ -151,6 +273,11 @@ class Client:
         message = self._outgoing(command_body, token, message_id)
         body = self._connection.call(message, timeout=self._timeout(timeout))
         return reply_from(body, message.message_id, raise_for_status=raise_for_status)
+
+    def _call(self, message: Outgoing, timeout: float | None) -> Reply:
+        """Send a command and read its reply, raising for any status but 200."""
+        body = self._connection.call(message, timeout=self._timeout(timeout))
+        return reply_from(body, message.message_id, raise_for_status=True)
 
     # ------------------------------------------------------------ fire-and-forget
 

@@ -5,6 +5,11 @@ an Outgoing and hands back the bytes of its reply; a client turns those into a
 Reply here. So a client over another transport (an asyncio one) builds and
 reads its commands with these same functions, and a new command is one more
 body builder here plus a method on each client.
+
+The link and search commands answer with typed results (LinkReply, ItemPage,
+LinkPage) whose link, items or links are never None: a client method raises
+for any status but 200, and a 200 reply without them does not follow the
+contract (ThelcaClientError).
 """
 
 from __future__ import annotations
@@ -15,10 +20,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from thelca_client.contract import (
+    JSON,
+    SEARCH_LIMIT,
     ContractError,
+    CreateLink,
+    DeleteLink,
+    LinkEnd,
+    ReadLink,
     Reply,
+    SearchItems,
+    SearchLinks,
+    UpdateLink,
     authorization_headers,
     decode_reply,
+    encode,
     encode_command,
 )
 from thelca_client.errors import ThelcaClientError, error_for
@@ -61,6 +76,37 @@ def update_body(id: str, item: Mapping[str, Any], expected_version: int | None) 
     return encode_command("update", id=id, item=item, expected_version=expected_version)
 
 
+def create_link_body(
+    source: str, target: str, properties: Mapping[str, Any] | None = None
+) -> bytes:
+    return encode(CreateLink({"source": source, "target": target,
+                              "properties": dict(properties or {})}))
+
+
+def read_link_body(id: str) -> bytes:
+    return encode(ReadLink(id))
+
+
+def update_link_body(id: str, link: Mapping[str, Any], expected_version: int | None) -> bytes:
+    return encode(UpdateLink(id, dict(link), expected_version))
+
+
+def delete_link_body(id: str, expected_version: int | None) -> bytes:
+    return encode(DeleteLink(id, expected_version))
+
+
+def search_items_body(
+    where: Mapping[str, Any] | None = None, *, limit: int = SEARCH_LIMIT, after: str | None = None
+) -> bytes:
+    return encode(SearchItems(dict(where or {}), limit, after))
+
+
+def search_links_body(
+    end: LinkEnd, item_id: str, *, limit: int = SEARCH_LIMIT, after: str | None = None
+) -> bytes:
+    return encode(SearchLinks(end, item_id, limit, after))
+
+
 # ---------------------------------------------------------------- replies
 
 
@@ -79,3 +125,65 @@ def _decode(body: bytes, message_id: str) -> Reply:
         raise ThelcaClientError(
             f"the reply to message {message_id} does not follow the contract: {error}"
         ) from error
+
+
+# ---------------------------------------------------------------- typed results
+
+
+@dataclass(frozen=True)
+class LinkReply:
+    """A 200 reply to a link command: the link as stored (as it was, for a delete), its
+    version."""
+
+    link: JSON
+    version: int
+
+
+@dataclass(frozen=True)
+class ItemPage:
+    """A page of search_items: the items, and the id to pass as `after` for the next page
+    (None when nothing follows)."""
+
+    items: list[JSON]
+    next: str | None
+
+
+@dataclass(frozen=True)
+class LinkPage:
+    """A page of search_links: the links, and the id to pass as `after` for the next page
+    (None when nothing follows)."""
+
+    links: list[JSON]
+    next: str | None
+
+
+def link_reply(reply: Reply, message_id: str) -> LinkReply:
+    """A 200 reply's link and version; ThelcaClientError when it lacks either."""
+    link, version = reply.extra.get("link"), reply.version
+    if not isinstance(link, dict) or not isinstance(version, int) or isinstance(version, bool):
+        raise _not_the_contract(message_id, "carry the link and its version")
+    return LinkReply(link, version)
+
+
+def item_page(reply: Reply, message_id: str) -> ItemPage:
+    """A 200 reply's items and next; ThelcaClientError when they are not there."""
+    return ItemPage(*_page(reply, "items", message_id))
+
+
+def link_page(reply: Reply, message_id: str) -> LinkPage:
+    """A 200 reply's links and next; ThelcaClientError when they are not there."""
+    return LinkPage(*_page(reply, "links", message_id))
+
+
+def _page(reply: Reply, key: str, message_id: str) -> tuple[list[JSON], str | None]:
+    results, following = reply.extra.get(key), reply.extra.get("next")
+    if (not isinstance(results, list) or not all(isinstance(r, dict) for r in results)
+            or "next" not in reply.extra or not (following is None or isinstance(following, str))):
+        raise _not_the_contract(message_id, f"carry a list of {key} and next (an id or null)")
+    return results, following
+
+
+def _not_the_contract(message_id: str, what: str) -> ThelcaClientError:
+    return ThelcaClientError(
+        f"the reply to message {message_id} does not follow the contract: a 200 reply must "
+        f"{what}")
