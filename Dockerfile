@@ -7,7 +7,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY publisher ./publisher
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ./publisher . \
     && useradd --system --uid 10001 --home-dir /data thelca \
     && mkdir -p /data && chown thelca /data
 

@@ -12,17 +12,24 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Final
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectionWorkflowFailed,
+    AMQPConnectorPhaseErrorBase,
+    AMQPConnectorStackTimeout,
+)
 from pika.spec import BasicProperties
 
 from thelca_client.commands import Outgoing
 from thelca_client.contract import CONTENT_TYPE, DIRECT_REPLY_TO
-from thelca_client.errors import PublishFailed
+from thelca_client.errors import AccessRefused, ConnectionFailed, PublishFailed
 from thelca_client.tls import TlsFiles, apply_tls
 
 PERSISTENT: Final = 2
@@ -60,6 +67,15 @@ def _parameters(url: str, connection_name: str, tls: TlsFiles | None) -> pika.UR
     return parameters
 
 
+def renamed(parameters: pika.URLParameters, suffix: str) -> pika.URLParameters:
+    """A copy whose connection_name (what the broker shows) ends with suffix."""
+    copied = copy.copy(parameters)
+    properties = dict(parameters.client_properties or {})
+    properties["connection_name"] = f"{properties.get('connection_name', '')}{suffix}"
+    copied.client_properties = properties
+    return copied
+
+
 def bounded(parameters: pika.URLParameters, deadline: float) -> pika.URLParameters:
     """A copy whose connect and handshake timeouts end no later than the deadline."""
     left = max(deadline - time.monotonic(), 0.01)
@@ -74,14 +90,17 @@ def hosts(parameters: list[pika.URLParameters]) -> str:
     return ",".join(f"{p.host}:{p.port}" for p in parameters)
 
 
-def basic_properties(message: Outgoing, correlation_id: str | None = None) -> BasicProperties:
-    """A persistent JSON command; with a correlation_id its reply comes by direct reply-to."""
+def basic_properties(
+    message: Outgoing, correlation_id: str | None = None, *, reply_to: str = DIRECT_REPLY_TO
+) -> BasicProperties:
+    """A persistent JSON command; with a correlation_id its reply comes to reply_to
+    (direct reply-to unless another queue is named)."""
     return BasicProperties(
         content_type=CONTENT_TYPE,
         delivery_mode=PERSISTENT,
         message_id=message.message_id,
         correlation_id=correlation_id,
-        reply_to=None if correlation_id is None else DIRECT_REPLY_TO,
+        reply_to=None if correlation_id is None else reply_to,
         headers=None if message.headers is None else dict(message.headers),
     )
 
@@ -132,6 +151,79 @@ def describe(error: Exception) -> str:
     detail = str(error) or "; ".join(repr(arg) for arg in error.args)
     text = f"{type(error).__name__}: {detail}"
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def cause(error: BaseException) -> BaseException:
+    """The error under pika's wrappers: the socket's, the TLS layer's or the broker's own."""
+    for _ in range(10):  # pika nests them two or three deep; never loop forever
+        if isinstance(error, AMQPConnectionWorkflowFailed) and error.exceptions:
+            error = error.exceptions[-1]
+        elif isinstance(error, AMQPConnectorPhaseErrorBase):
+            error = error.exception
+        elif (type(error) is pika.exceptions.AMQPConnectionError and error.args
+              and isinstance(error.args[0], BaseException)):
+            error = error.args[0]
+        else:
+            break
+    return error
+
+
+def login_refused(error: BaseException) -> bool:
+    """True when the broker refused the credentials or the virtual host: trying again won't help."""
+    refusals = (
+        pika.exceptions.ProbableAuthenticationError,
+        pika.exceptions.AuthenticationError,
+        pika.exceptions.ProbableAccessDeniedError,
+    )
+    return isinstance(cause(error), refusals)
+
+
+def why(error: BaseException) -> str:
+    """Why a connection failed, in a few words a person can act on."""
+    inner = cause(error)
+    if isinstance(inner, pika.exceptions.ProbableAccessDeniedError):
+        return "the broker refused access to the virtual host (NOT_ALLOWED)"
+    if isinstance(inner, pika.exceptions.ProbableAuthenticationError
+                  | pika.exceptions.AuthenticationError):
+        return "the broker refused the login (ACCESS_REFUSED)"
+    if isinstance(inner, ConnectionRefusedError):
+        return "connection refused: nothing listens there"
+    if isinstance(inner, socket.gaierror):
+        return "the host name does not resolve"
+    if isinstance(inner, TimeoutError | AMQPConnectorStackTimeout):
+        return "no answer in time"
+    if isinstance(inner, ssl.SSLError):
+        return f"TLS failed: {inner.reason or inner}"
+    if isinstance(inner, pika.exceptions.ConnectionClosedByBroker):
+        return f"the broker closed the connection: {inner.reply_code} {inner.reply_text}"
+    lost = pika.exceptions.StreamLostError | pika.exceptions.IncompatibleProtocolError
+    if isinstance(inner, lost):
+        return "the connection was lost"
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    return describe(inner) if isinstance(inner, Exception) else type(inner).__name__
+
+
+def access_refused(parameters: pika.URLParameters, error: BaseException,
+                   message_id: str | None) -> AccessRefused:
+    """The AccessRefused for a login or virtual host the broker refused, naming which."""
+    where = f"{parameters.host}:{parameters.port}"
+    if isinstance(cause(error), pika.exceptions.ProbableAccessDeniedError):
+        reason = (f"the broker at {where} refused access to the virtual host "
+                  f"{parameters.virtual_host!r} (NOT_ALLOWED): check that it exists and that "
+                  "the user may use it")
+    else:
+        user = getattr(parameters.credentials, "username", "?")
+        reason = (f"the broker at {where} refused the login of user {user!r} "
+                  "(ACCESS_REFUSED): check the user name and password of the URL")
+    return AccessRefused(reason, message_id=message_id)
+
+
+def unreachable(hosts: str, error: BaseException, timeout: float, message_id: str | None,
+                *, sent: bool) -> ConnectionFailed:
+    """The ConnectionFailed of a call whose time ran out without a broker to send it on."""
+    reason = f"no broker answered at {hosts} within {timeout:g} s ({why(error)})"
+    return ConnectionFailed(reason, message_id=message_id, sent=sent)
 
 
 # ---------------------------------------------------------------- keeping tokens out of logs

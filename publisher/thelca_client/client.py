@@ -20,26 +20,26 @@ method.
 
 The commands are built and their replies read by thelca_client.commands, which
 knows no transport; this module only puts the two together.
+
+Pipelining: `send_many`, `create_many` and `publish_many` send many commands
+without waiting for each, through a second connection that an event loop in a
+thread of the Client's own drives (thelca_client.pipeline), made on the first
+such call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from thelca_client.broker import DEFAULT_CONNECTION_NAME, connection_parameters
 from thelca_client.commands import (
-    ItemPage,
-    LinkPage,
-    LinkReply,
     Outgoing,
     create_body,
     create_link_body,
     delete_link_body,
-    item_page,
-    link_page,
-    link_reply,
+    link_end,
     outgoing,
     read_body,
     read_link_body,
@@ -50,17 +50,23 @@ from thelca_client.commands import (
     update_link_body,
 )
 from thelca_client.connection import Connection
-from thelca_client.contract import (
-    DEFAULT_AMQP_URL,
-    DEFAULT_PREFIX,
-    SEARCH_LIMIT,
-    LinkEnd,
-    Names,
-    Reply,
+from thelca_client.contract import DEFAULT_AMQP_URL, DEFAULT_PREFIX, SEARCH_LIMIT, Names, Reply
+from thelca_client.errors import ThelcaClientError
+from thelca_client.pipeline import DEFAULT_WINDOW, Pipeline
+from thelca_client.replies import (
+    ItemPage,
+    ItemReply,
+    LinkPage,
+    LinkReply,
+    item_page,
+    item_reply,
+    link_page,
+    link_reply,
 )
 from thelca_client.tls import TlsFiles
 
 DEFAULT_TIMEOUT: Final = 10.0
+R = TypeVar("R")
 
 
 class Client:
@@ -94,6 +100,7 @@ class Client:
             url, connection_name=connection_name or DEFAULT_CONNECTION_NAME, tls=tls
         )
         self._connection = Connection(parameters, queue=self.names.commands)
+        self._pipeline: Pipeline | None = None
 
     def __repr__(self) -> str:
         hosts, prefix = self._connection.hosts(), self.names.prefix
@@ -112,6 +119,8 @@ class Client:
 
     def close(self) -> None:
         self._connection.close()
+        if self._pipeline is not None:
+            self._pipeline.close()
 
     # ------------------------------------------------------------ commands with a reply
 
@@ -122,10 +131,8 @@ class Client:
         token: str | None = None,
         message_id: str | None = None,
         timeout: float | None = None,
-    ) -> Reply:
-        return self.send(
-            create_body(properties), token=token, message_id=message_id, timeout=timeout
-        )
+    ) -> ItemReply:
+        return self._command(create_body(properties), token, message_id, timeout, item_reply)
 
     def read(
         self,
@@ -134,9 +141,8 @@ class Client:
         token: str | None = None,
         message_id: str | None = None,
         timeout: float | None = None,
-    ) -> Reply:
-        body = read_body(id)
-        return self.send(body, token=token, message_id=message_id, timeout=timeout)
+    ) -> ItemReply:
+        return self._command(read_body(id), token, message_id, timeout, item_reply)
 
     def update(
         self,
@@ -147,9 +153,9 @@ class Client:
         token: str | None = None,
         message_id: str | None = None,
         timeout: float | None = None,
-    ) -> Reply:
-        body = update_body(id, item, expected_version)
-        return self.send(body, token=token, message_id=message_id, timeout=timeout)
+    ) -> ItemReply:
+        return self._command(update_body(id, item, expected_version), token, message_id,
+                             timeout, item_reply)
 
     # ------------------------------------------------------------ links
 
@@ -207,8 +213,7 @@ class Client:
     def _link(
         self, body: bytes, token: str | None, message_id: str | None, timeout: float | None
     ) -> LinkReply:
-        message = self._outgoing(body, token, message_id)
-        return link_reply(self._call(message, timeout), message.message_id)
+        return self._command(body, token, message_id, timeout, link_reply)
 
     # ------------------------------------------------------------ search
 
@@ -225,9 +230,8 @@ class Client:
         """The items whose properties hold every key of `where` with an equal value, in
         creation order: at most `limit`, after the item `after`; pass the page's `next` as
         `after` for the next page."""
-        message = self._outgoing(search_items_body(where, limit=limit, after=after), token,
-                                 message_id)
-        return item_page(self._call(message, timeout), message.message_id)
+        body = search_items_body(where, limit=limit, after=after)
+        return self._command(body, token, message_id, timeout, item_page)
 
     def search_links(
         self,
@@ -243,14 +247,9 @@ class Client:
     ) -> LinkPage:
         """The links from the item `source`, to the item `target`, or with `either` end
         (give exactly one), in creation order, paged as search_items is."""
-        ends: dict[LinkEnd, str | None] = {"source": source, "target": target, "either": either}
-        given = [(end, item_id) for end, item_id in ends.items() if item_id is not None]
-        if len(given) != 1:
-            raise ValueError("search_links takes exactly one of source, target, either")
-        (end, item_id), = given
-        message = self._outgoing(search_links_body(end, item_id, limit=limit, after=after),
-                                 token, message_id)
-        return link_page(self._call(message, timeout), message.message_id)
+        end, item_id = link_end(source, target, either)
+        body = search_links_body(end, item_id, limit=limit, after=after)
+        return self._command(body, token, message_id, timeout, link_page)
 
     # ------------------------------------------------------------ any command
 
@@ -274,10 +273,13 @@ class Client:
         body = self._connection.call(message, timeout=self._timeout(timeout))
         return reply_from(body, message.message_id, raise_for_status=raise_for_status)
 
-    def _call(self, message: Outgoing, timeout: float | None) -> Reply:
-        """Send a command and read its reply, raising for any status but 200."""
+    def _command(self, command_body: bytes, token: str | None, message_id: str | None,
+                 timeout: float | None, typed: Callable[[Reply, str], R]) -> R:
+        """Send a command and read its 200 reply as its typed reply; raise for any other."""
+        message = self._outgoing(command_body, token, message_id)
         body = self._connection.call(message, timeout=self._timeout(timeout))
-        return reply_from(body, message.message_id, raise_for_status=True)
+        reply = reply_from(body, message.message_id, raise_for_status=True)
+        return typed(reply, message.message_id)
 
     # ------------------------------------------------------------ fire-and-forget
 
@@ -310,6 +312,93 @@ class Client:
         self._connection.publish(message, timeout=self._timeout(timeout))
         return message.message_id
 
+    # ------------------------------------------------------------ pipelined
+
+    def send_many(
+        self,
+        command_bodies: Iterable[bytes],
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+        raise_for_status: bool = True,
+        window: int = DEFAULT_WINDOW,
+    ) -> list[Reply]:
+        """Publish many commands, up to `window` at a time without waiting for each; their
+        replies, in order.
+
+        `timeout` bounds each command, from when it is sent. When one fails (or, with
+        raise_for_status, is refused) the first such error is raised, once every
+        command has been answered; its message_id says which.
+        """
+        return self._many(command_bodies, token, timeout, window,
+                          lambda reply, _: reply, raise_for_status=raise_for_status)
+
+    def create_many(
+        self,
+        properties: Iterable[Mapping[str, Any] | None],
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+        window: int = DEFAULT_WINDOW,
+    ) -> list[ItemReply]:
+        """Create an item for each mapping of properties, pipelined as send_many; in order."""
+        bodies = [create_body(each) for each in properties]
+        return self._many(bodies, token, timeout, window, item_reply, raise_for_status=True)
+
+    def publish_many(
+        self,
+        command_bodies: Iterable[bytes],
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+        window: int = DEFAULT_WINDOW,
+    ) -> list[str]:
+        """Fire-and-forget many commands; their message_ids, once the broker confirmed all.
+
+        The confirms are collected together, not waited for one by one. When a
+        publish fails, the first error is raised once every other one is settled.
+        """
+        messages = [self._outgoing(body, token, None) for body in command_bodies]
+        outcomes = self._pipelined().publish_many(messages, timeout=self._timeout(timeout),
+                                                  window=window)
+        errors = [outcome for outcome in outcomes if outcome is not None]
+        if errors:
+            raise _first(errors)
+        return [message.message_id for message in messages]
+
+    def _many(
+        self,
+        command_bodies: Iterable[bytes],
+        token: str | None,
+        timeout: float | None,
+        window: int,
+        typed: Callable[[Reply, str], R],
+        *,
+        raise_for_status: bool,
+    ) -> list[R]:
+        messages = [self._outgoing(body, token, None) for body in command_bodies]
+        outcomes = self._pipelined().call_many(messages, timeout=self._timeout(timeout),
+                                               window=window)
+        results: list[R] = []
+        errors: list[Exception] = []
+        for message, outcome in zip(messages, outcomes, strict=True):
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                reply = reply_from(outcome, message.message_id,
+                                   raise_for_status=raise_for_status)
+                results.append(typed(reply, message.message_id))
+            except ThelcaClientError as error:
+                errors.append(error)
+        if errors:
+            raise _first(errors)
+        return results
+
+    def _pipelined(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self._connection.parameters, queue=self.names.commands)
+        return self._pipeline
+
     # ------------------------------------------------------------ defaults
 
     def _outgoing(self, body: bytes, token: str | None, message_id: str | None) -> Outgoing:
@@ -318,3 +407,11 @@ class Client:
 
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
+
+
+def _first(errors: list[Exception]) -> Exception:
+    """The error to raise for a batch: the first, or a non-client error (a bug) before all."""
+    for error in errors:
+        if not isinstance(error, ThelcaClientError):
+            return error
+    return errors[0]

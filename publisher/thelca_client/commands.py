@@ -5,11 +5,6 @@ an Outgoing and hands back the bytes of its reply; a client turns those into a
 Reply here. So a client over another transport (an asyncio one) builds and
 reads its commands with these same functions, and a new command is one more
 body builder here plus a method on each client.
-
-The link and search commands answer with typed results (LinkReply, ItemPage,
-LinkPage) whose link, items or links are never None: a client method raises
-for any status but 200, and a 200 reply without them does not follow the
-contract (ThelcaClientError).
 """
 
 from __future__ import annotations
@@ -20,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from thelca_client.contract import (
-    JSON,
     SEARCH_LIMIT,
     ContractError,
     CreateLink,
@@ -101,6 +95,17 @@ def search_items_body(
     return encode(SearchItems(dict(where or {}), limit, after))
 
 
+def link_end(
+    source: str | None, target: str | None, either: str | None
+) -> tuple[LinkEnd, str]:
+    """The one end a search_links call names, and its item id; ValueError unless exactly one."""
+    ends: dict[LinkEnd, str | None] = {"source": source, "target": target, "either": either}
+    given = [(end, item_id) for end, item_id in ends.items() if item_id is not None]
+    if len(given) != 1:
+        raise ValueError("search_links takes exactly one of source, target, either")
+    return given[0]
+
+
 def search_links_body(
     end: LinkEnd, item_id: str, *, limit: int = SEARCH_LIMIT, after: str | None = None
 ) -> bytes:
@@ -125,65 +130,3 @@ def _decode(body: bytes, message_id: str) -> Reply:
         raise ThelcaClientError(
             f"the reply to message {message_id} does not follow the contract: {error}"
         ) from error
-
-
-# ---------------------------------------------------------------- typed results
-
-
-@dataclass(frozen=True)
-class LinkReply:
-    """A 200 reply to a link command: the link as stored (as it was, for a delete), its
-    version."""
-
-    link: JSON
-    version: int
-
-
-@dataclass(frozen=True)
-class ItemPage:
-    """A page of search_items: the items, and the id to pass as `after` for the next page
-    (None when nothing follows)."""
-
-    items: list[JSON]
-    next: str | None
-
-
-@dataclass(frozen=True)
-class LinkPage:
-    """A page of search_links: the links, and the id to pass as `after` for the next page
-    (None when nothing follows)."""
-
-    links: list[JSON]
-    next: str | None
-
-
-def link_reply(reply: Reply, message_id: str) -> LinkReply:
-    """A 200 reply's link and version; ThelcaClientError when it lacks either."""
-    link, version = reply.extra.get("link"), reply.version
-    if not isinstance(link, dict) or not isinstance(version, int) or isinstance(version, bool):
-        raise _not_the_contract(message_id, "carry the link and its version")
-    return LinkReply(link, version)
-
-
-def item_page(reply: Reply, message_id: str) -> ItemPage:
-    """A 200 reply's items and next; ThelcaClientError when they are not there."""
-    return ItemPage(*_page(reply, "items", message_id))
-
-
-def link_page(reply: Reply, message_id: str) -> LinkPage:
-    """A 200 reply's links and next; ThelcaClientError when they are not there."""
-    return LinkPage(*_page(reply, "links", message_id))
-
-
-def _page(reply: Reply, key: str, message_id: str) -> tuple[list[JSON], str | None]:
-    results, following = reply.extra.get(key), reply.extra.get("next")
-    if (not isinstance(results, list) or not all(isinstance(r, dict) for r in results)
-            or "next" not in reply.extra or not (following is None or isinstance(following, str))):
-        raise _not_the_contract(message_id, f"carry a list of {key} and next (an id or null)")
-    return results, following
-
-
-def _not_the_contract(message_id: str, what: str) -> ThelcaClientError:
-    return ThelcaClientError(
-        f"the reply to message {message_id} does not follow the contract: a 200 reply must "
-        f"{what}")

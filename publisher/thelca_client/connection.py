@@ -10,6 +10,8 @@ Connecting tries each URL of the list in turn, each given what is left of the
 call's time. After a lost connection the attempt runs again on a new one, with
 the same message_id, after a backoff, until the call's deadline; then
 ConnectionFailed (or ReplyTimeout when the broker answered but no reply came).
+A broker that refuses the login or the virtual host is not asked again:
+AccessRefused at once.
 No pika exception leaves this module's public methods.
 """
 
@@ -27,17 +29,20 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from pika.spec import Basic, BasicProperties
 
 from thelca_client.broker import (
+    access_refused,
     backoff,
     basic_properties,
     bounded,
     describe,
     hosts,
     is_connection_loss,
+    login_refused,
     refusal,
+    unreachable,
 )
 from thelca_client.commands import Outgoing, new_id
 from thelca_client.contract import DIRECT_REPLY_TO
-from thelca_client.errors import ConnectionFailed, PublishFailed, ReplyTimeout, ThelcaClientError
+from thelca_client.errors import PublishFailed, ReplyTimeout, ThelcaClientError
 
 log = logging.getLogger(__name__)
 
@@ -160,36 +165,44 @@ class Connection:
         """attempt's result, running it again on a new connection after each connection loss."""
         delays = backoff()
         failures = 0
+        sent = False  # whether an attempt got as far as publishing: only then may it have landed
         while True:
             try:
-                return attempt(self._ready(deadline))
+                channel = self._ready(deadline, message_id)
+                sent = True
+                return attempt(channel)
             except (pika.exceptions.AMQPError, OSError) as error:
                 if not is_connection_loss(error):
                     raise refusal(error, message_id) from None
                 self._drop_connection()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise self._unreachable(error, message_id, timeout) from None
+                    raise unreachable(self.hosts(), error, timeout, message_id,
+                                      sent=sent) from None
                 delay = min(next(delays), remaining)
                 failures += 1
                 _log_retry(error, delay, message_id, first=failures == 1)
             time.sleep(delay)
 
-    def _ready(self, deadline: float) -> BlockingChannel:
+    def _ready(self, deadline: float, message_id: str) -> BlockingChannel:
         """The open channel, reconnecting first when the broker dropped the connection."""
         if self._closed:
             raise ThelcaClientError("the client is closed")
         connection = self._connection
         if connection is None or not _responds(connection):
             self._drop_connection()
-            connection = self._connection = self._connect(deadline)
+            connection = self._connection = self._connect(deadline, message_id)
         if self._channel is None or not self._channel.is_open:
             self._channel = self._open_channel(connection)
         return self._channel
 
-    def _connect(self, deadline: float) -> pika.BlockingConnection:
-        """The first broker of the list that answers, each given what is left of the time."""
+    def _connect(self, deadline: float, message_id: str) -> pika.BlockingConnection:
+        """The first broker of the list that answers, each given what is left of the time.
+
+        When none does and one of them refused the login: AccessRefused, at once.
+        """
         errors: list[Exception] = []
+        refused: tuple[pika.URLParameters, Exception] | None = None
         for parameters in self.parameters:
             try:
                 return pika.BlockingConnection(bounded(parameters, deadline))
@@ -201,11 +214,15 @@ class Connection:
                 log.debug(
                     "no broker at %s:%s (%s)", parameters.host, parameters.port, describe(error)
                 )
+                if login_refused(error):
+                    refused = parameters, error
                 lost = isinstance(error, AMQPConnectorException)
                 errors.append(pika.exceptions.AMQPConnectionError(describe(error))
                               if lost else error)
             if time.monotonic() >= deadline:
                 break
+        if refused is not None:
+            raise access_refused(*refused, message_id)
         raise errors[-1]
 
     def _open_channel(self, connection: pika.BlockingConnection) -> BlockingChannel:
@@ -223,13 +240,6 @@ class Connection:
                 connection.close()
             except (pika.exceptions.AMQPError, OSError):
                 log.debug("the connection was already gone while closing it")
-
-    def _unreachable(self, error: Exception, message_id: str, timeout: float) -> ConnectionFailed:
-        reason = (
-            f"no broker answered within {timeout:g} s (tried {self.hosts()}); "
-            f"last error: {describe(error)}"
-        )
-        return ConnectionFailed(reason, message_id=message_id)
 
 
 def _responds(connection: pika.BlockingConnection) -> bool:

@@ -103,14 +103,23 @@ class PublishFailed(ThelcaClientError):
 
 
 class ConnectionFailed(ThelcaClientError):
-    """Raised when no broker answered within the timeout."""
+    """Raised when no broker answered within the timeout, or the connection kept failing.
 
-    def __init__(self, reason: str, *, message_id: str | None = None) -> None:
+    `sent` says whether the command was published on a connection before it was
+    lost; only then may it have reached thelca, and only then does the message say so.
+    """
+
+    def __init__(self, reason: str, *, message_id: str | None = None, sent: bool = False) -> None:
         self.message_id = message_id
-        if message_id is not None:
+        self.sent = sent
+        if sent and message_id is not None:
             # The command may have reached the queue before the connection died.
             reason += (
                 f"; message {message_id} may or may not have reached thelca: send it again "
                 "with the same message_id, which thelca applies only once"
             )
         super().__init__(reason)
+
+
+class AccessRefused(ConnectionFailed):
+    """Raised at once when the broker refuses the login or the virtual host: never retried."""

@@ -23,6 +23,7 @@ from thelca_client import (
     CommandFailed,
     Conflict,
     Forbidden,
+    ItemReply,
     NotFound,
     PayloadTooLarge,
     PublishFailed,
@@ -111,7 +112,8 @@ def answer_with(status: int, error: str | None = None) -> Answer:
 
 
 def echo_message_id(properties: BasicProperties, body: bytes) -> Reply:
-    return Reply(200, item={**ITEM, "properties": {"message_id": properties.message_id}})
+    return Reply(200, item={**ITEM, "properties": {"message_id": properties.message_id}},
+                 version=1)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -176,7 +178,7 @@ def test_a_200_reply_is_returned(client: Client, respond: Callable[[Answer], Res
 
     reply = client.create({"type": "STORY"})
 
-    assert reply == Reply(200, item=ITEM, version=1)
+    assert reply == ItemReply(200, item=ITEM, version=1)
     assert reply.ok
     ((_, body),) = responder.received
     assert decode_command(body) == CreateItem({"properties": {"type": "STORY"}})

@@ -262,7 +262,7 @@ def _one_step(client: Client, rng: random.Random, hot: list[dict[str, Any]], tal
     if kind == "create":
         with tally.lock:
             tally.creates.add(message_id)
-        reply = client.create({"tag": message_id}, message_id=message_id)
+        reply: Reply = client.create({"tag": message_id}, message_id=message_id)
     elif kind == "read":
         with tally.lock:
             tally.reads.add(message_id)

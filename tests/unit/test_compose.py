@@ -86,3 +86,32 @@ def test_the_dockerfile_installs_the_project_and_runs_thelca() -> None:
     assert re.search(r"^RUN pip install .*\.", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["thelca"]' in dockerfile
     assert re.search(r"^USER (?!root)", dockerfile, re.MULTILINE), "runs as root"
+
+
+def test_the_worker_waits_for_a_healthy_postgres_only_under_its_profile() -> None:
+    services = _compose()["services"]
+    postgres = services["worker"]["depends_on"]["postgres"]
+    assert postgres["condition"] == "service_healthy"
+    assert postgres["required"] is False  # no postgres profile: nothing to wait for
+    assert services["postgres"]["healthcheck"]["test"]
+    assert services["worker"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+
+
+def test_the_logger_and_replay_health_checks_do_not_depend_on_a_worker() -> None:
+    services = _compose()["services"]
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "thelca", "health"]
+    parser = build_parser()
+    for role in ("logger", "replay"):
+        test = services[role]["healthcheck"]["test"]
+        assert parser.parse_args(test[2:]).role == role, f"{role}: {test}"
+        assert services[role]["healthcheck"]["interval"]
+
+
+def test_a_jwks_file_can_be_mounted_where_the_comment_says() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name, service in _thelca_services().items():
+        # SOURCE:TARGET[:MODE], where SOURCE may be ${VARIABLE:-default}
+        targets = [re.sub(r"\$\{[^}]*\}", "source", str(volume)).split(":")[1]
+                   for volume in service["volumes"]]
+        assert "/run/thelca/jwks.json" in targets, f"{name} has no JWKS file mount"
+    assert "THELCA_JWKS=/run/thelca/jwks.json" in text

@@ -31,6 +31,15 @@ def configure_logging(level: str, format_: str = "text") -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
 
 
+def quiet_client_logs(level: str) -> None:
+    """For a one-shot command that says what went wrong in one line of its own: no pika
+    error lines and tracebacks, no client retry warnings, unless DEBUG was asked for."""
+    if level.upper() == "DEBUG":
+        return
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    logging.getLogger("thelca_client").setLevel(logging.ERROR)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     if not text.isdigit() or int(text) < 1:

@@ -12,7 +12,7 @@ from types import FrameType
 
 from thelca import __version__
 from thelca.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, configure_logging
-from thelca.errors import ConfigurationError, ThelcaError
+from thelca.errors import ConfigurationError, QueueMissing, ThelcaError
 from thelca.settings import Settings, add_options
 
 log = logging.getLogger("thelca")
@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health", help="exit 0 only when broker, worker and store answer",
         description="Exit 0 only when the broker answers, a worker consumes the commands "
-        "queue and the store answers; 3 otherwise. Says whether a logger runs too.")
+        "queue and the store answers; 3 otherwise. Says whether a logger runs too. With "
+        "--role logger or replay: only the broker and that role's queue, so that a logger's "
+        "or replay consumer's health does not depend on a worker.")
+    health.add_argument("--role", choices=("worker", "logger", "replay"), default="worker",
+                        help="whose health to check (default worker)")
     add_options(health, "broker", "store", "logging")
     health.set_defaults(func=_health)
 
@@ -198,6 +202,8 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     from thelca.bootstrap import tls_files
     from thelca.stores import open_store
 
+    if args.role != "worker":
+        return _role_health(args.role, settings)
     names = settings.names
     healthy = True
     tls = tls_files(settings)
@@ -214,7 +220,7 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
               f"({loggers} consuming {names.events_log})")
     except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         healthy = False
-        print(f"broker: FAILED ({type(error).__name__}: {error})")
+        print(_broker_failure(error, "worker", names.commands))
     try:
         store = open_store(settings.store, writer=False)
         try:
@@ -228,3 +234,28 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else EXIT_UNAVAILABLE
 
 
+def _broker_failure(error: ThelcaError, role: str, queue: str) -> str:
+    """What health says when asking the broker failed: its fault, or a queue never declared."""
+    if isinstance(error, QueueMissing):  # the broker answered: nothing declared the queue
+        return f"broker: ok\n{role}: FAILED (no worker has declared {queue})"
+    return f"broker: FAILED ({type(error).__name__}: {error})"
+
+
+def _role_health(role: str, settings: Settings) -> int:
+    """A logger's or replay consumer's health: the broker, and that role on its queue."""
+    from thelca.amqp import queue_consumers
+    from thelca.bootstrap import tls_files
+
+    names = settings.names
+    queue = names.events_log if role == "logger" else names.replay
+    try:
+        consumers = queue_consumers(settings.amqp_url, queue, tls=tls_files(settings))
+    except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
+        print(_broker_failure(error, role, queue))
+        return EXIT_UNAVAILABLE
+    print("broker: ok")
+    if not consumers:
+        print(f"{role}: FAILED (nothing consumes {queue})")
+        return EXIT_UNAVAILABLE
+    print(f"{role}: ok ({consumers} consuming {queue})")
+    return 0

@@ -13,7 +13,13 @@ from typing import Any
 
 import orjson
 
-from thelca.cli.common import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, token_of
+from thelca.cli.common import (
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    quiet_client_logs,
+    token_of,
+)
 from thelca.settings import Settings, add_options
 from thelca_client.contract import (
     JSON,
@@ -131,6 +137,7 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
         print("thelca publish: no token: give --token or set THELCA_TOKEN", file=sys.stderr)
         return EXIT_USAGE
     tls = tls_files(settings)
+    quiet_client_logs(settings.log_level)  # the error is printed in one line below
     try:
         with Client(settings.amqp_url, prefix=settings.prefix, timeout=args.timeout,
                     tls=tls) as client:

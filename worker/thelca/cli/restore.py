@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,9 +54,12 @@ def add_restore_parsers(sub: Any) -> None:
 
 
 def _log_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log", required=True, metavar="FILE",
+    # The same setting as the logger's --event-log: the flag, else THELCA_EVENT_LOG.
+    default = os.environ.get("THELCA_EVENT_LOG") or "thelca-events.log"
+    parser.add_argument("--log", "--event-log", dest="log", default=default, metavar="FILE",
                         help="the event log (the live file's path; its segments FILE.000001 "
-                        "... are read first)")
+                        "... are read first); default: env THELCA_EVENT_LOG, else "
+                        "thelca-events.log")
     parser.add_argument("--until", metavar="TIME",
                         help="only events whose time is at or before TIME, ISO 8601 with an "
                         "offset, e.g. 2026-11-26T23:59:59.999999+00:00 or ...Z")
@@ -86,7 +90,7 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
         if held or links:
             store.clear()
             print(f"emptied the store ({held} items, {links} links)")
-        with _progress() as progress:
+        with _progress("restore") as progress:
             report = restore(args.log, store, until=until, progress=progress)
     except OSError as error:  # gone, or unreadable (permissions, I/O), like verify
         return _unavailable("restore", str(error))
@@ -113,7 +117,8 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     except Exception as error:  # any backend's way of saying no: report it, exit 3
         return _unavailable("verify", f"cannot open the store: {error}")
     try:
-        report = verify(args.log, store, until=until)
+        with _progress("verify") as progress:
+            report = verify(args.log, store, until=until, progress=progress)
     except OSError as error:  # the log: gone, or unreadable (permissions, I/O)
         return _unavailable("verify", str(error))
     except Exception as error:
@@ -122,9 +127,9 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     print("\n".join(report.log.describe("items in the log", "links in the log")))
     _print_some("problem line", [str(p) for p in report.log.problems])
-    print(f"{report.log_items} items in the log, {report.store_items} in the store; "
-          f"{report.log_links} links in the log, {report.store_links} in the store; "
-          f"{len(report.differences)} differences")
+    print(f"{report.log_links} links in the log, {report.store_links} in the store")
+    print(f"{report.log_items} items in the log, {report.store_items} in the store, "
+          f"{len(report.differences)} differences")  # of items and links
     _print_some("difference", [str(d) for d in report.differences])
     return EXIT_PROBLEMS if report.differences else 0
 
@@ -155,20 +160,21 @@ def _print_some(what: str, lines: list[str]) -> None:
 
 
 @contextmanager
-def _progress() -> Iterator[Callable[[int, int], None] | None]:
+def _progress(command: str) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar over the log's bytes on a terminal (stderr); nothing otherwise."""
     if not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm
 
-    with tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="restore",
+    with tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=command,
               file=sys.stderr, leave=False) as bar:
 
         def update(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
-            if done >= total:  # read: what is left is writing the last items
-                bar.set_description("restore: writing the store")
+            if done >= total:  # read: what is left is the store's part
+                bar.set_description(f"{command}: " + ("writing the store" if command == "restore"
+                                                      else "comparing with the store"))
 
         yield update

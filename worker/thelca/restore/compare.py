@@ -3,7 +3,7 @@ store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,12 +45,21 @@ class VerifyReport:
 
 
 def verify(
-    log_path: str | Path, store: ItemStore, *, until: datetime | None = None
+    log_path: str | Path, store: ItemStore, *, until: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
-    """Fold the log in memory and compare it, item by item and link by link, with the store."""
+    """Fold the log in memory and compare it, item by item and link by link, with the store.
+
+    progress, when given, is called now and then with (bytes read, bytes in all).
+    """
     fold = Fold(until=until)
+    snapshot = LogSnapshot(log_path)
+    tick = None
+    if progress is not None:
+        def tick() -> None:
+            progress(snapshot.bytes_read, snapshot.total_bytes)
     with without_cyclic_gc():
-        fold.run(LogSnapshot(log_path).blocks())
+        fold.run(snapshot.blocks(), tick)
     fold.settle_held()
     report = VerifyReport(fold.report, log_items=len(fold.versions))
     expected = {stored.item.id: stored for stored in fold.items()}

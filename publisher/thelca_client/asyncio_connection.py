@@ -1,0 +1,534 @@
+"""The asyncio client's link to the broker: confirms pipelined, replies routed by correlation id.
+
+One pika AsyncioConnection on the running loop, with one channel for commands
+under publisher confirms and a consumer on direct reply-to. Any number of
+calls share it at once: a publish does not wait for the one before it; each
+confirm (an ack, often with `multiple`) settles its publishes by delivery tag,
+and each reply settles its call by correlation_id. Every command goes to the
+default exchange with `mandatory`, so a missing queue is PublishFailed, never
+a silent loss.
+
+Connection loss: every call in flight learns of it at once, waits a backoff
+of its own and runs again with the same message_id on a new connection, until
+its own deadline; then ConnectionFailed, or ReplyTimeout when the command was
+sent and no reply came. The calls share each new connection: the first to need
+one starts connecting (each URL of the list in turn), the others wait for that
+attempt. A broker that refuses the login or the virtual host is not asked
+again: AccessRefused at once. No pika exception leaves this module's public
+methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pika
+import pika.exceptions
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.channel import Channel
+from pika.frame import Method
+from pika.spec import Basic, BasicProperties
+
+from thelca_client.broker import (
+    access_refused,
+    backoff,
+    basic_properties,
+    describe,
+    hosts,
+    is_connection_loss,
+    login_refused,
+    refusal,
+    unreachable,
+)
+from thelca_client.commands import Outgoing, new_id
+from thelca_client.contract import DIRECT_REPLY_TO
+from thelca_client.errors import (
+    ConnectionFailed,
+    PublishFailed,
+    ReplyTimeout,
+    ThelcaClientError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CLOSE_WAIT = 5.0  # seconds close() waits for the broker to confirm the close
+
+
+class Lost(Exception):
+    """The connection or its channel went away under a call: try again on a new one."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(describe(error) if isinstance(error, Exception) else repr(error))
+        self.error = error
+
+
+class _Refused(Exception):
+    """A broker refused the login: the whole connect gives up, whatever the other URLs say."""
+
+    def __init__(self, parameters: pika.URLParameters, error: BaseException) -> None:
+        super().__init__("login refused")
+        self.parameters = parameters
+        self.error = error
+
+
+def settle(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+        # Mark it retrieved: its caller may be gone (timed out, or failed on another
+        # future first), and asyncio would otherwise log it as never retrieved.
+        future.exception()
+
+
+# ---------------------------------------------------------------- one connection
+
+
+@dataclass
+class _Publish:
+    message_id: str
+    queue: str
+    confirmed: asyncio.Future[None]
+    returned: bool = False
+
+
+class Link:
+    """One connection and its commands channel: usable until lost, never revived."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lost: BaseException | None = None
+        self.connection: AsyncioConnection | None = None
+        self.channel: Channel | None = None
+        self._steps: set[asyncio.Future[Any]] = set()  # handshakes waiting for the broker
+        self._next_tag = 1
+        self._unconfirmed: dict[int, _Publish] = {}
+        self._replies: dict[str, asyncio.Future[bytes]] = {}
+        self._on_lost: list[Callable[[BaseException], None]] = []
+        self._closed = loop.create_future()
+
+    @property
+    def usable(self) -> bool:
+        return (self.lost is None and self.connection is not None and self.connection.is_open
+                and self.channel is not None and self.channel.is_open)
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    async def open(cls, parameters: pika.URLParameters) -> Link:
+        """A connection with its commands channel ready: confirms on, direct reply-to consumed."""
+        link = cls(asyncio.get_running_loop())
+        try:
+            await link._open_connection(parameters)
+            link.channel = await link._open_channel()
+            await link.step(lambda done: link._commands().confirm_delivery(
+                link._on_confirm, callback=done))
+            link._commands().add_on_return_callback(link._on_return)
+            # Direct reply-to only delivers to a consumer that exists, on the publishing
+            # channel, before the command is published.
+            await link.step(lambda done: link._commands().basic_consume(
+                DIRECT_REPLY_TO, link._on_reply, auto_ack=True, callback=done))
+        except BaseException:
+            link.abort()
+            raise
+        return link
+
+    async def _open_connection(self, parameters: pika.URLParameters) -> None:
+        opened: asyncio.Future[None] = self.loop.create_future()
+        self._steps.add(opened)
+
+        def on_open(connection: AsyncioConnection) -> None:
+            settle(opened, None)
+
+        def on_open_error(connection: AsyncioConnection, error: BaseException) -> None:
+            if login_refused(error):
+                fail(opened, _Refused(parameters, error))
+            else:
+                fail(opened, Lost(error))
+
+        self.connection = AsyncioConnection(
+            parameters, on_open_callback=on_open, on_open_error_callback=on_open_error,
+            on_close_callback=self._on_connection_closed, custom_ioloop=self.loop)
+        try:
+            await opened
+        finally:
+            self._steps.discard(opened)
+
+    async def _open_channel(self) -> Channel:
+        """A new channel on this connection; the link is lost when the broker closes it."""
+        assert self.connection is not None
+        connection = self.connection
+        channel: Channel = await self.step(
+            lambda done: connection.channel(on_open_callback=done))
+        channel.add_on_close_callback(self._on_channel_closed)
+        return channel
+
+    async def step(self, start: Callable[[Callable[[Any], None]], object]) -> Any:
+        """Start a handshake with the callback it calls when done; wait for it or the loss."""
+        if self.lost is not None:
+            raise Lost(self.lost)
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self._steps.add(future)
+        try:
+            start(lambda result: settle(future, result))
+        except (pika.exceptions.AMQPError, OSError) as error:
+            fail(future, Lost(error))
+        except Lost as lost:
+            fail(future, lost)
+        try:
+            return await future
+        finally:
+            self._steps.discard(future)
+
+    def _commands(self) -> Channel:
+        if self.channel is None or self.lost is not None:
+            raise Lost(self.lost or pika.exceptions.ChannelWrongStateError("no channel"))
+        return self.channel
+
+    # ------------------------------------------------------------ publishing
+
+    def publish(
+        self, message: Outgoing, queue: str, correlation_id: str | None,
+        reply_to: str = DIRECT_REPLY_TO,
+    ) -> asyncio.Future[None]:
+        """Publish now; the future settles when the broker confirms (or refuses) it."""
+        channel = self._commands()
+        properties = basic_properties(message, correlation_id, reply_to=reply_to)
+        try:
+            channel.basic_publish("", queue, message.body, properties, mandatory=True)
+        except (pika.exceptions.AMQPError, OSError) as error:
+            raise Lost(error) from None
+        confirmed: asyncio.Future[None] = self.loop.create_future()
+        self._unconfirmed[self._next_tag] = _Publish(message.message_id, queue, confirmed)
+        self._next_tag += 1
+        return confirmed
+
+    def expect(self, correlation_id: str) -> asyncio.Future[bytes]:
+        """The future the reply with this correlation_id will settle."""
+        if self.lost is not None:
+            raise Lost(self.lost)
+        future: asyncio.Future[bytes] = self.loop.create_future()
+        self._replies[correlation_id] = future
+        return future
+
+    def forget(self, correlation_id: str) -> None:
+        self._replies.pop(correlation_id, None)
+
+    def _on_confirm(self, frame: Method[Basic.Ack | Basic.Nack]) -> None:
+        method = frame.method
+        refused = isinstance(method, Basic.Nack)
+        if not method.multiple:
+            publish = self._unconfirmed.pop(method.delivery_tag, None)
+            if publish is not None:
+                _confirm(publish, refused)
+            return
+        while self._unconfirmed:
+            tag = next(iter(self._unconfirmed))  # the oldest: tags grow in publish order
+            if tag > method.delivery_tag:
+                break
+            _confirm(self._unconfirmed.pop(tag), refused)
+
+    def _on_return(
+        self, channel: Channel, method: Basic.Return, properties: BasicProperties, body: bytes
+    ) -> None:
+        # The broker returns an unroutable message just before it confirms it, in
+        # publish order, so the oldest unconfirmed publish of that message_id is the one.
+        for publish in self._unconfirmed.values():
+            if publish.message_id == properties.message_id and not publish.returned:
+                publish.returned = True
+                return
+
+    def _on_reply(
+        self, channel: Channel, method: Basic.Deliver, properties: BasicProperties, body: bytes
+    ) -> None:
+        future = self._replies.pop(str(properties.correlation_id), None)
+        if future is None:
+            # A late reply to a call that already timed out: its caller is gone.
+            log.debug("dropped a reply nobody waits for (correlation_id %s)",
+                      properties.correlation_id)
+            return
+        settle(future, body)
+
+    # ------------------------------------------------------------ losing it
+
+    def when_lost(self, callback: Callable[[BaseException], None]) -> None:
+        """Call back once when this link is lost (at once if it already is)."""
+        if self.lost is not None:
+            callback(self.lost)
+        else:
+            self._on_lost.append(callback)
+
+    def _on_connection_closed(self, connection: AsyncioConnection, reason: BaseException) -> None:
+        settle(self._closed, None)
+        self.lose(reason)
+
+    def _on_channel_closed(self, channel: Channel, reason: Exception) -> None:
+        if self.lost is not None:
+            return
+        if channel is self.channel and not is_connection_loss(reason):
+            # The broker refused a publish (no permission, say): every publish not yet
+            # confirmed on this channel is refused alike; calls waiting for a reply try again.
+            for publish in self._unconfirmed.values():
+                fail(publish.confirmed, refusal(reason, publish.message_id))
+            self._unconfirmed.clear()
+        self.lose(reason)
+        self.abort()
+
+    def lose(self, reason: BaseException) -> None:
+        """Fail everything that waits on this link with Lost, once."""
+        if self.lost is not None:
+            return
+        self.lost = reason
+        lost = Lost(reason)
+        waiting = [*self._steps, *(p.confirmed for p in self._unconfirmed.values()),
+                   *self._replies.values()]
+        self._steps.clear()
+        self._unconfirmed.clear()
+        self._replies.clear()
+        for future in waiting:
+            fail(future, lost)
+        callbacks, self._on_lost = self._on_lost, []
+        for callback in callbacks:
+            callback(reason)
+
+    def abort(self) -> None:
+        """Close the connection without waiting; it may be half open or already gone."""
+        connection = self.connection
+        if connection is not None and not (connection.is_closed or connection.is_closing):
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError:
+                log.debug("the connection was already going while closing it")
+
+    async def close(self) -> None:
+        """Close the connection and wait a little for the broker to agree."""
+        self.lose(ThelcaClientError("the client is closed"))
+        self.abort()
+        if self.connection is not None and not self._closed.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_WAIT)
+            except TimeoutError:
+                log.debug("the broker did not confirm the close in time")
+
+
+def _confirm(publish: _Publish, refused: bool) -> None:
+    if refused:
+        reason = f"the broker refused it (nack); queue {publish.queue!r} may be full"
+        fail(publish.confirmed, PublishFailed(reason, message_id=publish.message_id))
+    elif publish.returned:
+        reason = (f"queue {publish.queue!r} does not exist: is a thelca worker running with "
+                  "the same prefix?")
+        fail(publish.confirmed, PublishFailed(reason, message_id=publish.message_id))
+    else:
+        settle(publish.confirmed, None)
+
+
+# ---------------------------------------------------------------- the shared connection
+
+
+@dataclass
+class _Progress:
+    """How far one call got over its attempts: what its error says when time runs out."""
+
+    sent: bool = False  # published on a connection at least once
+    last: BaseException | None = None  # the last connection error
+
+
+class AsyncConnection:
+    """Carries commands to one queue and their replies back, on the running loop, many at once.
+
+    It connects on its first call, not when made. All its calls must come from
+    one event loop.
+    """
+
+    def __init__(self, parameters: list[pika.URLParameters], *, queue: str) -> None:
+        self.parameters = parameters
+        self.queue = queue
+        self._link: Link | None = None
+        self._connecting: asyncio.Task[Link] | None = None
+        self._closed = False
+        # Correlation ids only need to be unique among this client's own calls: a random
+        # stem and a counter cost less than a uuid4 per attempt.
+        self._stem = new_id()
+        self._attempts = itertools.count()
+
+    def hosts(self) -> str:
+        return hosts(self.parameters)
+
+    async def connect(self, *, timeout: float) -> Link:
+        """The open link, connecting first if needed; ConnectionFailed when no broker answers."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        progress = _Progress()
+        delays = backoff()
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await self.ready(None)
+            except Lost as lost:
+                progress.last = lost.error
+            except TimeoutError:
+                pass
+            if not await _pause(next(delays), deadline):
+                raise unreachable(self.hosts(), progress.last or TimeoutError(), timeout, None,
+                                  sent=False)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    # ------------------------------------------------------------ calls
+
+    async def call(self, message: Outgoing, *, timeout: float) -> bytes:
+        """Publish the message with reply_to and return its reply's body.
+
+        Each attempt has a new correlation_id, so a reply to an earlier attempt
+        that comes late is not taken for this one's.
+        """
+
+        async def attempt(link: Link, progress: _Progress) -> bytes:
+            correlation_id = f"{self._stem}.{next(self._attempts)}"
+            reply = link.expect(correlation_id)
+            try:
+                confirmed = link.publish(message, self.queue, correlation_id)
+                progress.sent = True
+                await confirmed
+                return await reply
+            finally:
+                link.forget(correlation_id)
+
+        return await self._retrying(message.message_id, timeout, attempt, replies=True)
+
+    async def publish(self, message: Outgoing, *, timeout: float) -> None:
+        """Publish the message without reply_to; return once the broker confirmed it."""
+
+        async def attempt(link: Link, progress: _Progress) -> None:
+            confirmed = link.publish(message, self.queue, None)
+            progress.sent = True
+            await confirmed
+
+        await self._retrying(message.message_id, timeout, attempt, replies=False)
+
+    async def _retrying(
+        self,
+        message_id: str,
+        timeout: float,
+        attempt: Callable[[Link, _Progress], Awaitable[T]],
+        *,
+        replies: bool,
+    ) -> T:
+        """attempt's result, running it again on a new connection after each loss."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        progress = _Progress()
+        delays = backoff()
+        failures = 0
+        while True:
+            link: Link | None = None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    link = await self.ready(message_id)
+                    return await attempt(link, progress)
+            except Lost as lost:
+                progress.last = lost.error
+            except TimeoutError:
+                raise self._out_of_time(link, progress, message_id, timeout,
+                                        replies=replies) from None
+            failures += 1
+            delay = next(delays)
+            _log_retry(progress.last, delay, message_id, first=failures == 1)
+            if not await _pause(delay, deadline):
+                raise self._out_of_time(None, progress, message_id, timeout,
+                                        replies=replies) from None
+
+    def _out_of_time(self, link: Link | None, progress: _Progress, message_id: str,
+                     timeout: float, *, replies: bool) -> ThelcaClientError:
+        if link is not None and link.lost is None and progress.sent:
+            if replies:  # the broker took the command; no reply came
+                return ReplyTimeout(message_id, timeout)
+            reason = f"the broker at {self.hosts()} did not confirm it within {timeout:g} s"
+            return ConnectionFailed(reason, message_id=message_id, sent=True)
+        error = progress.last or TimeoutError("no answer in time")
+        return unreachable(self.hosts(), error, timeout, message_id, sent=progress.sent)
+
+    # ------------------------------------------------------------ connecting
+
+    async def ready(self, message_id: str | None) -> Link:
+        """The usable link; the calls that need a new one share one attempt to connect.
+
+        Raises Lost when that attempt fails, AccessRefused when the login was refused.
+        """
+        if self._closed:
+            raise ThelcaClientError("the client is closed")
+        link = self._link
+        if link is not None and link.usable:
+            return link
+        if link is not None:
+            self._link = None
+            link.abort()
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            self._connecting.add_done_callback(self._connected)
+        try:
+            return await asyncio.shield(self._connecting)
+        except _Refused as refused:
+            raise access_refused(refused.parameters, refused.error, message_id) from None
+
+    def _connected(self, task: asyncio.Task[Link]) -> None:
+        self._connecting = None
+        if task.cancelled() or task.exception() is not None:
+            return
+        link = task.result()
+        if self._closed:
+            link.abort()
+        else:
+            self._link = link
+
+    async def _connect(self) -> Link:
+        """The first broker of the list that answers, each given pika's own timeouts."""
+        errors: list[BaseException] = []
+        refused: _Refused | None = None
+        for parameters in self.parameters:
+            try:
+                return await Link.open(parameters)
+            except _Refused as error:
+                refused = error
+                errors.append(error.error)
+            except Lost as lost:
+                errors.append(lost.error)
+            log.debug("no broker at %s:%s (%s)", parameters.host, parameters.port,
+                      describe(errors[-1]) if isinstance(errors[-1], Exception) else "?")
+        if refused is not None:
+            raise refused
+        raise Lost(errors[-1])
+
+
+async def _pause(delay: float, deadline: float) -> bool:
+    """Sleep the delay, cut at the deadline; False when no time is left."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining <= 0:
+        return False
+    await asyncio.sleep(min(delay, remaining))
+    return True
+
+
+def _log_retry(error: BaseException | None, delay: float, message_id: str, *,
+               first: bool) -> None:
+    # One warning per outage is enough: the later lines only repeat it.
+    log.log(
+        logging.WARNING if first else logging.DEBUG,
+        "no connection to the broker (%s); trying again in %.2f s (message %s)",
+        describe(error) if isinstance(error, Exception) else "lost", delay, message_id,
+    )
+
