@@ -35,7 +35,11 @@ def canonical(value: Any) -> str:
 
 def indexed(value: Any) -> str:
     """What an index keeps of a property's value: its canonical text, or a hash of it."""
-    text = canonical(value)
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        text = orjson.dumps(value).decode()  # already canonical: the common case, fast
+    else:
+        text = canonical(value)
     if len(text) <= LONGEST_INDEXED:
         return text
     return _HASHED + hashlib.sha256(text.encode()).hexdigest()
