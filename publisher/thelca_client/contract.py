@@ -71,6 +71,12 @@ class Names:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,200}", self.prefix):
             raise ValueError(f"invalid prefix {self.prefix!r}: use letters, digits, . _ : -")
 
+    def owns(self, name: str | None) -> bool:
+        """Whether a name is one of this deployment's broker objects (`<prefix>.` ...):
+        a reply_to that names one is never answered, so that no client can have thelca
+        publish into its own queues (its log, its commands, its dead letters)."""
+        return name is not None and name.startswith(f"{self.prefix}.")
+
     @property
     def commands(self) -> str:
         return f"{self.prefix}.commands"

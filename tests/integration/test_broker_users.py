@@ -153,6 +153,7 @@ def test_each_role_does_its_job_with_only_the_readme_permissions(
         system.start("replay")
         wait_for_consumers(amqp_url, names.replay, [system.processes["replay"]])
         assert _replayed(amqp_url, names) == {"status": 200, "count": 2}
+        _assert_dead_lettered_by_the_replay_user(amqp_url, users["client"].url, names)
         assert refused(users["replay"].url, get(names.events_log))
         assert refused(users["replay"].url, get(names.commands))
         listing = subprocess.run(
@@ -164,6 +165,31 @@ def test_each_role_does_its_job_with_only_the_readme_permissions(
         for role in list(system.processes):
             system.stop(role)
         delete_prefix(amqp_url, prefix)
+
+
+def _assert_dead_lettered_by_the_replay_user(amqp_url: str, client_url: str,
+                                             names: Names) -> None:
+    """A client's replay request aimed at the commands queue: the replay consumer, as its
+    own user, may put it in the dead letters (and publishes nothing to the commands)."""
+    connection = pika.BlockingConnection(pika.URLParameters(client_url))
+    try:
+        connection.channel().basic_publish("", names.replay, b"{}", pika.BasicProperties(
+            reply_to=names.commands, correlation_id="aimed-at-the-commands",
+            headers={"Authorization": "Bearer alice"}))
+    finally:
+        connection.close()
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        for method, properties, _body in channel.consume(names.dead, inactivity_timeout=20):
+            assert method is not None and properties is not None, "no dead letter"
+            channel.basic_ack(int(method.delivery_tag or 0))
+            if properties.correlation_id == "aimed-at-the-commands":
+                assert "Authorization" not in (properties.headers or {})
+                break
+        channel.cancel()
+    finally:
+        connection.close()
 
 
 def _replayed(amqp_url: str, names: Names) -> dict[str, object]:

@@ -108,11 +108,19 @@ def test_strings_with_nul_and_unicode_round_trip(client: PlainClient) -> None:
     assert read.body["item"]["properties"] == properties
 
 
-def test_a_message_id_reused_across_commands_gets_the_first_reply(client: PlainClient) -> None:
+def test_a_message_id_reused_for_another_command_is_409_not_the_first_reply(
+    client: PlainClient,
+) -> None:
+    """As payment APIs treat a reused idempotency key: the record is not another
+    command's answer, and the other command is not run either."""
     message_id = str(uuid.uuid4())
     first = client.send({"command": "create"}, message_id=message_id)
-    other = client.send({"command": "update", "id": "x", "item": {}}, message_id=message_id)
-    assert other.body == first.body
+    other = client.send({"command": "update", "id": first.body["item"]["id"], "item": {}},
+                        message_id=message_id)
+    assert other.body == {"status": 409,
+                          "error": "message_id already used for a different command"}
+    again = client.send({"command": "read", "id": first.body["item"]["id"]})
+    assert again.body["version"] == 1
 
 
 def test_duplicate_json_keys_take_the_last_value(client: PlainClient) -> None:

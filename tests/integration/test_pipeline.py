@@ -236,10 +236,14 @@ def test_a_repeated_message_id_gets_the_first_reply_and_changes_nothing(
 def test_a_repeated_refusal_is_remembered_too(client: PlainClient, item: dict[str, Any]) -> None:
     message_id = str(uuid.uuid4())
     stale = {"command": "update", "id": item["id"], "item": item, "expected_version": 9}
-    assert client.send(stale, message_id=message_id).status == 409
-    # Even once the version matches, the same message_id gets its first answer.
+    refused = client.send(stale, message_id=message_id)
+    assert refused.status == 409
+    # The same command again gets its first answer...
+    assert client.send(stale, message_id=message_id).body == refused.body
+    # ...and a different command under the same message_id is refused as such.
     fixed = {**stale, "expected_version": 1}
-    assert client.send(fixed, message_id=message_id).status == 409
+    assert client.send(fixed, message_id=message_id).body == {
+        "status": 409, "error": "message_id already used for a different command"}
 
 
 def test_the_same_message_id_from_another_user_is_409(client: PlainClient) -> None:

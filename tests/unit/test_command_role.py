@@ -7,19 +7,25 @@ tests/integration.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 import pytest
 
+from thelca.authority.base import Principal
 from thelca.authority.test_only import TestOnlyAuthority
-from thelca.roles.commands import CommandRole
+from thelca.errors import NotAuthenticated
+from thelca.roles.commands import DIFFERENT_COMMAND, CommandRole
+from thelca.roles.fingerprints import fingerprint
 from thelca.roles.handlers import HANDLERS
 from thelca.roles.messages import Incoming, Outgoing
+from thelca.stores.base import ProcessedCommand
 from thelca.stores.memory import MemoryStore
 from thelca.stores.postgres import PostgresStore
 from thelca_client.contract import (
     COMMAND_TYPES,
+    DEAD_REASON_HEADER,
     Names,
     authorization_headers,
     decode_reply,
@@ -137,3 +143,140 @@ def test_a_message_id_with_nul_is_a_500_and_a_dead_letter_on_postgresql(
         assert event.exchange == NAMES.events
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- replies go to clients
+
+
+@pytest.mark.parametrize("reply_to", [NAMES.events_log, NAMES.commands, NAMES.dead,
+                                      NAMES.replay, f"{NAMES.prefix}.events"])
+def test_a_reply_to_of_thelca_is_not_executed_but_dead_lettered_without_its_token(
+    reply_to: str,
+) -> None:
+    store = MemoryStore()
+    role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    message = Incoming(encode_command("create", item={}), message_id="m-hijack",
+                       reply_to=reply_to, headers=authorization_headers("alice"))
+    (letter,) = role.handle([message])
+    assert (letter.exchange, letter.routing_key) == (NAMES.dead, "")
+    assert letter.headers is not None
+    assert not {k for k in letter.headers if k.lower() == "authorization"}
+    assert reply_to in letter.headers[DEAD_REASON_HEADER]
+    assert letter.body == message.body and letter.message_id == "m-hijack"
+    assert store.count_items() == 0
+    with store.transaction() as tx:  # not remembered: a later honest send is served
+        assert tx.get_processed("m-hijack") is None
+
+
+def test_a_body_over_the_limit_with_a_reply_to_of_thelca_gets_no_413_there() -> None:
+    role = CommandRole(MemoryStore(), TestOnlyAuthority(), NAMES, max_body=10)
+    (letter,) = role.handle([Incoming(b"x" * 100, message_id="m", reply_to=NAMES.commands)])
+    assert letter.exchange == NAMES.dead
+
+
+# ---------------------------------------------------------------- every action leaves its line
+
+
+def _outcome(role: CommandRole, body: bytes, message_id: str, token: str) -> tuple[int, str]:
+    """The reply's status and the id of the event published with it."""
+    reply, *events = _answer(role, body, message_id, token)
+    role.confirmed(events)
+    (event,) = [e for e in events if e.exchange == NAMES.events]
+    assert event.message_id is not None
+    return decode_reply(reply.body).status, event.message_id
+
+
+def test_reads_of_five_items_under_one_message_id_are_five_events() -> None:
+    role = CommandRole(MemoryStore(), TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    ids = [_send(role, encode_command("create", item={}), f"m-c{n}")["item"]["id"]
+           for n in range(5)]
+    reads = [_outcome(role, encode_command("read", id=item_id), "m-reused", "alice")
+             for item_id in ids]
+    assert [status for status, _ in reads] == [200] * 5
+    assert len({event_id for _, event_id in reads}) == 5
+    # the very same read delivered again: the same event id, which the logger drops
+    assert _outcome(role, encode_command("read", id=ids[0]), "m-reused", "alice") == reads[0]
+
+
+class RefusesForgeries(TestOnlyAuthority):
+    """The test-only Authority, except that every token starting with `forged` is refused."""
+
+    def authenticate(self, token: str | None) -> Principal:
+        if token and token.startswith("forged"):
+            raise NotAuthenticated("the token was refused")
+        return super().authenticate(token)
+
+
+def test_thirty_refused_tokens_under_one_message_id_are_thirty_events() -> None:
+    role = CommandRole(MemoryStore(), RefusesForgeries(), NAMES, max_body=1 << 20)
+    body = encode_command("create", item={})
+    refused = [_outcome(role, body, "m-probe", f"forged-{n}") for n in range(30)]
+    assert {status for status, _ in refused} == {401}
+    assert len({event_id for _, event_id in refused}) == 30
+    assert _outcome(role, body, "m-probe", "forged-0") == refused[0]
+
+
+def test_an_event_id_depends_on_the_deployment_key_not_on_the_token_alone() -> None:
+    body = encode_command("create", item={})
+    first = CommandRole(MemoryStore(), TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    other = CommandRole(MemoryStore(), TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    assert _outcome(first, body, "m", "BAAD")[1] != _outcome(other, body, "m", "BAAD")[1]
+    shared = MemoryStore()
+    one = CommandRole(shared, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    two = CommandRole(shared, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    assert _outcome(one, body, "m", "BAAD") == _outcome(two, body, "m", "BAAD")
+
+
+def test_a_different_command_under_a_used_message_id_is_409_and_changes_nothing() -> None:
+    store = MemoryStore()
+    role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    first = _send(role, b'{"command": "create", "item": {"properties": {"a": 1, "b": 2}}}', "m")
+    for other in (encode_command("create", item={"properties": {"a": 2}}),
+                  encode_command("read", id=first["item"]["id"]),
+                  b"not json"):
+        reply, *events = _answer(role, other, "m", "alice")
+        assert decode_reply(reply.body).to_json() == {"status": 409, "error": DIFFERENT_COMMAND}
+        assert events == []
+    assert store.count_items() == 1
+    # the same JSON value, keys reordered and spaced otherwise: a redelivery
+    again = b' {"item" : {"properties": {"b": 2, "a": 1}}, "command": "create"}\n'
+    assert _send(role, again, "m") == first
+    # another user under it: refused as before, whatever the body
+    (reply,) = _answer(role, again, "m", "bob")
+    refused = decode_reply(reply.body)
+    assert refused.status == 409 and "another user" in (refused.error or "")
+
+
+def test_a_record_kept_by_the_previous_release_is_answered_as_before() -> None:
+    store = MemoryStore()
+    with store.transaction() as tx:  # no fingerprint: the previous release kept none
+        tx.add_processed(ProcessedCommand("m-old", "a-test-only-id-alice",
+                                          b'{"status": 200, "version": 1}', None))
+    role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    assert _send(role, encode_command("create", item={"properties": {"x": 1}}), "m-old") == {
+        "status": 200, "version": 1}
+    assert store.count_items() == 0
+
+
+def test_a_refusal_after_authentication_is_remembered_with_its_fingerprint() -> None:
+    store = MemoryStore()
+    role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    stale = encode_command("update", id="no-such-item", item={"id": "no-such-item"})
+    assert _send(role, stale, "m-404")["status"] == 404
+    with store.transaction() as tx:
+        record = tx.get_processed("m-404")
+    assert record is not None and record.fingerprint == fingerprint(stale)
+    assert _send(role, encode_command("create", item={}), "m-404") == {
+        "status": 409, "error": DIFFERENT_COMMAND}
+
+
+def test_a_message_id_with_a_line_break_cannot_start_a_line_in_the_worker_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    role = CommandRole(MemoryStore(), TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    forged = "m\n2026-01-01 00:00:00,000 INFO thelca: forged\u2028\x85"
+    caplog.set_level(logging.DEBUG)
+    role.handle([Incoming(b"{}", message_id=forged, reply_to=NAMES.events_log)])
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.splitlines() == [message]
+    assert "'m\\n2026-01-01 00:00:00,000 INFO thelca: forged\\u2028\\x85'" in message

@@ -19,6 +19,7 @@ from tests.unit.test_service import (
     FakeAuthority,
     FixedClock,
     SequentialIds,
+    origin,
 )
 from thelca.domain.links import LinkResult
 from thelca.domain.model import Item, Link, StoredLink
@@ -54,17 +55,17 @@ class World:
         assert type(caught.value) is error
 
     def create(self, body: JSON, principal: Any = ALICE) -> LinkResult:
-        return self.run(lambda tx: self.service.links.create(tx, principal, body, "cmd-c"))
+        return self.run(lambda tx: self.service.links.create(tx, principal, body, origin("cmd-c")))
 
     def update(self, link_id: str, body: JSON, principal: Any = ALICE,
                expected_version: int | None = None) -> Callable[[StoreTransaction], LinkResult]:
         return lambda tx: self.service.links.update(
-            tx, principal, link_id, body, expected_version=expected_version, command_id="cmd-u")
+            tx, principal, link_id, body, expected_version=expected_version, origin=origin("cmd-u"))
 
     def delete(self, link_id: str, principal: Any = ALICE,
                expected_version: int | None = None) -> Callable[[StoreTransaction], LinkResult]:
         return lambda tx: self.service.links.delete(
-            tx, principal, link_id, expected_version=expected_version, command_id="cmd-d")
+            tx, principal, link_id, expected_version=expected_version, origin=origin("cmd-d"))
 
     def stored(self, link_id: str) -> StoredLink | None:
         with self.store.transaction() as tx:
@@ -127,7 +128,7 @@ def test_create_without_properties_stores_an_empty_object(
 def test_create_refusals_in_the_contracts_order(world: World, body: JSON, why: str) -> None:
     world.authority.refuse_links.add("mallory")  # a 400 comes before the 403
     world.refused(InvalidCommand, why,
-                  lambda tx: world.service.links.create(tx, MALLORY, body, "cmd"))
+                  lambda tx: world.service.links.create(tx, MALLORY, body, origin("cmd")))
     assert world.store.count_links() == 0
     assert world.authority.calls == []
 
@@ -135,14 +136,15 @@ def test_create_refusals_in_the_contracts_order(world: World, body: JSON, why: s
 def test_create_refused_by_the_authority_stores_nothing(world: World) -> None:
     world.authority.refuse_links.add("mallory")
     world.refused(Forbidden, "mallory may not create link", lambda tx: world.service.links.create(
-        tx, MALLORY, {"source": A, "target": B}, "cmd"))
+        tx, MALLORY, {"source": A, "target": B}, origin("cmd")))
     assert world.store.count_links() == 0
 
 
 def test_a_link_id_is_no_item_id(world: World) -> None:
     first = world.create({"source": A, "target": B}).stored
+    body = {"source": A, "target": first.link.id}
     world.refused(InvalidCommand, "^target must be a valid item id$", lambda tx: (
-        world.service.links.create(tx, ALICE, {"source": A, "target": first.link.id}, "cmd")))
+        world.service.links.create(tx, ALICE, body, origin("cmd"))))
 
 
 # ---------------------------------------------------------------- read, update, delete
@@ -150,7 +152,7 @@ def test_a_link_id_is_no_item_id(world: World) -> None:
 
 def test_read_returns_the_link_and_a_link_read_event(world: World) -> None:
     created = world.create({"source": A, "target": B}).stored
-    result = world.run(lambda tx: world.service.links.read(tx, ALICE, LINK_ID, "cmd-r"))
+    result = world.run(lambda tx: world.service.links.read(tx, ALICE, LINK_ID, origin("cmd-r")))
     assert result.stored == created
     assert (result.event.type, result.event.value, result.event.extra["version"]) == (
         "Link read", LINK_ID, 1)
@@ -161,7 +163,7 @@ def test_an_unknown_link_is_404_before_anything_else(world: World, operation: st
     world.authority.refuse_links.add("mallory")
     world.create({"source": A, "target": B})
     run: dict[str, Callable[[StoreTransaction], Any]] = {
-        "read": lambda tx: world.service.links.read(tx, MALLORY, A, "cmd"),  # an item's id
+        "read": lambda tx: world.service.links.read(tx, MALLORY, A, origin("cmd")),  # an item's id
         "update": world.update("ghost", {"id": "x"}, MALLORY, expected_version=7),
         "delete": world.delete("ghost", MALLORY, expected_version=7),
     }
@@ -223,7 +225,7 @@ def test_delete_removes_the_link_and_answers_it_as_it_was(world: World) -> None:
     assert world.stored(LINK_ID) is None
     # gone: read, update and delete of its id are 404
     world.refused(ItemNotFound, "no link with id", lambda tx: world.service.links.read(
-        tx, ALICE, LINK_ID, "cmd"))
+        tx, ALICE, LINK_ID, origin("cmd")))
     world.refused(ItemNotFound, "no link with id", world.update(LINK_ID, whole(updated)))
     world.refused(ItemNotFound, "no link with id", world.delete(LINK_ID))
     # and the items are all still there
@@ -247,13 +249,13 @@ def test_delete_403_then_409_then_done(world: World) -> None:
 
 def search_items(world: World, principal: Any = ALICE, **query: Any) -> Page:
     return world.run(lambda tx: world.service.search.search_items(
-        tx, principal, SearchItems(**query), "cmd-s"))
+        tx, principal, SearchItems(**query), origin("cmd-s")))
 
 
 def search_links(world: World, end: Any, item_id: str, principal: Any = ALICE,
                  **query: Any) -> Page:
     return world.run(lambda tx: world.service.search.search_links(
-        tx, principal, SearchLinks(end, item_id, **query), "cmd-s"))
+        tx, principal, SearchLinks(end, item_id, **query), origin("cmd-s")))
 
 
 def test_search_items_answers_bare_items_in_creation_order_and_audits_their_ids(
@@ -281,15 +283,15 @@ def test_search_items_pages_with_next(world: World) -> None:
 
 def test_search_after_an_unknown_id_is_400_before_403(world: World) -> None:
     world.authority.refuse_links.add("mallory")
+    search = world.service.search
     world.refused(InvalidCommand, "^after: no item has the id ghost$", lambda tx: (
-        world.service.search.search_items(tx, MALLORY, SearchItems(after="ghost"), "cmd")))
+        search.search_items(tx, MALLORY, SearchItems(after="ghost"), origin("cmd"))))
     world.refused(InvalidCommand, "^after: no link has the id ghost$", lambda tx: (
-        world.service.search.search_links(tx, MALLORY, SearchLinks("source", A, after="ghost"),
-                                          "cmd")))
+        search.search_links(tx, MALLORY, SearchLinks("source", A, after="ghost"), origin("cmd"))))
     world.refused(Forbidden, "mallory may not search items", lambda tx: (
-        world.service.search.search_items(tx, MALLORY, SearchItems(), "cmd")))
+        search.search_items(tx, MALLORY, SearchItems(), origin("cmd"))))
     world.refused(Forbidden, "mallory may not search links", lambda tx: (
-        world.service.search.search_links(tx, MALLORY, SearchLinks("either", A), "cmd")))
+        search.search_links(tx, MALLORY, SearchLinks("either", A), origin("cmd"))))
 
 
 def test_search_links_finds_by_source_target_or_either(world: World) -> None:

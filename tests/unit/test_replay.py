@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import orjson
@@ -12,7 +13,15 @@ from thelca.authority.test_only import TestOnlyAuthority
 from thelca.errors import Forbidden
 from thelca.roles.messages import Incoming
 from thelca.roles.replay import LINES_PER_TAKE, ReplayRole
-from thelca_client.contract import ContractError, ReplayRequest, decode_replay_request
+from thelca_client.contract import (
+    DEAD_REASON_HEADER,
+    ContractError,
+    Names,
+    ReplayRequest,
+    decode_replay_request,
+)
+
+NAMES = Names("replay-test")
 
 
 class NoEventsForMallory(TestOnlyAuthority):
@@ -40,7 +49,7 @@ def _request(body: bytes = b"{}", token: str | None = "abcd",
 
 @pytest.fixture
 def role(tmp_path: Path) -> ReplayRole:
-    return ReplayRole(_log(tmp_path / "events.log", 250), NoEventsForMallory())
+    return ReplayRole(_log(tmp_path / "events.log", 250), NoEventsForMallory(), NAMES)
 
 
 def test_take_gives_at_most_the_limit_and_the_end_marker_last(role: ReplayRole) -> None:
@@ -62,7 +71,7 @@ def test_a_filter_that_matches_little_hands_the_loop_back_between_reads(
     tmp_path: Path,
 ) -> None:
     log = _log(tmp_path / "events.log", 3 * LINES_PER_TAKE)
-    stream = ReplayRole(log, TestOnlyAuthority()).open(
+    stream = ReplayRole(log, TestOnlyAuthority(), NAMES).open(
         _request(b'{"types": ["Item created"]}'))
     takes = []
     while not stream.finished:
@@ -89,6 +98,46 @@ def test_checks_run_token_then_authority_then_body(
 def test_a_request_without_reply_to_is_finished_at_once(role: ReplayRole) -> None:
     stream = role.open(_request(reply_to=None))
     assert stream.finished and stream.take(100) == []
+
+
+@pytest.mark.parametrize("reply_to", [NAMES.events_log, NAMES.commands, NAMES.dead,
+                                      NAMES.replay, f"{NAMES.prefix}.anything"])
+def test_a_reply_to_of_thelca_is_dead_lettered_without_its_token_and_not_answered(
+    role: ReplayRole, reply_to: str
+) -> None:
+    stream = role.open(_request(reply_to=reply_to))
+    (letter,) = stream.take(100)
+    assert stream.finished and stream.take(100) == []
+    assert (letter.exchange, letter.routing_key) == (NAMES.dead, "")
+    assert letter.headers is not None
+    assert not {k for k in letter.headers if k.lower() == "authorization"}
+    assert reply_to in letter.headers[DEAD_REASON_HEADER]
+    assert letter.body == b"{}" and letter.correlation_id == "c1"
+
+
+@pytest.mark.parametrize("reply_to", [NAMES.prefix, f"{NAMES.prefix}-commands",
+                                      f"x.{NAMES.commands}", "amq.gen-abc"])
+def test_a_reply_to_that_is_not_thelca_s_is_answered(role: ReplayRole, reply_to: str) -> None:
+    stream = role.open(_request(b'{"types": []}', reply_to=reply_to))
+    (end,) = stream.take(100)
+    assert end.routing_key == reply_to and orjson.loads(end.body)["status"] == 200
+
+
+def test_client_strings_cannot_start_a_line_in_the_replay_log(
+    role: ReplayRole, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "c1\n2026-01-01 00:00:00,000 INFO thelca: forged\u2028also"
+    caplog.set_level(logging.DEBUG)
+    for reply_to in ("subscriber", NAMES.commands, None):
+        request = _request(reply_to=reply_to)
+        stream = role.open(Incoming(request.body, correlation_id=forged, reply_to=reply_to,
+                                    headers={"Authorization": "Bearer BAAD"}))
+        while not stream.finished:
+            stream.take(100)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) >= 3
+    assert all(not m.splitlines()[1:] for m in messages), messages
+    assert all("forged" not in m or "'c1\\n2026" in m for m in messages), messages
 
 
 def test_closing_a_stream_early_releases_the_log(role: ReplayRole) -> None:
@@ -127,7 +176,7 @@ def test_a_segment_removed_while_streaming_ends_the_replay_with_500(tmp_path: Pa
     _log(tmp_path / "events.log.000001", 20)
     _log(tmp_path / "events.log.000002", 20)
     _log(log, 5)
-    stream = ReplayRole(log, TestOnlyAuthority()).open(_request())
+    stream = ReplayRole(log, TestOnlyAuthority(), NAMES).open(_request())
     assert len(stream.take(10)) == 10
     (tmp_path / "events.log.000002").unlink()  # an operator archived it meanwhile
     rest = []

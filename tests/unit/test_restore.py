@@ -66,6 +66,9 @@ class WithoutBulkLoad:
     def ping(self) -> None:
         self.inner.ping()
 
+    def deployment_key(self) -> bytes:
+        return self.inner.deployment_key()
+
     def clear(self) -> None:
         self.inner.clear()
 

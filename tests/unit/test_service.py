@@ -17,7 +17,7 @@ import pytest
 from thelca.authority import TestOnlyAuthority
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
-from thelca.domain.model import Item, Link, StoredItem
+from thelca.domain.model import Item, Link, Origin, StoredItem
 from thelca.domain.service import ItemService, Result
 from thelca.errors import (
     CommandRefused,
@@ -139,6 +139,12 @@ FIRST_ID = "00000000-0000-4000-8000-000000000001"
 Operation = Callable[[StoreTransaction], Result]
 
 
+def origin(command_id: str, seed: str | None = None) -> Origin:
+    """The origin of a command: the role derives the seed from the delivery (a redelivery
+    has the same one); here it is the command_id's own unless a test gives another."""
+    return Origin(command_id, seed if seed is not None else f"seed-of-{command_id}")
+
+
 @dataclass
 class World:
     store: MemoryStore
@@ -150,22 +156,24 @@ class World:
     # operations, to run in a transaction
 
     def creating(
-        self, body: JSON, principal: Principal = ALICE, command_id: str = "cmd-1"
+        self, body: JSON, principal: Principal = ALICE, command_id: str = "cmd-1",
+        seed: str | None = None,
     ) -> Operation:
-        return lambda tx: self.service.create(tx, principal, body, command_id=command_id)
+        return lambda tx: self.service.create(tx, principal, body, origin(command_id, seed))
 
     def reading(
-        self, item_id: str, principal: Principal = ALICE, command_id: str = "cmd-r"
+        self, item_id: str, principal: Principal = ALICE, command_id: str = "cmd-r",
+        seed: str | None = None,
     ) -> Operation:
-        return lambda tx: self.service.read(tx, principal, item_id, command_id=command_id)
+        return lambda tx: self.service.read(tx, principal, item_id, origin(command_id, seed))
 
     def updating(
         self, item_id: str, body: JSON, principal: Principal = ALICE,
         expected_version: int | None = None, command_id: str = "cmd-u",
     ) -> Operation:
         return lambda tx: self.service.update(
-            tx, principal, item_id, body, expected_version=expected_version, command_id=command_id
-        )
+            tx, principal, item_id, body, expected_version=expected_version,
+            origin=origin(command_id))
 
     # running them
 
@@ -333,7 +341,7 @@ def test_an_item_event_and_an_access_refused_event_of_one_command_id_differ(
     must have another event id, or the logger and subscribers drop it as a duplicate.
     """
     refused = model.access_refused(
-        "create", None, 401, user=None, time=CREATED, command_id="cmd-1"
+        "create", None, 401, user=None, time=CREATED, origin=origin("cmd-1")
     )
     created = world.run(world.creating({}, command_id="cmd-1")).event
     assert refused.type != created.type
@@ -343,7 +351,7 @@ def test_an_item_event_and_an_access_refused_event_of_one_command_id_differ(
 def test_the_default_clock_and_ids_follow_the_contract() -> None:
     service = ItemService(FakeAuthority())
     with MemoryStore().transaction() as tx:
-        stored = service.create(tx, ALICE, {}, command_id="cmd-1").stored
+        stored = service.create(tx, ALICE, {}, origin("cmd-1")).stored
     assert uuid.UUID(stored.item.id).version == 4
     assert str(uuid.UUID(stored.item.id)) == stored.item.id
     assert re.fullmatch(
@@ -397,7 +405,23 @@ def test_the_read_event_has_the_id_as_value(world: World) -> None:
     }
     assert world.authority.calls == ["read"]
     again = world.run(world.reading(stored.item.id, command_id="cmd-r"))
-    assert again.event.id == result.event.id  # a read answered afresh keeps its event id
+    assert again.event.id == result.event.id  # a redelivered read keeps its event id
+
+
+def test_events_of_one_command_id_with_other_seeds_have_ids_of_their_own(world: World) -> None:
+    """A message_id reused with another body or token: the role gives another seed, and
+    each delivery's event keeps its own line in the log, under the same command_id."""
+    stored = [world.create({"n": n}) for n in range(5)]
+    reads = [world.run(world.reading(s.item.id, command_id="reused", seed=f"delivery-{n}"))
+             for n, s in enumerate(stored)]
+    assert len({r.event.id for r in reads}) == 5
+    assert {r.event.extra["command_id"] for r in reads} == {"reused"}
+    refusals = {model.access_refused("read", None, 401, user=None, time=CREATED,
+                                     origin=origin("reused", f"token-{n}")).id
+                for n in range(30)}
+    assert len(refusals) == 30
+    again = world.run(world.reading(stored[0].item.id, command_id="reused", seed="delivery-0"))
+    assert again.event.id == reads[0].event.id
 
 
 # ---------------------------------------------------------------- update
@@ -598,6 +622,6 @@ def test_the_test_only_authority_with_the_service() -> None:
     authority = TestOnlyAuthority()
     service = ItemService(authority, FixedClock(), SequentialIds())
     with MemoryStore().transaction() as tx:
-        result = service.create(tx, authority.authenticate("abcd"), {}, command_id="cmd-1")
+        result = service.create(tx, authority.authenticate("abcd"), {}, origin("cmd-1"))
     assert result.stored.item.created_by == "a-test-only-id-abcd"
     assert result.event.user == "a-test-only-id-abcd"

@@ -193,7 +193,7 @@ def build_replay(settings: Settings, *, authority: Authority | None = None) -> R
     log.info("replay: prefix %s, event log %s, authority %s, %d streams at once",
              settings.prefix, settings.event_log, authority.name, settings.replay_streams)
     consumer = ReplayConsumer(
-        settings.amqp_url, names.replay, ReplayRole(settings.event_log, authority),
+        settings.amqp_url, names.replay, ReplayRole(settings.event_log, authority, names),
         replay_topology(names), streams=settings.replay_streams, name="replay",
         on_state=_state_logger("replay"), tls=tls_files(settings),
     )

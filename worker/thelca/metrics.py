@@ -21,6 +21,14 @@ CONFIRMS_PENDING = Gauge("thelca_confirms_pending", "Publishes awaiting the brok
                          ["role"])
 CONSUMING = Gauge("thelca_consuming", "1 while the process consumes its queue", ["role"])
 RECONNECTS = Counter("thelca_reconnects", "Connections to the broker lost", ["role"])
+BATCH_RETRIES = Counter("thelca_batch_retries",
+                        "Batches handled again because the previous attempt failed", ["role"])
+BATCH_STUCK = Gauge("thelca_batch_stuck", "1 while the consumer has stopped consuming because "
+                    "the same batch keeps failing", ["role"])
+REPLIES_UNDELIVERABLE = Counter(
+    "thelca_replies_undeliverable",
+    "Messages to clients dropped because the broker closed the reply connection over them",
+    ["role"])
 DEAD_LETTERS = Counter("thelca_dead_letters", "Messages sent to the dead-letter exchange",
                        ["role"])
 LOG_LINES = Counter("thelca_log_lines", "Event log lines written and fsynced")

@@ -14,6 +14,7 @@ transaction is open: the interface does not promise it works there.
 from __future__ import annotations
 
 import abc
+import hashlib
 import uuid
 from collections.abc import Iterator
 
@@ -56,12 +57,17 @@ def item(item_id: str, properties: JSON | None = None) -> Item:
     return Item(item_id, CREATED_AT, CREATED_BY, {} if properties is None else properties)
 
 
-def processed(message_id: str, event_id: str | None = "ev-1") -> ProcessedCommand:
+FINGERPRINT = hashlib.sha256(b"a command").hexdigest()
+
+
+def processed(message_id: str, event_id: str | None = "ev-1",
+              fingerprint: str | None = FINGERPRINT) -> ProcessedCommand:
     return ProcessedCommand(
         message_id=message_id,
         user_id=CREATED_BY,
         reply=b'{"status": 200, "note": "bytes \xff\x00 kept"}',
         event_id=event_id,
+        fingerprint=fingerprint,
     )
 
 
@@ -367,6 +373,19 @@ class StoreContract(abc.ABC):
             assert isinstance(got.reply, bytes)
             assert tx.get_processed("message-2") is None
 
+    def test_a_processed_command_without_a_fingerprint_reads_back_without_one(
+        self, store: ItemStore
+    ) -> None:
+        """A record the previous release kept (it had no fingerprints) stays as it was."""
+        old = processed("m-old", fingerprint=None)
+        with store.transaction() as tx:
+            tx.add_processed(old)
+            tx.add_processed(processed("m-new"))
+        with store.transaction() as tx:
+            assert tx.get_processed("m-old") == old
+            got = tx.get_processed("m-new")
+            assert got is not None and got.fingerprint == FINGERPRINT
+
     def test_processed_commands_are_kept_per_message_id(self, store: ItemStore) -> None:
         first = ProcessedCommand("m1", "alice", b'{"status": 200}', "e1")
         second = ProcessedCommand("m2", "bob", b'{"status": 403}', None)
@@ -436,6 +455,34 @@ class StoreContract(abc.ABC):
         with store.transaction() as tx:
             tx.add_outbox(outbox("e1"))
         assert [e.event_id for e in store.pending_outbox()] == ["e1", "e2"]
+
+    # ------------------------------------------------------------ the deployment key
+
+    def test_the_deployment_key_is_32_bytes_made_once(self, store: ItemStore) -> None:
+        key = store.deployment_key()
+        assert isinstance(key, bytes) and len(key) == 32
+        assert len(set(key)) > 8  # random, not a constant
+        assert store.deployment_key() == key
+        with store.transaction() as tx:  # unrelated to what transactions do
+            tx.add_item(item("a"))
+        assert store.deployment_key() == key
+
+    def test_the_deployment_key_survives_clear(self, store: ItemStore) -> None:
+        key = store.deployment_key()
+        store.clear()
+        assert store.deployment_key() == key
+
+    def test_a_rolled_back_transaction_does_not_take_the_key_with_it(
+        self, store: ItemStore
+    ) -> None:
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.add_item(item("a"))
+            raise Boom
+        key = store.deployment_key()
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.add_item(item("b"))
+            raise Boom
+        assert store.deployment_key() == key
 
     # ------------------------------------------------------------ clear (restore --force)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any
+from typing import Any, LiteralString
 
 import orjson
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.postgres import fresh_schema, terminate, with_schema
 from tests.unit.stores.contract import (
@@ -272,6 +273,79 @@ class TestPostgresStore(StoreContract):
             finally:
                 store.close()
 
+    def test_workers_share_one_deployment_key_however_they_race_for_it(self) -> None:
+        stores = [PostgresStore(self.url) for _ in range(6)]
+        keys: list[bytes] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(len(stores))
+
+        def ask(store: PostgresStore) -> None:
+            try:
+                start.wait(timeout=30)
+                keys.append(store.deployment_key())
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=ask, args=(store,)) for store in stores]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+        finally:
+            for store in stores:
+                store.close()
+        assert not errors
+        assert len(keys) == 6 and len(set(keys)) == 1
+        again = PostgresStore(self.url)
+        try:
+            assert again.deployment_key() == keys[0]  # kept, not made again
+        finally:
+            again.close()
+
+    def test_a_worker_that_finds_a_key_being_made_waits_and_takes_it(self) -> None:
+        """The race made certain: another worker's key is inserted but not yet committed."""
+        name = f"thelca-test-{uuid.uuid4().hex[:8]}"
+        store = PostgresStore(f"{self.url}&application_name={name}")
+        conninfo, schema = split_schema(self.url)
+        theirs = bytes(range(32))
+        got: list[bytes] = []
+        try:
+            with psycopg.connect(conninfo) as other:
+                other.execute(sql.SQL("INSERT INTO {}.deployment_keys VALUES (%s, %s)").format(
+                    sql.Identifier(schema)), ("event-ids", theirs))
+                asking = threading.Thread(target=lambda: got.append(store.deployment_key()))
+                asking.start()
+                _wait_until_blocked(conninfo, name)  # on the other worker's row
+                assert got == []
+                other.commit()
+                asking.join(timeout=30)
+            assert got == [theirs]
+        finally:
+            store.close()
+
+    def test_a_schema_of_the_previous_release_is_migrated_when_opened(self) -> None:
+        _, schema = split_schema(self.url)
+        with psycopg.connect(split_schema(self.url)[0], autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            for statement in PREVIOUS_RELEASE_TABLES:
+                conn.execute(statement)
+            conn.execute("INSERT INTO processed VALUES ('m-old', 'u', '\\x7b7d', 'e-old')")
+        stores = [PostgresStore(self.url), PostgresStore(self.url)]  # the second finds it done
+        try:
+            with stores[1].transaction() as tx:
+                old = tx.get_processed("m-old")
+                assert old is not None and (old.reply, old.event_id, old.fingerprint) == (
+                    b"{}", "e-old", None)
+                tx.add_processed(processed("m-new"))
+            with stores[0].transaction() as tx:
+                assert tx.get_processed("m-new") == processed("m-new")
+            assert stores[0].deployment_key() == stores[1].deployment_key()
+        finally:
+            for store in stores:
+                store.close()
+
     def test_libpq_options_in_the_url_reach_the_server(self) -> None:
         store = PostgresStore(f"{self.url}&options=-c%20statement_timeout%3D4321")
         try:
@@ -298,9 +372,19 @@ def _recorded_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tup
     return recorded
 
 
-# The tables of the release before links and search (git show e2f32ca:worker/thelca/stores/
-# postgres.py).
-PREVIOUS_RELEASE_TABLES = (
+def _wait_until_blocked(conninfo: str, application_name: str) -> None:
+    """Return once a connection of that application_name waits for a lock."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for _ in range(3000):
+            if conn.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
+                            "AND wait_event_type = 'Lock'", (application_name,)).fetchone():
+                return
+            threading.Event().wait(0.01)
+    raise AssertionError(f"{application_name} never waited for a lock")
+
+
+# The tables as the release before fingerprints, deployment keys, links and search made them.
+PREVIOUS_RELEASE_TABLES: tuple[LiteralString, ...] = (
     """CREATE TABLE items (
         id text COLLATE "C" PRIMARY KEY,
         created_at text NOT NULL,

@@ -9,6 +9,7 @@ import pytest
 
 from tests.unit.stores.contract import (
     CREATED_BY,
+    FINGERPRINT,
     RICH_PROPERTIES,
     Boom,
     StoreContract,
@@ -21,7 +22,7 @@ from tests.unit.stores.contract import (
 )
 from thelca.domain.model import StoredItem
 from thelca.errors import ConfigurationError, StoreLocked, StoreUnavailable
-from thelca.stores import ItemStore, open_store
+from thelca.stores import ItemStore, OutboxEvent, open_store
 from thelca.stores.base import Found
 from thelca.stores.sqlite import SQLiteStore
 from thelca_client.contract import LinkEnd
@@ -260,6 +261,80 @@ class TestSQLiteStore(StoreContract):
             again.close()
 
 
+# The tables as the release before fingerprints, deployment keys, links and search made them.
+PREVIOUS_RELEASE_SCHEMA = """
+CREATE TABLE items (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    properties BLOB NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE TABLE processed (
+    message_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    reply BLOB NOT NULL,
+    event_id TEXT
+);
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL
+);
+"""
+
+
+class TestSQLiteStoreKeeps:
+    """What a SQLite file keeps across opening it again, and a file of the previous release."""
+
+    def test_the_deployment_key_survives_reopening(self, tmp_path: Path) -> None:
+        store = SQLiteStore(tmp_path / "thelca.db")
+        key = store.deployment_key()
+        store.close()
+        reopened = SQLiteStore(tmp_path / "thelca.db")
+        try:
+            assert reopened.deployment_key() == key
+        finally:
+            reopened.close()
+
+    def test_a_database_of_the_previous_release_is_migrated_when_opened(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "old.db"
+        db = sqlite3.connect(path)
+        db.executescript(PREVIOUS_RELEASE_SCHEMA)
+        db.execute("INSERT INTO items VALUES ('a', 't', 'u', '{\"n\": 1}', 3)")
+        db.execute("INSERT INTO processed VALUES ('m-old', 'u', X'7b7d', 'e-old')")
+        db.execute("INSERT INTO outbox (event_id, body) VALUES ('e-old', X'7b7d')")
+        db.commit()
+        db.close()
+
+        store = SQLiteStore(path)
+        try:
+            with store.transaction() as tx:
+                old = tx.get_processed("m-old")
+                assert old is not None
+                assert (old.message_id, old.reply, old.event_id, old.fingerprint) == (
+                    "m-old", b"{}", "e-old", None)
+                tx.add_processed(processed("m-new"))
+                stored = tx.get_item("a")
+                assert stored is not None and stored.version == 3
+            assert store.pending_outbox() == [OutboxEvent("e-old", b"{}")]
+            assert len(store.deployment_key()) == 32
+        finally:
+            store.close()
+        again = SQLiteStore(path)  # opening a migrated database changes nothing more
+        try:
+            with again.transaction() as tx:
+                new = tx.get_processed("m-new")
+                assert new is not None and new.fingerprint == FINGERPRINT
+        finally:
+            again.close()
+        columns = [row[1] for row in sqlite3.connect(path).execute(
+            "PRAGMA table_info(processed)")]
+        assert columns == ["message_id", "user_id", "reply", "event_id", "fingerprint"]
+
+
 def test_open_store_refuses_sqlite_without_a_path() -> None:
     with pytest.raises(ConfigurationError, match="needs a path"):
         open_store("sqlite:///")
@@ -267,26 +342,3 @@ def test_open_store_refuses_sqlite_without_a_path() -> None:
 
 LINK_END: dict[str, LinkEnd] = {
     "links by source": "source", "links by target": "target", "links by either": "either"}
-
-# The schema of the release before links and search
-# (git show e2f32ca:worker/thelca/stores/sqlite.py).
-PREVIOUS_RELEASE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    id TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    properties BLOB NOT NULL,
-    version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS processed (
-    message_id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    reply BLOB NOT NULL,
-    event_id TEXT
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    body BLOB NOT NULL
-);
-"""

@@ -5,11 +5,17 @@ confirms: `topology` says what to declare, `connection` where to connect and
 the reconnect loop, `session` one connection's life (confirms, drain on stop),
 `batch` the batch consumer (worker, logger) and `streams` the replay
 consumer's streams; `convert` turns pika's messages into the roles' and
-back. Short-lived operator tools use a BlockingConnection: `admin` (health)
-and `dead` (dead letters). Callers see thelca's errors, never pika's.
+back; `replies` is the second connection that replies and replay streams
+go out on. Short-lived operator tools use a BlockingConnection: `admin`
+(health) and `dead` (dead letters). Callers see thelca's errors, never pika's.
+
+Importing this package contains pika's decoder (`decoding`) for the whole
+process, so that no consumer (worker, logger, replay, the dead-letter tools)
+loses its connection over a header it cannot decode.
 """
 
-from thelca.amqp.admin import queue_consumers
+from thelca.amqp import decoding
+from thelca.amqp.admin import queue_consumers, stuck
 from thelca.amqp.batch import BatchConsumer
 from thelca.amqp.connection import connection_parameters, safe_url
 from thelca.amqp.dead import (
@@ -24,6 +30,8 @@ from thelca.amqp.dead import (
 from thelca.amqp.streams import ReplayConsumer
 from thelca.amqp.topology import Topology, logger_topology, replay_topology, thelca_topology
 from thelca.errors import QueueMissing
+
+decoding.install()  # at import, so before any connection of this process reads a frame
 
 __all__ = [
     "BatchConsumer",
@@ -42,5 +50,6 @@ __all__ = [
     "replay_topology",
     "retry_dead",
     "safe_url",
+    "stuck",
     "thelca_topology",
 ]

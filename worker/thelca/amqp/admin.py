@@ -12,8 +12,12 @@ import pika
 import pika.exceptions
 
 from thelca.amqp.connection import connection_parameters
+from thelca.amqp.topology import stuck_marker
 from thelca.errors import BrokerUnavailable, QueueMissing
 from thelca_client.tls import TlsFiles
+
+NOT_FOUND = 404
+RESOURCE_LOCKED = 405  # an exclusive queue of another connection
 
 
 def connect(
@@ -45,8 +49,28 @@ def queue_consumers(
         frame = connection.channel().queue_declare(queue, passive=True)
         return int(frame.method.consumer_count)
     except pika.exceptions.ChannelClosedByBroker as error:
-        if error.reply_code == 404:
+        if error.reply_code == NOT_FOUND:
             raise QueueMissing(f"no queue {queue}: {error.reply_text}") from None
+        raise BrokerUnavailable(f"the broker refused: {error.reply_text}") from None
+    except pika.exceptions.AMQPError as error:
+        raise BrokerUnavailable(f"the broker dropped the connection: {error!r}") from None
+    finally:
+        close_quietly(connection)
+
+
+def stuck(urls: str, queue: str, timeout: float = 5.0, *, tls: TlsFiles | None = None) -> bool:
+    """Whether a consumer of `queue` is stuck on a batch that keeps failing: it then holds
+    `<queue>.stuck` exclusively, and the broker says so (RESOURCE_LOCKED) to anyone else.
+
+    Raises BrokerUnavailable when no broker answers.
+    """
+    connection = connect(urls, timeout, tls=tls)
+    try:
+        connection.channel().queue_declare(stuck_marker(queue), passive=True)
+        return False  # there, but nobody's own: not a stuck consumer's
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code in (NOT_FOUND, RESOURCE_LOCKED):
+            return bool(error.reply_code == RESOURCE_LOCKED)
         raise BrokerUnavailable(f"the broker refused: {error.reply_text}") from None
     except pika.exceptions.AMQPError as error:
         raise BrokerUnavailable(f"the broker dropped the connection: {error!r}") from None

@@ -3,7 +3,22 @@
 The long-lived consumers (worker, logger) run one: deliveries read from the
 socket together are handed to a BatchHandler as one batch (group commit),
 what it returns is published, and the batch's deliveries are acked with one
-multiple ack once the broker has confirmed every message the batch produced.
+multiple ack once the broker has confirmed every message the batch produced
+on this connection (events, dead letters). Replies go to clients' queues on
+the reply connection (thelca.amqp.replies) and the ack waits for none of them:
+a reply is at most once anyway (direct reply-to drops one whose client is
+gone), and a client that gets none sends the command again with the same
+message_id and gets the reply the store kept.
+
+A batch that fails is tried again with backoff, counted in
+thelca_batch_retries_total. After STUCK_AFTER failures in a row the consumer
+is stuck: it stops taking deliveries (other consumers get the new ones), keeps
+what it holds (returning it would count against the queue's delivery limit,
+and after twenty returns the broker dead-letters commands with their tokens)
+and goes on trying, and it holds `<queue>.stuck` (exclusive, on a channel of
+its own) until the batch goes through: that is where `thelca health` sees it.
+A quorum queue still counts a cancelled consumer that holds deliveries, so the
+consumer count alone cannot tell. thelca_batch_stuck is 1 meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pika
 import pika.channel
@@ -22,12 +38,15 @@ from thelca import metrics
 from thelca.amqp.connection import Reconnecting, SessionLike
 from thelca.amqp.convert import basic_properties, incoming_of
 from thelca.amqp.session import ConnectionSession
-from thelca.amqp.topology import Topology
+from thelca.amqp.topology import Topology, stuck_marker
 from thelca.errors import AuthorityUnavailable, StoreUnavailable
 from thelca.roles.messages import BatchHandler, Incoming, Outgoing
 from thelca_client.tls import TlsFiles
 
 log = logging.getLogger(__name__)
+
+STUCK_AFTER = 5  # failures in a row of the same batch before the consumer stops consuming
+ACCESS_REFUSED = 403
 
 
 class BatchConsumer(Reconnecting):
@@ -83,11 +102,15 @@ class _BatchSession(ConnectionSession[_Batch]):
         self._tidy_scheduled = False
         self._batches: deque[_Batch] = deque()
         self._retry_delay = 0.0
+        self._failures = 0  # of the batch at the head, in a row
+        self._marker: pika.channel.Channel | None = None  # holds <queue>.stuck while stuck
+        self._marking = False
         self._republish_delay = 0.0
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
         self._confirms_pending = metrics.CONFIRMS_PENDING.labels(owner.name)
 
     def _start(self) -> None:
+        metrics.BATCH_STUCK.labels(self.owner.name).set(0)
         self._recover()
         self._consume(self._on_message)
 
@@ -128,6 +151,8 @@ class _BatchSession(ConnectionSession[_Batch]):
             self._retry_later(batch, "see the traceback above")
             return
         self._retry_delay = 0.0
+        if self._failures:
+            self._unstuck()
         del self._waiting[: len(batch)]
         metrics.BATCH_SIZE.labels(self.owner.name).observe(len(batch))
         self._publish_batch([tag for tag, _, _ in batch], publish, [t for _, _, t in batch])
@@ -135,19 +160,77 @@ class _BatchSession(ConnectionSession[_Batch]):
             self._schedule_flush(0)
 
     def _retry_later(self, batch: list[tuple[int, Incoming, float]], why: str) -> None:
+        self._failures += 1
+        metrics.BATCH_RETRIES.labels(self.owner.name).inc()
         self._retry_delay = min(30.0, max(0.5, self._retry_delay * 2))
         log.warning("%s: a batch of %d is retried in %.1fs (%s)", self.owner.name, len(batch),
                     self._retry_delay, why)
+        if self._failures == STUCK_AFTER and self.consumer_tag is not None:
+            log.error("%s: stuck batch: a batch of %d failed %d times in a row; no longer "
+                      "consuming %s until it goes through (it is tried again, at most 30 s "
+                      "apart)", self.owner.name, len(batch), self._failures, self.owner.queue)
+            metrics.BATCH_STUCK.labels(self.owner.name).set(1)
+            self._cancel_consumer()
+            self.owner.on_state(f"stuck batch: not consuming {self.owner.queue}")
+        if self._failures >= STUCK_AFTER:
+            self._mark_stuck()  # again at each failure: another stuck consumer may have let go
         self._schedule_flush(self._retry_delay)
+
+    def _unstuck(self) -> None:
+        """The batch that failed went through: consume again if a stuck batch had stopped it."""
+        self._failures = 0
+        self._unmark_stuck()
+        if self.consumer_tag is None and not self._stop_deadline and not self._closing:
+            log.info("%s: the stuck batch went through; consuming %s again", self.owner.name,
+                     self.owner.queue)
+            metrics.BATCH_STUCK.labels(self.owner.name).set(0)
+            self._consume(self._on_message)
+
+    # ------------------------------------------------------------ the stuck marker
+
+    def _mark_stuck(self) -> None:
+        """Hold <queue>.stuck, on a channel of its own: a refusal (another stuck consumer holds
+        it, or the broker user may not declare it) closes that channel, not the consumer's."""
+        if self._marker is not None or self._marking or self._closing or self.connection is None:
+            return
+        self._marking = True
+        self.connection.channel(on_open_callback=self._on_marker_channel)
+
+    def _on_marker_channel(self, channel: pika.channel.Channel) -> None:
+        self._marking = False
+        if self._failures < STUCK_AFTER or self._closing:  # went through meanwhile
+            channel.close()
+            return
+        self._marker = channel
+        channel.add_on_close_callback(self._on_marker_closed)
+        channel.queue_declare(stuck_marker(self.owner.queue), exclusive=True,
+                              callback=lambda _frame: None)
+
+    def _on_marker_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
+        if self._marker is channel:
+            self._marker = None
+        if getattr(reason, "reply_code", None) == ACCESS_REFUSED:
+            log.warning("%s: cannot hold %s for `thelca health` to see this stuck batch: %s "
+                        "(the README's \"Broker users\" section lists the permission)",
+                        self.owner.name, stuck_marker(self.owner.queue), reason)
+
+    def _unmark_stuck(self) -> None:
+        marker, self._marker = self._marker, None
+        if marker is not None and marker.is_open:
+            marker.queue_delete(stuck_marker(self.owner.queue),
+                                callback=lambda _frame: marker.close())
 
     # ------------------------------------------------------------ publish and ack
 
     def _publish_batch(
         self, delivery_tags: list[int], publish: list[Outgoing], received: list[float]
     ) -> None:
-        assert self.channel is not None
+        assert self.channel is not None and self.replies is not None
         batch = _Batch(delivery_tags, received, publish)
         for message in publish:
+            if not message.exchange:  # thelca sends to the default exchange only to clients
+                self.replies.publish(message)
+                continue
             self.channel.basic_publish(
                 message.exchange, message.routing_key, message.body, basic_properties(message)
             )
@@ -227,7 +310,8 @@ class _BatchSession(ConnectionSession[_Batch]):
         for received in batch.received:
             delivery_seconds.observe(now - received)
         for message in batch.published:
-            metrics.PUBLISHED.labels(role, message.exchange or "(default)").inc()
+            if message.exchange:  # the reply connection counts the replies it delivered
+                metrics.PUBLISHED.labels(role, message.exchange).inc()
 
     def _schedule_tidy(self) -> None:
         # Lets the handler commit its bookkeeping (such as clearing confirmed
@@ -251,7 +335,8 @@ class _BatchSession(ConnectionSession[_Batch]):
     # ------------------------------------------------------------ stop
 
     def _drained(self) -> bool:
-        return not self._waiting and not self._batches
+        return (not self._waiting and not self._batches
+                and (self.replies is None or not self.replies.outstanding))
 
     def _before_close(self) -> None:
         self._run_tidy()

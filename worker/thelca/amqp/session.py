@@ -8,6 +8,10 @@ confirms are pipelined instead of waited for one by one. Stopping cancels
 the consumer, lets what is in flight drain for up to DRAIN_TIMEOUT, then
 closes: whatever is still unacked goes back to the queue.
 
+Messages to clients' queues (replies, replay streams) go out on a second
+connection, `replies` (see thelca.amqp.replies): a reply the broker chokes on
+costs that reply, never this connection and the acks it carries.
+
 Everything happens on the connection's own thread (pika connections are not
 thread-safe); `request_stop()` is the one call that is safe from elsewhere.
 """
@@ -28,7 +32,9 @@ import pika.spec
 
 from thelca import metrics
 from thelca.amqp.connection import Reconnecting, refusal
+from thelca.amqp.replies import ReplyConnection
 from thelca.amqp.topology import declare_steps, run_steps
+from thelca.roles.messages import Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ class ConnectionSession(Generic[P]):
         self.channel: pika.channel.Channel | None = None
         self.consumed = False
         self.consumer_tag: str | None = None
+        self.replies: ReplyConnection[P] | None = None  # opened once the topology is declared
         self._closing = False
         self._stop_deadline = 0.0
         self._next_seq = 1
@@ -80,6 +87,8 @@ class ConnectionSession(Generic[P]):
         try:
             self.connection.ioloop.start()
         finally:
+            if self.replies is not None:
+                self.replies.shutdown()
             self._ended()
 
     def request_stop(self) -> None:
@@ -122,6 +131,8 @@ class ConnectionSession(Generic[P]):
 
     def _close_connection(self) -> None:
         self._closing = True
+        if self.replies is not None:
+            self.replies.close()
         if self.connection is not None and not (
             self.connection.is_closing or self.connection.is_closed
         ):
@@ -147,12 +158,26 @@ class ConnectionSession(Generic[P]):
     def _on_declared(self) -> None:
         if self.owner.stopping:  # a stop asked for while the declarations ran
             self._begin_stop()
-        else:
-            self._start()
+            return
+        assert self.connection is not None
+        self.replies = ReplyConnection(
+            self.owner.name, self.params, self.connection.ioloop,
+            name=f"thelca {self.owner.name} replies {self.owner.queue}",
+            on_confirmed=self._confirmed, on_undeliverable=self._undeliverable,
+            on_returned=self._returned)
+        self.replies.open()
+        self._start()
 
     def _start(self) -> None:
         """The declarations are done: start consuming."""
         raise NotImplementedError
+
+    def _cancel_consumer(self) -> None:
+        """Stop taking deliveries; those already delivered stay ours until acked or closed."""
+        if self.channel is not None and self.consumer_tag is not None and self.channel.is_open:
+            self.channel.basic_cancel(self.consumer_tag)
+        self.consumer_tag = None
+        metrics.CONSUMING.labels(self.owner.name).set(0)
 
     def _consume(self, on_message: Callable[..., None]) -> None:
         assert self.channel is not None
@@ -190,6 +215,12 @@ class ConnectionSession(Generic[P]):
         """The broker confirmed (or, refused, nacked) one publish of each of these."""
         raise NotImplementedError
 
+    def _undeliverable(self, pending: P | None, message: Outgoing, why: str) -> None:
+        """The reply connection dropped a message that cannot be delivered (and its owner's)."""
+
+    def _returned(self, routing_key: str) -> None:
+        """A mandatory message to a client's queue came back: that queue is gone."""
+
     # ------------------------------------------------------------ stop
 
     def _begin_stop(self) -> None:
@@ -197,8 +228,7 @@ class ConnectionSession(Generic[P]):
         if self._stop_deadline:
             return
         self._stop_deadline = time.monotonic() + self.DRAIN_TIMEOUT
-        if self.channel is not None and self.consumer_tag is not None and self.channel.is_open:
-            self.channel.basic_cancel(self.consumer_tag)
+        self._cancel_consumer()
         self._abandon_unfinished()
         self._wait_for_drain()
 

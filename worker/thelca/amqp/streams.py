@@ -8,8 +8,11 @@ and at most `in_flight` of them are unconfirmed at any time, so a request
 for a million events neither floods the broker nor holds the log in memory,
 and a small request is not stuck behind a big one.
 
-A request is acked only once every message of its stream, the end marker
-included, is confirmed. If the consumer dies before that, the broker
+The streams go out on the session's reply connection (thelca.amqp.replies),
+since their reply_to is the subscriber's: a reply_to the broker chokes on
+costs that request alone (abandoned and acked), never the connection that
+holds the other requests. A request is acked only once every message of its
+stream, the end marker included, is confirmed. If the consumer dies before that, the broker
 redelivers the request and the stream starts again from the beginning (a
 subscriber drops the duplicates by event id). A stream whose subscriber
 queue is gone (the publish comes back unroutable) is abandoned and its
@@ -32,10 +35,11 @@ import pika.channel
 import pika.spec
 
 from thelca.amqp.connection import Reconnecting, SessionLike
-from thelca.amqp.convert import basic_properties, incoming_of
+from thelca.amqp.convert import incoming_of
 from thelca.amqp.session import ConnectionSession
 from thelca.amqp.topology import Topology
 from thelca.errors import AuthorityUnavailable
+from thelca.logtext import shown
 from thelca.roles.messages import EventStream, Incoming, Outgoing, StreamOpener
 from thelca_client.tls import TlsFiles
 
@@ -105,9 +109,6 @@ class _ReplaySession(ConnectionSession[_Request]):
             request.stream.close()
         self._requests.clear()
 
-    def _prepare_channel(self, channel: pika.channel.Channel) -> None:
-        channel.add_on_return_callback(self._on_return)
-
     def _start(self) -> None:
         self._consume(self._on_message)
 
@@ -162,10 +163,10 @@ class _ReplaySession(ConnectionSession[_Request]):
     def _pump(self) -> None:
         """One turn for each stream, as far as the confirms in flight allow."""
         self._pump_scheduled = False
-        if self._closing or self.channel is None:
+        if self._closing or self.channel is None or self.replies is None:
             return
         for _ in range(len(self._requests)):
-            room = self.owner.in_flight - len(self._in_flight)
+            room = self.owner.in_flight - self.replies.outstanding
             if room <= 0 or not self._requests:
                 return  # a confirm will schedule the next turn
             request = self._requests[0]
@@ -189,28 +190,32 @@ class _ReplaySession(ConnectionSession[_Request]):
         self._publish(request, messages)
 
     def _publish(self, request: _Request, messages: list[Outgoing]) -> None:
-        assert self.channel is not None
+        assert self.replies is not None
         for message in messages:
-            self.channel.basic_publish(message.exchange, message.routing_key, message.body,
-                                       basic_properties(message), mandatory=True)
-            self._published(request)
+            self.replies.publish(message, request, mandatory=True)
         if request.stream.finished:
             request.ended = True
 
-    def _on_return(
-        self,
-        channel: pika.channel.Channel,
-        method: pika.spec.Basic.Return,
-        properties: pika.spec.BasicProperties,
-        body: bytes,
-    ) -> None:
+    def _returned(self, routing_key: str) -> None:
         """A publish came back unroutable: that subscriber's queue is gone; stop its streams."""
         for request in self._requests:
-            if request.reply_to == method.routing_key and not request.ended:
+            if request.reply_to == routing_key and not request.ended:
                 log.warning("%s: the subscriber queue %s is gone; its replay is abandoned",
-                            self.owner.name, method.routing_key)
+                            self.owner.name, shown(routing_key))
                 request.stream.close()
                 request.ended = True
+
+    def _undeliverable(self, pending: _Request | None, message: Outgoing, why: str) -> None:
+        """The broker chokes on this request's reply_to: abandon it, ack it, serve the others."""
+        if pending is None or pending not in self._requests:
+            return
+        log.warning("%s: replay request %r is abandoned: %s", self.owner.name,
+                    pending.incoming.correlation_id or pending.incoming.message_id, why)
+        pending.stream.close()
+        pending.ended = True
+        self._settle(pending)
+        self._schedule_pump()
+        self._close_if_drained()
 
     def _confirmed(self, confirmed: list[_Request], refused: bool) -> None:
         for request in confirmed:

@@ -99,6 +99,12 @@ def replay_topology(names: Names) -> Topology:
     return Topology((), tuple(q for q in whole.queues if q.name == names.replay))
 
 
+def stuck_marker(queue: str) -> str:
+    """The queue a consumer of `queue` holds while a batch keeps failing: `thelca health`
+    looks for it. Exclusive, so it goes with the consumer's connection; it holds nothing."""
+    return f"{queue}.stuck"
+
+
 def declare_steps(
     channel: pika.channel.Channel, topology: Topology, prefetch: int
 ) -> list[Callable[..., Any]]:

@@ -25,7 +25,9 @@ def configure_logging(level: str, format_: str = "text") -> None:
             "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        from thelca.logtext import OneRecordPerLine
+
+        handler.setFormatter(OneRecordPerLine("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # pika's own INFO lines repeat what thelca says about connections.
     logging.getLogger("pika").setLevel(logging.WARNING)

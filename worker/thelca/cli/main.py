@@ -79,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health", help="exit 0 only when broker, worker and store answer",
         description="Exit 0 only when the broker answers, a worker consumes the commands "
-        "queue and the store answers; 3 otherwise. Says whether a logger runs too. With "
-        "--role logger or replay: only the broker and that role's queue, so that a logger's "
-        "or replay consumer's health does not depend on a worker.")
+        "queue, none is stuck on a batch that keeps failing, and the store answers; 3 "
+        "otherwise. Says whether a logger runs (or is stuck) too. With --role logger or "
+        "replay: only the broker and that role's queue, so that a logger's or replay "
+        "consumer's health does not depend on a worker.")
     health.add_argument("--role", choices=("worker", "logger", "replay"), default="worker",
                         help="whose health to check (default worker)")
     add_options(health, "broker", "store", "logging")
@@ -195,10 +196,13 @@ def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
 
 # ------------------------------------------------------------ health
 
+STUCK = ("a batch keeps failing and a consumer has stopped taking more until it goes "
+         "through; its log says why, under 'stuck batch'")
+
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
     """0 only when the broker answers, a worker consumes the commands and the store answers."""
-    from thelca.amqp import queue_consumers
+    from thelca.amqp import queue_consumers, stuck
     from thelca.bootstrap import tls_files
     from thelca.stores import open_store
 
@@ -211,13 +215,19 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
         workers = queue_consumers(settings.amqp_url, names.commands, tls=tls)
         loggers = queue_consumers(settings.amqp_url, names.events_log, tls=tls)
         print("broker: ok")
-        if workers:
+        if stuck(settings.amqp_url, names.commands, tls=tls):
+            healthy = False
+            print(f"worker: FAILED (stuck batch: {STUCK})")
+        elif workers:
             print(f"worker: ok ({workers} consuming {names.commands})")
         else:
             healthy = False
             print(f"worker: FAILED (nothing consumes {names.commands})")
-        print(f"logger: {'ok' if loggers else 'not running; events wait in the queue'} "
-              f"({loggers} consuming {names.events_log})")
+        if stuck(settings.amqp_url, names.events_log, tls=tls):
+            print(f"logger: stuck batch ({STUCK}); events wait in the queue")
+        else:
+            print(f"logger: {'ok' if loggers else 'not running; events wait in the queue'} "
+                  f"({loggers} consuming {names.events_log})")
     except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         healthy = False
         print(_broker_failure(error, "worker", names.commands))
@@ -243,17 +253,22 @@ def _broker_failure(error: ThelcaError, role: str, queue: str) -> str:
 
 def _role_health(role: str, settings: Settings) -> int:
     """A logger's or replay consumer's health: the broker, and that role on its queue."""
-    from thelca.amqp import queue_consumers
+    from thelca.amqp import queue_consumers, stuck
     from thelca.bootstrap import tls_files
 
     names = settings.names
     queue = names.events_log if role == "logger" else names.replay
+    tls = tls_files(settings)
     try:
-        consumers = queue_consumers(settings.amqp_url, queue, tls=tls_files(settings))
+        consumers = queue_consumers(settings.amqp_url, queue, tls=tls)
+        stuck_batch = role == "logger" and stuck(settings.amqp_url, queue, tls=tls)
     except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         print(_broker_failure(error, role, queue))
         return EXIT_UNAVAILABLE
     print("broker: ok")
+    if stuck_batch:
+        print(f"{role}: FAILED (stuck batch: {STUCK})")
+        return EXIT_UNAVAILABLE
     if not consumers:
         print(f"{role}: FAILED (nothing consumes {queue})")
         return EXIT_UNAVAILABLE

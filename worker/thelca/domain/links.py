@@ -15,7 +15,7 @@ from typing import Any
 
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
-from thelca.domain.model import SERVER_FIELDS, Link, StoredLink
+from thelca.domain.model import SERVER_FIELDS, Link, Origin, StoredLink
 from thelca.errors import Conflict, InvalidCommand, ItemNotFound
 from thelca.stores.base import StoreTransaction
 from thelca_client.contract import (
@@ -33,37 +33,37 @@ ENDS = ("source", "target")
 # ---------------------------------------------------------------- events
 
 
-def link_created(stored: StoredLink, user: str, time: str, command_id: str) -> Event:
+def link_created(stored: StoredLink, user: str, time: str, origin: Origin) -> Event:
     return _link_event(LINK_CREATED, stored, stored.link.to_json(), user,
-                       time=time, command_id=command_id)
+                       time=time, origin=origin)
 
 
-def link_updated(stored: StoredLink, user: str, time: str, command_id: str) -> Event:
+def link_updated(stored: StoredLink, user: str, time: str, origin: Origin) -> Event:
     return _link_event(LINK_UPDATED, stored, stored.link.to_json(), user,
-                       time=time, command_id=command_id)
+                       time=time, origin=origin)
 
 
-def link_read(stored: StoredLink, user: str, time: str, command_id: str) -> Event:
+def link_read(stored: StoredLink, user: str, time: str, origin: Origin) -> Event:
     return _link_event(LINK_READ, stored, stored.link.id, user,
-                       time=time, command_id=command_id)
+                       time=time, origin=origin)
 
 
-def link_deleted(stored: StoredLink, user: str, time: str, command_id: str) -> Event:
+def link_deleted(stored: StoredLink, user: str, time: str, origin: Origin) -> Event:
     """The original server's shape: the value is the link's id; the version it had is extra."""
     return _link_event(LINK_DELETED, stored, stored.link.id, user,
-                       time=time, command_id=command_id)
+                       time=time, origin=origin)
 
 
 def _link_event(
-    kind: str, stored: StoredLink, value: Any, user: str, *, time: str, command_id: str
+    kind: str, stored: StoredLink, value: Any, user: str, *, time: str, origin: Origin
 ) -> Event:
     return Event(
         time=time,
         type=kind,
         user=user,
         value=value,
-        id=model.event_id_for(command_id, kind, user),
-        extra={"version": stored.version, "command_id": command_id},
+        id=model.event_id_for(origin, kind, user),
+        extra={"version": stored.version, "command_id": origin.command_id},
     )
 
 
@@ -92,7 +92,7 @@ class LinkService:
         self.new_id = new_id
 
     def create(
-        self, tx: StoreTransaction, principal: Principal, proposed: JSON, command_id: str
+        self, tx: StoreTransaction, principal: Principal, proposed: JSON, origin: Origin
     ) -> LinkResult:
         for name in SERVER_FIELDS:
             if proposed.get(name) is not None:
@@ -103,14 +103,14 @@ class LinkService:
         link = Link(self.new_id(), now, user, source, target,
                     dict(proposed.get("properties") or {}))
         stored = tx.add_link(link)
-        return LinkResult(stored, link_created(stored, user, now, command_id))
+        return LinkResult(stored, link_created(stored, user, now, origin))
 
     def read(
-        self, tx: StoreTransaction, principal: Principal, link_id: str, command_id: str
+        self, tx: StoreTransaction, principal: Principal, link_id: str, origin: Origin
     ) -> LinkResult:
         stored = self._find(tx, link_id)
         user = self.authority.check_read_link(principal, stored.link)
-        return LinkResult(stored, link_read(stored, user, self.clock(), command_id))
+        return LinkResult(stored, link_read(stored, user, self.clock(), origin))
 
     def update(
         self,
@@ -120,7 +120,7 @@ class LinkService:
         proposed: JSON,
         *,
         expected_version: int | None,
-        command_id: str,
+        origin: Origin,
     ) -> LinkResult:
         current = self._find(tx, link_id)
         _check_unchanged(current.link, link_id, proposed)
@@ -130,7 +130,7 @@ class LinkService:
         user = self.authority.check_update_link(principal, current.link, new_link)
         _check_version(expected_version, current)
         stored = tx.replace_link(new_link, current.version + 1)
-        return LinkResult(stored, link_updated(stored, user, self.clock(), command_id))
+        return LinkResult(stored, link_updated(stored, user, self.clock(), origin))
 
     def delete(
         self,
@@ -139,13 +139,13 @@ class LinkService:
         link_id: str,
         *,
         expected_version: int | None,
-        command_id: str,
+        origin: Origin,
     ) -> LinkResult:
         current = self._find(tx, link_id)
         user = self.authority.check_delete_link(principal, current.link)
         _check_version(expected_version, current)
         tx.delete_link(link_id, current.version)
-        return LinkResult(current, link_deleted(current, user, self.clock(), command_id))
+        return LinkResult(current, link_deleted(current, user, self.clock(), origin))
 
     @staticmethod
     def _find(tx: StoreTransaction, link_id: str) -> StoredLink:

@@ -21,11 +21,13 @@ from thelca_client.contract import (
     Event,
 )
 
-# Event ids are derived from the command's message_id, the event's type and its
-# user, so that a redelivered command, or a read answered afresh, produces an
-# event with the same id, while a 401 and a later successful attempt with the
-# same message_id (refusals before authentication are not remembered) do not
-# collide and both reach the log.
+# Event ids are derived from the seed of the delivery that caused them (its
+# Origin), the event's type and its user. The seed is the same only for a
+# redelivery of the same message (the command role makes it: thelca.roles.
+# fingerprints), so a redelivered command produces an event with the same id and
+# the logger drops the copy, while a reused message_id with another body or
+# token gets events of its own; and a 401 and a later successful attempt of one
+# message (refusals before authentication are not remembered) do not collide.
 EVENT_NAMESPACE = uuid.UUID("6f1c2a52-8f0e-4c55-9a57-2a8f4c1f7d10")
 SERVER_FIELDS = ("id", "created_at", "created_by")
 
@@ -106,6 +108,15 @@ class StoredLink:
     version: int
 
 
+@dataclass(frozen=True)
+class Origin:
+    """The delivery an event comes from: the command's id, as the log's `command_id` shows
+    it, and the seed its events' ids derive from (opaque here)."""
+
+    command_id: str
+    id_seed: str
+
+
 def utc_now() -> str:
     """ISO 8601 UTC with microseconds and +00:00, as the contract writes times."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
@@ -115,32 +126,32 @@ def new_item_id() -> str:
     return str(uuid.uuid4())
 
 
-def event_id_for(command_id: str, kind: str, user: str | None) -> str:
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{command_id}\x1f{kind}\x1f{user or ''}"))
+def event_id_for(origin: Origin, kind: str, user: str | None) -> str:
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{origin.id_seed}\x1f{kind}\x1f{user or ''}"))
 
 
-def item_created(stored: StoredItem, user: str, time: str, command_id: str) -> Event:
-    return _item_event(ITEM_CREATED, stored, user, time, command_id)
+def item_created(stored: StoredItem, user: str, time: str, origin: Origin) -> Event:
+    return _item_event(ITEM_CREATED, stored, user, time, origin)
 
 
-def item_updated(stored: StoredItem, user: str, time: str, command_id: str) -> Event:
-    return _item_event(ITEM_UPDATED, stored, user, time, command_id)
+def item_updated(stored: StoredItem, user: str, time: str, origin: Origin) -> Event:
+    return _item_event(ITEM_UPDATED, stored, user, time, origin)
 
 
-def item_read(stored: StoredItem, user: str, time: str, command_id: str) -> Event:
+def item_read(stored: StoredItem, user: str, time: str, origin: Origin) -> Event:
     return Event(
         time=time,
         type=ITEM_READ,
         user=user,
         value=stored.item.id,
-        id=event_id_for(command_id, ITEM_READ, user),
-        extra={"version": stored.version, "command_id": command_id},
+        id=event_id_for(origin, ITEM_READ, user),
+        extra={"version": stored.version, "command_id": origin.command_id},
     )
 
 
 def access_refused(
     command: str | None, item_id: str | None, status: int, *, user: str | None, time: str,
-    command_id: str,
+    origin: Origin,
 ) -> Event:
     value: JSON = {}
     if command is not None:
@@ -153,17 +164,17 @@ def access_refused(
         type=ACCESS_REFUSED,
         user=user,
         value=value,
-        id=event_id_for(command_id, ACCESS_REFUSED, user),
-        extra={"command_id": command_id},
+        id=event_id_for(origin, ACCESS_REFUSED, user),
+        extra={"command_id": origin.command_id},
     )
 
 
-def _item_event(kind: str, stored: StoredItem, user: str, time: str, command_id: str) -> Event:
+def _item_event(kind: str, stored: StoredItem, user: str, time: str, origin: Origin) -> Event:
     return Event(
         time=time,
         type=kind,
         user=user,
         value=stored.item.to_json(),
-        id=event_id_for(command_id, kind, user),
-        extra={"version": stored.version, "command_id": command_id},
+        id=event_id_for(origin, kind, user),
+        extra={"version": stored.version, "command_id": origin.command_id},
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
+from thelca.domain.model import Origin
 from thelca.errors import InvalidCommand
 from thelca.stores.base import Found, StoreTransaction
 from thelca_client.contract import ITEM_SEARCH, JSON, LINK_SEARCH, Event, SearchItems, SearchLinks
@@ -36,31 +37,31 @@ class SearchService:
         self.clock = clock
 
     def search_items(
-        self, tx: StoreTransaction, principal: Principal, query: SearchItems, command_id: str
+        self, tx: StoreTransaction, principal: Principal, query: SearchItems, origin: Origin
     ) -> Page:
         found = tx.search_items(query.where, after=query.after, limit=query.limit)
         if found is None:
             raise InvalidCommand(f"after: no item has the id {query.after}")
         user = self.authority.check_search_items(principal, query.where)
         results = [item.to_json() for item in found.results]
-        return self._page(ITEM_SEARCH, results, found, user, command_id=command_id,
+        return self._page(ITEM_SEARCH, results, found, user, origin=origin,
                           query={"where": query.where, "limit": query.limit,
                                  "after": query.after})
 
     def search_links(
-        self, tx: StoreTransaction, principal: Principal, query: SearchLinks, command_id: str
+        self, tx: StoreTransaction, principal: Principal, query: SearchLinks, origin: Origin
     ) -> Page:
         found = tx.search_links(query.end, query.item_id, after=query.after, limit=query.limit)
         if found is None:
             raise InvalidCommand(f"after: no link has the id {query.after}")
         user = self.authority.check_search_links(principal, query.query)
         results = [link.to_json() for link in found.results]
-        return self._page(LINK_SEARCH, results, found, user, command_id=command_id,
+        return self._page(LINK_SEARCH, results, found, user, origin=origin,
                           query={**query.query, "limit": query.limit, "after": query.after})
 
     def _page(
         self, kind: str, results: list[JSON], found: Found[Any], user: str, *,
-        command_id: str, query: JSON,
+        origin: Origin, query: JSON,
     ) -> Page:
         ids = [result["id"] for result in results]
         following = ids[-1] if found.more and ids else None
@@ -69,7 +70,7 @@ class SearchService:
             type=kind,
             user=user,
             value=ids,
-            id=model.event_id_for(command_id, kind, user),
-            extra={"query": query, "next": following, "command_id": command_id},
+            id=model.event_id_for(origin, kind, user),
+            extra={"query": query, "next": following, "command_id": origin.command_id},
         )
         return Page(results, following, event)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
 from thelca.domain.links import LinkService
-from thelca.domain.model import SERVER_FIELDS, Item, StoredItem
+from thelca.domain.model import SERVER_FIELDS, Item, Origin, StoredItem
 from thelca.domain.search import SearchService
 from thelca.errors import Conflict, InvalidCommand, ItemNotFound
 from thelca.stores.base import StoreTransaction
@@ -44,7 +44,7 @@ class ItemService:
         self.search = SearchService(authority, clock)
 
     def create(
-        self, tx: StoreTransaction, principal: Principal, proposed: JSON, command_id: str
+        self, tx: StoreTransaction, principal: Principal, proposed: JSON, origin: Origin
     ) -> Result:
         for name in SERVER_FIELDS:
             if proposed.get(name) is not None:
@@ -53,14 +53,14 @@ class ItemService:
         now = self.clock()
         item = Item(self.new_id(), now, user, dict(proposed.get("properties") or {}))
         stored = tx.add_item(item)
-        return Result(stored, model.item_created(stored, user, now, command_id))
+        return Result(stored, model.item_created(stored, user, now, origin))
 
     def read(
-        self, tx: StoreTransaction, principal: Principal, item_id: str, command_id: str
+        self, tx: StoreTransaction, principal: Principal, item_id: str, origin: Origin
     ) -> Result:
         stored = self._find(tx, item_id)
         user = self.authority.check_read_item(principal, stored.item)
-        return Result(stored, model.item_read(stored, user, self.clock(), command_id))
+        return Result(stored, model.item_read(stored, user, self.clock(), origin))
 
     def update(
         self,
@@ -70,7 +70,7 @@ class ItemService:
         proposed: JSON,
         *,
         expected_version: int | None,
-        command_id: str,
+        origin: Origin,
     ) -> Result:
         current = self._find(tx, item_id)
         new_item = _checked_update(current.item, item_id, proposed)
@@ -81,7 +81,7 @@ class ItemService:
                 f"is at version {current.version}"
             )
         stored = tx.replace_item(new_item, current.version + 1)
-        return Result(stored, model.item_updated(stored, user, self.clock(), command_id))
+        return Result(stored, model.item_updated(stored, user, self.clock(), origin))
 
     @staticmethod
     def _find(tx: StoreTransaction, item_id: str) -> StoredItem:

@@ -1,14 +1,20 @@
 """The worker's role: from a delivered command to a reply and an event.
 
-For each command, in the contract's order: size (413), token (401), a user
-id the store cannot keep (400), the idempotency record, then the service
-(400, 404, 403, 409) through the command's handler (thelca.roles.handlers).
-Everything a batch changes — items, the processed-command records with their
-replies, the outbox of events — is committed in one store transaction, each
-command inside its own savepoint, before anything is published. The plumbing acks
-the batch only once the broker has confirmed every reply and event, and the
-outbox keeps each event until then, so a crash at any point can neither lose
-an event nor apply a command twice.
+For each command, in the contract's order: a reply_to naming one of
+thelca's own queues (not executed at all: to the dead letters), properties
+that cannot be used as sent (400), size (413), token (401), a user id the
+store cannot keep (400), the idempotency record (a different command under a
+used message_id: 409), then the service (400, 404, 403, 409) through the
+command's handler (thelca.roles.handlers). Event ids derive from what makes a
+delivery itself (thelca.roles.fingerprints), so that only a redelivery of the
+same message repeats one. Everything a batch changes — items, the
+processed-command records with their replies, the outbox of events — is
+committed in one store transaction, each command inside its own savepoint,
+before anything is published; whatever fails while one command's outcome is
+built costs that command alone (a 500), never its batch. The plumbing acks
+the batch only once the broker has confirmed every event (replies go out on
+a connection of their own), and the outbox keeps each event until then, so a
+crash at any point can neither lose an event nor apply a command twice.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import orjson
 from thelca import metrics
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
+from thelca.domain.model import Origin
 from thelca.domain.service import ItemService
 from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
+from thelca.logtext import shown
+from thelca.roles import fingerprints
 from thelca.roles.handlers import HANDLERS, Context
 from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
@@ -46,6 +55,7 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
 NUL_USER_ID = ("the user id contains a NUL character (\\u0000), which this store cannot keep "
                "outside properties")
+DIFFERENT_COMMAND = "message_id already used for a different command"
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class CommandRole:
         self.service = service or ItemService(authority)
         self._confirmed_event_ids: list[str] = []
         self._outboxed: set[str] = set()  # ids of published events that the outbox holds
+        self._key: bytes | None = None  # the store's deployment key, read once
 
     # ------------------------------------------------------------ BatchHandler
 
@@ -82,11 +93,13 @@ class CommandRole:
         return [self._event_message_from_outbox(event) for event in self.store.pending_outbox()]
 
     def handle(self, batch: list[Incoming]) -> list[Outgoing]:
+        if self._key is None:  # in a transaction of its own, before the batch's
+            self._key = self.store.deployment_key()
         confirmed, self._confirmed_event_ids = self._confirmed_event_ids, []
         try:
             with self.store.transaction() as tx:
                 tx.remove_outbox(confirmed)
-                return [out for message in batch for out in self._handle_one(tx, message)]
+                return [out for message in batch for out in self._guarded(tx, message)]
         except BaseException:
             self._confirmed_event_ids = confirmed + self._confirmed_event_ids
             raise
@@ -119,20 +132,38 @@ class CommandRole:
 
     # ------------------------------------------------------------ one command
 
+    def _guarded(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+        """One command's reply and event; whatever fails in building them costs this
+        command alone (a 500 and a dead letter), never its batch.
+
+        Only an unavailable store or Authority fails the batch, to be tried again.
+        What a command wrote is inside its own savepoint, undone when it raised.
+        """
+        try:
+            return self._handle_one(tx, message)
+        except (StoreUnavailable, AuthorityUnavailable):
+            raise
+        except Exception:
+            return self._poison_or_drop(message)
+
     def _handle_one(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+        refused = self._refused_up_front(message)
+        if refused is not None:
+            return refused
         # Without a message_id a command cannot be idempotent; it is still served,
         # under an id of its own, and the worker's log says so.
         command_id = message.message_id or f"generated-{uuid.uuid4()}"
         if not message.message_id:
             log.warning("a command without message_id is served without idempotency "
                         "(generated %s)", command_id)
-        if len(message.body) > self.max_body:
-            return self._reply(message, Reply(
-                413, error=f"the body is larger than the limit of {self.max_body} bytes"))
+        fingerprint = fingerprints.fingerprint(message.body)
+        assert self._key is not None  # read by handle()
+        origin = Origin(command_id, fingerprints.id_seed(self._key, command_id, fingerprint,
+                                                         message.headers))
         try:
             principal = self.authority.authenticate(bearer_token(message.headers))
         except (CommandRefused, ContractError) as refused:  # both are 401s here
-            return self._refused_before_auth(message, command_id, str(refused))
+            return self._refused_before_auth(message, origin, str(refused))
         except AuthorityUnavailable:
             raise
         except Exception:  # a token the Authority's library chokes on: this message only
@@ -141,10 +172,30 @@ class CommandRole:
             # Neither the item's created_by nor the record of the command could be kept;
             # refused before anything is written, so not remembered either.
             return self._reply(message, Reply(400, error=NUL_USER_ID))
+        return self._in_savepoint(tx, message, principal, origin, fingerprint)
+
+    def _refused_up_front(self, message: Incoming) -> list[Outgoing] | None:
+        """What is refused before the token is even read, neither remembered nor audited:
+        a reply_to of thelca's own, properties that cannot be used, a body over the limit."""
+        if self.names.owns(message.reply_to):
+            return self._hijacked(message)
+        if _unreadable(message):
+            return self._refuse_unreadable(message)
+        if len(message.body) > self.max_body:
+            return self._reply(message, Reply(
+                413, error=f"the body is larger than the limit of {self.max_body} bytes"))
+        return None
+
+    def _in_savepoint(
+        self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
+        fingerprint: str,
+    ) -> list[Outgoing]:
+        """The authenticated command in a savepoint of its own, run again if another
+        writer won a race for its rows."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with tx.savepoint():
-                    return self._authenticated(tx, message, principal, command_id)
+                    return self._authenticated(tx, message, principal, origin, fingerprint)
             except (StoreUnavailable, AuthorityUnavailable):
                 raise
             except ConcurrentUpdate:
@@ -158,16 +209,17 @@ class CommandRole:
         raise AssertionError("unreachable")
 
     def _authenticated(
-        self, tx: StoreTransaction, message: Incoming, principal: Principal, command_id: str
+        self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
+        fingerprint: str,
     ) -> list[Outgoing]:
         """Everything after the token check, undone as a whole if it raises."""
         if message.message_id:
             prior = tx.get_processed(message.message_id)
             if prior is not None:
-                return self._repeat(tx, message, principal, prior)
-        outcome = self._serve(tx, principal, message, command_id)
+                return self._repeat(tx, message, principal, prior, fingerprint)
+        outcome = self._serve(tx, principal, message, origin)
         if message.message_id and _remembered(outcome.command):
-            self._remember(tx, message.message_id, outcome)
+            self._remember(tx, message.message_id, outcome, fingerprint)
         command = outcome.command.name if outcome.command else None
         out = self._reply(message, outcome.reply, command)
         if outcome.event is not None:
@@ -175,15 +227,15 @@ class CommandRole:
         return out
 
     def _serve(
-        self, tx: StoreTransaction, principal: Principal, message: Incoming, command_id: str
+        self, tx: StoreTransaction, principal: Principal, message: Incoming, origin: Origin
     ) -> _Outcome:
         command: Command | None = None
         try:
             command = decode_command(message.body)
             handler = HANDLERS[type(command)]
-            served = handler.handle(Context(self.service, tx, principal, command_id), command)
+            served = handler.handle(Context(self.service, tx, principal, origin), command)
         except (CommandRefused, ContractError) as refused:
-            return self._refusal(refused, principal, command, command_id)
+            return self._refusal(refused, principal, command, origin)
         return _Outcome(served.reply, served.event, principal.user_id, command)
 
     def _refusal(
@@ -191,45 +243,50 @@ class CommandRole:
         refused: CommandRefused | ContractError,
         principal: Principal,
         command: Command | None,
-        command_id: str,
+        origin: Origin,
     ) -> _Outcome:
         event = None
         if refused.status == 403:
             event = model.access_refused(
                 command.name if command else None, _named_id(command),
-                403, user=principal.user_id, time=model.utc_now(), command_id=command_id)
+                403, user=principal.user_id, time=model.utc_now(), origin=origin)
         return _Outcome(Reply(refused.status, error=str(refused)), event,
                         principal.user_id, command)
 
     def _refused_before_auth(
-        self, message: Incoming, command_id: str, why: str
+        self, message: Incoming, origin: Origin, why: str
     ) -> list[Outgoing]:
         command, item_id = _peek(message.body)
         event = model.access_refused(command, item_id, 401, user=None, time=model.utc_now(),
-                                     command_id=command_id)
+                                     origin=origin)
         out = self._reply(message, Reply(401, error=why))
         out.append(self._event_message(event))
         return out
 
     def _repeat(
         self, tx: StoreTransaction, message: Incoming, principal: Principal,
-        prior: ProcessedCommand,
+        prior: ProcessedCommand, fingerprint: str,
     ) -> list[Outgoing]:
-        """A message_id seen before: the same reply again, and nothing changes."""
+        """A message_id seen before: the same command gets the same reply again, and nothing
+        changes; another command under it is refused, as a reused idempotency key is."""
         if prior.user_id != principal.user_id:
             return self._reply(message, Reply(
                 409, error=f"message_id {message.message_id} was already used by another user"))
+        if prior.fingerprint is not None and prior.fingerprint != fingerprint:
+            return self._reply(message, Reply(409, error=DIFFERENT_COMMAND))
         out = self._reply_bytes(message, prior.reply)
         pending = tx.get_outbox(prior.event_id) if prior.event_id else None
         if pending is not None:  # not yet confirmed: publish again, same id
             out.append(self._event_message_from_outbox(pending))
         return out
 
-    def _remember(self, tx: StoreTransaction, message_id: str, outcome: _Outcome) -> None:
+    def _remember(
+        self, tx: StoreTransaction, message_id: str, outcome: _Outcome, fingerprint: str
+    ) -> None:
         event = outcome.event
         tx.add_processed(ProcessedCommand(
             message_id, outcome.user or "", encode_reply(outcome.reply),
-            event.id if event else None))
+            event.id if event else None, fingerprint))
         if event is not None:
             tx.add_outbox(OutboxEvent(event.id, encode_event(event)))
             self._outboxed.add(event.id)
@@ -238,12 +295,51 @@ class CommandRole:
         """An unexpected failure: answer 500, keep the command in the dead letters."""
         error_id = uuid.uuid4().hex[:12]
         log.exception("command %s failed unexpectedly (error id %s); dead-lettered",
-                      message.message_id, error_id)
+                      shown(message.message_id), error_id)
         out = self._reply(message, Reply(
             500, error=f"internal error; the worker's log has it under error id {error_id}"))
         out.append(dead_letter(message, self.names.dead, f"exception (error id {error_id})",
                                user=principal.user_id if principal else None))
         metrics.DEAD_LETTERS.labels("worker").inc()
+        return out
+
+    def _hijacked(self, message: Incoming) -> list[Outgoing]:
+        """A reply_to that names one of thelca's own queues (its log, its commands, its dead
+        letters...): not executed and nothing published there, so that no client can write
+        into thelca through a reply; kept in the dead letters, without its token."""
+        reason = (f"reply_to names thelca's own queue {shown(message.reply_to)}: replies go "
+                  "to clients, never into thelca; not executed")
+        log.warning("a command (message_id %s) went to %s: %s", shown(message.message_id),
+                    self.names.dead, reason)
+        metrics.DEAD_LETTERS.labels("worker").inc()
+        return [dead_letter(message, self.names.dead, reason)]
+
+    def _poison_or_drop(self, message: Incoming) -> list[Outgoing]:
+        """A 500 and a dead letter; if even those cannot be built, the command is dropped
+        (acked unanswered) with an error line, so that it cannot stop the worker."""
+        try:
+            return self._poison(message, None)
+        except Exception:
+            log.exception("a command could not even be dead-lettered; dropped")
+            metrics.COMMANDS.labels("unknown", "500").inc()
+            return []
+
+    def _refuse_unreadable(self, message: Incoming) -> list[Outgoing]:
+        """Properties that cannot be used as sent (a message_id that is not UTF-8, a reply_to
+        that no reply can reach): refused first, like a body over the limit, so neither
+        remembered nor an event. Answered 400 when the reply_to can be used, else kept
+        once in the dead letters (without the token) for the operator."""
+        why = "; ".join(f"the {name} property is {what}"
+                        for name, what in sorted(_unreadable(message).items()))
+        log.warning("a command was refused: %s", why)
+        if "reply_to" in message.unreadable:
+            metrics.COMMANDS.labels(self._command_name(message), "400").inc()
+            out: list[Outgoing] = []
+        else:
+            out = self._reply(message, Reply(400, error=why))
+        if not out:  # nobody to answer
+            out.append(dead_letter(message, self.names.dead, f"refused: {why}"))
+            metrics.DEAD_LETTERS.labels("worker").inc()
         return out
 
     # ------------------------------------------------------------ messages
@@ -283,6 +379,12 @@ class CommandRole:
         kind = orjson.loads(event.body).get("type")
         return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
                         type=kind if isinstance(kind, str) else None)
+
+
+def _unreadable(message: Incoming) -> dict[str, str]:
+    """The properties a command's reply depends on that cannot be used as sent, and why."""
+    return {name: why for name, why in message.unreadable.items()
+            if name in ("message_id", "correlation_id", "reply_to")}
 
 
 def _remembered(command: Command | None) -> bool:

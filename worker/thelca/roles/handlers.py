@@ -1,7 +1,7 @@
 """One handler per command type, and the table the worker serves commands from.
 
 A handler gets the decoded command and what it runs in (the service, the
-store transaction, the authenticated principal, the command's id) and
+store transaction, the authenticated principal, the delivery's origin) and
 returns the reply and the event; refusals are raised (thelca.errors), and
 the command role (thelca.roles.commands) turns them into replies. A new
 command is a shape in thelca_client.contract, a handler here and its entry
@@ -16,6 +16,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from thelca.authority.base import Principal
 from thelca.domain.links import LinkResult
+from thelca.domain.model import Origin
 from thelca.domain.search import Page
 from thelca.domain.service import ItemService, Result
 from thelca.stores.base import StoreTransaction
@@ -39,13 +40,13 @@ C = TypeVar("C", bound=Command)
 
 @dataclass(frozen=True)
 class Context:
-    """What a handler runs in: the service, the batch's transaction, who asks, and the id
-    that the command's event is derived from."""
+    """What a handler runs in: the service, the batch's transaction, who asks, and the
+    delivery the command's event comes from (its command_id and the seed of its id)."""
 
     service: ItemService
     tx: StoreTransaction
     principal: Principal
-    command_id: str
+    origin: Origin
 
 
 @dataclass(frozen=True)
@@ -68,18 +69,18 @@ class Handler(Generic[C]):
 
 def create_item(context: Context, command: CreateItem) -> Served:
     return _item_reply(context.service.create(
-        context.tx, context.principal, command.item, context.command_id))
+        context.tx, context.principal, command.item, context.origin))
 
 
 def read_item(context: Context, command: ReadItem) -> Served:
     return _item_reply(context.service.read(
-        context.tx, context.principal, command.id, context.command_id))
+        context.tx, context.principal, command.id, context.origin))
 
 
 def update_item(context: Context, command: UpdateItem) -> Served:
     return _item_reply(context.service.update(
         context.tx, context.principal, command.id, command.item,
-        expected_version=command.expected_version, command_id=context.command_id))
+        expected_version=command.expected_version, origin=context.origin))
 
 
 def _item_reply(result: Result) -> Served:
@@ -89,24 +90,24 @@ def _item_reply(result: Result) -> Served:
 
 def create_link(context: Context, command: CreateLink) -> Served:
     return _link_reply(context.service.links.create(
-        context.tx, context.principal, command.link, context.command_id))
+        context.tx, context.principal, command.link, context.origin))
 
 
 def read_link(context: Context, command: ReadLink) -> Served:
     return _link_reply(context.service.links.read(
-        context.tx, context.principal, command.id, context.command_id))
+        context.tx, context.principal, command.id, context.origin))
 
 
 def update_link(context: Context, command: UpdateLink) -> Served:
     return _link_reply(context.service.links.update(
         context.tx, context.principal, command.id, command.link,
-        expected_version=command.expected_version, command_id=context.command_id))
+        expected_version=command.expected_version, origin=context.origin))
 
 
 def delete_link(context: Context, command: DeleteLink) -> Served:
     return _link_reply(context.service.links.delete(
         context.tx, context.principal, command.id,
-        expected_version=command.expected_version, command_id=context.command_id))
+        expected_version=command.expected_version, origin=context.origin))
 
 
 def _link_reply(result: LinkResult) -> Served:
@@ -117,12 +118,12 @@ def _link_reply(result: LinkResult) -> Served:
 
 def search_items(context: Context, command: SearchItems) -> Served:
     return _page_reply("items", context.service.search.search_items(
-        context.tx, context.principal, command, context.command_id))
+        context.tx, context.principal, command, context.origin))
 
 
 def search_links(context: Context, command: SearchLinks) -> Served:
     return _page_reply("links", context.service.search.search_links(
-        context.tx, context.principal, command, context.command_id))
+        context.tx, context.principal, command, context.origin))
 
 
 def _page_reply(key: str, page: Page) -> Served:

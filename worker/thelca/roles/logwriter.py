@@ -12,6 +12,7 @@ import logging
 from thelca import metrics
 from thelca.eventlog.format import to_line
 from thelca.eventlog.writer import EventLogWriter
+from thelca.logtext import shown
 from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca_client.contract import Names
 
@@ -63,6 +64,6 @@ class LogWriterRole:
 
     def _dead_letter(self, message: Incoming, reason: str) -> Outgoing:
         log.error("an event that is not a JSON object (message_id %s) went to %s: %s",
-                  message.message_id, self.names.dead, reason)
+                  shown(message.message_id), self.names.dead, shown(reason))
         metrics.DEAD_LETTERS.labels("logger").inc()
         return dead_letter(message, self.names.dead, f"logger: {reason}")

@@ -14,7 +14,12 @@ from thelca_client.contract import DEAD_REASON_HEADER, DEAD_REPLY_TO_HEADER, DEA
 
 @dataclass(frozen=True)
 class Incoming:
-    """A message as the broker delivered it, without pika's types."""
+    """A message as the broker delivered it, without pika's types.
+
+    `unreadable` names the properties that cannot be used as sent, and why (a
+    message_id that is not UTF-8, a reply_to that no reply can reach): their
+    values here only show what came.
+    """
 
     body: bytes
     message_id: str | None = None
@@ -23,6 +28,7 @@ class Incoming:
     headers: dict[str, Any] = field(default_factory=dict)
     type: str | None = None
     redelivered: bool = False
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

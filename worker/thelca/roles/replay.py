@@ -1,11 +1,15 @@
 """Replay: the events of the log, streamed to a subscriber that asks for them.
 
-A request is checked in this order: the token (401), the Authority's
-`check_read_events` (403), then the body (400). A refused request gets only
-the end marker, with its status and an error. An accepted one reads the log
-as it is at that moment (segments, then the live file: a LogSnapshot) and
-yields each matching event as its own message, in log order, with the same
-body as on the fanout exchange, then the end marker with the count.
+A request whose reply_to names one of thelca's own queues (the log's, the
+commands', the dead letters') is not answered at all: it goes to the dead
+letters without its token, so that no client can turn the log into messages
+published into thelca. Any other request is checked in this order: the token
+(401), the Authority's `check_read_events` (403), then the body (400). A
+refused request gets only the end marker, with its status and an error. An
+accepted one reads the log as it is at that moment (segments, then the live
+file: a LogSnapshot) and yields each matching event as its own message, in
+log order, with the same body as on the fanout exchange, then the end marker
+with the count.
 
 Nothing here knows about pika: the AMQP side (thelca.amqp.streams) asks each
 stream for a few messages at a time and publishes them with flow control.
@@ -19,15 +23,18 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from thelca import metrics
 from thelca.authority.base import Authority
 from thelca.errors import CommandRefused
 from thelca.eventlog.format import LogLine
 from thelca.eventlog.reader import LogSnapshot
-from thelca.roles.messages import Incoming, Outgoing
+from thelca.logtext import shown
+from thelca.roles.messages import EventStream, Incoming, Outgoing, dead_letter
 from thelca_client.contract import (
     REPLAY_END_HEADER,
     STATUS_HEADER,
     ContractError,
+    Names,
     ReplayRequest,
     bearer_token,
     decode_replay_request,
@@ -44,27 +51,38 @@ LINES_PER_TAKE = 5000  # lines read at most per take(), so a sparse filter canno
 class ReplayRole:
     """The replay role: opens a stream of the event log for each replay request."""
 
-    def __init__(self, log_path: str | Path, authority: Authority) -> None:
+    def __init__(self, log_path: str | Path, authority: Authority, names: Names) -> None:
         self.log_path = Path(log_path)
         self.authority = authority
+        self.names = names
 
     def broken(self, request: Incoming, error_id: str) -> ReplayStream:
         return ReplayStream(request.reply_to, request.correlation_id or request.message_id,
                             None, status=500, error="internal error; the replay consumer's "
                             f"log has it under error id {error_id}")
 
-    def open(self, request: Incoming) -> ReplayStream:
+    def open(self, request: Incoming) -> EventStream:
         """The stream that answers this request: the events, or a refusal."""
         correlation_id = request.correlation_id or request.message_id
+        if self.names.owns(request.reply_to):
+            return self._hijacked(request)
         if not request.reply_to:
             log.warning("replay: a request without reply_to (correlation_id %s) cannot be "
-                        "answered; dropped", correlation_id)
+                        "answered; dropped", shown(correlation_id))
             return ReplayStream(None, correlation_id, None, status=400, error="no reply_to")
+        unreadable = {name: why for name, why in request.unreadable.items()
+                      if name in ("message_id", "correlation_id", "reply_to")}
+        if unreadable:  # refused before the token, like a request without reply_to
+            why = "; ".join(f"the {name} property is {what}"
+                            for name, what in sorted(unreadable.items()))
+            log.warning("replay: a request was refused: %s", why)
+            reply_to = None if "reply_to" in unreadable else request.reply_to
+            return ReplayStream(reply_to, correlation_id, None, status=400, error=why)
         try:
             user, wanted = self._check(request)
         except (CommandRefused, ContractError) as refused:
-            log.info("replay: request %s refused with %d: %s", correlation_id, refused.status,
-                     refused)
+            log.info("replay: request %s refused with %d: %s", shown(correlation_id),
+                     refused.status, shown(str(refused)))
             return ReplayStream(request.reply_to, correlation_id, None, status=refused.status,
                                 error=str(refused))
         try:
@@ -76,10 +94,20 @@ class ReplayRole:
             return ReplayStream(request.reply_to, correlation_id, None, status=500,
                                 error="the event log cannot be read; the replay consumer's "
                                 "log says why")
-        log.info("replay: request %s from %s: since %s, until %s, types %s", correlation_id,
-                 user, wanted.since or "-", wanted.until or "-",
-                 ", ".join(wanted.types) if wanted.types is not None else "all")
+        log.info("replay: request %s from %s: since %s, until %s, types %s",
+                 shown(correlation_id), shown(user), shown(wanted.since), shown(wanted.until),
+                 shown(", ".join(wanted.types)) if wanted.types is not None else "all")
         return ReplayStream(request.reply_to, correlation_id, snapshot, wanted=wanted)
+
+    def _hijacked(self, request: Incoming) -> EventStream:
+        """Not answered, since its reply_to is thelca's own: the dead letters keep it."""
+        reason = (f"reply_to names thelca's own queue {shown(request.reply_to)}: replies go "
+                  "to clients, never into thelca; not answered")
+        log.warning("replay: request %s went to %s: %s",
+                    shown(request.correlation_id or request.message_id), self.names.dead,
+                    reason)
+        metrics.DEAD_LETTERS.labels("replay").inc()
+        return DeadLettered(dead_letter(request, self.names.dead, reason))
 
     def _check(self, request: Incoming) -> tuple[str, ReplayRequest]:
         """The user and the request, in the order: token (401), scope (403), body (400)."""
@@ -132,12 +160,12 @@ class ReplayStream:
                     return out
         except OSError as error:  # a segment removed or unreadable while streaming
             log.error("replay: request %s: the event log could not be read: %s",
-                      self.correlation_id, error)
+                      shown(self.correlation_id), error)
             self.status, self.error = 500, ("the event log could not be read; the replay "
                                             "consumer's log says why")
         out.append(self.end())
         self.finished = True
-        log.info("replay: request %s: %d events sent in %.1fs", self.correlation_id,
+        log.info("replay: request %s: %d events sent in %.1fs", shown(self.correlation_id),
                  self.count, time.monotonic() - self.started)
         return out
 
@@ -169,6 +197,23 @@ class ReplayStream:
             close()
         if self._snapshot is not None:
             self._snapshot.close()
+        self.finished = True
+
+
+class DeadLettered:
+    """A request not answered but dead-lettered: its one message is the dead letter."""
+
+    def __init__(self, letter: Outgoing) -> None:
+        self.letter = letter
+        self.finished = False
+
+    def take(self, limit: int) -> list[Outgoing]:
+        if self.finished:
+            return []
+        self.finished = True
+        return [self.letter]
+
+    def close(self) -> None:
         self.finished = True
 
 

@@ -4,6 +4,8 @@ A store keeps four things, always changed together in one transaction:
 the items with their versions, the links between items with theirs, the
 commands already processed (with the reply they got, so that a redelivery
 gets it again), and the outbox of events not yet confirmed by the broker.
+Beside them it keeps the deployment key, a random secret that every worker of
+the store shares.
 
 Searches (items by their properties, links by their items) come in creation
 order, `created_at` then `id`, and every backend answers them from an index,
@@ -22,15 +24,23 @@ from thelca_client.contract import JSON, LinkEnd
 
 T = TypeVar("T")
 
+DEPLOYMENT_KEY_BYTES = 32
+
 
 @dataclass(frozen=True)
 class ProcessedCommand:
-    """A command that took effect (or was refused after authentication) and its reply."""
+    """A command that took effect (or was refused after authentication) and its reply.
+
+    `fingerprint` is the command's (thelca.roles.fingerprints): a command re-sent
+    under the message_id with another fingerprint is a different command, not a
+    redelivery. Records kept by releases before it have None.
+    """
 
     message_id: str
     user_id: str
     reply: bytes
     event_id: str | None
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,8 +158,16 @@ class ItemStore(Protocol):
         """Raise unless the store answers."""
         ...
 
+    def deployment_key(self) -> bytes:
+        """This store's random 32-byte key, the same for every worker that uses the store:
+        created on first use, atomically (of two workers asking at once, both get the one
+        that was kept), never changed afterwards, not removed by clear(). Tokens enter
+        event ids only through a keyed hash under it."""
+        ...
+
     def clear(self) -> None:
-        """Remove every item, link, processed command and outbox event: an empty store again."""
+        """Remove every item, link, processed command and outbox event: an empty store again
+        (the deployment key stays)."""
         ...
 
     def close(self) -> None: ...

@@ -7,6 +7,7 @@ PostgreSQL answer them from indexes.
 from __future__ import annotations
 
 import copy
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,13 @@ import orjson
 
 from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import ConcurrentUpdate
-from thelca.stores.base import Found, ItemRow, OutboxEvent, ProcessedCommand
+from thelca.stores.base import (
+    DEPLOYMENT_KEY_BYTES,
+    Found,
+    ItemRow,
+    OutboxEvent,
+    ProcessedCommand,
+)
 from thelca.stores.matching import canonical, matches
 from thelca_client.contract import JSON, LinkEnd
 
@@ -35,6 +42,7 @@ class MemoryStore:
         self._links: dict[str, StoredLink] = {}
         self._processed: dict[str, ProcessedCommand] = {}
         self._outbox: dict[str, OutboxEvent] = {}  # dicts keep insertion order: oldest first
+        self._key: bytes | None = None
         self._lock = threading.RLock()
 
     @contextmanager
@@ -69,6 +77,12 @@ class MemoryStore:
 
     def ping(self) -> None:
         return None
+
+    def deployment_key(self) -> bytes:
+        with self._lock:
+            if self._key is None:
+                self._key = secrets.token_bytes(DEPLOYMENT_KEY_BYTES)
+            return self._key
 
     def clear(self) -> None:
         with self._lock:

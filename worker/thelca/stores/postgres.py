@@ -43,14 +43,15 @@ checked for equality (`search -> key = value`), since containment also takes
 in byte order (COLLATE "C"), from an index when `where` is empty. Links have
 indexes on (source, created_at, id), (target, created_at, id) and (created_at,
 id). A schema of the previous release gets the column, its values and the
-indexes when a writer opens it (`search` IS NULL marks an item not yet
-indexed; the first writer to open the schema fills them in, under the schema
-lock, so stop the previous release's workers first).
+indexes when the first writer opens it, under the schema lock: stop the
+previous release's workers first, since an item they write afterwards has no
+`search` and no search finds it.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -69,7 +70,14 @@ from thelca.errors import (
     StoreUnavailable,
     UnstorableValue,
 )
-from thelca.stores.base import Found, ItemRow, OutboxEvent, ProcessedCommand
+from thelca.logtext import shown
+from thelca.stores.base import (
+    DEPLOYMENT_KEY_BYTES,
+    Found,
+    ItemRow,
+    OutboxEvent,
+    ProcessedCommand,
+)
 from thelca.stores.matching import jsonb_safe, jsonb_text
 from thelca_client.contract import JSON, LinkEnd
 
@@ -91,7 +99,8 @@ TABLES: tuple[LiteralString, ...] = (
         message_id text PRIMARY KEY,
         user_id text NOT NULL,
         reply bytea NOT NULL,
-        event_id text
+        event_id text,
+        fingerprint text
     )""",
     """CREATE TABLE IF NOT EXISTS outbox (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -108,17 +117,30 @@ TABLES: tuple[LiteralString, ...] = (
         properties json NOT NULL,
         version bigint NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS links_by_source ON links (source, created_at, id)",
-    "CREATE INDEX IF NOT EXISTS links_by_target ON links (target, created_at, id)",
-    "CREATE INDEX IF NOT EXISTS links_by_creation ON links (created_at, id)",
-    "ALTER TABLE items ADD COLUMN IF NOT EXISTS search jsonb",
+    """CREATE TABLE IF NOT EXISTS deployment_keys (
+        name text PRIMARY KEY,
+        value bytea NOT NULL
+    )""",
 )
-# After the items of a previous release have their `search` (see _index_old_items).
-INDEXES: tuple[LiteralString, ...] = (
-    "CREATE INDEX IF NOT EXISTS items_by_properties ON items USING gin (search jsonb_path_ops) "
-    "WITH (fastupdate = off)",
-    'CREATE INDEX IF NOT EXISTS items_by_creation ON items ((created_at COLLATE "C"), id)',
+# Columns added since the first release, added to a schema made before them by the first
+# writer that opens it: (table, column, the ALTER TABLE that adds it).
+ADDED_COLUMNS: tuple[tuple[str, str, LiteralString], ...] = (
+    ("processed", "fingerprint", "ALTER TABLE processed ADD COLUMN fingerprint text"),
+    # v1.1's search: when a writer adds it, it also fills it in (_index_old_items).
+    ("items", "search", "ALTER TABLE items ADD COLUMN search jsonb"),
 )
+DEPLOYMENT_KEY = "event-ids"  # the name of the key in deployment_keys
+# The indexes of v1.1, made by the first writer that opens a schema without them (after
+# the items of a previous release have their `search`, see _index_old_items). Asked
+# first: CREATE INDEX IF NOT EXISTS would lock the table against writes at every start.
+INDEXES: dict[str, LiteralString] = {
+    "links_by_source": "CREATE INDEX links_by_source ON links (source, created_at, id)",
+    "links_by_target": "CREATE INDEX links_by_target ON links (target, created_at, id)",
+    "links_by_creation": "CREATE INDEX links_by_creation ON links (created_at, id)",
+    "items_by_properties": "CREATE INDEX items_by_properties ON items "
+                           "USING gin (search jsonb_path_ops) WITH (fastupdate = off)",
+    "items_by_creation": 'CREATE INDEX items_by_creation ON items ((created_at COLLATE "C"), id)',
+}
 ITEM_COLUMNS: LiteralString = "id, created_at, created_by, properties::text, version"
 LINK_COLUMNS: LiteralString = (
     "id, created_at, created_by, source, target, properties::text, version")
@@ -278,6 +300,19 @@ class PostgresStore:
     def ping(self) -> None:
         with self._using() as conn:
             conn.execute("SELECT 1").fetchone()
+
+    def deployment_key(self) -> bytes:
+        # Of two workers inserting at once, the second waits for the first's row and then
+        # does nothing (READ COMMITTED): its SELECT, a new statement, reads the first's key.
+        with self._using() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO deployment_keys (name, value) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (DEPLOYMENT_KEY, secrets.token_bytes(DEPLOYMENT_KEY_BYTES)))
+            row = conn.execute("SELECT value FROM deployment_keys WHERE name = %s",
+                               (DEPLOYMENT_KEY,)).fetchone()
+        assert row is not None
+        return bytes(row[0])
 
     def clear(self) -> None:
         """Delete every item, processed command and outbox event (restore --force)."""
@@ -449,22 +484,25 @@ class _PostgresTransaction:
         if "\x00" in message_id:  # no command was recorded under it: see add_processed
             return None
         row = self._execute(
-            "SELECT message_id, user_id, reply, event_id FROM processed WHERE message_id = %s",
+            "SELECT message_id, user_id, reply, event_id, fingerprint FROM processed "
+            "WHERE message_id = %s",
             (message_id,),
         ).fetchone()
-        return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3])
+        return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3],
+                                                         row[4])
 
     def add_processed(self, processed: ProcessedCommand) -> None:
         # A message_id with NUL cannot be kept: psycopg refuses it (UnstorableValue), and
         # the command is answered 500 and dead-lettered, never applied unrecorded.
         cursor = self._execute(
-            "INSERT INTO processed (message_id, user_id, reply, event_id) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
-            (processed.message_id, processed.user_id, processed.reply, processed.event_id),
+            "INSERT INTO processed (message_id, user_id, reply, event_id, fingerprint) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
+            (processed.message_id, processed.user_id, processed.reply, processed.event_id,
+             processed.fingerprint),
         )
         if cursor.rowcount != 1:
             log.debug("lost a race: message_id %s was recorded by another writer",
-                      processed.message_id)
+                      shown(processed.message_id))
             raise ConcurrentUpdate(f"message_id {processed.message_id} is recorded already")
 
     def add_outbox(self, event: OutboxEvent) -> None:
@@ -535,9 +573,30 @@ def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         for statement in TABLES:
             conn.execute(statement)
-        _index_old_items(conn)
-        for statement in INDEXES:
-            conn.execute(statement)
+        if ("items", "search") in _add_missing_columns(conn, schema):
+            _index_old_items(conn)
+        for name, statement in INDEXES.items():
+            if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,):
+                conn.execute(statement)
+
+
+def _add_missing_columns(conn: psycopg.Connection[Any], schema: str) -> set[tuple[str, str]]:
+    """Bring a schema made by an earlier release up to this one's tables (under the
+    caller's lock); the (table, column) pairs it added. Asked first rather than ADD COLUMN
+    IF NOT EXISTS, which would take an exclusive lock on the table at every start,
+    queueing the other workers' batches."""
+    added = set()
+    for table, column, alter in ADDED_COLUMNS:
+        present = conn.execute(
+            "SELECT 1 FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s AND column_name = %s",
+            (schema, table, column)).fetchone()
+        if present is None:
+            log.info("adding the column %s.%s to the PostgreSQL store (schema %s)", table,
+                     column, schema)
+            conn.execute(alter)
+            added.add((table, column))
+    return added
 
 
 def _index_old_items(conn: psycopg.Connection[Any]) -> None:

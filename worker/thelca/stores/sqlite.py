@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -32,7 +33,13 @@ import orjson
 
 from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import ConcurrentUpdate, StoreLocked, StoreUnavailable
-from thelca.stores.base import Found, ItemRow, OutboxEvent, ProcessedCommand
+from thelca.stores.base import (
+    DEPLOYMENT_KEY_BYTES,
+    Found,
+    ItemRow,
+    OutboxEvent,
+    ProcessedCommand,
+)
 from thelca.stores.matching import indexed
 from thelca_client.contract import JSON, LinkEnd
 
@@ -48,7 +55,8 @@ CREATE TABLE IF NOT EXISTS processed (
     message_id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL,
     reply BLOB NOT NULL,
-    event_id TEXT
+    event_id TEXT,
+    fingerprint TEXT
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,7 +81,15 @@ CREATE TABLE IF NOT EXISTS item_properties (
     created_at TEXT NOT NULL,
     item_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deployment_keys (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 """
+# Columns added since the first release, added to a database made before them when it
+# is opened for writing: (table, column, its declaration).
+ADDED_COLUMNS = (("processed", "fingerprint", "TEXT"),)
+DEPLOYMENT_KEY = "event-ids"  # the name of the key in deployment_keys
 # The indexes a bulk load into an empty store drops and makes again afterwards: one
 # sort in C instead of a B-tree split all over by each of a million inserts.
 SEARCH_INDEXES = {
@@ -181,6 +197,16 @@ class SQLiteStore:
     def ping(self) -> None:
         with _translating("answer"):
             self._db.execute("SELECT 1").fetchone()
+
+    def deployment_key(self) -> bytes:
+        # INSERT OR IGNORE inside one write transaction: whoever comes first keeps its key.
+        with self.transaction(), _translating("keep the deployment key"):
+            self._db.execute(
+                "INSERT OR IGNORE INTO deployment_keys (name, value) VALUES (?, ?)",
+                (DEPLOYMENT_KEY, secrets.token_bytes(DEPLOYMENT_KEY_BYTES)))
+            (value,) = self._db.execute(
+                "SELECT value FROM deployment_keys WHERE name = ?", (DEPLOYMENT_KEY,)).fetchone()
+        return bytes(value)
 
     def clear(self) -> None:
         with self.transaction(), _translating("clear"):
@@ -406,15 +432,19 @@ class _SQLiteTransaction:
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         row = self._execute(
-            "SELECT message_id, user_id, reply, event_id FROM processed WHERE message_id = ?",
+            "SELECT message_id, user_id, reply, event_id, fingerprint FROM processed "
+            "WHERE message_id = ?",
             (message_id,), "read a processed command",
         ).fetchone()
-        return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3])
+        return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3],
+                                                         row[4])
 
     def add_processed(self, processed: ProcessedCommand) -> None:
         self._execute(
-            "INSERT INTO processed (message_id, user_id, reply, event_id) VALUES (?, ?, ?, ?)",
-            (processed.message_id, processed.user_id, processed.reply, processed.event_id),
+            "INSERT INTO processed (message_id, user_id, reply, event_id, fingerprint) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (processed.message_id, processed.user_id, processed.reply, processed.event_id,
+             processed.fingerprint),
             "record a command",
             conflict=f"message_id {processed.message_id} is recorded already",
         )
@@ -528,6 +558,7 @@ def _open_writer(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        _add_missing_columns(db)
         for statement in SEARCH_INDEXES.values():
             db.execute(statement)
         _upgrade(db)
@@ -535,6 +566,21 @@ def _open_writer(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier release up to this one's tables: each column
+    it lacks is added (empty), once, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _upgrade(db: sqlite3.Connection) -> None:

@@ -1,0 +1,74 @@
+"""What makes two deliveries "the same message", for event ids and for idempotency.
+
+The contract (docs/contract.md, "Every action leaves its line"): an event's
+id is the same only for a redelivery of the same message, that is the same
+message_id, the same token, and a body that decodes to the same JSON value
+(key order and spacing do not matter). So:
+
+- `fingerprint(body)`: the SHA-256 of the body's canonical form (the decoded
+  value encoded again with sorted keys; a body that is not JSON: its bytes).
+  It is also kept with each remembered command, so that a different command
+  re-sent under its message_id is told apart (409) from a redelivery.
+- `id_seed(key, message_id, fingerprint, headers)`: what the events of one
+  delivery derive their ids from (thelca.domain.model.Origin). The token
+  enters it only through HMAC-SHA256 under the deployment's key (kept in the
+  store, shared by every worker), so an event id lets no reader of the log
+  test guesses of a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+_JSON = b"json\x00"  # the canonical form of a JSON value
+_RAW = b"raw\x00"  # the bytes of a body that is not JSON (or too deep to encode again)
+
+
+def canonical(body: bytes) -> bytes:
+    """The body's canonical form: its decoded JSON value encoded with sorted keys and no
+    spacing, or, when it is not JSON, its bytes (each tagged, so that neither can pass
+    for the other)."""
+    try:
+        value = orjson.loads(body)
+        return _JSON + orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError):
+        return _RAW + body
+
+
+def fingerprint(body: bytes) -> str:
+    """The lowercase hex SHA-256 of the body's canonical form."""
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def id_seed(key: bytes, message_id: str, body_fingerprint: str,
+            headers: Mapping[str, Any] | None) -> str:
+    """The seed of one delivery's event ids: HMAC-SHA256 under the deployment key of the
+    message_id, the body's fingerprint and the Authorization header(s) as sent."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in (message_id.encode("utf-8", "surrogatepass"), body_fingerprint.encode(),
+                 *_credentials(headers)):
+        mac.update(len(part).to_bytes(8, "big"))  # length-prefixed: no two splits collide
+        mac.update(part)
+    return mac.hexdigest()
+
+
+def _credentials(headers: Mapping[str, Any] | None) -> list[bytes]:
+    """The Authorization header values as sent (any case of the name), in a stable order.
+
+    The header, not the token parsed from it: a message whose header cannot be parsed
+    (a 401) still has its own seed, and a redelivery carries the header byte for byte.
+    """
+    values = [value for name, value in (headers or {}).items()
+              if isinstance(name, str) and name.lower() == "authorization"]
+    return sorted(_as_bytes(value) for value in values)
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return b"b" + value
+    return b"s" + str(value).encode("utf-8", "surrogatepass")
