@@ -13,9 +13,11 @@ of its own and runs again with the same message_id on a new connection, until
 its own deadline; then ConnectionFailed, or ReplyTimeout when the command was
 sent and no reply came. The calls share each new connection: the first to need
 one starts connecting (each URL of the list in turn), the others wait for that
-attempt. A broker that refuses the login or the virtual host is not asked
-again: AccessRefused at once. No pika exception leaves this module's public
-methods.
+attempt. A nack counts as a loss of the link (its channel is never used again,
+see broker.Nacked): every call on it runs again on a new one, and one whose
+deadline passes after a nack raises PublishFailed. A broker that refuses the
+login or the virtual host is not asked again: AccessRefused at once. No pika
+exception leaves this module's public methods.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
 from thelca_client.broker import (
+    Nacked,
     access_refused,
     backoff,
     basic_properties,
@@ -226,16 +229,20 @@ class Link:
     def _on_confirm(self, frame: Method[Basic.Ack | Basic.Nack]) -> None:
         method = frame.method
         refused = isinstance(method, Basic.Nack)
+        settled = []
         if not method.multiple:
             publish = self._unconfirmed.pop(method.delivery_tag, None)
-            if publish is not None:
-                _confirm(publish, refused)
-            return
-        while self._unconfirmed:
+            settled = [publish] if publish is not None else []
+        while method.multiple and self._unconfirmed:
             tag = next(iter(self._unconfirmed))  # the oldest: tags grow in publish order
             if tag > method.delivery_tag:
                 break
-            _confirm(self._unconfirmed.pop(tag), refused)
+            settled.append(self._unconfirmed.pop(tag))
+        for publish in settled:
+            _confirm(publish, refused)
+        if refused and settled:  # this channel may refuse all that follows: a new link
+            self.lose(Nacked(settled[0].queue))
+            self.abort()
 
     def _on_return(
         self, channel: Channel, method: Basic.Return, properties: BasicProperties, body: bytes
@@ -322,8 +329,7 @@ class Link:
 
 def _confirm(publish: _Publish, refused: bool) -> None:
     if refused:
-        reason = f"the broker refused it (nack); queue {publish.queue!r} may be full"
-        fail(publish.confirmed, PublishFailed(reason, message_id=publish.message_id))
+        fail(publish.confirmed, Lost(Nacked(publish.queue)))
     elif publish.returned:
         reason = (f"queue {publish.queue!r} does not exist: is a thelca worker running with "
                   "the same prefix?")
@@ -459,6 +465,8 @@ class AsyncConnection:
                 return ReplyTimeout(message_id, timeout)
             reason = f"the broker at {self.hosts()} did not confirm it within {timeout:g} s"
             return ConnectionFailed(reason, message_id=message_id, sent=True)
+        if isinstance(progress.last, Nacked):
+            return PublishFailed(progress.last.reason, message_id=message_id)
         error = progress.last or TimeoutError("no answer in time")
         return unreachable(self.hosts(), error, timeout, message_id, sent=progress.sent)
 

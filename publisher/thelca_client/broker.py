@@ -120,6 +120,21 @@ def backoff() -> Iterator[float]:
         delay = min(delay * 2, LONGEST_DELAY)
 
 
+class Nacked(Exception):
+    """The broker refused a publish (a nack): sent again on a fresh channel until the deadline.
+
+    On RabbitMQ 3.10 a channel whose first publish to a quorum queue came while the
+    queue's leader was down has every later publish nacked until that node is back,
+    while a new channel works within half a second of the election: so a nacked
+    channel is never used again, and only a deadline turns a nack into PublishFailed.
+    """
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"nack from {queue!r}")
+        self.reason = (f"the broker refused it (nack) until the call's time ran out; queue "
+                       f"{queue!r} may be full, or lack a majority of its cluster's nodes")
+
+
 def is_connection_loss(error: Exception) -> bool:
     """True when a new connection may succeed where this one failed."""
     if isinstance(error, pika.exceptions.ChannelClosedByBroker):

@@ -15,8 +15,10 @@ and answers a repeat with the reply it gave the first time. It keeps trying,
 with a backoff of 0.1 s doubling to 2 s (jittered), until the call's timeout
 runs out (the call's own `timeout`, by default the client's), and then raises
 ConnectionFailed, or ReplyTimeout when the broker was reachable but no reply
-came. The first call connects the same way. No pika exception escapes a public
-method.
+came. The first call connects the same way. A command the broker refuses (a
+nack: a full queue, or a quorum queue that lost its leader a moment ago) is
+published again the same way on a fresh channel, and raises PublishFailed only
+once the timeout has run out. No pika exception escapes a public method.
 
 The commands are built and their replies read by thelca_client.commands, which
 knows no transport; this module only puts the two together.

@@ -10,6 +10,11 @@ Connecting tries each URL of the list in turn, each given what is left of the
 call's time. After a lost connection the attempt runs again on a new one, with
 the same message_id, after a backoff, until the call's deadline; then
 ConnectionFailed (or ReplyTimeout when the broker answered but no reply came).
+A publish the broker refuses (a nack) runs again the same way on a fresh
+channel: on RabbitMQ 3.10 a channel whose first publish to a quorum queue came
+while the queue's leader was down has every later publish nacked until that
+node is back, while a new channel works within half a second of the election.
+Only when the deadline passes does a nack become PublishFailed.
 A broker that refuses the login or the virtual host is not asked again:
 AccessRefused at once.
 No pika exception leaves this module's public methods.
@@ -29,6 +34,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from pika.spec import Basic, BasicProperties
 
 from thelca_client.broker import (
+    Nacked,
     access_refused,
     backoff,
     basic_properties,
@@ -124,8 +130,7 @@ class Connection:
             )
             raise PublishFailed(reason, message_id=message_id) from None
         except pika.exceptions.NackError:
-            reason = f"the broker refused it (nack); queue {queue!r} may be full"
-            raise PublishFailed(reason, message_id=message_id) from None
+            raise Nacked(queue) from None
 
     def _wait(
         self, channel: BlockingChannel, message_id: str, deadline: float, timeout: float
@@ -171,6 +176,15 @@ class Connection:
                 channel = self._ready(deadline, message_id)
                 sent = True
                 return attempt(channel)
+            except Nacked as nacked:
+                # Never again on this channel (see the module docstring).
+                self._drop_channel()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PublishFailed(nacked.reason, message_id=message_id) from None
+                delay = min(next(delays), remaining)
+                log.debug("the broker refused message %s (nack); trying again in %.2f s on "
+                          "a fresh channel", message_id, delay)
             except (pika.exceptions.AMQPError, OSError) as error:
                 if not is_connection_loss(error):
                     raise refusal(error, message_id) from None
@@ -232,6 +246,15 @@ class Connection:
         # channel, before the command is published.
         channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
         return channel
+
+    def _drop_channel(self) -> None:
+        """Close the channel (the next attempt opens another); if that fails, the connection."""
+        channel, self._channel = self._channel, None
+        if channel is not None and channel.is_open:
+            try:
+                channel.close()
+            except (pika.exceptions.AMQPError, OSError):
+                self._drop_connection()
 
     def _drop_connection(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

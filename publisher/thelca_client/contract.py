@@ -28,6 +28,9 @@ REPLAY_END_HEADER: Final = "x-replay-end"
 DEAD_REASON_HEADER: Final = "x-thelca-reason"
 DEAD_USER_HEADER: Final = "x-thelca-user"
 DEAD_REPLY_TO_HEADER: Final = "x-thelca-reply-to"
+# On a command `thelca dead retry --as-operator` sends: the user the dead letter was
+# sent by ("" when not known). Information for the event, never a right.
+RETRY_OF_HEADER: Final = "x-thelca-retry-of"
 
 CommandName = Literal[
     "create", "read", "update",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import pika
 import pika.exceptions
@@ -121,6 +124,61 @@ def close_connections(name_part: str) -> int:
         subprocess.run(["rabbitmqctl", "close_connection", pid, "a test closes it"],
                        capture_output=True, check=True, timeout=60)
     return len(pids)
+
+
+# ---------------------------------------------------------------- the README's broker users
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_commands() -> list[list[str]]:
+    """The rabbitmqctl lines of the README's broker-users block."""
+    block = README.read_text().split("<!-- broker-users:", 1)[1]
+    code = block.split("```sh", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in code.strip().splitlines()]
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass(frozen=True)
+class BrokerUser:
+    name: str
+    url: str
+    password: str
+
+
+@contextmanager
+def readme_users(amqp_url: str, prefix: str) -> Iterator[dict[str, BrokerUser]]:
+    """The README's users for this prefix: {role: user}, deleted afterwards."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("this test creates broker users with rabbitmqctl: run it on the broker's "
+                    "machine, as root")
+    broker = urlparse(amqp_url)
+    made: dict[str, BrokerUser] = {}
+    try:
+        for line in readme_commands():
+            assert line[0] == "rabbitmqctl", line
+            role = line[2 if line[1] == "add_user" else 4].removeprefix("thelca-")
+            if line[1] == "add_user":
+                name, password = f"{prefix}-{role}", secrets.token_urlsafe(16)
+                rabbitmqctl("add_user", name, password)
+                url = f"amqp://{name}:{password}@{broker.hostname}:{broker.port or 5672}/%2F"
+                made[role] = BrokerUser(name, url, password)
+            else:
+                assert line[1:4] == ["set_permissions", "-p", "/"], line
+                # The prefix of the tests is letters, digits and dashes: literal in a regex.
+                regexes = [r.replace(r"thelca\.", prefix + r"\.") for r in line[5:8]]
+                assert len(regexes) == 3 and all(prefix in r or r in ("^$", r"^amq\.default$")
+                                                 for r in regexes), line
+                rabbitmqctl("set_permissions", "-p", "/", made[role].name, *regexes)
+        assert set(made) == {"worker", "logger", "replay", "client", "operator"}
+        yield made
+    finally:
+        for user in made.values():
+            subprocess.run(["rabbitmqctl", "delete_user", user.name], capture_output=True,
+                           timeout=60, check=False)
 
 
 # ---------------------------------------------------------------- an in-process worker

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 
 from tests.integration.conftest import RunningSystem, close_connections, queue_depth
@@ -146,6 +148,61 @@ def test_no_commands_queue_is_publish_failed(amqp_url: str, prefix: str) -> None
                 await client.create_async({})
 
     asyncio.run(scenario())
+
+
+@pytest.fixture
+def full_commands_queue(amqp_url: str, prefix: str) -> Iterator[str]:
+    """The prefix's commands queue, holding one message and refusing more (reject-publish)."""
+    queue = Names(prefix).commands
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue, arguments={"x-max-length": 1,
+                                                "x-overflow": "reject-publish"})
+        channel.basic_publish("", queue, b"filler")
+    yield queue
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        connection.channel().queue_delete(queue)
+
+
+def test_a_nack_is_publish_failed_once_the_time_is_out(
+    amqp_url: str, prefix: str, full_commands_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="thelca_client")
+
+    async def scenario() -> None:
+        async with AsyncClient(amqp_url, prefix=prefix, token="abcd", timeout=1.5) as client:
+            with pytest.raises(PublishFailed, match="nack") as raised:
+                await client.create_async({}, message_id="full-1")
+            assert raised.value.message_id == "full-1"
+
+    asyncio.run(scenario())
+    assert caplog.text.count("nack from") >= 2, caplog.text  # not given up at the first
+
+
+def test_a_nacked_command_goes_through_on_a_new_channel_once_the_queue_has_room(
+    amqp_url: str, prefix: str, full_commands_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="thelca_client")
+
+    def make_room() -> None:
+        with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+            while "nack from" not in caplog.text:
+                time.sleep(0.02)
+            method, _, _ = connection.channel().basic_get(full_commands_queue, auto_ack=True)
+            assert method is not None
+
+    async def scenario() -> str:
+        async with AsyncClient(amqp_url, prefix=prefix, token="abcd", timeout=30) as client:
+            return await client.create_async({}, message_id="wanted")
+
+    helper = threading.Thread(target=make_room, daemon=True)
+    helper.start()
+    assert asyncio.run(scenario()) == "wanted"
+    helper.join(timeout=30)
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        method, properties, _ = connection.channel().basic_get(full_commands_queue,
+                                                               auto_ack=True)
+    assert method is not None and properties is not None and properties.message_id == "wanted"
 
 
 def test_no_broker_is_one_line_naming_it_and_never_says_the_command_went(prefix: str) -> None:

@@ -9,15 +9,10 @@ a client sends commands as its own, and each role is shown what it cannot do.
 from __future__ import annotations
 
 import json
-import secrets
-import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pika
 import pika.exceptions
@@ -25,8 +20,10 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from tests.integration.conftest import (
+    BrokerUser,
     RunningSystem,
     delete_prefix,
+    readme_users,
     system_env,
     wait_for_consumers,
 )
@@ -35,58 +32,14 @@ from thelca_client.contract import Names
 
 pytestmark = pytest.mark.broker
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 ACCESS_REFUSED = 403
-
-
-def readme_commands() -> list[list[str]]:
-    """The rabbitmqctl lines of the README's broker-users block."""
-    block = README.read_text().split("<!-- broker-users:", 1)[1]
-    code = block.split("```sh", 1)[1].split("```", 1)[0]
-    return [shlex.split(line) for line in code.strip().splitlines()]
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-
-
-@dataclass(frozen=True)
-class BrokerUser:
-    name: str
-    url: str
-    password: str
 
 
 @pytest.fixture
 def users(amqp_url: str, prefix: str) -> Iterator[dict[str, BrokerUser]]:
     """The README's users for this prefix: {role: user}, deleted afterwards."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.fail("this test creates broker users with rabbitmqctl: run it on the broker's "
-                    "machine, as root")
-    broker = urlparse(amqp_url)
-    made: dict[str, BrokerUser] = {}
-    try:
-        for line in readme_commands():
-            assert line[0] == "rabbitmqctl", line
-            role = line[2 if line[1] == "add_user" else 4].removeprefix("thelca-")
-            if line[1] == "add_user":
-                name, password = f"{prefix}-{role}", secrets.token_urlsafe(16)
-                rabbitmqctl("add_user", name, password)
-                url = f"amqp://{name}:{password}@{broker.hostname}:{broker.port or 5672}/%2F"
-                made[role] = BrokerUser(name, url, password)
-            else:
-                assert line[1:4] == ["set_permissions", "-p", "/"], line
-                # The prefix of the tests is letters, digits and dashes: literal in a regex.
-                regexes = [r.replace(r"thelca\.", prefix + r"\.") for r in line[5:8]]
-                assert len(regexes) == 3 and all(prefix in r or r in ("^$", r"^amq\.default$")
-                                                 for r in regexes), line
-                rabbitmqctl("set_permissions", "-p", "/", made[role].name, *regexes)
-        assert set(made) == {"worker", "logger", "replay", "client", "operator"}
+    with readme_users(amqp_url, prefix) as made:
         yield made
-    finally:
-        for user in made.values():
-            subprocess.run(["rabbitmqctl", "delete_user", user.name], capture_output=True,
-                           timeout=60, check=False)
 
 
 def refused(url: str, action: Callable[[BlockingChannel], object]) -> bool:

@@ -371,15 +371,46 @@ def test_the_client_still_works_after_a_publish_failed(
     assert properties.message_id == message_id
 
 
-def test_a_nack_raises_publish_failed(client: Client, admin: BlockingChannel) -> None:
+def test_a_nack_raises_publish_failed_once_the_time_is_out(
+    client: Client, admin: BlockingChannel, caplog: pytest.LogCaptureFixture
+) -> None:
     # A full queue that rejects publishes makes the broker nack them.
+    caplog.set_level(logging.DEBUG, logger="thelca_client")
     arguments = {"x-max-length": 0, "x-overflow": "reject-publish"}
     admin.queue_declare(client.names.commands, arguments=arguments)
 
     with pytest.raises(PublishFailed, match="nack") as raised:
-        client.create_async({}, message_id="full-1")
+        client.create_async({}, message_id="full-1", timeout=1.5)
 
     assert raised.value.message_id == "full-1"
+    tries = caplog.text.count("refused message full-1 (nack); trying again")
+    assert tries >= 2, caplog.text  # not given up at the first nack
+
+
+def test_a_nacked_publish_goes_through_on_a_fresh_channel_once_the_broker_takes_it(
+    amqp_url: str, client: Client, admin: BlockingChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nacked while the queue is full, taken once it has room: the call succeeds."""
+    caplog.set_level(logging.DEBUG, logger="thelca_client")
+    queue = client.names.commands
+    admin.queue_declare(queue, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    admin.basic_publish("", queue, b"filler", BasicProperties(message_id="filler"))
+
+    def make_room() -> None:
+        with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+            channel = connection.channel()
+            while "refused message wanted (nack)" not in caplog.text:
+                time.sleep(0.02)
+            method, _, _ = channel.basic_get(queue, auto_ack=True)
+            assert method is not None
+
+    helper = threading.Thread(target=make_room, daemon=True)
+    helper.start()
+    client.create_async({}, message_id="wanted", timeout=30)
+    helper.join(timeout=30)
+
+    properties, _ = get_one(admin, queue)
+    assert properties.message_id == "wanted"
 
 
 # ---------------------------------------------------------------- fire-and-forget

@@ -93,6 +93,28 @@ def test_a_500_shows_in_dead_list_with_its_reason_and_no_token(
     assert "Bearer" not in table.stdout + json.dumps(listed)
 
 
+def test_the_worker_s_dead_letter_keeps_none_of_the_bookkeeping_a_client_wrote(
+    amqp_url: str, worker: Names, env: dict[str, str]
+) -> None:
+    client = PlainClient(amqp_url, worker.prefix)
+    message_id = str(uuid.uuid4())
+    forged = {"Authorization": "Bearer carol", "x-thelca-user": "alice",
+              "x-thelca-reason": "forged", "x-thelca-retry-of": "alice", "x-keep": "kept",
+              "x-death": [{"reason": "expired", "queue": worker.commands, "count": 1}],
+              "x-first-death-queue": worker.commands}
+    try:
+        assert client.send(EXPLODE, headers=forged, message_id=message_id).status == 500
+    finally:
+        client.close()
+    wait_until_ready(amqp_url, worker.dead, 1)
+    (letter,) = dead_list(env)["messages"]
+    assert letter["dead_lettered_by"] == "worker" and letter["deaths"] == []
+    assert letter["user"] == letter["sender"]["user"] == "a-test-only-id-carol"
+    assert letter["reason"].startswith("exception (error id")
+    assert "x-thelca-retry-of" not in letter["headers"] and "x-death" not in letter["headers"]
+    assert letter["headers"]["x-keep"] == "kept"
+
+
 def test_listing_twice_leaves_the_queue_as_it_was(
     amqp_url: str, worker: Names, env: dict[str, str]
 ) -> None:
@@ -127,7 +149,7 @@ def test_the_table_truncates_the_body_and_json_keeps_it_whole(
 # ---------------------------------------------------------------- retry
 
 
-def test_retry_with_a_token_runs_the_command_again_on_the_real_worker(
+def test_retry_as_operator_runs_the_command_again_and_the_event_names_both_users(
     amqp_url: str, system: RunningSystem, tmp_path: Path
 ) -> None:
     names = system.names
@@ -135,15 +157,22 @@ def test_retry_with_a_token_runs_the_command_again_on_the_real_worker(
     with stand_in_worker(amqp_url, system.prefix, tmp_path):
         client = PlainClient(amqp_url, system.prefix)
         message_id = str(uuid.uuid4())
-        assert client.send(EXPLODE, message_id=message_id).status == 500
+        assert client.send(EXPLODE, token="alice", message_id=message_id).status == 500
         wait_until_ready(amqp_url, names.dead, 1)
     system.start("worker")
     wait_for_consumers(amqp_url, names.commands, [system.processes["worker"]])
 
-    result = thelca(system.env, "dead", "retry", "--message-id", message_id, "--token", "abcd")
+    mine = thelca(system.env, "dead", "retry", "--message-id", message_id, "--token", "abcd")
+    assert mine.returncode == 1  # a token without --as-operator is not used
+    assert "it is not used" in mine.stdout and f"skipped  {message_id}: no token" in mine.stdout
+    assert thelca(system.env, "dead", "retry", "--all", "--as-operator").returncode == 2
+
+    result = thelca(system.env, "dead", "retry", "--message-id", message_id, "--as-operator",
+                    "--token", "abcd")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"retried  {message_id}: as the user of the given token" in result.stdout
-    assert "runs as that token's user" in result.stdout
+    assert (f"retried  {message_id}: as the user of the operator's token (sent by "
+            "a-test-only-id-alice)") in result.stdout
+    assert "the letter's sender as retry_of" in result.stdout
     assert "abcd" not in result.stdout.replace("a-test-only-id-abcd", "")
     assert queue_depth(amqp_url, names.dead) == 0
 
@@ -156,7 +185,30 @@ def test_retry_with_a_token_runs_the_command_again_on_the_real_worker(
     (created,) = system.events_for(message_id)
     assert created["type"] == "Item created"
     assert created["value"]["properties"] == {"explode": True}
-    assert created["user"] == "a-test-only-id-abcd"
+    assert created["user"] == "a-test-only-id-abcd"  # authorised as the operator
+    assert created["retry_of"] == "a-test-only-id-alice"  # and whose letter it was
+    assert "retry_of" not in system.events_for(marker)[0]
+
+
+def test_a_client_s_own_retry_of_header_is_information_never_a_right(
+    amqp_url: str, system: RunningSystem
+) -> None:
+    client = PlainClient(amqp_url, system.prefix)
+    sent = {}
+    try:
+        for what, value in (("text", "alice"), ("unprintable", "al\nice"), ("bytes", b"x")):
+            sent[what] = str(uuid.uuid4())
+            reply = client.send({"command": "create", "item": {"properties": {}}},
+                                headers={"Authorization": "Bearer mallory",
+                                         "x-thelca-retry-of": value}, message_id=sent[what])
+            assert reply.status == 200
+            assert reply.body["item"]["created_by"] == "a-test-only-id-mallory"
+    finally:
+        client.close()
+    (said,) = system.events_for(sent["text"])
+    assert said["user"] == "a-test-only-id-mallory" and said["retry_of"] == "alice"
+    for what in ("unprintable", "bytes"):
+        assert "retry_of" not in system.events_for(sent[what])[0]
 
 
 def wait_for_reply(client: PlainClient, correlation_id: str, timeout: float = 10) -> Any:
@@ -194,7 +246,7 @@ def test_retry_all_of_a_command_that_fails_again_ends_and_leaves_it_dead(
     amqp_url: str, worker: Names, env: dict[str, str]
 ) -> None:
     ids = [explode(amqp_url, worker) for _ in range(2)]
-    result = thelca(env, "dead", "retry", "--all", "--token", "abcd")
+    result = thelca(env, "dead", "retry", "--all", "--as-operator", "--token", "abcd")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "retried 2, not retried 0" in result.stdout
     wait_until_ready(amqp_url, worker.dead, 2)  # the stand-in broke on them again
@@ -273,17 +325,19 @@ def test_retry_of_the_broker_s_dead_letter_keeps_its_own_token(
     assert headers.get("x-delivery-count", 0) == 0  # a fresh start towards the limit
 
 
-def test_retry_with_a_token_replaces_the_one_the_message_carries(
+def test_as_operator_a_letter_that_carries_its_own_token_still_runs_with_it(
     amqp_url: str, topology: Names, env: dict[str, str]
 ) -> None:
     poison_past_the_delivery_limit(amqp_url, topology)
-    result = thelca({**env, "THELCA_TOKEN": "operator"}, "dead", "retry", "--all")
+    result = thelca({**env, "THELCA_TOKEN": "operator"}, "dead", "retry", "--all",
+                    "--as-operator")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "as the user of the given token" in result.stdout
+    assert "with its own token" in result.stdout
     properties, _ = take_one(amqp_url, topology.commands)
     headers = dict(properties.headers or {})
     assert [h for h in headers if h.lower() == "authorization"] == ["Authorization"]
-    assert headers["Authorization"] == "Bearer operator"
+    assert headers["Authorization"] == f"Bearer {SECRET}"
+    assert "x-thelca-retry-of" not in headers  # it runs as its sender: nothing to record
 
 
 def take_one(amqp_url: str, queue: str) -> tuple[pika.BasicProperties, bytes]:
@@ -308,7 +362,7 @@ def test_retry_skips_what_is_not_a_command(
     finally:
         connection.close()
     wait_until_ready(amqp_url, topology.dead, 1)
-    result = thelca(env, "dead", "retry", "--all", "--token", "abcd")
+    result = thelca(env, "dead", "retry", "--all", "--as-operator", "--token", "abcd")
     assert result.returncode == 1
     assert "skipped  an-event: not a command" in result.stdout
     assert queue_depth(amqp_url, topology.dead) == 1
@@ -321,7 +375,7 @@ def test_retry_skips_what_is_not_a_command(
 def test_no_broker_or_no_queue_exits_3(env: dict[str, str]) -> None:
     nowhere = {**env, "THELCA_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
     assert thelca(nowhere, "dead", "list").returncode == 3
-    retry = thelca(nowhere, "dead", "retry", "--all", "--token", "abcd")
+    retry = thelca(nowhere, "dead", "retry", "--all", "--as-operator", "--token", "abcd")
     assert retry.returncode == 3
     assert "no broker answered" in retry.stderr
     missing = thelca(env, "dead", "list")  # nothing was ever declared for this prefix
@@ -336,4 +390,6 @@ def test_help_says_who_the_retried_command_runs_as(verb: str) -> None:
     assert result.returncode == 0
     assert "usage: thelca dead" in result.stdout
     if verb == "retry":
-        assert "runs as that token's user" in " ".join(result.stdout.split())
+        text = " ".join(result.stdout.split())
+        assert "runs as that token's user" in text and "--as-operator" in text
+        assert "not known for certain" in text

@@ -26,8 +26,14 @@ import pika
 import pytest
 
 from tests import rawframes as raw
-from tests.integration.conftest import RunningSystem, run_prepared, system_env
-from tests.integration.test_broker_users import BrokerUser, rabbitmqctl, readme_commands
+from tests.integration.conftest import (
+    BrokerUser,
+    RunningSystem,
+    rabbitmqctl,
+    readme_commands,
+    run_prepared,
+    system_env,
+)
 from thelca_client.contract import DIRECT_REPLY_TO, Names
 
 pytestmark = pytest.mark.broker

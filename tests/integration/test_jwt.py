@@ -8,21 +8,31 @@ the processes' output for each one and for each token's signature.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.idp import Idp, JwksServer, broken_tokens
-from tests.integration.conftest import JwtSystem, RunningSystem, run_system, system_env
+from tests.integration.conftest import (
+    JwtSystem,
+    RunningSystem,
+    run_prepared,
+    run_system,
+    system_env,
+)
 from tests.integration.plain import PlainClient, PlainReply
 from tests.pki import Ca
+from thelca.authority.jwt import REFETCH_COOLDOWN
 from thelca.devkeys import KeyPair
 
 pytestmark = pytest.mark.broker
@@ -189,6 +199,107 @@ def test_key_rotation_a_new_kid_is_picked_up_and_a_retired_key_goes(
         assert send(jwt_system, client, CREATE, idp.token(key=newcomer))[0].status == 200
         assert "read " in jwt_system.output() and "again: 3 key(s)" in jwt_system.output()
         assert_no_token_leaked(jwt_system)
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------- revoking by removing
+
+
+@pytest.fixture
+def watched_jwt_system(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> Iterator[tuple[JwtSystem, int]]:
+    """A jwt system whose worker serves /metrics on a port of its own."""
+    port = free_port()
+    idp = Idp.create(tmp_path / "idp")
+    running = JwtSystem(amqp_url, prefix, tmp_path,
+                        system_env(amqp_url, prefix, tmp_path, **idp.env()), idp=idp,
+                        role_env={"worker": {"THELCA_METRICS_PORT": str(port)}})
+    systems = run_prepared(running)
+    yield next(systems), port
+    next(systems, None)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def keys_in_force(port: int) -> float | None:
+    """thelca_authority_keys{source="jwks-file"} as the worker's /metrics says now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for family in text_string_to_metric_families(response.read().decode()):
+            for sample in family.samples:
+                if sample.name == "thelca_authority_keys" and \
+                        sample.labels == {"source": "jwks-file"}:
+                    return float(sample.value)
+    return None
+
+
+def test_emptying_or_deleting_the_key_set_file_revokes_its_keys_within_5_seconds(
+    watched_jwt_system: tuple[JwtSystem, int], amqp_url: str
+) -> None:
+    system, port = watched_jwt_system
+    idp = system.idp
+    client = PlainClient(amqp_url, system.prefix)
+    health = ["health"]
+    try:
+        assert send(system, client, CREATE, idp.token())[0].status == 200
+        assert keys_in_force(port) == 2
+        well = thelca(*health, cwd=system.directory, env=system.env)
+        assert well.returncode == 0, well.stdout
+        assert f"authority: ok (jwt, keys from THELCA_JWKS file {idp.jwks_file})" in well.stdout
+        for revoke, says in (
+            (lambda: idp.jwks_file.write_text('{"keys": []}'),
+             f"the key set file THELCA_JWKS={idp.jwks_file} is empty: it holds no key"),
+            (idp.jwks_file.unlink,
+             f"THELCA_JWKS={idp.jwks_file} cannot be read (the file is gone)"),
+        ):
+            revoke()
+            revoked_at = time.monotonic()
+            time.sleep(REFETCH_COOLDOWN + 0.5)  # the longest a look can wait
+            for key in idp.keys:  # the first token after 5 s is refused, whatever its key
+                reply, _ = send(system, client, CREATE, idp.token(key=key))
+                assert reply.status == 401, reply.body
+                assert "not in the key set" in reply.body["error"]
+            print(f"{says}: 401 from {time.monotonic() - revoked_at:.1f}s after")
+            assert keys_in_force(port) == 0
+            sick = thelca(*health, cwd=system.directory, env=system.env)
+            assert sick.returncode == 3, sick.stdout
+            assert f"authority: FAILED ({says})" in sick.stdout
+            replay = thelca(*health, "--role", "replay", cwd=system.directory, env=system.env)
+            assert replay.returncode == 3 and f"authority: FAILED ({says})" in replay.stdout
+            idp.publish(idp.keys)  # a new key set: tokens are verified again
+            assert _eventually(system, client, idp.token(), 200)
+            assert keys_in_force(port) == 2
+        output = system.output()
+        assert output.count("every token is refused (401)") == 2
+        assert "ERROR thelca.authority.jwt.keys: jwt: the key set file" in output
+        assert "holds 2 key(s) again" in output
+        assert_no_token_leaked(system)
+    finally:
+        client.close()
+
+
+def test_a_key_set_file_being_rewritten_does_not_revoke_its_keys(
+    jwt_system: JwtSystem, amqp_url: str
+) -> None:
+    idp = jwt_system.idp
+    client = PlainClient(amqp_url, jwt_system.prefix)
+    try:
+        assert send(jwt_system, client, CREATE, idp.token())[0].status == 200
+        for moment in (b"", b'{"keys": [{"kty": "RSA", "kid": "key-rsa", "n": "'):
+            with open(idp.jwks_file, "wb") as rewritten:  # in place: truncated, half-written
+                rewritten.write(moment)
+            time.sleep(REFETCH_COOLDOWN + 0.5)  # looked at: unreadable, within the grace
+            assert send(jwt_system, client, CREATE, idp.token())[0].status == 200
+            idp.jwks_file.write_bytes(idp.jwks(idp.keys))
+        assert send(jwt_system, client, CREATE, idp.token(key=idp.keys[1]))[0].status == 200
+        output = jwt_system.output()
+        assert "keeping the 2 key(s) read before for up to 15s" in output
+        assert "every token is refused" not in output
     finally:
         client.close()
 

@@ -8,6 +8,8 @@ worker and logger (a live log), or in this process over a log written here
 from __future__ import annotations
 
 import json
+import logging
+import re
 import signal
 import threading
 import time
@@ -30,11 +32,13 @@ from tests.integration.conftest import (
     system_env,
     wait_for_consumers,
 )
+from thelca.amqp import ReplayConsumer, replay_topology
 from thelca.authority.base import Principal
 from thelca.bootstrap import build_replay
 from thelca.errors import AuthorityUnavailable
 from thelca.eventlog import read_all
 from thelca.restore import restore
+from thelca.roles.replay import ReplayRole
 from thelca.settings import Settings
 from thelca.stores.memory import MemoryStore
 from thelca.stores.sqlite import SQLiteStore
@@ -71,6 +75,7 @@ class Subscriber:
         self.channel.basic_qos(prefetch_count=1000)
         self.queue = self.channel.queue_declare("", exclusive=True).method.queue
         self.arrivals: list[tuple[str, bool]] = []  # (correlation_id, is the end marker)
+        self.arrived_at: list[float] = []  # when each arrival came (monotonic)
 
     def ask(self, body: bytes | dict[str, Any] = b"{}", *, token: str | None = "abcd",
             headers: dict[str, Any] | None = None, correlation_id: str | None = None) -> str:
@@ -101,6 +106,7 @@ class Subscriber:
             replay = replays.setdefault(correlation_id, Replay())
             is_end = bool((properties.headers or {}).get("x-replay-end"))
             self.arrivals.append((correlation_id, is_end))
+            self.arrived_at.append(time.monotonic())
             if is_end:
                 replay.end, replay.end_properties = json.loads(body), properties
                 waiting.discard(correlation_id)
@@ -395,6 +401,102 @@ def test_two_requests_at_once_take_turns_so_a_small_one_is_not_stuck_behind_a_bi
     # it ends long before the big one has sent a third of its events.
     assert big_before < 20_000 / 3, big_before
     assert any(c == "big" for c, _ in arrivals[:small_done])  # they really were concurrent
+
+
+def test_one_user_s_many_requests_that_match_nothing_do_not_starve_another_s(
+    in_process: InProcess, amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="thelca.roles.replay")
+    started = time.monotonic()
+    lines = write_log(in_process.log, 200_000, every_refusal=100)
+    print(f"wrote 200,000 lines ({in_process.log.stat().st_size >> 20} MiB) in "
+          f"{time.monotonic() - started:.1f}s")
+    until = orjson.loads(lines[2_000])["time"]
+    wanted = [line for line in lines
+              if (event := orjson.loads(line))["type"] == "Item created"
+              and event["time"] <= until]  # one format, one offset: text order is time order
+    subscriber = Subscriber(amqp_url, in_process.names.prefix)
+    try:
+        asked = time.monotonic()
+        flood = [subscriber.ask({"types": ["Nothing"]}, token="flooder",
+                                correlation_id=f"flood-{n}") for n in range(16)]
+        victim = subscriber.ask({"until": until, "types": ["Item created"]}, token="victim",
+                                correlation_id="victim")
+        replays = subscriber.collect(*flood, victim, timeout=300)
+    finally:
+        subscriber.close()
+    assert [body for _, body in replays[victim].events] == wanted  # as a full scan finds
+    assert replays[victim].end == {"status": 200, "count": len(wanted)}
+    assert all(replays[f].end == {"status": 200, "count": 0} for f in flood)
+
+    arrivals, times = subscriber.arrivals, subscriber.arrived_at
+    ends = [c for c, end in arrivals if end]
+    first_event = arrivals.index((victim, False))
+    flood_ended_before_first = sum(1 for c, end in arrivals[:first_event] if end)
+    flood_ended_before_end = ends.index(victim)
+    print(f"victim: first event after {times[first_event] - asked:.2f}s, its end marker "
+          f"after {times[arrivals.index((victim, True))] - asked:.2f}s; flood: "
+          + ", ".join(f"{times[arrivals.index((f, True))] - asked:.2f}s" for f in flood))
+    print(f"flood requests ended before the victim's first event: "
+          f"{flood_ended_before_first}, before its end: {flood_ended_before_end}")
+    # Served from the start, beside the flood's first two (2 streams per user at once):
+    # before, it waited in the queue (prefetch 4) until 13 of the flood's requests ended,
+    # each of which read the whole log.
+    assert flood_ended_before_first == 0
+
+    read = lines_read(caplog.text)
+    flood_read = sorted(read[f] for f in flood)
+    print(f"lines read: by the flood's requests {flood_read}, by the victim {read[victim]}")
+    # The log was read about once for the whole flood: the index the first two built as
+    # they read lets every later request skip every chunk.
+    assert sum(flood_read) <= 2 * len(lines)
+    assert flood_read.count(0) >= len(flood) - 2
+
+
+def lines_read(log_text: str) -> dict[str, int]:
+    """Lines each request read, by correlation id, from the replay consumer's log."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"request '?([^'\s]+)'?: \d+ events sent in \S+ \((\d+) lines read", log_text)}
+
+
+def test_two_streams_per_user_at_once_the_rest_wait_and_too_many_get_429(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "events.log"
+    lines = write_log(log, 6_000, every_refusal=100)
+    names = Names(prefix)
+    consumer = ReplayConsumer(amqp_url, names.replay, ReplayRole(log, StandInAuthority(), names),
+                              replay_topology(names), streams=4, waiting_per_user=1)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    subscriber = Subscriber(amqp_url, prefix)
+    try:
+        wait_for_consumers(amqp_url, names.replay, [])
+        whole = [subscriber.ask({}, token="heavy", correlation_id=f"whole-{n}")
+                 for n in range(4)]
+        small = subscriber.ask({"types": ["Access refused"]}, token="light",
+                               correlation_id="small")
+        replays = subscriber.collect(*whole, small, timeout=300)
+    finally:
+        subscriber.close()
+        consumer.stop()
+        thread.join(timeout=30)
+        delete_prefix(amqp_url, prefix)
+    # Two streamed at once, one waiting, and the fourth refused at once.
+    for served in whole[:3]:
+        assert [body for _, body in replays[served].events] == lines
+        assert replays[served].end == {"status": 200, "count": 6_000}
+    refused = replays[whole[3]]
+    assert refused.events == [] and refused.end is not None
+    assert refused.end["status"] == 429
+    assert "too many replay requests from this user" in refused.end["error"]
+    arrivals = subscriber.arrivals
+    first_of_third = arrivals.index((whole[2], False))
+    assert any(arrivals.index((w, True)) < first_of_third for w in whole[:2])
+    # The other user's request went beside them and ended long before them.
+    ended = [c for c, end in arrivals if end]
+    assert ended.index(small) < min(ended.index(w) for w in whole[:3])
+    assert replays[small].end == {"status": 200, "count": 60}
 
 
 def test_a_request_with_no_log_yet_gets_an_empty_replay(in_process: InProcess,

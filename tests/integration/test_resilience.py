@@ -6,16 +6,21 @@ broker are not disturbed.
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from tests.integration.conftest import (
     RunningSystem,
@@ -189,3 +194,103 @@ def test_events_the_broker_refuses_are_kept_and_logged_once_it_accepts_them(
     assert all(logged[message_id] == 1 for message_id in ids)
     assert "its events are kept and published again" in system.output()
     assert "requeueing" not in system.output()  # no command went round again
+
+
+REPUBLISH_LINE = re.compile(r"republishing (\d+) unconfirmed events"
+                            r"|the broker (?:refused the republish of|confirmed the) (\d+)")
+
+
+def test_refused_events_are_published_again_one_round_at_a_time(
+    system: RunningSystem,
+) -> None:
+    """While the broker refuses every event, the outbox goes out again in rounds, each
+    only once the one before was settled, and no event is sent twice at once.
+
+    A queue of the test's own bound to the events exchange gets a copy of every event
+    the worker publishes, refused ones included (the broker routes a refused message to
+    the queues that take it): the originals, and one per round.
+    """
+    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
+    channel = connection.channel()
+    blocker, spy = f"{system.prefix}.blocker", f"{system.prefix}.spy"
+    channel.queue_declare(blocker, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    channel.queue_bind(blocker, system.names.events)
+    channel.queue_declare(spy, exclusive=True)
+    channel.queue_bind(spy, system.names.events)
+    client = PlainClient(system.amqp_url, system.prefix)
+    try:
+        sent = [client.send({"command": "create", "item": {"properties": {"n": n}}})
+                for n in range(12)]  # one batch each, each refused
+        assert all(reply.status == 200 for reply in sent)
+        ids = {str(reply.properties.correlation_id) for reply in sent}
+        _wait_for_output(system, lambda out: out.count("republishing") >= 3)
+        channel.queue_delete(blocker)
+        _wait_for_output(system, lambda out: "confirmed the" in out)
+        lines = system.wait_for_log(
+            lambda ls: ids <= {line.get("command_id") for line in ls}, timeout=40)
+        copies = Counter(str(json.loads(body)["command_id"]) for body in _drain(channel, spy))
+    finally:
+        client.close()
+        connection.close()
+
+    rounds = [match for match in REPUBLISH_LINE.finditer(system.output())]
+    kinds = ["round" if m.group(1) else "outcome" for m in rounds]
+    sizes = [int(m.group(1)) for m in rounds if m.group(1)]
+    assert kinds[:2] == ["round", "outcome"] and kinds[-1] == "outcome", kinds
+    assert all(a != b for a, b in itertools.pairwise(kinds)), kinds  # one round at a time
+    assert all(size <= len(ids) for size in sizes), sizes  # no more than the outbox holds
+    assert set(copies) == ids
+    assert sum(copies.values()) == len(ids) + sum(sizes)  # the originals, and the rounds'
+    assert max(copies.values()) <= 1 + len(sizes)
+    logged = Counter(line.get("command_id") for line in lines)
+    assert all(logged[message_id] == 1 for message_id in ids)
+
+
+def _wait_for_output(system: RunningSystem, condition: Callable[[str], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not condition(system.output()):
+        assert time.monotonic() < deadline, system.output()[-3000:]
+        time.sleep(0.1)
+
+
+def _drain(channel: BlockingChannel, queue: str) -> list[bytes]:
+    bodies: list[bytes] = []
+    while True:
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        if method is None or body is None:
+            return bodies
+        bodies.append(body)
+
+
+def test_a_publish_the_broker_closes_the_channel_over_returns_no_command(
+    system: RunningSystem,
+) -> None:
+    """The events exchange deleted under the worker: each event publish makes the broker
+    close the channel it went out on (404). That is the publish channel alone: the
+    commands that took effect are acked, never returned to their queue (where each
+    return counts against the delivery limit, and the twentieth dead-letters them),
+    and their events are logged once the exchange is back."""
+    client = PlainClient(system.amqp_url, system.prefix)
+    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
+    channel = connection.channel()
+    try:
+        channel.exchange_delete(system.names.events)
+        sent = [client.send({"command": "create", "item": {"properties": {"n": n}}})
+                for n in range(5)]
+        assert all(reply.status == 200 for reply in sent)
+        ids = {str(reply.properties.correlation_id) for reply in sent}
+        _wait_for_output(system, lambda out: out.count("closed the publish channel") >= 2)
+        channel.exchange_declare(system.names.events, "fanout", durable=True)
+        channel.queue_bind(system.names.events_log, system.names.events)
+        lines = system.wait_for_log(
+            lambda ls: ids <= {line.get("command_id") for line in ls}, timeout=40)
+        depth = queue_depth(system.amqp_url, system.names.commands)
+    finally:
+        client.close()
+        connection.close()
+    output = system.output()
+    logged = Counter(line.get("command_id") for line in lines)
+    assert all(logged[message_id] == 1 for message_id in ids), logged
+    assert depth == 0
+    assert "worker: disconnected" not in output  # the consuming channel never closed
+    assert "requeueing" not in output

@@ -168,16 +168,80 @@ def test_an_unknown_kid_rereads_the_file_at_most_once_per_cooldown(idp: Idp) -> 
     assert authority.authenticate(idp.token(key=idp.keys[0])).user_id == "alice"
 
 
-def test_a_broken_file_on_reread_keeps_the_keys_read_before(
+def test_a_broken_file_on_reread_keeps_the_keys_read_before_for_the_grace_only(
     idp: Idp, caplog: pytest.LogCaptureFixture
 ) -> None:
     now = [0.0]
-    authority = JwtAuthority(JwksFile(str(idp.jwks_file), clock=lambda: now[0]), RULES)
-    idp.jwks_file.write_text("{not json")
+    keys = JwksFile(str(idp.jwks_file), cooldown=5, grace=15, clock=lambda: now[0])
+    authority = JwtAuthority(keys, RULES)
+    idp.jwks_file.write_text('{"keys": [{"kty": "RSA", "n": ')  # half-written
     now[0] += 60
     assert "not in the key set" in refusal(authority, idp.token(headers={"kid": "other"}))
     assert authority.authenticate(idp.token()).user_id == "alice"
-    assert "keeping the keys read before" in caplog.text
+    assert "keeping the 2 key(s) read before for up to 15s" in caplog.text
+    assert keys.failure() is None
+    now[0] += 10  # still unreadable, within the grace
+    assert authority.authenticate(idp.token()).user_id == "alice"
+    now[0] += 5  # the grace is over: it fails closed
+    assert "not in the key set" in refusal(authority, idp.token())
+    assert "is not JSON" in str(keys.failure()) and "for 15s" in str(keys.failure())
+    assert "every token is refused" in caplog.text
+    idp.publish(idp.keys)  # written whole at last
+    now[0] += 5
+    assert authority.authenticate(idp.token()).user_id == "alice"
+    assert keys.failure() is None and "holds 2 key(s) again" in caplog.text
+
+
+def test_a_file_rewritten_in_place_keeps_its_keys_across_the_moment_it_is_empty(
+    idp: Idp
+) -> None:
+    now = [0.0]
+    authority = JwtAuthority(JwksFile(str(idp.jwks_file), clock=lambda: now[0]), RULES)
+    for moment in (b"", b'{"keys": [{"kty"'):  # truncated, then half-written
+        idp.jwks_file.write_bytes(moment)
+        now[0] += 5
+        assert authority.authenticate(idp.token()).user_id == "alice"
+    idp.jwks_file.write_bytes(idp.jwks(idp.keys))
+    now[0] += 5
+    assert authority.authenticate(idp.token(key=idp.keys[1])).user_id == "alice"
+
+
+@pytest.mark.parametrize(("revoke", "says"), [
+    (lambda path: path.write_text('{"keys": []}'), "is empty: it holds no key"),
+    (lambda path: path.unlink(), "the file is gone"),
+    (lambda path: path.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}'),
+     "holds no usable public key"),
+    (lambda path: path.write_text("[]"), "is not a JSON Web Key Set"),
+])
+def test_emptying_or_removing_the_file_revokes_every_key_at_the_next_look(
+    idp: Idp, caplog: pytest.LogCaptureFixture, revoke: Callable[[Path], object], says: str
+) -> None:
+    now = [0.0]
+    keys = JwksFile(str(idp.jwks_file), cooldown=5, clock=lambda: now[0])
+    authority = JwtAuthority(keys, RULES)
+    assert authority.authenticate(idp.token()).user_id == "alice"
+    assert scraped_keys() == 2
+    revoke(idp.jwks_file)
+    now[0] += 5
+    for token in (idp.token(key=idp.keys[0]), idp.token(key=idp.keys[1]),
+                  idp.token(headers={"kid": None})):
+        assert "not in the key set" in refusal(authority, token)
+    assert says in str(keys.failure())
+    assert scraped_keys() == 0
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert says in error.getMessage() and "every token is refused" in error.getMessage()
+    idp.publish(idp.keys[1:])  # a new key set: back, with its keys only
+    now[0] += 5
+    assert "not in the key set" in refusal(authority, idp.token(key=idp.keys[0]))
+    assert authority.authenticate(idp.token(key=idp.keys[1])).user_id == "alice"
+    assert keys.failure() is None and scraped_keys() == 1
+
+
+def scraped_keys() -> float | None:
+    """thelca_authority_keys{source="jwks-file"} as a scrape of /metrics reads it."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("thelca_authority_keys", {"source": "jwks-file"})
 
 
 def test_a_pem_public_key_or_certificate_file(idp: Idp, tmp_path: Path) -> None:

@@ -70,6 +70,30 @@ def build_authority(settings: Settings) -> Authority:
     raise AssertionError(f"{name} is listed in AUTHORITIES but not built")
 
 
+def authority_health(settings: Settings) -> tuple[bool, str]:
+    """Whether the Authority can verify tokens now, and a line that says so (for `health`).
+
+    For jwt this reads the key set as the worker does (a URL is fetched): an
+    emptied or removed JWKS file is a failure, since the worker refuses every
+    token then. Without THELCA_AUTHORITY set there is nothing to check.
+    """
+    if not settings.authority:
+        return True, f"not checked ({OPTIONS['authority'].env} is not set here)"
+    try:
+        name = check_authority_choice(settings)
+        if name != "jwt":
+            return True, f"{name} (development only)"
+        from thelca.authority import jwt
+
+        keys = jwt.from_settings(settings).keys
+        failure = keys.failure()
+    except ConfigurationError as error:
+        return False, f"FAILED ({error})"
+    if failure is not None:
+        return False, f"FAILED ({failure})"
+    return True, f"ok (jwt, keys from {keys.description})"
+
+
 def check_processes(settings: Settings) -> None:
     """Refuse several worker processes on a store that takes one writer, saying what to do."""
     if settings.processes == 1 or many_writers(settings.store):

@@ -34,6 +34,10 @@ DEAD_LETTERS = Counter("thelca_dead_letters", "Messages sent to the dead-letter 
 LOG_LINES = Counter("thelca_log_lines", "Event log lines written and fsynced")
 LOG_DUPLICATES = Counter("thelca_log_duplicates",
                          "Events not written again because their id was written already")
+AUTHORITY_KEYS = Gauge(
+    "thelca_authority_keys",
+    "Public keys the jwt Authority verifies tokens with; 0: every token is refused",
+    ["source"])
 FSYNC_SECONDS = Histogram(
     "thelca_log_fsync_seconds", "One flush and fsync of the event log",
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))

@@ -75,17 +75,23 @@ OPTIONS: dict[str, Option] = {
                            "each the next port: workers, then logger, then replay)"),
     "metrics_host": Option("--metrics-host", "THELCA_METRICS_HOST", "127.0.0.1",
                            "address the metrics endpoint listens on"),
+    "worker_broker_user": Option(
+        "--worker-user", "THELCA_WORKER_BROKER_USER", None,
+        "the worker's broker user: a letter counts as the worker's only when its user_id, "
+        "which the broker checks, is this user (use it with per-role broker users)"),
 }
 
 JWT = ("jwks", "jwt_key_file", "jwt_algorithms", "jwt_issuer", "jwt_audience", "jwt_leeway")
 GROUPS = {
     "broker": ("amqp_url", "prefix", "amqp_ca_file", "amqp_cert_file", "amqp_key_file"),
     "store": ("store",),
+    "authority": ("authority", *JWT),
     "worker": ("authority", *JWT, "max_body", "prefetch", "processes"),
     "logger": ("event_log", "event_log_max_bytes", "prefetch"),
     "replay": ("authority", *JWT, "event_log", "replay_streams"),
     "logging": ("log_level", "log_format"),
     "metrics": ("metrics_port", "metrics_host"),
+    "dead": ("worker_broker_user",),
 }
 
 
@@ -128,6 +134,7 @@ class Settings:
     log_format: str = "text"
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    worker_broker_user: str | None = None
 
     @property
     def names(self) -> Names:

@@ -100,9 +100,19 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def child_command(argv: Sequence[str]) -> list[str]:
+    """The command line of a child running `thelca ARGV...` with this interpreter.
+
+    `-P` keeps the current directory off the child's sys.path: `python -m thelca`
+    started in a folder holding a `thelca/` directory (a clone, say) would import
+    that instead of the installed package, and crash-loop if it is not the same.
+    """
+    return [sys.executable, "-P", "-m", "thelca", *argv]
+
+
 def _start(kid: _Child, env: Mapping[str, str]) -> None:
     # In a process group of its own a child does not get the terminal's Ctrl-C
     # directly; the supervisor forwards one SIGTERM, so a single Ctrl-C stops gently.
-    kid.process = subprocess.Popen([sys.executable, "-m", "thelca", *kid.argv], env=dict(env),
+    kid.process = subprocess.Popen(child_command(kid.argv), env=dict(env),
                                    process_group=0, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads here
     log.info("started %s (pid %d)", kid.name, kid.process.pid)

@@ -24,6 +24,7 @@ from thelca.amqp.dead import (
     DeadQueue,
     Death,
     Retried,
+    Sender,
     list_dead,
     retry_dead,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "QueueMissing",
     "ReplayConsumer",
     "Retried",
+    "Sender",
     "Topology",
     "connection_parameters",
     "list_dead",

@@ -19,6 +19,24 @@ and goes on trying, and it holds `<queue>.stuck` (exclusive, on a channel of
 its own) until the batch goes through: that is where `thelca health` sees it.
 A quorum queue still counts a cancelled consumer that holds deliveries, so the
 consumer count alone cannot tell. thelca_batch_stuck is 1 meanwhile.
+
+Publishes go out on a channel of their own, beside the one that consumes and
+acks. A refused publish (a nack) retires that channel: on RabbitMQ 3.10 a
+channel whose first publish to a quorum queue came while the queue's leader
+was down has every later publish nacked until that node returns, while a new
+channel works within half a second of the election. Its unconfirmed publishes
+count as refused too, and a fresh channel opens, without touching the
+deliveries: at once if the retired one had publishes confirmed (the refusal
+was about a message, a full queue say), else after a pause (0.05 s, doubling
+to 0.5 s while fresh channels are refused too). Batches handled meanwhile
+wait for it, unacked; each message goes out once, and a refused one is left
+to the republish.
+
+A refused batch's events stay in the handler's outbox and its deliveries are
+acked (nacked()); the outbox is then published again, one republish at a
+time, with backoff: refusals while one is scheduled or in flight only ask
+for the next, and an event already on its way is never sent a second time,
+so no more events are in flight than the outbox holds.
 """
 
 from __future__ import annotations
@@ -27,15 +45,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pika
 import pika.channel
+import pika.frame
 import pika.spec
 
 from thelca import metrics
-from thelca.amqp.connection import Reconnecting, SessionLike
+from thelca.amqp.connection import Reconnecting, SessionLike, broker_login
 from thelca.amqp.convert import basic_properties, incoming_of
 from thelca.amqp.session import ConnectionSession
 from thelca.amqp.topology import Topology, stuck_marker
@@ -47,6 +67,15 @@ log = logging.getLogger(__name__)
 
 STUCK_AFTER = 5  # failures in a row of the same batch before the consumer stops consuming
 ACCESS_REFUSED = 403
+# Seconds before a fresh publish channel when the one refused never had a publish confirmed,
+# doubling while fresh ones are refused too: no churn of channels while a queue has no leader,
+# and batches handled meanwhile wait no longer than this.
+FRESH_CHANNEL_FIRST = 0.05
+FRESH_CHANNEL_LONGEST = 0.5
+REPUBLISH_FIRST = 0.5  # seconds before republishing the outbox after a refusal, doubling
+REPUBLISH_LONGEST = 10.0
+PASSING_RETRY_LONGEST = 1.0  # seconds between tries of a batch the store or Authority failed
+OUTBOX_ROUND = 1000  # events one republish takes from the outbox at most (its default)
 
 
 class BatchConsumer(Reconnecting):
@@ -87,6 +116,8 @@ class _Batch:
     published: list[Outgoing]
     unconfirmed: int = 0
     nacked: bool = False
+    unsent: list[Outgoing] | None = None  # waiting for a publish channel
+    keys: list[tuple[str, str]] = field(default_factory=list)  # its messages in _on_their_way
 
 
 class _BatchSession(ConnectionSession[_Batch]):
@@ -102,17 +133,101 @@ class _BatchSession(ConnectionSession[_Batch]):
         self._tidy_scheduled = False
         self._batches: deque[_Batch] = deque()
         self._retry_delay = 0.0
+        self.publisher: pika.channel.Channel | None = None  # publishes go out here
+        self._opening_publisher = False
+        self._publisher_works = False  # the broker has confirmed a publish on it
+        self._fresh_channel_delay = 0.0
+        self._on_their_way: set[tuple[str, str]] = set()  # (exchange, message_id) unconfirmed
         self._failures = 0  # of the batch at the head, in a row
         self._marker: pika.channel.Channel | None = None  # holds <queue>.stuck while stuck
         self._marking = False
         self._republish_delay = 0.0
+        self._republish_due = False  # a refusal left events in the outbox to publish again
+        self._republish_timer = False
+        self._republishing: _Batch | None = None  # the one republish in flight
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
         self._confirms_pending = metrics.CONFIRMS_PENDING.labels(owner.name)
+        # Events and dead letters carry the login as user_id, which the broker checks: a
+        # dead letter with the worker's user_id was dead-lettered by the worker, not forged.
+        self._login = broker_login(params)
 
     def _start(self) -> None:
         metrics.BATCH_STUCK.labels(self.owner.name).set(0)
-        self._recover()
-        self._consume(self._on_message)
+        self._open_publisher()  # then the outbox is republished, and consuming starts
+
+    # ------------------------------------------------------------ the publish channel
+
+    def _open_publisher(self) -> None:
+        if (self._opening_publisher or self.publisher is not None or self._closing
+                or self.connection is None or not self.connection.is_open):
+            return
+        self._opening_publisher = True
+        self.connection.channel(on_open_callback=self._on_publisher_open)
+
+    def _on_publisher_open(self, channel: pika.channel.Channel) -> None:
+        self._opening_publisher = False
+        if self._closing:
+            channel.close()
+            return
+        channel.add_on_close_callback(self._on_publisher_closed)
+        channel.confirm_delivery(ack_nack_callback=partial(self._on_publisher_confirm, channel))
+        self.publisher = channel
+        self._publisher_works = False
+        self._next_seq = 1  # the session's confirm bookkeeping follows this channel
+        if not self.consumed:  # the session starts: the outbox first, then the queue
+            self._republish()
+            self._consume(self._on_message)
+            return
+        for batch in self._batches:
+            if batch.unsent is not None:
+                self._send(batch)
+        if self._republish_due and not self._republish_timer:
+            self._schedule_republish()
+        self._settle()
+
+    def _on_publisher_confirm(self, channel: pika.channel.Channel,
+                              frame: pika.frame.Method[Any]) -> None:
+        if channel is not self.publisher:
+            return  # a retired channel's: its publishes were counted as refused already
+        if isinstance(frame.method, pika.spec.Basic.Nack):
+            self._on_confirm(frame)
+            self._retire_publisher("the broker refused a publish")
+        else:
+            self._publisher_works = True
+            self._fresh_channel_delay = 0.0
+            self._on_confirm(frame)
+
+    def _on_publisher_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
+        if channel is not self.publisher or self._closing:
+            return
+        if self.connection is None or not self.connection.is_open:
+            self.publisher = None  # the connection went: so does the session, with its acks
+            return
+        self._retire_publisher(f"the broker closed the publish channel: {reason}")
+
+    def _retire_publisher(self, why: str) -> None:
+        """Publish no more on this channel: what it has not confirmed counts as refused."""
+        channel, self.publisher = self.publisher, None
+        if channel is None:
+            return
+        for batch in self._in_flight.values():
+            batch.unconfirmed -= 1
+            batch.nacked = True
+        self._in_flight.clear()
+        if channel.is_open:
+            channel.close()
+        # A channel that worked was refused a message (a full queue, say): a fresh one at
+        # once. One that never did may be stuck (see the module docstring): let the
+        # election end first.
+        delay = 0.0 if self._publisher_works else min(
+            FRESH_CHANNEL_LONGEST, max(FRESH_CHANNEL_FIRST, self._fresh_channel_delay * 2))
+        self._fresh_channel_delay = delay
+        log.warning("%s: %s; publishing on a fresh channel in %.1fs", self.owner.name, why,
+                    delay)
+        assert self.connection is not None
+        self.connection.ioloop.call_later(delay, self._open_publisher)
+        self._confirms_pending.set(0)
+        self._settle()
 
     # ------------------------------------------------------------ consume
 
@@ -143,8 +258,9 @@ class _BatchSession(ConnectionSession[_Batch]):
             publish = self.owner.handler.handle([incoming for _, incoming, _ in batch])
         except (StoreUnavailable, AuthorityUnavailable) as error:
             # Known and passing (a database restart, a deadlock, an unreachable key
-            # set): one line is enough; the batch is kept and tried again.
-            self._retry_later(batch, f"{type(error).__name__}: {error}")
+            # set): one line is enough; the batch is kept and tried again, at most a
+            # second apart, so that it goes through within a second of the store's return.
+            self._retry_later(batch, f"{type(error).__name__}: {error}", PASSING_RETRY_LONGEST)
             return
         except Exception:
             log.exception("%s: a batch of %d failed unexpectedly", self.owner.name, len(batch))
@@ -159,16 +275,18 @@ class _BatchSession(ConnectionSession[_Batch]):
         if self._waiting:
             self._schedule_flush(0)
 
-    def _retry_later(self, batch: list[tuple[int, Incoming, float]], why: str) -> None:
+    def _retry_later(self, batch: list[tuple[int, Incoming, float]], why: str,
+                     longest: float = 30.0) -> None:
         self._failures += 1
         metrics.BATCH_RETRIES.labels(self.owner.name).inc()
-        self._retry_delay = min(30.0, max(0.5, self._retry_delay * 2))
+        self._retry_delay = min(longest, max(0.5, self._retry_delay * 2))
         log.warning("%s: a batch of %d is retried in %.1fs (%s)", self.owner.name, len(batch),
                     self._retry_delay, why)
         if self._failures == STUCK_AFTER and self.consumer_tag is not None:
             log.error("%s: stuck batch: a batch of %d failed %d times in a row; no longer "
-                      "consuming %s until it goes through (it is tried again, at most 30 s "
-                      "apart)", self.owner.name, len(batch), self._failures, self.owner.queue)
+                      "consuming %s until it goes through (it is tried again, at most %.0f s "
+                      "apart)", self.owner.name, len(batch), self._failures, self.owner.queue,
+                      longest)
             metrics.BATCH_STUCK.labels(self.owner.name).set(1)
             self._cancel_consumer()
             self.owner.on_state(f"stuck batch: not consuming {self.owner.queue}")
@@ -224,20 +342,44 @@ class _BatchSession(ConnectionSession[_Batch]):
 
     def _publish_batch(
         self, delivery_tags: list[int], publish: list[Outgoing], received: list[float]
-    ) -> None:
-        assert self.channel is not None and self.replies is not None
-        batch = _Batch(delivery_tags, received, publish)
+    ) -> _Batch:
+        """Publish what a batch produced (or, between publish channels, hold it for the next).
+
+        Replies go out at once on the reply connection, and the batch's ack waits for none
+        of them (see the module docstring).
+        """
+        assert self.replies is not None
+        rest = []
         for message in publish:
-            if not message.exchange:  # thelca sends to the default exchange only to clients
+            if message.exchange:
+                rest.append(message)
+            else:  # thelca sends to the default exchange only to clients
                 self.replies.publish(message)
-                continue
-            self.channel.basic_publish(
-                message.exchange, message.routing_key, message.body, basic_properties(message)
+        batch = _Batch(delivery_tags, received, [], unsent=rest or None)
+        self._batches.append(batch)
+        if self.publisher is not None and batch.unsent is not None:
+            self._send(batch)
+        self._settle()
+        return batch
+
+    def _send(self, batch: _Batch) -> None:
+        assert self.publisher is not None and batch.unsent is not None
+        for message in batch.unsent:
+            key = _key(message)
+            if key is not None and key in self._on_their_way:
+                continue  # already on its way in another batch, which answers for it
+            properties = basic_properties(message)
+            properties.user_id = self._login
+            self.publisher.basic_publish(
+                message.exchange, message.routing_key, message.body, properties
             )
             self._published(batch)
-        self._batches.append(batch)
+            batch.published.append(message)
+            if key is not None:
+                self._on_their_way.add(key)
+                batch.keys.append(key)
+        batch.unsent = None
         self._confirms_pending.set(len(self._in_flight))
-        self._settle()
 
     def _confirmed(self, confirmed: list[_Batch], refused: bool) -> None:
         if refused:
@@ -248,22 +390,42 @@ class _BatchSession(ConnectionSession[_Batch]):
 
     def _settle(self) -> None:
         """Ack (or requeue) batches whose publishes are all confirmed, oldest first."""
-        assert self.channel is not None
-        while self._batches and not self._batches[0].unconfirmed:
+        if self.channel is None or not self.channel.is_open:
+            return  # the session is ending: what is unacked goes back to the queue
+        kept = 0
+        while (self._batches and self._batches[0].unsent is None
+               and not self._batches[0].unconfirmed):
             batch = self._batches.popleft()
-            if batch.nacked and not self._kept(batch):
-                log.warning("%s: the broker refused a publish; requeueing %d deliveries",
-                            self.owner.name, len(batch.delivery_tags))
-                for tag in batch.delivery_tags:
-                    self.channel.basic_nack(tag, requeue=True)
-                continue
+            self._on_their_way.difference_update(batch.keys)
+            if batch is self._republishing:
+                self._republishing = None
+                if batch.nacked:
+                    log.warning("%s: the broker refused the republish of %d events",
+                                self.owner.name, len(batch.published))
+                else:
+                    log.info("%s: the broker confirmed the %d republished events",
+                             self.owner.name, len(batch.published))
+                    self._republish_delay = 0.0  # it takes them again: no more backoff
+            if batch.nacked:
+                if not self._kept(batch):
+                    log.warning("%s: the broker refused a publish; requeueing %d deliveries",
+                                self.owner.name, len(batch.delivery_tags))
+                    for tag in batch.delivery_tags:
+                        self.channel.basic_nack(tag, requeue=True)
+                    continue
+                kept += 1
             if batch.delivery_tags:
                 self.channel.basic_ack(max(batch.delivery_tags), multiple=True)
             self._observe(batch)
             if batch.published and not batch.nacked:
-                self._republish_delay = 0.0
                 self.owner.handler.confirmed(batch.published)
                 self._schedule_tidy()
+        if kept:
+            self._republish_due = True
+            log.warning("%s: the broker refused a publish; its events are kept and published "
+                        "again %s (%d batches)", self.owner.name, self._next_republish(), kept)
+        if self._republish_due:
+            self._schedule_republish()
         self._close_if_drained()
 
     def _kept(self, batch: _Batch) -> bool:
@@ -275,33 +437,68 @@ class _BatchSession(ConnectionSession[_Batch]):
         its outbox, the deliveries are acked, and the outbox is published again.
         """
         try:
-            kept = self.owner.handler.nacked(batch.published)
+            return self.owner.handler.nacked(batch.published)
         except Exception:
             log.exception("%s: keeping refused publishes failed", self.owner.name)
             return False
-        if kept:
-            self._republish_delay = min(30.0, max(1.0, self._republish_delay * 2))
-            log.warning("%s: the broker refused a publish; its events are kept and published "
-                        "again in %.0fs", self.owner.name, self._republish_delay)
-            assert self.connection is not None
-            self.connection.ioloop.call_later(self._republish_delay, self._recover)
-        return kept
 
-    def _recover(self) -> None:
+    # ------------------------------------------------------------ republishing the outbox
+
+    def _next_republish(self) -> str:
+        if self._republishing is not None or self._republish_timer:
+            return "after the republish already under way"
+        return f"in {self._backoff_republish():.1f}s"
+
+    def _backoff_republish(self) -> float:
+        self._republish_delay = min(REPUBLISH_LONGEST,
+                                    max(REPUBLISH_FIRST, self._republish_delay * 2))
+        return self._republish_delay
+
+    def _schedule_republish(self) -> None:
+        """One republish at a time: none while one is scheduled or awaits its confirms."""
+        if (self._republishing is not None or self._republish_timer or self._closing
+                or self.connection is None):
+            return
+        delay = self._republish_delay or self._backoff_republish()
+        self._republish_timer = True
+        self.connection.ioloop.call_later(delay, self._republish_later)
+
+    def _republish_later(self) -> None:
+        self._republish_timer = False
+        if self._republish_due:
+            self._republish()
+
+    def _republish(self) -> None:
         """Publish the handler's unconfirmed messages (at connect, and after a refusal)."""
         if self._closing or self.channel is None:
             return
-        try:
-            recovered = self.owner.handler.recover()
-        except (StoreUnavailable, AuthorityUnavailable) as error:
-            log.warning("%s: cannot read the outbox now (%s); trying again in 5s",
-                        self.owner.name, error)
-            assert self.connection is not None
-            self.connection.ioloop.call_later(5.0, self._recover)
+        if self.publisher is None:
+            self._republish_due = True  # the fresh channel asks again when it opens
             return
-        if recovered:
-            log.info("%s: republishing %d unconfirmed events", self.owner.name, len(recovered))
-            self._publish_batch([], recovered, [])
+        self._republish_due = False
+        try:
+            self.owner.handler.tidy()  # confirmed events leave the outbox: none goes again
+            recovered = self.owner.handler.recover()
+        except Exception as error:
+            if isinstance(error, (StoreUnavailable, AuthorityUnavailable)):
+                log.warning("%s: cannot read the outbox now (%s); trying again in 5s",
+                            self.owner.name, error)
+            else:
+                log.exception("%s: reading the outbox failed; trying again in 5s",
+                              self.owner.name)
+            self._republish_due = True
+            self._republish_timer = True
+            assert self.connection is not None
+            self.connection.ioloop.call_later(5.0, self._republish_later)
+            return
+        fresh = [m for m in recovered if _key(m) not in self._on_their_way]
+        if len(recovered) >= OUTBOX_ROUND:
+            self._republish_due = True  # the outbox may hold more: the next round takes them
+        if fresh:
+            log.info("%s: republishing %d unconfirmed events", self.owner.name, len(fresh))
+            self._republishing = self._publish_batch([], fresh, [])
+        elif self._republish_due:
+            self._schedule_republish()
 
     def _observe(self, batch: _Batch) -> None:
         role = self.owner.name
@@ -337,6 +534,13 @@ class _BatchSession(ConnectionSession[_Batch]):
     def _drained(self) -> bool:
         return (not self._waiting and not self._batches
                 and (self.replies is None or not self.replies.outstanding))
+
+
+def _key(message: Outgoing) -> tuple[str, str] | None:
+    """What tells one event (or dead letter) from another; replies have none."""
+    if message.exchange and message.message_id:
+        return message.exchange, message.message_id
+    return None
 
     def _before_close(self) -> None:
         self._run_tidy()

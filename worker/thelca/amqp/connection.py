@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import pika
+import pika.connection
 
 from thelca.amqp.topology import SETUP_REFUSALS, Topology
 from thelca.errors import ConfigurationError
@@ -38,6 +39,16 @@ def connection_parameters(
     if not params:
         raise ValueError("no broker URL given")
     return params
+
+
+def broker_login(params: pika.connection.Parameters) -> str | None:
+    """The broker user a connection logs in as; None for a certificate (EXTERNAL) login.
+
+    Set as a message's `user_id`, the broker checks it against the login and
+    refuses a publish that claims another: a consumer can tell who published.
+    """
+    username = getattr(params.credentials, "username", None)
+    return username if isinstance(username, str) and username else None
 
 
 def safe_url(url: str) -> str:

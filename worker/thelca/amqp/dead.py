@@ -6,13 +6,23 @@ message only after the broker has confirmed the command it republished, so a
 crash in between leaves it dead, to be retried again (commands are idempotent
 by message_id). Tokens stay in this module: a DeadLetter only says whether the
 message carries one.
+
+Anyone who may publish to the default exchange may also publish straight into
+the dead queue, or make the broker dead-letter a command of their choosing
+(an expiration behind a backlog), with any headers. So each letter says how
+it came (the exchange it was published to, the broker-checked `user_id`,
+`x-death`) and, from that, who sent it and how sure that is. Every value is
+shown escaped: a letter may hold bytes that are not UTF-8 and headers of any
+type.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import pika
@@ -22,6 +32,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from thelca.amqp.admin import close_quietly, connect
 from thelca.errors import BrokerUnavailable, ThelcaError
+from thelca.roles.messages import bookkeeping
 from thelca_client.contract import (
     AUTHORIZATION_HEADER,
     CONTENT_TYPE,
@@ -29,18 +40,26 @@ from thelca_client.contract import (
     DEAD_REPLY_TO_HEADER,
     DEAD_USER_HEADER,
     DIRECT_REPLY_TO,
+    RETRY_OF_HEADER,
     Names,
 )
 from thelca_client.tls import TlsFiles
 
-# What the broker and thelca add on the way to the dead queue; a retried command drops them.
-DROPPED_HEADERS = ("x-death", "x-delivery-count", "x-acquired-count")
-DROPPED_PREFIXES = ("x-thelca-", "x-first-death-", "x-last-death-")
-
-DeadBy = Literal["worker", "logger", "broker", "unknown"]
+DeadBy = Literal["worker", "logger", "broker", "unknown", "nobody"]
+# How sure the sender of a letter is, most sure first.
+Known = Literal["certain", "likely", "token", "claimed", "unknown"]
+KNOWN_SENDERS: tuple[Known, ...] = ("certain", "likely")
 RetryStatus = Literal[
-    "sent-own-token", "sent-given-token", "no-token", "not-a-command", "unroutable", "refused"
+    "sent-own-token", "sent-as-operator", "no-token", "sender-unknown", "not-dead-lettered",
+    "not-a-command", "own-reply-to", "unroutable", "refused", "unencodable",
 ]
+# The reason of a command or replay request that was not run because its reply_to named
+# one of thelca's own queues (contract v1.1): sent back, it would only come back here.
+OWN_REPLY_TO_REASON = "reply_to names thelca's own queue"
+# Raised by every listing (the messages go back to the queue): not shown, so that two
+# listings of the same queue are the same.
+LISTING_COUNTS = ("x-delivery-count", "x-acquired-count")
+LONGEST_INT = 2**63  # what JSON readers take as an exact integer, roughly
 
 
 class DeadLettersUnavailable(ThelcaError):
@@ -61,19 +80,41 @@ class Death:
 
 
 @dataclass(frozen=True)
+class Sender:
+    """Who sent a dead letter, as far as can be told, and how sure that is (and why)."""
+
+    user: str | None
+    known: Known
+    why: str
+
+    @property
+    def known_user(self) -> str | None:
+        """The user, when known for certain (or as good as): never a mere claim."""
+        return self.user if self.known in KNOWN_SENDERS else None
+
+
+@dataclass(frozen=True)
 class DeadLetter:
-    """A message of the dead queue as an operator may see it: never its token."""
+    """A message of the dead queue as an operator may see it: never its token.
+
+    Every text is shown escaped (bytes that are not UTF-8 as \\xNN); `headers`
+    holds every header but the token and the delivery counts, as JSON values.
+    """
 
     position: int
     message_id: str | None
     correlation_id: str | None
     reply_to: str | None
+    exchange: str
+    user_id: str | None
     by: DeadBy
     reason: str | None
-    user: str | None
+    user: str | None  # x-thelca-user as written, whoever wrote it
+    sender: Sender
     deaths: tuple[Death, ...]
     has_token: bool
     is_command: bool
+    headers: dict[str, Any]
     body: bytes
 
 
@@ -99,9 +140,14 @@ class Retried:
 
 
 def list_dead(
-    urls: str, names: Names, limit: int, timeout: float = 10.0, *, tls: TlsFiles | None = None
+    urls: str, names: Names, limit: int, timeout: float = 10.0, *,
+    tls: TlsFiles | None = None, worker_user: str | None = None,
 ) -> DeadQueue:
-    """The first `limit` dead letters, oldest first; all of them stay in the queue."""
+    """The first `limit` dead letters, oldest first; all of them stay in the queue.
+
+    With `worker_user` (the worker's broker user), a letter counts as the
+    worker's only when its broker-checked user_id is that user.
+    """
     with _session(urls, timeout, tls) as channel:
         count = _ready(channel, names.dead)
         letters = []
@@ -113,7 +159,8 @@ def list_dead(
             if method is None or properties is None or body is None:
                 break
             if position <= limit:
-                letters.append(_letter(position, names, properties, body))
+                letters.append(_letter(position, names, method, properties, body,
+                                       worker_user=worker_user))
     return DeadQueue(names.dead, count, letters)
 
 
@@ -122,11 +169,18 @@ def retry_dead(
     names: Names,
     *,
     message_ids: set[str] | None,
-    token: str | None,
+    operator_token: str | None,
     timeout: float = 10.0,
     tls: TlsFiles | None = None,
+    worker_user: str | None = None,
 ) -> list[Retried]:
-    """Send the chosen dead commands (None: all) back to `<prefix>.commands`, ack once confirmed."""
+    """Send the chosen dead commands (None: all) back to `<prefix>.commands`, ack once confirmed.
+
+    Only letters that were really dead-lettered, by the worker or the broker,
+    are sent. A letter that carries its own token is sent with it. One without
+    runs as the operator only with `operator_token` (--as-operator), and one
+    whose sender is not known for certain only when it is named in message_ids.
+    """
     outcomes: list[Retried] = []
     try:
         with _session(urls, timeout, tls) as channel:
@@ -136,9 +190,11 @@ def retry_dead(
                 method, properties, body = channel.basic_get(names.dead, auto_ack=False)
                 if method is None or properties is None or body is None:
                     break
-                letter = _letter(position, names, properties, body)
+                letter = _letter(position, names, method, properties, body,
+                                 worker_user=worker_user)
                 if message_ids is None or letter.message_id in message_ids:
-                    status = _retry_one(channel, names, letter, properties, token)
+                    status = _retry_one(channel, names, letter, properties, operator_token,
+                                        named=message_ids is not None)
                     if status.startswith("sent"):
                         channel.basic_ack(int(method.delivery_tag or 0))
                     outcomes.append(Retried(letter, status))
@@ -153,81 +209,175 @@ def _retry_one(
     names: Names,
     letter: DeadLetter,
     properties: pika.spec.BasicProperties,
-    token: str | None,
+    operator_token: str | None,
+    *,
+    named: bool,
 ) -> RetryStatus:
-    if not letter.is_command:
-        return "not-a-command"
-    if token is None and not letter.has_token:
-        return "no-token"
+    status = _verdict(letter, operator_token, named=named)
+    if status is not None:
+        return status
+    token = None if letter.has_token else operator_token
     try:
-        channel.basic_publish("", names.commands, letter.body,
-                              _command_properties(letter, properties, token), mandatory=True)
+        command = _command_properties(letter, properties, token)
+        channel.basic_publish("", names.commands, letter.body, command, mandatory=True)
     except pika.exceptions.UnroutableError:
         return "unroutable"
     except pika.exceptions.NackError:
         return "refused"
-    return "sent-given-token" if token is not None else "sent-own-token"
+    except (pika.exceptions.UnsupportedAMQPFieldException,
+            pika.exceptions.ShortStringTooLong, struct.error, TypeError, ValueError):
+        return "unencodable"  # a header pika read but cannot write again; nothing was sent
+    return "sent-as-operator" if token is not None else "sent-own-token"
+
+
+def _verdict(letter: DeadLetter, operator_token: str | None, *, named: bool) -> RetryStatus | None:
+    """Why a letter is not sent; None when it is."""
+    if letter.by in ("nobody", "unknown"):
+        return "not-dead-lettered"
+    if letter.reason is not None and letter.reason.startswith(OWN_REPLY_TO_REASON):
+        return "own-reply-to"
+    if not letter.is_command:
+        return "not-a-command"
+    if letter.has_token:
+        return None  # it runs as whoever its own token says, checked by the worker
+    if operator_token is None:
+        return "no-token"
+    if letter.sender.known not in KNOWN_SENDERS and not named:
+        return "sender-unknown"
+    return None
 
 
 def _command_properties(
-    letter: DeadLetter, properties: pika.spec.BasicProperties, token: str | None
+    letter: DeadLetter, properties: pika.spec.BasicProperties, operator_token: str | None
 ) -> pika.BasicProperties:
-    headers = {k: v for k, v in (properties.headers or {}).items() if not _dropped(k)}
-    if token is not None:
-        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        headers[AUTHORIZATION_HEADER] = f"Bearer {token}"
+    """The command as it was sent, less the dead-letter bookkeeping: the same raw ids."""
+    original = dict(properties.headers or {})
+    headers = {k: v for k, v in original.items() if not bookkeeping(k)}
+    if operator_token is None:  # its own token, as it came
+        headers.update({k: v for k, v in original.items() if _is_authorization(k)})
+    else:
+        headers[AUTHORIZATION_HEADER] = f"Bearer {operator_token}"
+        headers[RETRY_OF_HEADER] = letter.sender.known_user or ""
+    reply_to: Any = properties.reply_to
+    if letter.by == "worker":  # the worker wrote it: the command's own reply_to
+        reply_to = original.get(DEAD_REPLY_TO_HEADER) or reply_to
     # The bare direct reply-to name is only valid on the channel that consumes it.
-    reply_to = None if letter.reply_to == DIRECT_REPLY_TO else letter.reply_to
+    if reply_to == DIRECT_REPLY_TO:
+        reply_to = None
     return pika.BasicProperties(
         content_type=properties.content_type or CONTENT_TYPE, delivery_mode=2,
-        message_id=letter.message_id, correlation_id=letter.correlation_id,
+        message_id=properties.message_id, correlation_id=properties.correlation_id,
         reply_to=reply_to, headers=headers,
     )
 
 
-def _dropped(header: str) -> bool:
-    name = header.lower()
-    return name in DROPPED_HEADERS or name.startswith(DROPPED_PREFIXES)
+def _is_authorization(header: object) -> bool:
+    return isinstance(header, str) and header.lower() == "authorization"
+
+
+# ---------------------------------------------------------------- what a letter is
 
 
 def _letter(
-    position: int, names: Names, properties: pika.spec.BasicProperties, body: bytes
+    position: int,
+    names: Names,
+    method: pika.spec.Basic.GetOk,
+    properties: pika.spec.BasicProperties,
+    body: bytes,
+    *,
+    worker_user: str | None,
 ) -> DeadLetter:
     headers = dict(properties.headers or {})
-    reason = _text(headers.get(DEAD_REASON_HEADER))
+    exchange = _text(method.exchange) or ""
+    user_id = _text(properties.user_id)
     deaths = _deaths(headers)
-    by = _dead_by(reason, deaths)
-    first_queue = _text(headers.get("x-first-death-queue")) or (
-        deaths[-1].queue if deaths else None)
+    claimed_reason = _text(headers.get(DEAD_REASON_HEADER))
+    by = _dead_by(names, exchange, claimed_reason, deaths, user_id=user_id,
+                  worker_user=worker_user)
+    has_token = any(_is_authorization(k) for k in headers)
+    user = _text(headers.get(DEAD_USER_HEADER))
+    reply_to = _text(headers.get(DEAD_REPLY_TO_HEADER)) if by == "worker" else None
     return DeadLetter(
         position=position,
-        message_id=properties.message_id,
-        correlation_id=properties.correlation_id,
-        reply_to=_text(headers.get(DEAD_REPLY_TO_HEADER)) or properties.reply_to,
+        message_id=_text(properties.message_id),
+        correlation_id=_text(properties.correlation_id),
+        reply_to=reply_to or _text(properties.reply_to),
+        exchange=exchange,
+        user_id=user_id,
         by=by,
-        reason=reason,
-        user=_text(headers.get(DEAD_USER_HEADER)),
+        reason=claimed_reason if by in ("worker", "logger") else None,
+        user=user,
+        sender=_sender(by, user, has_token=has_token, user_id=user_id, names=names,
+                       worker_user=worker_user),
         deaths=deaths,
-        has_token=any(str(k).lower() == "authorization" for k in headers),
-        is_command=by == "worker" or (by == "broker" and first_queue == names.commands),
+        has_token=has_token,
+        is_command=by == "worker" or (by == "broker" and deaths[0].queue == names.commands),
+        headers={_text(k) or "": _plain(v) for k, v in headers.items()
+                 if not _is_authorization(k) and k not in LISTING_COUNTS},
         body=body,
     )
 
 
-def _dead_by(reason: str | None, deaths: tuple[Death, ...]) -> DeadBy:
-    if reason is not None:
-        return "logger" if reason.startswith("logger:") else "worker"
-    return "broker" if deaths else "unknown"
+def _dead_by(
+    names: Names, exchange: str, reason: str | None, deaths: tuple[Death, ...], *,
+    user_id: str | None, worker_user: str | None,
+) -> DeadBy:
+    """Who put the letter in the dead queue, from what a client cannot forge.
+
+    The exchange: the default exchange ('') means it was published straight into
+    the queue. x-death: only the broker's dead-lettering adds an entry (the
+    newest first). The user_id: the broker checked it against the publisher's login.
+    """
+    if exchange != names.dead:
+        return "nobody"
+    if deaths:
+        return "broker"
+    if reason is None:
+        return "unknown"
+    if reason.startswith("logger:"):
+        return "logger"
+    if worker_user is not None and user_id != worker_user:
+        return "unknown"  # thelca's headers, written by someone who is not the worker
+    return "worker"
 
 
-def _deaths(headers: dict[str, Any]) -> tuple[Death, ...]:
+def _sender(
+    by: DeadBy, user: str | None, *, has_token: bool, user_id: str | None, names: Names,
+    worker_user: str | None,
+) -> Sender:
+    if by == "worker":
+        if user is None:
+            return Sender(None, "unknown", "the worker could not tell who sent it (no valid "
+                          "token)")
+        if worker_user is not None:
+            return Sender(user, "certain", f"dead-lettered by the worker: user_id {user_id} "
+                          "checked by the broker")
+        return Sender(user, "likely", f"came through {names.dead} without x-death: from a "
+                      "broker user that may write there, the worker with the README's users "
+                      "(give --worker-user to check its user_id)")
+    if has_token:
+        return Sender(None, "token", "its own token says, checked by the worker when it runs")
+    how = {
+        "nobody": "published straight into the dead queue, not dead-lettered",
+        "broker": "dead-lettered by the broker (x-death): the worker never saw it",
+        "logger": "not a command",
+        "unknown": f"thelca headers, but not from the worker (user_id {user_id or 'none'})",
+    }[by]
+    if user is not None:
+        return Sender(user, "claimed", f"x-thelca-user could be written by anyone: {how}")
+    return Sender(None, "unknown", how)
+
+
+def _deaths(headers: dict[Any, Any]) -> tuple[Death, ...]:
     """x-death, most recent first; failing that, x-first-death-reason and -queue."""
     entries = headers.get("x-death")
     if isinstance(entries, list) and entries:
-        return tuple(
+        deaths = tuple(
             Death(_text(e.get("reason")) or "unknown", _text(e.get("queue")), _int(e.get("count")))
             for e in entries if isinstance(e, dict)
         )
+        if deaths:
+            return deaths
     reason = _text(headers.get("x-first-death-reason"))
     if reason is None:
         return ()
@@ -235,15 +385,33 @@ def _deaths(headers: dict[str, Any]) -> tuple[Death, ...]:
 
 
 def _text(value: Any) -> str | None:
+    """A property or header as text; bytes that are not UTF-8 escaped (\\xff)."""
     if value is None:
         return None
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
+        return value.decode("utf-8", errors="backslashreplace")
     return str(value)
 
 
+def _plain(value: Any) -> Any:
+    """A header value as a JSON value: texts escaped, other types as text."""
+    if value is None or isinstance(value, bool | float | str):
+        return str(value) if isinstance(value, str) else value
+    if isinstance(value, int):
+        return value if -LONGEST_INT <= value < LONGEST_INT else str(value)
+    if isinstance(value, bytes):
+        return _text(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {_text(k) or "": _plain(v) for k, v in value.items()}
+    return str(value)  # Decimal, or whatever else pika may give
+
+
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _ready(channel: BlockingChannel, queue: str) -> int:

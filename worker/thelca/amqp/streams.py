@@ -1,12 +1,19 @@
 """The replay consumer's plumbing: many replay streams on one connection, with flow control.
 
 Each request delivered from `<prefix>.replay` becomes a stream (the
-application's EventStream). Up to `streams` requests are served at once
-(that is the prefetch); they take turns: each turn a stream publishes at
-most `chunk` messages, then the next one goes. Every publish is confirmed
-and at most `in_flight` of them are unconfirmed at any time, so a request
-for a million events neither floods the broker nor holds the log in memory,
-and a small request is not stuck behind a big one.
+application's EventStream). Up to `streams` requests are served at once, at
+most `per_user` of them for one user; they take turns: each turn a stream
+publishes at most `chunk` messages, then the next one goes. Every publish is
+confirmed and at most `in_flight` of them are unconfirmed at any time, so a
+request for a million events neither floods the broker nor holds the log in
+memory, and a small request is not stuck behind a big one.
+
+Fairness: the prefetch is `streams + waiting`, so requests beyond those
+served are taken from the queue and wait here, in order, each for a slot its
+user may have; one user's many requests cannot keep another's in the broker's
+queue. A user with `waiting_per_user` requests waiting already, or a request
+that waited `max_wait` seconds, is answered 429 at once (acked, not
+requeued: a requeue would count towards the queue's delivery limit).
 
 The streams go out on the session's reply connection (thelca.amqp.replies),
 since their reply_to is the subscriber's: a reply_to the broker chokes on
@@ -25,6 +32,7 @@ are single-threaded, and a long step would starve the heartbeats.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +55,11 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT = 500  # unconfirmed publishes at most, over all streams
 CHUNK = 100  # messages one stream publishes in its turn
+PER_USER = 2  # streams of one user at once
+WAITING = 128  # requests taken from the queue that wait for a turn, over all users
+WAITING_PER_USER = 16
+MAX_WAIT = 600.0  # seconds a request waits for its turn at most (the broker's
+# consumer_timeout, 30 minutes by default, closes the channel of an unacked delivery)
 
 
 class ReplayConsumer(Reconnecting):
@@ -60,15 +73,23 @@ class ReplayConsumer(Reconnecting):
         topology: Topology,
         *,
         streams: int = 4,
+        per_user: int = PER_USER,
+        waiting: int = WAITING,
+        waiting_per_user: int = WAITING_PER_USER,
+        max_wait: float = MAX_WAIT,
         in_flight: int = IN_FLIGHT,
         chunk: int = CHUNK,
         name: str = "replay",
         on_state: Callable[[str], None] | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
-        super().__init__(urls, queue, topology, prefetch=streams, name=name, on_state=on_state,
-                         tls=tls)
+        super().__init__(urls, queue, topology, prefetch=streams + waiting, name=name,
+                         on_state=on_state, tls=tls)
         self.opener = opener
+        self.streams = streams
+        self.per_user = min(per_user, streams)
+        self.waiting_per_user = waiting_per_user
+        self.max_wait = max_wait
         self.in_flight = in_flight
         self.chunk = chunk
 
@@ -83,6 +104,8 @@ class _Request:
     tag: int
     incoming: Incoming
     stream: EventStream
+    user: str | None = None  # who asked; None: an answer that costs nothing, never waits
+    taken: float = 0.0  # when it was delivered (monotonic)
     unconfirmed: int = 0
     ended: bool = False  # the stream gave its last message, or was abandoned
     requeue: bool = False  # nack it (a refused publish, or stopping) instead of acking
@@ -100,14 +123,16 @@ class _ReplaySession(ConnectionSession[_Request]):
     def __init__(self, owner: ReplayConsumer, params: pika.URLParameters) -> None:
         super().__init__(owner, params)
         self.owner: ReplayConsumer = owner
-        self._requests: deque[_Request] = deque()
+        self._requests: deque[_Request] = deque()  # being served, taking turns
+        self._waiting: deque[_Request] = deque()  # taken from the queue, waiting for a turn
         self._pump_scheduled = False
         self._unavailable = 0.0  # the last backoff for an Authority that did not answer
 
     def _ended(self) -> None:
-        for request in self._requests:  # unacked: the broker gives them to someone again
+        for request in (*self._requests, *self._waiting):  # unacked: delivered again
             request.stream.close()
         self._requests.clear()
+        self._waiting.clear()
 
     def _start(self) -> None:
         self._consume(self._on_message)
@@ -138,8 +163,46 @@ class _ReplaySession(ConnectionSession[_Request]):
         except Exception:
             stream = self.owner.opener.broken(incoming, self._bug("a replay request failed"))
         self._unavailable = 0.0
-        self._requests.append(_Request(tag, incoming, stream))
+        self._place(_Request(tag, incoming, stream, stream.user, time.monotonic()))
         self._schedule_pump()
+
+    # ------------------------------------------------------------ fairness
+
+    def _place(self, request: _Request) -> None:
+        """Serve the request now if its user may have one more stream, else let it wait."""
+        if request.user is None or self._room_for(request.user):
+            self._requests.append(request)
+        elif sum(w.user == request.user for w in self._waiting) >= self.owner.waiting_per_user:
+            self._refuse(request, f"too many replay requests from this user at once: "
+                         f"{self.owner.per_user} are streamed and {self.owner.waiting_per_user} "
+                         "wait; ask again when some have ended")
+        else:
+            self._waiting.append(request)
+
+    def _room_for(self, user: str) -> bool:
+        serving = [r.user for r in self._requests if r.user is not None and not r.ended]
+        return len(serving) < self.owner.streams and serving.count(user) < self.owner.per_user
+
+    def _admit(self) -> None:
+        """Move waiting requests, oldest first, to the streams their users have room for."""
+        now = time.monotonic()
+        for request in list(self._waiting):
+            if now - request.taken >= self.owner.max_wait:
+                self._waiting.remove(request)
+                self._refuse(request, f"this replay request waited {self.owner.max_wait:.0f}s "
+                             "for its turn; ask again later")
+            elif request.user is not None and self._room_for(request.user):
+                self._waiting.remove(request)
+                self._requests.append(request)
+
+    def _refuse(self, request: _Request, why: str) -> None:
+        """Answer 429 at once: an end marker, and the request acked like any other."""
+        log.warning("%s: replay request %s refused with 429: %s", self.owner.name,
+                    shown(request.incoming.correlation_id), why)
+        request.stream.close()
+        request.stream = self.owner.opener.refused(request.incoming, 429, why)
+        request.user = None
+        self._requests.append(request)
 
     def _bug(self, what: str) -> str:
         """Log the current exception under a new error id, and return the id."""
@@ -165,6 +228,7 @@ class _ReplaySession(ConnectionSession[_Request]):
         self._pump_scheduled = False
         if self._closing or self.channel is None or self.replies is None:
             return
+        self._admit()
         for _ in range(len(self._requests)):
             room = self.owner.in_flight - self.replies.outstanding
             if room <= 0 or not self._requests:
@@ -240,11 +304,17 @@ class _ReplaySession(ConnectionSession[_Request]):
             self.channel.basic_nack(request.tag, requeue=True)
         else:
             self.channel.basic_ack(request.tag)
+        if not self._stop_deadline:
+            self._admit()
 
     # ------------------------------------------------------------ stop
 
     def _abandon_unfinished(self) -> None:
-        """Finish acking streams already ended; requeue the others."""
+        """Finish acking streams already ended; requeue the others, and those waiting."""
+        if self.channel is not None and self.channel.is_open:
+            for request in self._waiting:
+                self.channel.basic_nack(request.tag, requeue=True)
+        self._waiting.clear()
         for request in list(self._requests):
             if not request.ended:
                 request.stream.close()
@@ -253,4 +323,4 @@ class _ReplaySession(ConnectionSession[_Request]):
                 self._settle(request)
 
     def _drained(self) -> bool:
-        return not self._requests
+        return not self._requests and not self._waiting

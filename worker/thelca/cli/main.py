@@ -77,15 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run_all)
 
     health = sub.add_parser(
-        "health", help="exit 0 only when broker, worker and store answer",
+        "health", help="exit 0 only when broker, worker, store and Authority answer",
         description="Exit 0 only when the broker answers, a worker consumes the commands "
-        "queue, none is stuck on a batch that keeps failing, and the store answers; 3 "
-        "otherwise. Says whether a logger runs (or is stuck) too. With --role logger or "
-        "replay: only the broker and that role's queue, so that a logger's or replay "
-        "consumer's health does not depend on a worker.")
+        "queue, none is stuck on a batch that keeps failing, the store answers and, under "
+        "jwt, the key set holds keys (an emptied or removed JWKS file revokes every token); "
+        "3 otherwise. Says whether a logger runs (or is stuck) too. With --role logger or "
+        "replay: only the broker and that role's queue (and, for replay, the key set), so "
+        "that a logger's or replay consumer's health does not depend on a worker.")
     health.add_argument("--role", choices=("worker", "logger", "replay"), default="worker",
                         help="whose health to check (default worker)")
-    add_options(health, "broker", "store", "logging")
+    add_options(health, "broker", "store", "authority", "logging")
     health.set_defaults(func=_health)
 
     from thelca.cli.publish import add_publish_parser
@@ -201,9 +202,10 @@ STUCK = ("a batch keeps failing and a consumer has stopped taking more until it 
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
-    """0 only when the broker answers, a worker consumes the commands and the store answers."""
+    """0 only when the broker answers, a worker consumes the commands, the store answers and
+    the Authority can verify tokens."""
     from thelca.amqp import queue_consumers, stuck
-    from thelca.bootstrap import tls_files
+    from thelca.bootstrap import authority_health, tls_files
     from thelca.stores import open_store
 
     if args.role != "worker":
@@ -241,6 +243,9 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     except Exception as error:
         healthy = False
         print(f"store: FAILED ({type(error).__name__}: {error})")
+    verifies, line = authority_health(settings)
+    print(f"authority: {line}")
+    healthy = healthy and verifies
     return 0 if healthy else EXIT_UNAVAILABLE
 
 
@@ -252,9 +257,10 @@ def _broker_failure(error: ThelcaError, role: str, queue: str) -> str:
 
 
 def _role_health(role: str, settings: Settings) -> int:
-    """A logger's or replay consumer's health: the broker, and that role on its queue."""
+    """A logger's or replay consumer's health: the broker, and that role on its queue (and
+    the replay consumer's Authority)."""
     from thelca.amqp import queue_consumers, stuck
-    from thelca.bootstrap import tls_files
+    from thelca.bootstrap import authority_health, tls_files
 
     names = settings.names
     queue = names.events_log if role == "logger" else names.replay
@@ -266,11 +272,15 @@ def _role_health(role: str, settings: Settings) -> int:
         print(_broker_failure(error, role, queue))
         return EXIT_UNAVAILABLE
     print("broker: ok")
+    healthy = bool(consumers) and not stuck_batch
     if stuck_batch:
         print(f"{role}: FAILED (stuck batch: {STUCK})")
-        return EXIT_UNAVAILABLE
-    if not consumers:
+    elif not consumers:
         print(f"{role}: FAILED (nothing consumes {queue})")
-        return EXIT_UNAVAILABLE
-    print(f"{role}: ok ({consumers} consuming {queue})")
-    return 0
+    else:
+        print(f"{role}: ok ({consumers} consuming {queue})")
+    if role == "replay":  # it verifies the subscribers' tokens with the same Authority
+        verifies, line = authority_health(settings)
+        print(f"authority: {line}")
+        healthy = healthy and verifies
+    return 0 if healthy else EXIT_UNAVAILABLE

@@ -12,11 +12,13 @@ in order, then the live file; `LogSnapshot` (and `read_all`) is the one way
 restore, verify and replay read it.
 
 The modules: `format` (one line: encode, decode, event id), `segments` (the
-files of a log), `reader` (blocks, lines, snapshots), `writer` (append,
-rotate, remembered ids), `torn` (healing a torn tail at start).
+files of a log), `reader` (blocks, lines, snapshots), `index` (a sparse index
+by time and type, for readers that seek: replay), `writer` (append, rotate,
+remembered ids), `torn` (healing a torn tail at start).
 """
 
 from thelca.eventlog.format import TORN, LogLine, to_line
+from thelca.eventlog.index import Chunk, LogIndex, line_time, read_chunks
 from thelca.eventlog.reader import Block, LogSnapshot, lines_of, read_all, read_log
 from thelca.eventlog.segments import log_segments, segment_path
 from thelca.eventlog.torn import heal_torn_tail
@@ -25,13 +27,17 @@ from thelca.eventlog.writer import EventLogWriter
 __all__ = [
     "TORN",
     "Block",
+    "Chunk",
     "EventLogWriter",
+    "LogIndex",
     "LogLine",
     "LogSnapshot",
     "heal_torn_tail",
+    "line_time",
     "lines_of",
     "log_segments",
     "read_all",
+    "read_chunks",
     "read_log",
     "segment_path",
     "to_line",

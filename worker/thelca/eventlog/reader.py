@@ -141,6 +141,26 @@ class LogSnapshot:
         """The snapshot's lines, in log order, each decoded or with why it cannot be."""
         return lines_of(self.blocks())
 
+    def open_files(self) -> list[tuple[str, BinaryIO, int]]:
+        """Every file of the snapshot, open, in log order, with how many of its bytes belong
+        to the snapshot (for readers that seek: see eventlog.index); the caller closes them.
+
+        Raises FileNotFoundError when a segment was removed since the listing.
+        """
+        opened: list[tuple[str, BinaryIO, int]] = []
+        try:
+            for segment in self.segments:
+                file: BinaryIO = open(segment, "rb")  # noqa: SIM115 - the caller closes it
+                opened.append((segment.name, file, os.fstat(file.fileno()).st_size))
+        except OSError:
+            for _, file, _ in opened:
+                file.close()
+            self.close()
+            raise
+        if self._live is not None:
+            opened.append((self.path.name, self._live, self._live_size))
+        return opened
+
     def _count(self, size: int) -> None:
         self.bytes_read += size
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -38,6 +38,7 @@ from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 from thelca_client.contract import (
     COMMANDS,
+    RETRY_OF_HEADER,
     STATUS_HEADER,
     Command,
     ContractError,
@@ -53,6 +54,7 @@ from thelca_client.contract import (
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
+LONGEST_USER = 255  # a retry_of longer than any user id is not one
 NUL_USER_ID = ("the user id contains a NUL character (\\u0000), which this store cannot keep "
                "outside properties")
 DIFFERENT_COMMAND = "message_id already used for a different command"
@@ -115,9 +117,16 @@ class CommandRole:
         """Keep every refused batch's events in the outbox, to be published again.
 
         The commands took effect and are acked; their replies may be lost, and a
-        client that times out retries with the same message_id.
+        client that times out retries with the same message_id. The outbox holds
+        every event until it is confirmed, so the store is asked only about one
+        this handler does not know there: a refusal while the database restarts
+        must not send commands that took effect back to the queue, where each
+        return counts against its delivery limit.
         """
-        events = [m for m in published if m.exchange == self.names.events and m.message_id]
+        events = [m for m in published if m.exchange == self.names.events and m.message_id
+                  and m.message_id not in self._outboxed]
+        if not events:
+            return True
         with self.store.transaction() as tx:
             for message in events:
                 if message.message_id and tx.get_outbox(message.message_id) is None:
@@ -217,7 +226,7 @@ class CommandRole:
             prior = tx.get_processed(message.message_id)
             if prior is not None:
                 return self._repeat(tx, message, principal, prior, fingerprint)
-        outcome = self._serve(tx, principal, message, origin)
+        outcome = _noted_retry(self._serve(tx, principal, message, origin), message)
         if message.message_id and _remembered(outcome.command):
             self._remember(tx, message.message_id, outcome, fingerprint)
         command = outcome.command.name if outcome.command else None
@@ -379,6 +388,22 @@ class CommandRole:
         kind = orjson.loads(event.body).get("type")
         return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
                         type=kind if isinstance(kind, str) else None)
+
+
+def _noted_retry(outcome: _Outcome, message: Incoming) -> _Outcome:
+    """The event with `retry_of` when the command says whose dead letter it retries.
+
+    `thelca dead retry --as-operator` writes the header; the worker cannot tell it
+    from one a client wrote, so it is information in the event and never a right:
+    the command was authorised as its own token's user, who is the event's `user`.
+    An empty value says the operator's tool could not tell who sent the letter.
+    """
+    value = message.headers.get(RETRY_OF_HEADER)
+    if outcome.event is None or not isinstance(value, str) or len(value) > LONGEST_USER \
+            or not value.isprintable():
+        return outcome
+    extra = {**outcome.event.extra, "retry_of": value or None}
+    return replace(outcome, event=replace(outcome.event, extra=extra))
 
 
 def _unreadable(message: Incoming) -> dict[str, str]:

@@ -11,6 +11,11 @@ from typing import Any, Protocol
 
 from thelca_client.contract import DEAD_REASON_HEADER, DEAD_REPLY_TO_HEADER, DEAD_USER_HEADER
 
+# What thelca and the broker add on a message's way to the dead queue. A client can
+# write any of them on its own command, so a dead letter never keeps the client's.
+BOOKKEEPING_HEADERS = ("authorization", "x-death", "x-delivery-count", "x-acquired-count")
+BOOKKEEPING_PREFIXES = ("x-thelca-", "x-first-death-", "x-last-death-")
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -76,6 +81,7 @@ class EventStream(Protocol):
     """Messages to publish one after another, a few at a time (a replay)."""
 
     finished: bool
+    user: str | None  # who asked; None for an answer that costs nothing (a refusal)
 
     def take(self, limit: int) -> list[Outgoing]:
         """Up to `limit` next messages (maybe none yet); `finished` once the last is given."""
@@ -97,14 +103,17 @@ class StreamOpener(Protocol):
         """A stream of one end marker, status 500, for a request that hit a bug."""
         ...
 
+    def refused(self, request: Incoming, status: int, error: str) -> EventStream:
+        """A stream of one end marker with this status and error (429: too many at once)."""
+        ...
+
 
 def dead_letter(
     message: Incoming, exchange: str, reason: str, *, user: str | None = None
 ) -> Outgoing:
-    """A message as it came, minus its token and the broker's bookkeeping, with why it
-    could not be processed (the contract's dead-letter headers)."""
-    headers = {k: v for k, v in message.headers.items()
-               if k.lower() not in ("authorization", "x-delivery-count")}
+    """A message as it came, minus its token and any bookkeeping header it brought, with
+    why it could not be processed (the contract's dead-letter headers)."""
+    headers = {k: v for k, v in message.headers.items() if not bookkeeping(k)}
     headers[DEAD_REASON_HEADER] = reason
     if user is not None:
         headers[DEAD_USER_HEADER] = user
@@ -112,3 +121,14 @@ def dead_letter(
         headers[DEAD_REPLY_TO_HEADER] = message.reply_to
     return Outgoing(exchange, "", message.body, message_id=message.message_id,
                     correlation_id=message.correlation_id, headers=headers)
+
+
+def bookkeeping(header: object) -> bool:
+    """Whether a header is the token, or one that thelca or the broker writes on dead letters.
+
+    A header name that is not UTF-8 reaches us as bytes; it is never bookkeeping.
+    """
+    if not isinstance(header, str):
+        return False
+    name = header.lower()
+    return name in BOOKKEEPING_HEADERS or name.startswith(BOOKKEEPING_PREFIXES)

@@ -6,10 +6,15 @@ letters without its token, so that no client can turn the log into messages
 published into thelca. Any other request is checked in this order: the token
 (401), the Authority's `check_read_events` (403), then the body (400). A
 refused request gets only the end marker, with its status and an error. An
-accepted one reads the log as it is at that moment (segments, then the live
-file: a LogSnapshot) and yields each matching event as its own message, in
-log order, with the same body as on the fanout exchange, then the end marker
-with the count.
+accepted one reads the log as it is when its stream starts (segments, then
+the live file: a LogSnapshot) and yields each matching event as its own
+message, in log order, with the same body as on the fanout exchange, then
+the end marker with the count.
+
+The log is read through a sparse index by time and type (eventlog.index),
+shared by every request: chunks that cannot hold a matching line are not
+read, so a request costs what it returns and the chunks of its time range,
+not the whole log, once those chunks are indexed.
 
 Nothing here knows about pika: the AMQP side (thelca.amqp.streams) asks each
 stream for a few messages at a time and publishes them with flow control.
@@ -27,6 +32,7 @@ from thelca import metrics
 from thelca.authority.base import Authority
 from thelca.errors import CommandRefused
 from thelca.eventlog.format import LogLine
+from thelca.eventlog.index import Chunk, LogIndex, line_time, read_chunks
 from thelca.eventlog.reader import LogSnapshot
 from thelca.logtext import shown
 from thelca.roles.messages import EventStream, Incoming, Outgoing, dead_letter
@@ -39,7 +45,6 @@ from thelca_client.contract import (
     bearer_token,
     decode_replay_request,
     dumps,
-    parse_time,
 )
 
 log = logging.getLogger(__name__)
@@ -49,17 +54,23 @@ LINES_PER_TAKE = 5000  # lines read at most per take(), so a sparse filter canno
 
 
 class ReplayRole:
-    """The replay role: opens a stream of the event log for each replay request."""
+    """The replay role: opens a stream of the event log for each replay request, and keeps
+    the log's index for all of them."""
 
     def __init__(self, log_path: str | Path, authority: Authority, names: Names) -> None:
         self.log_path = Path(log_path)
         self.authority = authority
         self.names = names
+        self.index = LogIndex()
 
     def broken(self, request: Incoming, error_id: str) -> ReplayStream:
+        return self.refused(request, 500, "internal error; the replay consumer's log has it "
+                            f"under error id {error_id}")
+
+    def refused(self, request: Incoming, status: int, error: str) -> ReplayStream:
+        """A stream of one end marker with this status and error."""
         return ReplayStream(request.reply_to, request.correlation_id or request.message_id,
-                            None, status=500, error="internal error; the replay consumer's "
-                            f"log has it under error id {error_id}")
+                            None, status=status, error=error)
 
     def open(self, request: Incoming) -> EventStream:
         """The stream that answers this request: the events, or a refusal."""
@@ -85,19 +96,11 @@ class ReplayRole:
                      refused.status, shown(str(refused)))
             return ReplayStream(request.reply_to, correlation_id, None, status=refused.status,
                                 error=str(refused))
-        try:
-            snapshot = LogSnapshot(self.log_path)
-        except FileNotFoundError:
-            snapshot = None  # no event was ever logged: an empty replay
-        except OSError as error:
-            log.error("replay: cannot read the event log %s: %s", self.log_path, error)
-            return ReplayStream(request.reply_to, correlation_id, None, status=500,
-                                error="the event log cannot be read; the replay consumer's "
-                                "log says why")
         log.info("replay: request %s from %s: since %s, until %s, types %s",
                  shown(correlation_id), shown(user), shown(wanted.since), shown(wanted.until),
                  shown(", ".join(wanted.types)) if wanted.types is not None else "all")
-        return ReplayStream(request.reply_to, correlation_id, snapshot, wanted=wanted)
+        return ReplayStream(request.reply_to, correlation_id, self.log_path, wanted=wanted,
+                            user=user, index=self.index)
 
     def _hijacked(self, request: Incoming) -> EventStream:
         """Not answered, since its reply_to is thelca's own: the dead letters keep it."""
@@ -123,33 +126,46 @@ class ReplayStream:
 
     The last message is the end marker (header x-replay-end: true); after it
     `finished` is true. A stream with nowhere to reply (no reply_to) is
-    finished from the start.
+    finished from the start. The log is opened at the first take(), so that a
+    request that waits for its turn holds no file. `user` is who asked (None
+    for a refusal, which costs nothing to answer).
     """
 
     def __init__(
         self,
         reply_to: str | None,
         correlation_id: str | None,
-        snapshot: LogSnapshot | None,
+        log_path: Path | None,
         *,
         wanted: ReplayRequest | None = None,
+        user: str | None = None,
+        index: LogIndex | None = None,
         status: int = 200,
         error: str | None = None,
     ) -> None:
         self.reply_to = reply_to
         self.correlation_id = correlation_id
+        self.user = user
         self.status = status
         self.error = error
         self.count = 0
+        self.lines_read = 0
+        self.chunks_skipped = 0
         self.finished = reply_to is None
-        self.started = time.monotonic()
-        self._snapshot = snapshot
-        self._events = _matching(snapshot, wanted) if snapshot and wanted else iter(())
+        self.started: float | None = None
+        self._log_path = log_path if wanted is not None else None
+        self._wanted = wanted
+        self._index = index or LogIndex()
+        self._snapshot: LogSnapshot | None = None
+        self._events: Iterator[LogLine | None] = iter(())
 
     def take(self, limit: int) -> list[Outgoing]:
         """Up to `limit` messages, fewer when LINES_PER_TAKE lines matched nothing more."""
         if self.finished or self.reply_to is None:
             return []
+        if self.started is None:
+            self.started = time.monotonic()
+            self._open()
         out: list[Outgoing] = []
         try:
             for line in self._events:
@@ -159,15 +175,32 @@ class ReplayStream:
                 if len(out) >= limit:
                     return out
         except OSError as error:  # a segment removed or unreadable while streaming
-            log.error("replay: request %s: the event log could not be read: %s",
-                      shown(self.correlation_id), error)
-            self.status, self.error = 500, ("the event log could not be read; the replay "
-                                            "consumer's log says why")
+            self._unreadable(error)
         out.append(self.end())
         self.finished = True
-        log.info("replay: request %s: %d events sent in %.1fs", shown(self.correlation_id),
-                 self.count, time.monotonic() - self.started)
+        log.info("replay: request %s: %d events sent in %.1fs (%d lines read, %d chunks "
+                 "skipped)", shown(self.correlation_id), self.count,
+                 time.monotonic() - self.started, self.lines_read, self.chunks_skipped)
         return out
+
+    def _open(self) -> None:
+        """Take the snapshot of the log this stream answers from (none: an empty replay)."""
+        if self._log_path is None or self._wanted is None:
+            return
+        try:
+            self._snapshot = LogSnapshot(self._log_path)
+        except FileNotFoundError:
+            return  # no event was ever logged: an empty replay
+        except OSError as error:
+            self._unreadable(error)
+            return
+        self._events = self._matching(self._snapshot, self._wanted)
+
+    def _unreadable(self, error: OSError) -> None:
+        log.error("replay: request %s: the event log could not be read: %s",
+                  shown(self.correlation_id), error)
+        self.status, self.error = 500, ("the event log could not be read; the replay "
+                                        "consumer's log says why")
 
     def _message(self, line: LogLine) -> Outgoing:
         assert line.event is not None and self.reply_to is not None
@@ -199,6 +232,30 @@ class ReplayStream:
             self._snapshot.close()
         self.finished = True
 
+    def _matching(
+        self, snapshot: LogSnapshot, wanted: ReplayRequest
+    ) -> Iterator[LogLine | None]:
+        """The snapshot's events that match, in log order; None after every LINES_PER_TAKE
+        lines read (a chunk skipped counts as one), so that the caller can hand the loop
+        back between reads."""
+        matches = Matcher(wanted)
+        work = 0
+        for lines in read_chunks(snapshot, self._index, matches.may_hold):
+            if not lines:
+                self.chunks_skipped += 1
+                work += 1
+            for line in lines:
+                self.lines_read += 1
+                work += 1
+                if matches(line):
+                    yield line
+                if work >= LINES_PER_TAKE:
+                    work = 0
+                    yield None
+            if work >= LINES_PER_TAKE:
+                work = 0
+                yield None
+
 
 class DeadLettered:
     """A request not answered but dead-lettered: its one message is the dead letter."""
@@ -206,6 +263,7 @@ class DeadLettered:
     def __init__(self, letter: Outgoing) -> None:
         self.letter = letter
         self.finished = False
+        self.user: str | None = None  # costs nothing: it never waits for a turn
 
     def take(self, limit: int) -> list[Outgoing]:
         if self.finished:
@@ -217,33 +275,38 @@ class DeadLettered:
         self.finished = True
 
 
-def _matching(snapshot: LogSnapshot, wanted: ReplayRequest) -> Iterator[LogLine | None]:
-    """The snapshot's events that match, in log order; None after every LINES_PER_TAKE lines
-    read, so that the caller can hand the loop back between reads."""
-    since, until = wanted.since_time, wanted.until_time
-    types = frozenset(wanted.types) if wanted.types is not None else None
-    timed = since is not None or until is not None
-    read = 0
-    for line in snapshot.lines():
-        read += 1
-        if read % LINES_PER_TAKE == 0:
-            yield None
+class Matcher:
+    """A request's filters, on a line and on a chunk of the log's index."""
+
+    def __init__(self, wanted: ReplayRequest) -> None:
+        self.since, self.until = wanted.since_time, wanted.until_time
+        self.types = frozenset(wanted.types) if wanted.types is not None else None
+        self.timed = self.since is not None or self.until is not None
+
+    def __call__(self, line: LogLine) -> bool:
+        """Whether a line is sent: a JSON object that passes the filters (docs/contract.md)."""
         event = line.event
-        if event is None:  # torn or unreadable: never sent, see docs/contract.md
-            continue
+        if event is None:  # torn or unreadable: never sent
+            return False
         kind = event.get("type")
-        if types is not None and not (isinstance(kind, str) and kind in types):
-            continue
-        if timed and not _in_time(event.get("time"), since, until):
-            continue
-        yield line
+        if self.types is not None and not (isinstance(kind, str) and kind in self.types):
+            return False
+        return not self.timed or self._in_time(line_time(event.get("time")))
 
+    def may_hold(self, chunk: Chunk) -> bool:
+        """Whether a chunk may hold a line that matches: False only when none can."""
+        if self.types is not None and chunk.types is not None \
+                and not chunk.types & self.types:
+            return False
+        if not self.timed:
+            return True
+        if chunk.earliest is None or chunk.latest is None:
+            return False  # no line of it has a time that can be read
+        return (self.since is None or chunk.latest >= self.since) and \
+            (self.until is None or chunk.earliest <= self.until)
 
-def _in_time(text: object, since: datetime | None, until: datetime | None) -> bool:
-    if not isinstance(text, str):
-        return False
-    try:
-        moment = parse_time(text)
-    except ValueError:
-        return False
-    return (since is None or moment >= since) and (until is None or moment <= until)
+    def _in_time(self, moment: datetime | None) -> bool:
+        if moment is None:  # a time that cannot be read never matches a time filter
+            return False
+        return (self.since is None or moment >= self.since) and \
+            (self.until is None or moment <= self.until)

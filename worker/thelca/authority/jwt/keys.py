@@ -4,6 +4,12 @@ Each is a KeySource: given a token's kid and alg it returns the key to verify
 it with, or refuses (NotAuthenticated; AuthorityUnavailable when a key set URL
 cannot be fetched). Symmetric (oct) keys are never used: a shared secret never
 verifies a token here.
+
+Revoking is removing: a JWKS file that is emptied (`{"keys": []}`), removed,
+or holds no usable key any more fails closed at the next look (every token is
+refused, logged as an error, `thelca_authority_keys` 0). A file that cannot be
+parsed is most likely being rewritten: the keys read before stay in force for
+UNREADABLE_GRACE seconds, then it fails closed too.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from thelca import metrics
 from thelca.errors import AuthorityUnavailable, ConfigurationError, NotAuthenticated
 from thelca.settings import OPTIONS, Settings
 
@@ -34,6 +42,18 @@ log = logging.getLogger(__name__)
 REFETCH_COOLDOWN = 5.0
 JWKS_LIFESPAN = 300.0  # a URL's key set is fetched again after this long
 FETCH_TIMEOUT = 10.0
+# How long a JWKS file that cannot be parsed (being rewritten, say: truncated or
+# half-written) leaves the keys read before in force, before it fails closed.
+UNREADABLE_GRACE = 15.0
+NOT_IN_SET = "the token's key id (kid) is not in the key set"
+
+
+class KeySetRemoved(ConfigurationError):
+    """Raised when the key set file is not there: its keys are revoked."""
+
+
+class KeySetUnreadable(ConfigurationError):
+    """Raised when the key set file cannot be read or parsed now: maybe it is being rewritten."""
 
 
 class KeySource(Protocol):
@@ -44,6 +64,10 @@ class KeySource(Protocol):
     def key(self, kid: str | None, alg: str) -> jwt.PyJWK: ...
 
     def warm_up(self) -> None: ...
+
+    def failure(self) -> str | None:
+        """Why no token can be verified now (the key set was emptied or removed), or None."""
+        ...
 
 
 class PemKey:
@@ -75,42 +99,74 @@ class PemKey:
 
     def warm_up(self) -> None:
         """Nothing to fetch: the key was read at start."""
+        metrics.AUTHORITY_KEYS.labels("pem").set(1)
+
+    def failure(self) -> str | None:
+        return None  # read once at start; a restart reads it again
 
 
 class JwksFile:
     """A JWKS file, read again when a token names a new kid or when the file changed.
 
     Both are looked at most every `cooldown` seconds: a rotation (a key added
-    or retired by replacing the file) takes effect within that time.
+    or retired by replacing the file) takes effect within that time, and so
+    does a revocation (the file emptied or removed: every token is refused).
+    A file that cannot be parsed keeps the keys read before for `grace`
+    seconds from when that was first seen, then fails closed as well.
     """
 
     def __init__(
-        self, path: str, *, cooldown: float = REFETCH_COOLDOWN,
+        self, path: str, *, cooldown: float = REFETCH_COOLDOWN, grace: float = UNREADABLE_GRACE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
         self.description = f"{OPTIONS['jwks'].env} file {path}"
         self.cooldown = cooldown
+        self.grace = grace
         self.clock = clock
+        self._lock = threading.Lock()  # the metrics thread looks too
         # The key set in force and the stamp of the file it came from: a bad file at
         # start refuses the start; after it, only _reread replaces them.
         self._stamp = self._file_stamp()
         self._keys = _jwks_from_file(path)
         self._looked_at = clock()
+        self._failure: str | None = None  # why every token is refused now
+        self._unreadable_since: float | None = None
+        metrics.AUTHORITY_KEYS.labels("jwks-file").set_function(self._keys_now)
 
     def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        if self.clock() - self._looked_at >= self.cooldown:
-            self._looked_at = self.clock()
-            unknown = kid is not None and all(k.key_id != kid for k in self._keys)
-            if unknown or self._file_stamp() != self._stamp:
-                self._reread()
-        found = _match(self._keys, kid)
+        with self._lock:
+            self._look(kid)
+            keys = self._keys
+        if not keys:
+            raise NotAuthenticated(NOT_IN_SET)
+        found = _match(keys, kid)
         if found is None:
-            raise NotAuthenticated("the token's key id (kid) is not in the key set")
+            raise NotAuthenticated(NOT_IN_SET)
         return found
 
     def warm_up(self) -> None:
         """Nothing to fetch: the file was read at start."""
+
+    def failure(self) -> str | None:
+        with self._lock:
+            self._look(None)
+            return self._failure
+
+    def _keys_now(self) -> float:
+        """The keys in force, for the gauge: a scrape looks at the file like a token does."""
+        with self._lock:
+            self._look(None)
+            return float(len(self._keys))
+
+    def _look(self, kid: str | None) -> None:
+        """Read the file again when due: it changed, a kid is new, or it was unreadable."""
+        if self.clock() - self._looked_at < self.cooldown:
+            return
+        self._looked_at = self.clock()
+        unknown = kid is not None and all(k.key_id != kid for k in self._keys)
+        if unknown or self._unreadable_since is not None or self._file_stamp() != self._stamp:
+            self._reread()
 
     def _file_stamp(self) -> tuple[int, int, int]:
         try:
@@ -122,11 +178,39 @@ class JwksFile:
     def _reread(self) -> None:
         self._stamp = self._file_stamp()
         try:
-            self._keys = _jwks_from_file(self.path)
-        except ConfigurationError as error:
-            log.warning("jwt: keeping the keys read before: %s", error)
+            keys = _jwks_from_file(self.path)
+        except KeySetUnreadable as error:
+            self._unreadable(str(error))
+        except ConfigurationError as error:  # removed, emptied, or no usable key: revoked
+            self._revoke(str(error))
         else:
-            log.info("jwt: read %s again: %d key(s)", self.path, len(self._keys))
+            self._accept(keys)
+
+    def _unreadable(self, why: str) -> None:
+        now = self.clock()
+        if self._unreadable_since is None:
+            self._unreadable_since = now
+            if self._keys:
+                log.warning("jwt: %s; keeping the %d key(s) read before for up to %.0fs",
+                            why, len(self._keys), self.grace)
+        if now - self._unreadable_since >= self.grace:
+            self._revoke(f"{why}, for {now - self._unreadable_since:.0f}s")
+
+    def _revoke(self, why: str) -> None:
+        """Fail closed: no key, every token refused, until the file holds keys again."""
+        if why != self._failure:
+            log.error("jwt: %s: its keys are revoked and every token is refused (401) until "
+                      "it holds keys again", why)
+        # Looked at again when the file changes (a stamp of its own), not before.
+        self._keys, self._failure, self._unreadable_since = [], why, None
+
+    def _accept(self, keys: list[jwt.PyJWK]) -> None:
+        if self._failure is not None:
+            log.warning("jwt: %s holds %d key(s) again: tokens are verified again",
+                        self.path, len(keys))
+        else:
+            log.info("jwt: read %s again: %d key(s)", self.path, len(keys))
+        self._keys, self._failure, self._unreadable_since = keys, None, None
 
 
 class JwksUrl:
@@ -178,6 +262,17 @@ class JwksUrl:
                 f"{env}={self.url} holds no usable signing key: every key of the set needs a "
                 "kid, a public key type (RSA, EC, OKP) and use sig (or no use)")
         log.info("jwt: %d signing key(s) from %s", len(usable), self.url)
+        metrics.AUTHORITY_KEYS.labels("jwks-url").set(len(usable))
+
+    def failure(self) -> str | None:
+        """Why the key set cannot be used now; fetching it when it is not cached."""
+        try:
+            keys = _public(self._client.get_signing_keys())
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError, OSError) as error:
+            return (f"the key set at {self.url} cannot be fetched or used "
+                    f"({type(error).__name__}: {str(error)[:200]})")
+        metrics.AUTHORITY_KEYS.labels("jwks-url").set(len(keys))
+        return None if keys else f"the key set at {self.url} holds no usable signing key"
 
     def _refreshed(self, kid: str) -> jwt.PyJWK | None:
         try:
@@ -211,16 +306,25 @@ def _match(keys: list[jwt.PyJWK], kid: str | None) -> jwt.PyJWK | None:
 
 
 def _jwks_from_file(path: str) -> list[jwt.PyJWK]:
+    """The file's signing keys. KeySetRemoved when it is not there, KeySetUnreadable when it
+    cannot be read or parsed (it may be being rewritten), ConfigurationError when it is a
+    complete file that holds no usable key (emptied, say)."""
     env = OPTIONS["jwks"].env
     try:
-        data = json.loads(Path(path).read_bytes())
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise KeySetRemoved(f"{env}={path} cannot be read (the file is gone)") from None
     except OSError as error:
-        raise ConfigurationError(f"{env}={path} cannot be read ({error.strerror})") from None
+        raise KeySetUnreadable(f"{env}={path} cannot be read ({error.strerror})") from None
+    try:
+        data = json.loads(raw)
     except ValueError:
-        raise ConfigurationError(f"{env}={path} is not JSON: it must be a JSON Web Key Set "
-                                 '({"keys": [...]})') from None
+        raise KeySetUnreadable(f"{env}={path} is not JSON: it must be a JSON Web Key Set "
+                               '({"keys": [...]})') from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ConfigurationError(f'{env}={path} is not a JSON Web Key Set ({{"keys": [...]}})')
+    if not data["keys"]:
+        raise ConfigurationError(f"the key set file {env}={path} is empty: it holds no key")
     public = [k for k in data["keys"] if isinstance(k, dict) and k.get("kty") != "oct"]
     if len(public) < len(data["keys"]):
         log.warning("jwt: %s: ignored %d symmetric (oct) or malformed key(s); only public keys "
