@@ -32,12 +32,30 @@ DEAD_REPLY_TO_HEADER: Final = "x-thelca-reply-to"
 # sent by ("" when not known). Information for the event, never a right.
 RETRY_OF_HEADER: Final = "x-thelca-retry-of"
 
-CommandName = Literal["create", "read", "update"]
+CommandName = Literal[
+    "create", "read", "update",
+    "create_link", "read_link", "update_link", "delete_link",
+    "search_items", "search_links",
+]
 
 ITEM_CREATED: Final = "Item created"
 ITEM_UPDATED: Final = "Item updated"
 ITEM_READ: Final = "Item read"
 ACCESS_REFUSED: Final = "Access refused"
+# v1.1: the original server's link and search events, in its shapes.
+LINK_CREATED: Final = "Link created"
+LINK_UPDATED: Final = "Link updated"
+LINK_READ: Final = "Link read"
+LINK_DELETED: Final = "Link deleted"
+ITEM_SEARCH: Final = "Item search"
+LINK_SEARCH: Final = "Link search"
+
+# A search answers at most `limit` results: 1 to SEARCH_LIMIT_MAX, SEARCH_LIMIT if not given.
+SEARCH_LIMIT: Final = 100
+SEARCH_LIMIT_MAX: Final = 1000
+# search_links names exactly one of these: links whose source, target, or either is the id.
+LinkEnd = Literal["source", "target", "either"]
+LINK_ENDS: Final[tuple[LinkEnd, ...]] = ("source", "target", "either")
 
 # Items are plain JSON; nesting deeper than this is refused (400) because
 # encoders give up on it later, where it would be a 500 instead.
@@ -145,6 +163,9 @@ class CreateItem:
     def decode(cls, data: JSON) -> CreateItem:
         return cls(_item_field(data, required=False))
 
+    def to_json(self) -> JSON:
+        return {"command": self.name, "item": self.item}
+
 
 @dataclass(frozen=True)
 class ReadItem:
@@ -156,6 +177,9 @@ class ReadItem:
     @classmethod
     def decode(cls, data: JSON) -> ReadItem:
         return cls(_id_field(data, cls.name))
+
+    def to_json(self) -> JSON:
+        return {"command": self.name, "id": self.id}
 
 
 @dataclass(frozen=True)
@@ -170,22 +194,145 @@ class UpdateItem:
     @classmethod
     def decode(cls, data: JSON) -> UpdateItem:
         item_id = _id_field(data, cls.name)
-        version = data.get("expected_version")
-        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-            raise ContractError(
-                f"expected_version must be an integer, not {_json_type(version)}")
-        return cls(item_id, _item_field(data, required=True), version)
+        return cls(item_id, _item_field(data, required=True), _expected_version(data))
+
+    def to_json(self) -> JSON:
+        return _with_version({"command": self.name, "id": self.id, "item": self.item},
+                             self.expected_version)
+
+
+@dataclass(frozen=True)
+class CreateLink:
+    """The create_link command: a new link from the object the client sent (`{}` when none)."""
+
+    name: ClassVar[CommandName] = "create_link"
+    link: JSON = field(default_factory=dict)
+
+    @classmethod
+    def decode(cls, data: JSON) -> CreateLink:
+        return cls(_link_field(data, required=False))
+
+    def to_json(self) -> JSON:
+        return {"command": self.name, "link": self.link}
+
+
+@dataclass(frozen=True)
+class ReadLink:
+    """The read_link command: the link with this id."""
+
+    name: ClassVar[CommandName] = "read_link"
+    id: str
+
+    @classmethod
+    def decode(cls, data: JSON) -> ReadLink:
+        return cls(_id_field(data, cls.name, "link"))
+
+    def to_json(self) -> JSON:
+        return {"command": self.name, "id": self.id}
+
+
+@dataclass(frozen=True)
+class UpdateLink:
+    """The update_link command: the whole link as the client wants it, maybe at a known version."""
+
+    name: ClassVar[CommandName] = "update_link"
+    id: str
+    link: JSON
+    expected_version: int | None = None
+
+    @classmethod
+    def decode(cls, data: JSON) -> UpdateLink:
+        link_id = _id_field(data, cls.name, "link")
+        return cls(link_id, _link_field(data, required=True), _expected_version(data))
+
+    def to_json(self) -> JSON:
+        return _with_version({"command": self.name, "id": self.id, "link": self.link},
+                             self.expected_version)
+
+
+@dataclass(frozen=True)
+class DeleteLink:
+    """The delete_link command: remove the link with this id, maybe only at a known version."""
+
+    name: ClassVar[CommandName] = "delete_link"
+    id: str
+    expected_version: int | None = None
+
+    @classmethod
+    def decode(cls, data: JSON) -> DeleteLink:
+        return cls(_id_field(data, cls.name, "link"), _expected_version(data))
+
+    def to_json(self) -> JSON:
+        return _with_version({"command": self.name, "id": self.id}, self.expected_version)
+
+
+@dataclass(frozen=True)
+class SearchItems:
+    """The search_items command: the items whose properties hold every key of `where`,
+    each with an equal JSON value, in creation order, a page at a time."""
+
+    name: ClassVar[CommandName] = "search_items"
+    where: JSON = field(default_factory=dict)
+    limit: int = SEARCH_LIMIT
+    after: str | None = None
+
+    @classmethod
+    def decode(cls, data: JSON) -> SearchItems:
+        where = data.get("where")
+        if where is None:
+            where = {}
+        elif not isinstance(where, dict):
+            raise ContractError(f"where must be an object, not {_json_type(where)}")
+        if not json_depth_ok(where, MAX_JSON_DEPTH):
+            raise ContractError(f"where nests deeper than {MAX_JSON_DEPTH} levels")
+        return cls(where, _limit(data), _after(data))
+
+    def to_json(self) -> JSON:
+        return _paged({"command": self.name, "where": self.where}, self.limit, self.after)
+
+
+@dataclass(frozen=True)
+class SearchLinks:
+    """The search_links command: the links whose source, target, or either end is an item,
+    in creation order, a page at a time."""
+
+    name: ClassVar[CommandName] = "search_links"
+    end: LinkEnd
+    item_id: str
+    limit: int = SEARCH_LIMIT
+    after: str | None = None
+
+    @classmethod
+    def decode(cls, data: JSON) -> SearchLinks:
+        given = [end for end in LINK_ENDS if data.get(end) is not None]
+        if len(given) != 1:
+            raise ContractError("search_links needs exactly one of source, target, either "
+                                f"(an item id), not {len(given)}")
+        end = given[0]
+        item_id = data[end]
+        if not isinstance(item_id, str):
+            raise ContractError(f"{end} must be a string, not {_json_type(item_id)}")
+        return cls(end, item_id, _limit(data), _after(data))
+
+    def to_json(self) -> JSON:
+        return _paged({"command": self.name, self.end: self.item_id}, self.limit, self.after)
+
+    @property
+    def query(self) -> JSON:
+        """The query as the command named it: `{"source": id}` and the like."""
+        return {self.end: self.item_id}
 
 
 # A decoded command body: one shape per command. A new command is a shape here, its
 # name in CommandName, an entry in COMMAND_TYPES, and a handler in the worker's table
 # (thelca.roles.handlers).
-Command = CreateItem | ReadItem | UpdateItem
+Command = (CreateItem | ReadItem | UpdateItem | CreateLink | ReadLink | UpdateLink
+           | DeleteLink | SearchItems | SearchLinks)
 
 COMMAND_TYPES: Final[dict[str, type[Command]]] = {
-    CreateItem.name: CreateItem,
-    ReadItem.name: ReadItem,
-    UpdateItem.name: UpdateItem,
+    kind.name: kind
+    for kind in (CreateItem, ReadItem, UpdateItem, CreateLink, ReadLink, UpdateLink,
+                 DeleteLink, SearchItems, SearchLinks)
 }
 COMMANDS: Final = tuple(COMMAND_TYPES)  # the command names, in the contract's order
 
@@ -207,6 +354,11 @@ def encode_command(
     return dumps(body)
 
 
+def encode(command: Command) -> bytes:
+    """The body of a command, as a client sends it."""
+    return dumps(command.to_json())
+
+
 def decode_command(body: bytes) -> Command:
     """Decode and type-check a command body; raise ContractError naming the field."""
     data = loads_object(body)
@@ -219,10 +371,10 @@ def decode_command(body: bytes) -> Command:
     return kind.decode(data)
 
 
-def _id_field(data: JSON, command: str) -> str:
+def _id_field(data: JSON, command: str, what: str = "item") -> str:
     item_id = data.get("id")
     if item_id is None:
-        raise ContractError(f"id is missing: {command} needs the item's id")
+        raise ContractError(f"id is missing: {command} needs the {what}'s id")
     if not isinstance(item_id, str):
         raise ContractError(f"id must be a string, not {_json_type(item_id)}")
     return item_id
@@ -246,6 +398,64 @@ def _item_field(data: JSON, *, required: bool) -> JSON:
         if value is not None and not isinstance(value, str):
             raise ContractError(f"item.{key} must be a string, not {_json_type(value)}")
     return item
+
+
+def _link_field(data: JSON, *, required: bool) -> JSON:
+    link = data.get("link")
+    if link is None:
+        if required:
+            raise ContractError("link is missing: update_link needs the whole link")
+        return {}
+    if not isinstance(link, dict):
+        raise ContractError(f"link must be an object, not {_json_type(link)}")
+    properties = link.get("properties")
+    if properties is not None and not isinstance(properties, dict):
+        raise ContractError(f"link.properties must be an object, not {_json_type(properties)}")
+    if not json_depth_ok(properties, MAX_JSON_DEPTH):
+        raise ContractError(f"link.properties nests deeper than {MAX_JSON_DEPTH} levels")
+    for key in ("id", "created_at", "created_by", "source", "target"):
+        value = link.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ContractError(f"link.{key} must be a string, not {_json_type(value)}")
+    return link
+
+
+def _expected_version(data: JSON) -> int | None:
+    version = data.get("expected_version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise ContractError(f"expected_version must be an integer, not {_json_type(version)}")
+    return version
+
+
+def _limit(data: JSON) -> int:
+    limit = data.get("limit")
+    if limit is None:
+        return SEARCH_LIMIT
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise ContractError(f"limit must be an integer, not {_json_type(limit)}")
+    if not 1 <= limit <= SEARCH_LIMIT_MAX:
+        raise ContractError(f"limit must be from 1 to {SEARCH_LIMIT_MAX}, not {limit}")
+    return limit
+
+
+def _after(data: JSON) -> str | None:
+    after = data.get("after")
+    if after is not None and not isinstance(after, str):
+        raise ContractError(f"after must be a string (an id), not {_json_type(after)}")
+    return after
+
+
+def _with_version(body: JSON, expected_version: int | None) -> JSON:
+    if expected_version is not None:
+        body["expected_version"] = expected_version
+    return body
+
+
+def _paged(body: JSON, limit: int, after: str | None) -> JSON:
+    body["limit"] = limit
+    if after is not None:
+        body["after"] = after
+    return body
 
 
 def _listed(names: Iterable[str]) -> str:

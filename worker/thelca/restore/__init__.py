@@ -1,7 +1,8 @@
 """Rebuild an item store from the event log, to its end or to a moment in time; verify one.
 
 The modules: `fold` (the log's events applied in order: restore's hot loop),
-`items` (the item events' rules), `writers` (folded items into a store),
+`items` and `links` (the item and link events' rules), `writers` (folded items
+and links into a store),
 `rebuild` (`restore`), `compare` (`verify`), `report` (what either found).
 """
 

@@ -3,7 +3,8 @@
 The log (its segments, then the live file) is streamed, never loaded whole,
 through a fold whose writer loads the store in large batches: one bulk load
 each when the store has one, else ordinary transactions, one version at a
-time. Restore publishes nothing.
+time. The links that are left at the end are written last. Restore publishes
+nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from thelca.eventlog.reader import LogSnapshot
 from thelca.restore.fold import FLUSH_ITEMS, Fold, without_cyclic_gc
 from thelca.restore.report import RestoreReport
-from thelca.restore.writers import bulk_writer, transaction_writer
+from thelca.restore.writers import bulk_writer, transaction_writer, write_links
 from thelca.stores.base import BulkItemLoader, ItemStore
 
 
@@ -27,7 +28,7 @@ def restore(
     progress: Callable[[int, int], None] | None = None,
     flush_items: int = FLUSH_ITEMS,
 ) -> RestoreReport:
-    """Apply the log's item events to an (empty) store; return what happened.
+    """Apply the log's item and link events to an (empty) store; return what happened.
 
     progress, when given, is called now and then with (bytes read, bytes in all).
     Raises FileNotFoundError when there is no log.
@@ -45,5 +46,7 @@ def restore(
         fold.run(snapshot.blocks(), tick)
         fold.finish()
     fold.settle_held()
+    write_links(store, fold.links.links())
     fold.report.items = store.count_items()
+    fold.report.links = store.count_links()
     return fold.report
