@@ -19,7 +19,7 @@ from thelca_client.errors import (
     Unauthorized,
     error_for,
 )
-from thelca_client.replies import ItemReply
+from thelca_client.replies import ItemPage, ItemReply, LinkPage, LinkReply
 from thelca_client.subscription import Subscription
 from thelca_client.tls import TlsFileError, TlsFiles
 
@@ -33,7 +33,10 @@ __all__ = [
     "ConnectionFailed",
     "Event",
     "Forbidden",
+    "ItemPage",
     "ItemReply",
+    "LinkPage",
+    "LinkReply",
     "Names",
     "NotFound",
     "PayloadTooLarge",

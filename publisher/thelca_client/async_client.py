@@ -25,13 +25,29 @@ from thelca_client.client import DEFAULT_TIMEOUT
 from thelca_client.commands import (
     Outgoing,
     create_body,
+    create_link_body,
+    delete_link_body,
+    link_end,
     outgoing,
     read_body,
+    read_link_body,
     reply_from,
+    search_items_body,
+    search_links_body,
     update_body,
+    update_link_body,
 )
-from thelca_client.contract import DEFAULT_AMQP_URL, DEFAULT_PREFIX, Names, Reply
-from thelca_client.replies import ItemReply, item_reply
+from thelca_client.contract import DEFAULT_AMQP_URL, DEFAULT_PREFIX, SEARCH_LIMIT, Names, Reply
+from thelca_client.replies import (
+    ItemPage,
+    ItemReply,
+    LinkPage,
+    LinkReply,
+    item_page,
+    item_reply,
+    link_page,
+    link_reply,
+)
 from thelca_client.subscription import Subscription
 from thelca_client.tls import TlsFiles
 
@@ -129,6 +145,85 @@ class AsyncClient:
     ) -> ItemReply:
         return await self._command(update_body(id, item, expected_version), item_reply, token,
                                    message_id, timeout)
+
+    # ------------------------------------------------------------ links and search
+
+    async def create_link(
+        self,
+        source: str,
+        target: str,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        return await self._command(create_link_body(source, target, properties), link_reply,
+                                   token, message_id, timeout)
+
+    async def read_link(
+        self,
+        id: str,
+        *,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        return await self._command(read_link_body(id), link_reply, token, message_id, timeout)
+
+    async def update_link(
+        self,
+        id: str,
+        link: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        return await self._command(update_link_body(id, link, expected_version), link_reply,
+                                   token, message_id, timeout)
+
+    async def delete_link(
+        self,
+        id: str,
+        *,
+        expected_version: int | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        return await self._command(delete_link_body(id, expected_version), link_reply, token,
+                                   message_id, timeout)
+
+    async def search_items(
+        self,
+        where: Mapping[str, Any] | None = None,
+        *,
+        limit: int = SEARCH_LIMIT,
+        after: str | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ItemPage:
+        return await self._command(search_items_body(where, limit=limit, after=after),
+                                   item_page, token, message_id, timeout)
+
+    async def search_links(
+        self,
+        *,
+        source: str | None = None,
+        target: str | None = None,
+        either: str | None = None,
+        limit: int = SEARCH_LIMIT,
+        after: str | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkPage:
+        end, item_id = link_end(source, target, either)
+        return await self._command(search_links_body(end, item_id, limit=limit, after=after),
+                                   link_page, token, message_id, timeout)
 
     async def send(
         self,

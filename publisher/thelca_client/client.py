@@ -39,16 +39,32 @@ from thelca_client.broker import DEFAULT_CONNECTION_NAME, connection_parameters
 from thelca_client.commands import (
     Outgoing,
     create_body,
+    create_link_body,
+    delete_link_body,
+    link_end,
     outgoing,
     read_body,
+    read_link_body,
     reply_from,
+    search_items_body,
+    search_links_body,
     update_body,
+    update_link_body,
 )
 from thelca_client.connection import Connection
-from thelca_client.contract import DEFAULT_AMQP_URL, DEFAULT_PREFIX, Names, Reply
+from thelca_client.contract import DEFAULT_AMQP_URL, DEFAULT_PREFIX, SEARCH_LIMIT, Names, Reply
 from thelca_client.errors import ThelcaClientError
 from thelca_client.pipeline import DEFAULT_WINDOW, Pipeline
-from thelca_client.replies import ItemReply, item_reply
+from thelca_client.replies import (
+    ItemPage,
+    ItemReply,
+    LinkPage,
+    LinkReply,
+    item_page,
+    item_reply,
+    link_page,
+    link_reply,
+)
 from thelca_client.tls import TlsFiles
 
 DEFAULT_TIMEOUT: Final = 10.0
@@ -118,7 +134,7 @@ class Client:
         message_id: str | None = None,
         timeout: float | None = None,
     ) -> ItemReply:
-        return self._command(create_body(properties), token, message_id, timeout)
+        return self._command(create_body(properties), token, message_id, timeout, item_reply)
 
     def read(
         self,
@@ -128,7 +144,7 @@ class Client:
         message_id: str | None = None,
         timeout: float | None = None,
     ) -> ItemReply:
-        return self._command(read_body(id), token, message_id, timeout)
+        return self._command(read_body(id), token, message_id, timeout, item_reply)
 
     def update(
         self,
@@ -140,7 +156,104 @@ class Client:
         message_id: str | None = None,
         timeout: float | None = None,
     ) -> ItemReply:
-        return self._command(update_body(id, item, expected_version), token, message_id, timeout)
+        return self._command(update_body(id, item, expected_version), token, message_id,
+                             timeout, item_reply)
+
+    # ------------------------------------------------------------ links
+
+    def create_link(
+        self,
+        source: str,
+        target: str,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        """A new link from the item `source` to the item `target`; its version is 1."""
+        body = create_link_body(source, target, properties)
+        return self._link(body, token, message_id, timeout)
+
+    def read_link(
+        self,
+        id: str,
+        *,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        return self._link(read_link_body(id), token, message_id, timeout)
+
+    def update_link(
+        self,
+        id: str,
+        link: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        """Store `link` (the whole link, as read, changed: source, target, properties)."""
+        body = update_link_body(id, link, expected_version)
+        return self._link(body, token, message_id, timeout)
+
+    def delete_link(
+        self,
+        id: str,
+        *,
+        expected_version: int | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkReply:
+        """Delete the link; the reply holds it and its version as they were."""
+        body = delete_link_body(id, expected_version)
+        return self._link(body, token, message_id, timeout)
+
+    def _link(
+        self, body: bytes, token: str | None, message_id: str | None, timeout: float | None
+    ) -> LinkReply:
+        return self._command(body, token, message_id, timeout, link_reply)
+
+    # ------------------------------------------------------------ search
+
+    def search_items(
+        self,
+        where: Mapping[str, Any] | None = None,
+        *,
+        limit: int = SEARCH_LIMIT,
+        after: str | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ItemPage:
+        """The items whose properties hold every key of `where` with an equal value, in
+        creation order: at most `limit`, after the item `after`; pass the page's `next` as
+        `after` for the next page."""
+        body = search_items_body(where, limit=limit, after=after)
+        return self._command(body, token, message_id, timeout, item_page)
+
+    def search_links(
+        self,
+        *,
+        source: str | None = None,
+        target: str | None = None,
+        either: str | None = None,
+        limit: int = SEARCH_LIMIT,
+        after: str | None = None,
+        token: str | None = None,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LinkPage:
+        """The links from the item `source`, to the item `target`, or with `either` end
+        (give exactly one), in creation order, paged as search_items is."""
+        end, item_id = link_end(source, target, either)
+        body = search_links_body(end, item_id, limit=limit, after=after)
+        return self._command(body, token, message_id, timeout, link_page)
+
+    # ------------------------------------------------------------ any command
 
     def send(
         self,
@@ -163,12 +276,12 @@ class Client:
         return reply_from(body, message.message_id, raise_for_status=raise_for_status)
 
     def _command(self, command_body: bytes, token: str | None, message_id: str | None,
-                 timeout: float | None) -> ItemReply:
-        """Send a command and read its 200 reply as an ItemReply; raise for any other."""
+                 timeout: float | None, typed: Callable[[Reply, str], R]) -> R:
+        """Send a command and read its 200 reply as its typed reply; raise for any other."""
         message = self._outgoing(command_body, token, message_id)
         body = self._connection.call(message, timeout=self._timeout(timeout))
         reply = reply_from(body, message.message_id, raise_for_status=True)
-        return item_reply(reply, message.message_id)
+        return typed(reply, message.message_id)
 
     # ------------------------------------------------------------ fire-and-forget
 

@@ -15,10 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from thelca_client.contract import (
+    SEARCH_LIMIT,
     ContractError,
+    CreateLink,
+    DeleteLink,
+    LinkEnd,
+    ReadLink,
     Reply,
+    SearchItems,
+    SearchLinks,
+    UpdateLink,
     authorization_headers,
     decode_reply,
+    encode,
     encode_command,
 )
 from thelca_client.errors import ThelcaClientError, error_for
@@ -59,6 +68,48 @@ def read_body(id: str) -> bytes:
 
 def update_body(id: str, item: Mapping[str, Any], expected_version: int | None) -> bytes:
     return encode_command("update", id=id, item=item, expected_version=expected_version)
+
+
+def create_link_body(
+    source: str, target: str, properties: Mapping[str, Any] | None = None
+) -> bytes:
+    return encode(CreateLink({"source": source, "target": target,
+                              "properties": dict(properties or {})}))
+
+
+def read_link_body(id: str) -> bytes:
+    return encode(ReadLink(id))
+
+
+def update_link_body(id: str, link: Mapping[str, Any], expected_version: int | None) -> bytes:
+    return encode(UpdateLink(id, dict(link), expected_version))
+
+
+def delete_link_body(id: str, expected_version: int | None) -> bytes:
+    return encode(DeleteLink(id, expected_version))
+
+
+def search_items_body(
+    where: Mapping[str, Any] | None = None, *, limit: int = SEARCH_LIMIT, after: str | None = None
+) -> bytes:
+    return encode(SearchItems(dict(where or {}), limit, after))
+
+
+def link_end(
+    source: str | None, target: str | None, either: str | None
+) -> tuple[LinkEnd, str]:
+    """The one end a search_links call names, and its item id; ValueError unless exactly one."""
+    ends: dict[LinkEnd, str | None] = {"source": source, "target": target, "either": either}
+    given = [(end, item_id) for end, item_id in ends.items() if item_id is not None]
+    if len(given) != 1:
+        raise ValueError("search_links takes exactly one of source, target, either")
+    return given[0]
+
+
+def search_links_body(
+    end: LinkEnd, item_id: str, *, limit: int = SEARCH_LIMIT, after: str | None = None
+) -> bytes:
+    return encode(SearchLinks(end, item_id, limit, after))
 
 
 # ---------------------------------------------------------------- replies

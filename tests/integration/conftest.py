@@ -186,7 +186,7 @@ def readme_users(amqp_url: str, prefix: str) -> Iterator[dict[str, BrokerUser]]:
 
 class StandInAuthority(TestOnlyAuthority):
     """test-only, except that mallory may only create (no reads, updates or events), and
-    `explode` breaks the worker."""
+    `explode` in the properties of an item or a link to create breaks the worker."""
 
     def check_create_item(self, principal: Principal, dictionary: JSON) -> str:
         if (dictionary.get("properties") or {}).get("explode"):
@@ -204,6 +204,11 @@ class StandInAuthority(TestOnlyAuthority):
     def check_read_events(self, principal: Principal) -> str:
         if principal.user_id.endswith("mallory"):
             raise Forbidden("mallory may not read events")
+        return principal.user_id
+
+    def check_create_link(self, principal: Principal, dictionary: JSON) -> str:
+        if (dictionary.get("properties") or {}).get("explode"):
+            raise RuntimeError("the authority broke")
         return principal.user_id
 
     @staticmethod

@@ -264,6 +264,33 @@ def test_filters_since_until_inclusive_and_types(
     assert later.events == [] and later.end == {"status": 200, "count": 0}
 
 
+def test_link_and_search_events_are_streamed_like_any_other(
+    live: RunningSystem, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    """A subscriber that asks for the link events can rebuild the links from them."""
+    before = len(logged_events(live, 0))
+    with Client(live.amqp_url, prefix=live.prefix, token="abcd") as client:
+        a, b = (client.create({"linked": n}).item["id"] for n in range(2))
+        kept = client.create_link(a, b).link
+        gone = client.create_link(b, a).link
+        client.update_link(kept["id"], {**kept, "properties": {"type": "BLOCKS"}})
+        client.delete_link(gone["id"])
+        client.search_links(either=a)
+        client.search_items({"linked": 1})
+    events = logged_events(live, before + 8)
+    kinds = ["Link created", "Link updated", "Link deleted", "Link search", "Item search"]
+    replay = subscriber.replay({"since": events[before]["time"], "types": kinds})
+    assert replay.bodies == [e for e in events[before:] if e["type"] in kinds]
+    assert [e["type"] for e in replay.bodies] == [
+        "Link created", "Link created", "Link updated", "Link deleted", "Link search",
+        "Item search"]
+    stream = tmp_path / "links.log"
+    stream.write_bytes(b"".join(body + b"\n" for _, body in replay.events))
+    restored = MemoryStore()
+    assert restore(stream, restored).problems == []
+    assert [s.link.id for s in restored.links()] == [kept["id"]]
+
+
 @pytest.mark.parametrize(("body", "token", "status", "error"), [
     (b"{}", "BAAD", 401, "the token was refused"),
     (b"{}", None, 401, "no Authorization header"),

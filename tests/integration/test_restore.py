@@ -47,6 +47,15 @@ def state(path: Path) -> dict[str, tuple[int, dict[str, Any]]]:
         store.close()
 
 
+def link_state(path: Path) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every link of a SQLite store, opened read-only."""
+    store = SQLiteStore(path, writer=False)
+    try:
+        return {s.link.id: (s.version, s.link.to_json()) for s in store.links()}
+    finally:
+        store.close()
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -126,7 +135,7 @@ def test_restore_refuses_a_store_that_holds_items_unless_forced(
     assert "already holds 1 items" in again.stderr and "--force" in again.stderr
     forced = thelca(*args, "--force")
     assert forced.returncode == 0, forced.stderr
-    assert "emptied the store (1 items)" in forced.stdout
+    assert "emptied the store (1 items, 0 links)" in forced.stdout
     assert state(target) == state(system.store_path)
     # the live store is locked by the running worker: unavailable, and nothing happens
     locked = thelca("restore", "--log", str(system.event_log), "--store",
@@ -210,13 +219,78 @@ def test_the_original_servers_log_restores_to_yesterday_and_verifies(tmp_path: P
     yesterday = "2020-02-24T23:59:59.999999+00:00"
     restored = thelca("restore", "--log", str(log), "--until", yesterday, "--store", store)
     assert restored.returncode == 0, restored.stderr
-    for kind in ("Server started", "Link created", "Service read", "Item search"):
+    for kind in ("Server started", "Link read", "Service read", "Item search"):
         assert kind in restored.stdout
     assert "items restored:   3" in restored.stdout
+    assert "links restored:   1" in restored.stdout  # created that day, deleted the next
     verified = thelca("verify", "--log", str(log), "--until", yesterday, "--store", store)
     assert verified.returncode == 0, verified.stdout
     whole = thelca("verify", "--log", str(log), "--store", store)
     assert whole.returncode == 1 and "missing" in whole.stdout
+
+
+def test_a_live_log_with_links_restores_them_to_the_end_and_to_a_moment(
+    system: RunningSystem, tmp_path: Path
+) -> None:
+    with Client(system.amqp_url, prefix=system.prefix, token="abcd") as client:
+        a, b, c = (client.create({"n": n}).item["id"] for n in range(3))
+        kept = client.create_link(a, b, {"type": "BLOCKS"}).link
+        doomed = client.create_link(b, c).link
+        client.update_link(kept["id"], {**kept, "target": c}, expected_version=1)
+        client.read_link(kept["id"])
+        client.search_links(either=b)
+        client.search_items({"n": 1})
+        wait_until_logged(system, 9)
+        moment, then = now(), link_state(system.store_path)
+        time.sleep(0.01)
+        client.delete_link(doomed["id"])
+        later = client.create_link(c, a).link
+        client.update_link(later["id"], {**later, "properties": {"n": 2}})
+        wait_until_logged(system, 12)
+    live = link_state(system.store_path)
+    assert set(then) == {kept["id"], doomed["id"]} and set(live) == {kept["id"], later["id"]}
+    env = system_env(system.amqp_url, system.prefix, tmp_path)
+    for name, until, expected in (("end", None, live), ("moment", moment, then)):
+        target = tmp_path / f"{name}.db"
+        args = ["--log", str(system.event_log), "--store", f"sqlite:///{target}",
+                *(["--until", until] if until else [])]
+        result = thelca("restore", *args, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert link_state(target) == expected, name
+        assert f"links restored:   {len(expected)}" in result.stdout
+        for kind in ("Link read", "Link search", "Item search"):
+            assert kind in result.stdout  # audited, and skipped by restore
+        verified = thelca("verify", *args, env=env)
+        assert verified.returncode == 0, verified.stdout
+        assert f"{len(expected)} links in the log, {len(expected)} in the store" in (
+            verified.stdout)
+
+
+def test_verify_reports_a_missing_an_extra_and_a_different_link(
+    system: RunningSystem, tmp_path: Path
+) -> None:
+    with Client(system.amqp_url, prefix=system.prefix, token="abcd") as client:
+        a, b = (client.create().item["id"] for _ in range(2))
+        links = [client.create_link(a, b, {"n": n}).link for n in range(3)]
+    wait_until_logged(system, 5)
+    target = tmp_path / "restored.db"
+    assert thelca("restore", "--log", str(system.event_log), "--store",
+                  f"sqlite:///{target}").returncode == 0
+    with sqlite3.connect(target) as db:  # as a bad hand would
+        db.execute("DELETE FROM links WHERE id = ?", (links[0]["id"],))
+        db.execute("UPDATE links SET target = ?, version = 2 WHERE id = ?", (a, links[1]["id"]))
+        db.execute("INSERT INTO links SELECT 'planted', created_at, created_by, source, target, "
+                   "properties, version FROM links WHERE id = ?", (links[2]["id"],))
+    result = thelca("verify", "--log", str(system.event_log), "--store", f"sqlite:///{target}")
+    assert result.returncode == 1, result.stdout
+    for difference in (
+        f"missing link {links[0]['id']}: version 1 in the log, not in the store",
+        f"different link {links[1]['id']}: version 1 in the log, 2 in the store; other target",
+        "extra link planted: version 1 in the store, not in the log",
+    ):
+        assert f"difference: {difference}" in result.stdout
+    assert "3 links in the log, 3 in the store" in result.stdout
+    assert "3 differences" in result.stdout
 
 
 @pytest.mark.parametrize("command", [["restore"], ["verify"], ["replay"]])

@@ -46,7 +46,8 @@ from tests.integration.contract_schemas import (
 from tests.integration.plain import PlainClient, watch
 from thelca.amqp.topology import thelca_topology
 from thelca.audit.checkpoints import checkpoints_path
-from thelca_client.contract import Names, encode_command, encode_replay_request
+from thelca_client import commands
+from thelca_client.contract import LINK_ENDS, Names, encode_command, encode_replay_request
 
 pytestmark = pytest.mark.broker
 
@@ -68,8 +69,8 @@ def test_every_schema_is_a_valid_draft_2020_12_schema(path: Path) -> None:
 
 def test_there_is_one_schema_file_per_kind_of_message() -> None:
     assert {p.name for p in schema_files()} == {
-        "command.json", "item.json", "reply.json", "event.json", "replay-request.json",
-        "replay-end.json", "dead-letter-headers.json", "checkpoint.json",
+        "command.json", "item.json", "link.json", "reply.json", "event.json",
+        "replay-request.json", "replay-end.json", "dead-letter-headers.json", "checkpoint.json",
     }
 
 
@@ -82,7 +83,7 @@ def test_the_asyncapi_document_is_asyncapi_3_and_every_ref_resolves() -> None:
     # Every schema file is used by the AsyncAPI document, so there is one copy of each.
     used = {urljoin(ASYNCAPI.as_uri(), ref).split("#")[0] for ref in refs(document)}
     for path in schema_files():
-        if path.name != "item.json":  # item.json is reached through reply and event
+        if path.name not in ("item.json", "link.json"):  # reached through reply and event
             assert path.as_uri() in used, f"docs/asyncapi.yaml does not use {path.name}"
     assert checked > 90  # 67 in asyncapi.yaml, 30 in the schemas: none went unseen
 
@@ -243,9 +244,22 @@ def test_the_client_library_encodes_what_the_schemas_describe() -> None:
     item_id = str(uuid.uuid4())
     item = {"id": item_id, "created_at": "2020-02-18T16:37:09.654917+00:00",
             "created_by": "a-test-only-id-abcd", "properties": {"type": "BUG"}}
+    link_id, target = str(uuid.uuid4()), str(uuid.uuid4())
+    link: dict[str, Any] = {"id": link_id, "created_at": item["created_at"], "created_by": "x",
+                            "source": item_id, "target": target, "properties": {}}
     for body in (encode_command("create", item={"properties": {"type": "STORY"}}),
                  encode_command("read", id=item_id),
-                 encode_command("update", id=item_id, item=item, expected_version=3)):
+                 encode_command("update", id=item_id, item=item, expected_version=3),
+                 commands.create_link_body(item_id, target, {"type": "BLOCKS"}),
+                 commands.read_link_body(link_id),
+                 commands.update_link_body(link_id, link, 2),
+                 commands.update_link_body(link_id, link, None),
+                 commands.delete_link_body(link_id, 2),
+                 commands.delete_link_body(link_id, None),
+                 commands.search_items_body({"type": "STORY"}, limit=1000, after=item_id),
+                 commands.search_items_body(),
+                 *(commands.search_links_body(end, item_id, limit=1, after=link_id)
+                   for end in LINK_ENDS)):
         assert_valid(COMMAND, json.loads(body), body.decode())
     for body in (encode_replay_request(),
                  encode_replay_request(since="2020-02-18T00:00:00+00:00",
@@ -422,6 +436,63 @@ def test_real_replies_events_and_log_lines_match_the_asyncapi_messages(
         assert_valid(EVENT, line, f"line {number} of the event log")
 
 
+def test_real_link_and_search_replies_events_and_log_lines_match_the_asyncapi_messages(
+    system: RunningSystem, client: CapturingClient
+) -> None:
+    events_channel, events_queue = watch(client, system.names.events)
+    sent: list[str] = []  # message ids whose command produces an event
+
+    def send(body: dict[str, Any], status: int, event: bool = True) -> dict[str, Any]:
+        message_id = str(uuid.uuid4())
+        reply = client.reply(body, status, message_id=message_id)
+        check_reply(reply, status, message_id)
+        if event:
+            sent.append(message_id)
+        return dict(reply.json())
+
+    a, b, c = (send({"command": "create", "item": {"properties": {"type": kind}}},
+                    200)["item"]["id"] for kind in ("STORY", "EPIC", "BUG"))
+    link = send({"command": "create_link", "link": {"source": a, "target": b,
+                                                    "properties": {"type": "IMPLEMENTS"}}},
+                200)["link"]
+    send({"command": "create_link", "link": {"source": c, "target": a}}, 200)
+    send({"command": "read_link", "id": link["id"]}, 200)
+    updated = send({"command": "update_link", "id": link["id"], "expected_version": 1,
+                    "link": {**link, "target": c, "properties": None}}, 200)["link"]
+    send({"command": "search_items", "where": {"type": "STORY"}}, 200)
+    page = send({"command": "search_items", "where": {}, "limit": 1}, 200)
+    assert page["next"] == page["items"][0]["id"]
+    send({"command": "search_links", "either": a}, 200)
+    send({"command": "search_links", "target": "no such item"}, 200)
+    send({"command": "delete_link", "id": link["id"], "expected_version": 2}, 200)
+    # the refusals the link and search tables add
+    for body, status in (
+        ({"command": "create_link", "link": {"id": "mine"}}, 400),
+        ({"command": "create_link", "link": {"source": a}}, 400),
+        ({"command": "create_link", "link": {"source": a, "target": a}}, 400),
+        ({"command": "create_link", "link": {"source": a, "target": "ghost"}}, 400),
+        ({"command": "update_link", "id": updated["id"], "link": updated}, 404),
+        ({"command": "read_link", "id": link["id"]}, 404),
+        ({"command": "search_items", "where": []}, 400),
+        ({"command": "search_items", "after": "ghost"}, 400),
+        ({"command": "search_links", "source": a, "target": b}, 400),
+    ):
+        send(body, status, event=False)
+
+    events = consume_until(events_channel, events_queue, lambda ms: set(sent) <= {
+        m.json().get("command_id") for m in ms})
+    for event in events:
+        check_event(event)
+    types = {e.json()["type"] for e in events}
+    assert types == {"Item created", "Link created", "Link read", "Link updated",
+                     "Item search", "Link search", "Link deleted"}
+    event_ids = {e.json()["id"] for e in events}
+    lines = system.wait_for_log(lambda ls: event_ids <= {line.get("id") for line in ls})
+    assert event_ids <= {line.get("id") for line in lines}, "not every event reached the log"
+    for number, line in enumerate(lines, 1):
+        assert_valid(EVENT, line, f"line {number} of the event log")
+
+
 def test_a_403_its_event_a_500_and_its_dead_letter_match_the_asyncapi_messages(
     amqp_url: str, worker: Names
 ) -> None:
@@ -535,6 +606,25 @@ ACCEPTED: list[tuple[str, Any]] = [
     ("update, expected_version null",
      {"command": "update", "id": "ID", "item": "ITEM", "expected_version": None}),
     ("update, properties null", {"command": "update", "id": "ID", "item": "ITEM_NO_PROPERTIES"}),
+    ("create_link", {"command": "create_link", "link": {"source": "ID", "target": "ID2"}}),
+    ("create_link, other fields",
+     {"command": "create_link", "link": {"source": "ID2", "target": "ID", "colour": 1,
+                                         "properties": None, "id": None}, "extra": 1}),
+    ("read_link", {"command": "read_link", "id": "LINK_ID", "link": "ignored"}),
+    ("update_link", {"command": "update_link", "id": "LINK_ID", "link": "LINK"}),
+    ("update_link, expected_version null",
+     {"command": "update_link", "id": "LINK_ID", "link": "LINK", "expected_version": None}),
+    ("search_items", {"command": "search_items"}),
+    ("search_items, all fields",
+     {"command": "search_items", "where": {"n": [1]}, "limit": 1000, "after": "ID"}),
+    ("search_items, nulls", {"command": "search_items", "where": None, "limit": None,
+                             "after": None}),
+    ("search_links by source", {"command": "search_links", "source": "ID", "limit": 1}),
+    ("search_links by target, others null",
+     {"command": "search_links", "target": "ID", "source": None, "either": None}),
+    ("search_links by either, after a link",
+     {"command": "search_links", "either": "ID", "after": "LINK_ID"}),
+    ("delete_link", {"command": "delete_link", "id": "DOOMED_ID", "expected_version": None}),
 ]
 
 # Bodies the worker refuses with 400 must be invalid.
@@ -569,6 +659,38 @@ REFUSED: list[tuple[str, Any]] = [
      {"command": "update", "id": "ID", "item": "ITEM", "expected_version": True}),
     ("update, expected_version beyond 64 bits",
      {"command": "update", "id": "ID", "item": "ITEM", "expected_version": 10**29}),
+    ("create_link, link an array", {"command": "create_link", "link": ["ID", "ID2"]}),
+    ("create_link, source a number", {"command": "create_link", "link": {"source": 5}}),
+    ("create_link with id", {"command": "create_link", "link": {"id": "mine"}}),
+    ("create_link with created_by",
+     {"command": "create_link", "link": {"created_by": "me", "source": "ID", "target": "ID2"}}),
+    ("create_link, properties a string",
+     {"command": "create_link", "link": {"properties": "BLOCKS"}}),
+    ("read_link without id", {"command": "read_link"}),
+    ("delete_link, id a number", {"command": "delete_link", "id": 5}),
+    ("delete_link, expected_version a string",
+     {"command": "delete_link", "id": "LINK_ID", "expected_version": "1"}),
+    ("update_link without link", {"command": "update_link", "id": "LINK_ID"}),
+    ("update_link, link without id",
+     {"command": "update_link", "id": "LINK_ID", "link": {"source": "ID"}}),
+    ("update_link, target an object",
+     {"command": "update_link", "id": "LINK_ID", "link": {"id": "x", "created_at": "y",
+                                                         "created_by": "z", "target": {}}}),
+    ("search_items, where an array", {"command": "search_items", "where": ["n"]}),
+    ("search_items, where a string", {"command": "search_items", "where": "n=1"}),
+    ("search_items, limit 0", {"command": "search_items", "limit": 0}),
+    ("search_items, limit 1001", {"command": "search_items", "limit": 1001}),
+    ("search_items, limit a string", {"command": "search_items", "limit": "5"}),
+    ("search_items, limit a boolean", {"command": "search_items", "limit": True}),
+    ("search_items, after a number", {"command": "search_items", "after": 5}),
+    ("search_links, no end", {"command": "search_links"}),
+    ("search_links, every end null",
+     {"command": "search_links", "source": None, "target": None, "either": None}),
+    ("search_links, two ends", {"command": "search_links", "source": "ID", "target": "ID2"}),
+    ("search_links, three ends",
+     {"command": "search_links", "source": "ID", "target": "ID", "either": "ID"}),
+    ("search_links, source a number", {"command": "search_links", "source": 5}),
+    ("search_links, limit -1", {"command": "search_links", "either": "ID", "limit": -1}),
 ]
 
 # 400s no JSON Schema can express; command.json's description names each.
@@ -582,21 +704,35 @@ BEYOND_A_SCHEMA: list[tuple[str, bytes, str]] = [
     ("properties 100 levels deep",
      b'{"command": "create", "item": {"properties": {"a": ' + b"[" * 100 + b"]" * 100 + b"}}}",
      "64 levels"),
+    ("a link from an item to itself",
+     b'{"command": "create_link", "link": {"source": "ID", "target": "ID"}}', "different"),
+    ("a link to no item",
+     b'{"command": "create_link", "link": {"source": "ID", "target": "ghost"}}',
+     "the ids of items"),
+    ("a search after no item", b'{"command": "search_items", "after": "ghost"}',
+     "a search's after must be the id of an item"),
+    ("where 100 levels deep",
+     b'{"command": "search_items", "where": {"a": ' + b"[" * 100 + b"]" * 100 + b"}}",
+     "where nested deeper than 64 levels"),
 ]
 
 
-def _fill(body: Any, item: dict[str, Any]) -> Any:
-    """body with ID and ITEM replaced by a real item's id and the item."""
+def _fill(body: Any, item: dict[str, Any], others: dict[str, Any] | None = None) -> Any:
+    """body with ID and ITEM replaced by a real item's id and the item, and any other
+    placeholder by its value in others (ID2, LINK, LINK_ID, DOOMED_ID)."""
+    others = others or {}
     if body == "ID":
         return item["id"]
     if body == "ITEM":
         return item
     if body == "ITEM_NO_PROPERTIES":
         return {**item, "properties": None}
+    if isinstance(body, str) and body in others:
+        return others[body]
     if isinstance(body, dict):
-        return {k: _fill(v, item) for k, v in body.items()}
+        return {k: _fill(v, item, others) for k, v in body.items()}
     if isinstance(body, list):
-        return [_fill(v, item) for v in body]
+        return [_fill(v, item, others) for v in body]
     return body
 
 
@@ -604,15 +740,21 @@ def test_the_command_schema_accepts_what_the_worker_accepts_and_refuses_its_400s
     client: CapturingClient,
 ) -> None:
     item = client.reply({"command": "create"}, 200).json()["item"]
+    other = client.reply({"command": "create"}, 200).json()["item"]
+    link = client.reply({"command": "create_link", "link": {
+        "source": item["id"], "target": other["id"]}}, 200).json()["link"]
+    doomed = client.reply({"command": "create_link", "link": {
+        "source": other["id"], "target": item["id"]}}, 200).json()["link"]
+    others = {"ID2": other["id"], "LINK": link, "LINK_ID": link["id"], "DOOMED_ID": doomed["id"]}
     wrong: list[str] = []
     for label, template in ACCEPTED:
-        body = _fill(template, item)
+        body = _fill(template, item, others)
         status = client.send(body).status
         found = errors(COMMAND, body)
         if status != 200 or found:
             wrong.append(f"{label}: worker {status}, schema says {found or 'valid'}")
     for label, template in REFUSED:
-        body = _fill(template, item)
+        body = _fill(template, item, others)
         status = client.send(body).status
         if status != 400 or not errors(COMMAND, body):
             wrong.append(f"{label}: worker {status}, schema says "

@@ -41,7 +41,9 @@ def test_every_command_of_the_contract_has_a_handler_and_nothing_else_has() -> N
 
 def test_reads_are_answered_afresh_and_writes_are_remembered() -> None:
     assert {kind.name: handler.remembered for kind, handler in HANDLERS.items()} == {
-        "create": True, "read": False, "update": True}
+        "create": True, "read": False, "update": True,
+        "create_link": True, "read_link": False, "update_link": True, "delete_link": True,
+        "search_items": False, "search_links": False}
 
 
 def _send(role: CommandRole, body: bytes, message_id: str) -> dict[str, Any]:

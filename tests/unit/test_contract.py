@@ -12,22 +12,30 @@ from thelca_client.contract import (
     COMMANDS,
     JSON,
     MAX_JSON_DEPTH,
+    SEARCH_LIMIT,
     Command,
     CommandName,
     ContractError,
     CreateItem,
+    CreateLink,
+    DeleteLink,
     Event,
     Names,
     ReadItem,
+    ReadLink,
     Reply,
+    SearchItems,
+    SearchLinks,
     Unauthenticated,
     UpdateItem,
+    UpdateLink,
     authorization_headers,
     bearer_token,
     decode_command,
     decode_event,
     decode_reply,
     dumps,
+    encode,
     encode_command,
     encode_event,
     encode_reply,
@@ -116,7 +124,8 @@ def test_a_body_that_is_not_an_object_is_refused(body: bytes, named: str) -> Non
         ({}, "command is missing"),
         ({"command": None}, "command is missing"),
         ({"id": "x"}, "command is missing"),
-        ({"command": "delete"}, "command must be one of create, read, update, not 'delete'"),
+        ({"command": "delete"}, "command must be one of create, read, update, create_link, "
+         "read_link, update_link, delete_link, search_items, search_links, not 'delete'"),
         ({"command": "Create"}, "command must be one of"),
         ({"command": ""}, "command must be one of"),
         ({"command": 1}, "command must be one of"),
@@ -190,6 +199,89 @@ def test_a_field_of_the_wrong_kind_is_refused_by_name(fields: dict[str, Any], me
     assert not isinstance(refused.value, Unauthenticated)
 
 
+LINK: JSON = {"id": "l1", "created_at": ITEM["created_at"], "created_by": ITEM["created_by"],
+              "source": "a", "target": "b", "properties": {"type": "BLOCKS"}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        # the link commands' ids
+        ({"command": "read_link"}, "id is missing: read_link needs the link's id"),
+        ({"command": "update_link", "link": LINK}, "id is missing: update_link needs the link's"),
+        ({"command": "delete_link"}, "id is missing: delete_link needs the link's id"),
+        ({"command": "read_link", "id": 5}, "id must be a string, not a number"),
+        ({"command": "delete_link", "id": ["l1"]}, "id must be a string, not an array"),
+        # link
+        ({"command": "create_link", "link": []}, "link must be an object, not an array"),
+        ({"command": "create_link", "link": "l1"}, "link must be an object, not a string"),
+        ({"command": "update_link", "id": "l1"}, "link is missing: update_link needs the whole"),
+        ({"command": "update_link", "id": "l1", "link": None}, "link is missing"),
+        ({"command": "update_link", "id": "l1", "link": True},
+         "link must be an object, not a boolean"),
+        ({"command": "create_link", "link": {"properties": []}},
+         "link.properties must be an object, not an array"),
+        ({"command": "create_link", "link": {"properties": nested_object(MAX_JSON_DEPTH + 1)}},
+         f"link.properties nests deeper than {MAX_JSON_DEPTH} levels"),
+        ({"command": "create_link", "link": {"source": 5, "target": "b"}},
+         "link.source must be a string, not a number"),
+        ({"command": "create_link", "link": {"source": "a", "target": ["b"]}},
+         "link.target must be a string, not an array"),
+        ({"command": "update_link", "id": "l1", "link": {**LINK, "id": 1}},
+         "link.id must be a string, not a number"),
+        ({"command": "update_link", "id": "l1", "link": {**LINK, "created_at": True}},
+         "link.created_at must be a string, not a boolean"),
+        ({"command": "update_link", "id": "l1", "link": {**LINK, "created_by": {}}},
+         "link.created_by must be a string, not an object"),
+        # expected_version
+        ({"command": "update_link", "id": "l1", "link": LINK, "expected_version": "2"},
+         "expected_version must be an integer, not a string"),
+        ({"command": "delete_link", "id": "l1", "expected_version": 2.0},
+         "expected_version must be an integer, not a number"),
+        ({"command": "delete_link", "id": "l1", "expected_version": True},
+         "expected_version must be an integer, not a boolean"),
+        # search_items
+        ({"command": "search_items", "where": []}, "where must be an object, not an array"),
+        ({"command": "search_items", "where": "type=STORY"},
+         "where must be an object, not a string"),
+        ({"command": "search_items", "where": 1}, "where must be an object, not a number"),
+        ({"command": "search_items", "where": nested_object(MAX_JSON_DEPTH + 1)},
+         f"where nests deeper than {MAX_JSON_DEPTH} levels"),
+        ({"command": "search_items", "limit": 0}, "limit must be from 1 to 1000, not 0"),
+        ({"command": "search_items", "limit": -1}, "limit must be from 1 to 1000, not -1"),
+        ({"command": "search_items", "limit": 1001}, "limit must be from 1 to 1000, not 1001"),
+        ({"command": "search_items", "limit": 10.0}, "limit must be an integer, not a number"),
+        ({"command": "search_items", "limit": "10"}, "limit must be an integer, not a string"),
+        ({"command": "search_items", "limit": True}, "limit must be an integer, not a boolean"),
+        ({"command": "search_items", "after": 3}, "after must be a string (an id), not a number"),
+        ({"command": "search_items", "after": ["x"]}, "after must be a string (an id), not an"),
+        # search_links: exactly one of source, target, either
+        ({"command": "search_links"},
+         "search_links needs exactly one of source, target, either (an item id), not 0"),
+        ({"command": "search_links", "source": None}, "exactly one of source, target, either"),
+        ({"command": "search_links", "source": "a", "target": "b"},
+         "exactly one of source, target, either (an item id), not 2"),
+        ({"command": "search_links", "source": "a", "target": "b", "either": "c"},
+         "exactly one of source, target, either (an item id), not 3"),
+        ({"command": "search_links", "source": 5}, "source must be a string, not a number"),
+        ({"command": "search_links", "target": True}, "target must be a string, not a boolean"),
+        ({"command": "search_links", "either": {}}, "either must be a string, not an object"),
+        ({"command": "search_links", "either": "a", "limit": 1001},
+         "limit must be from 1 to 1000, not 1001"),
+        ({"command": "search_links", "either": "a", "after": 1},
+         "after must be a string (an id), not a number"),
+    ],
+)
+def test_a_link_or_search_field_of_the_wrong_kind_is_refused_by_name(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ContractError) as refused:
+        decode_command(command_body(**fields))
+    assert message in str(refused.value)
+    assert refused.value.status == 400
+    assert not isinstance(refused.value, Unauthenticated)
+
+
 def test_properties_deeper_than_an_encoder_can_write_are_refused() -> None:
     """orjson reads 1000 levels but writes fewer than 255: refuse them on the way in."""
     body = b'{"command": "create", "item": {"properties": ' + b'{"a": ' * 1000 + b"1"
@@ -241,6 +333,31 @@ def test_the_depth_check_does_not_recurse() -> None:
         (b'{"command": "update", "id": "x", "item": {}, "expected_version": 0}',
          UpdateItem("x", {}, expected_version=0)),
         (b' \n{"command": "read", "id": "\\u00fc\xc3\xbc"}\n ', ReadItem("\u00fc\u00fc")),
+        # links: fields the command does not use are ignored, as for items
+        (b'{"command": "create_link", "link": {"source": "a", "target": "b"}, "id": 5}',
+         CreateLink({"source": "a", "target": "b"})),
+        (b'{"command": "create_link"}', CreateLink({})),
+        (b'{"command": "create_link", "link": {"source": null, "extra": [1]}}',
+         CreateLink({"source": None, "extra": [1]})),
+        (b'{"command": "read_link", "id": "l1", "link": 5}', ReadLink("l1")),
+        (b'{"command": "update_link", "id": "l1", "link": {"id": "l1"}, "expected_version": 2}',
+         UpdateLink("l1", {"id": "l1"}, expected_version=2)),
+        (b'{"command": "delete_link", "id": "l1"}', DeleteLink("l1")),
+        (b'{"command": "delete_link", "id": "l1", "expected_version": null}', DeleteLink("l1")),
+        (b'{"command": "delete_link", "id": "l1", "expected_version": 4}', DeleteLink("l1", 4)),
+        # search: where defaults to {} (every item), limit to 100
+        (b'{"command": "search_items"}', SearchItems({}, SEARCH_LIMIT, None)),
+        (b'{"command": "search_items", "where": null, "limit": null, "after": null}',
+         SearchItems({}, 100, None)),
+        (b'{"command": "search_items", "where": {"type": "STORY", "n": [1, {"a": null}]}, '
+         b'"limit": 1000, "after": "x"}',
+         SearchItems({"type": "STORY", "n": [1, {"a": None}]}, 1000, "x")),
+        (b'{"command": "search_items", "limit": 1}', SearchItems({}, 1)),
+        (b'{"command": "search_links", "source": "a"}', SearchLinks("source", "a")),
+        (b'{"command": "search_links", "target": "b", "source": null, "limit": 7}',
+         SearchLinks("target", "b", 7)),
+        (b'{"command": "search_links", "either": "", "after": "l1"}',
+         SearchLinks("either", "", after="l1")),
     ],
 )
 def test_valid_commands_decode(body: bytes, expected: Command) -> None:
@@ -266,8 +383,32 @@ def test_encode_command_round_trips(body: bytes, expected: Command) -> None:
     assert orjson.loads(body)["command"] == expected.name
 
 
+@pytest.mark.parametrize("command", [
+    CreateItem({"properties": {"type": "STORY"}}),
+    ReadItem("x"),
+    UpdateItem("x", ITEM, expected_version=2),
+    UpdateItem("x", ITEM),
+    CreateLink({"source": "a", "target": "b", "properties": {"type": "BLOCKS"}}),
+    ReadLink("l1"),
+    UpdateLink("l1", LINK, expected_version=3),
+    UpdateLink("l1", LINK),
+    DeleteLink("l1"),
+    DeleteLink("l1", expected_version=2),
+    SearchItems({"type": "STORY"}, limit=10, after="x"),
+    SearchItems(),
+    SearchLinks("source", "a"),
+    SearchLinks("either", "a", limit=1000, after="l1"),
+])
+def test_every_command_encodes_to_a_body_that_decodes_to_it(command: Command) -> None:
+    body = encode(command)
+    assert decode_command(body) == command
+    assert orjson.loads(body)["command"] == command.name
+
+
 def test_every_command_name_has_one_shape_named_after_it() -> None:
-    assert COMMANDS == get_args(CommandName) == ("create", "read", "update")
+    assert COMMANDS == get_args(CommandName) == (
+        "create", "read", "update", "create_link", "read_link", "update_link", "delete_link",
+        "search_items", "search_links")
     assert {name: kind.name for name, kind in COMMAND_TYPES.items()} == {
         name: name for name in COMMANDS}
     assert len(set(COMMAND_TYPES.values())) == len(COMMANDS)

@@ -9,21 +9,31 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
 from thelca.authority.test_only import TestOnlyAuthority
-from thelca.domain.model import Item, StoredItem
+from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import ConcurrentUpdate, StoreUnavailable
 from thelca.roles.commands import CommandRole
 from thelca.roles.messages import Incoming
 from thelca.stores.base import OutboxEvent, ProcessedCommand
 from thelca.stores.postgres import PostgresStore, _translated
-from thelca_client.contract import Names, encode_command
+from thelca_client.contract import (
+    CreateLink,
+    DeleteLink,
+    Names,
+    ReadLink,
+    UpdateLink,
+    encode,
+    encode_command,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -282,3 +292,111 @@ def test_a_serialization_failure_is_a_lost_race_and_a_dropped_connection_is_unav
     assert isinstance(_translated(psycopg.OperationalError("server closed the connection")),
                       StoreUnavailable)
 
+
+
+# ---------------------------------------------------------------- links
+
+
+def link(link_id: str, properties: dict[str, Any] | None = None) -> Link:
+    return Link(link_id, CREATED_AT, USER, "a", "b", properties or {})
+
+
+def test_concurrent_link_updates_lose_none(stores: Callable[[], PostgresStore]) -> None:
+    """Four writers increment one link's counter 25 times each, every time from what they
+    read: get_link locks the row as get_item does, so they queue up."""
+    setup = stores()
+    with setup.transaction() as tx:
+        tx.add_link(link("l", {"n": 0}))
+    writers, rounds = 4, 25
+    start = threading.Barrier(writers)
+
+    def increment(store: PostgresStore) -> None:
+        start.wait()
+        for _ in range(rounds):
+            with store.transaction() as tx:
+                current = tx.get_link("l")
+                assert current is not None
+                n = current.link.properties["n"]
+                tx.replace_link(link("l", {"n": n + 1}), current.version + 1)
+
+    runs = [in_thread(partial(increment, stores())) for _ in range(writers)]
+    for thread, errors in runs:
+        thread.join(timeout=120)
+        assert not errors, errors
+    with setup.transaction() as tx:
+        final = tx.get_link("l")
+    assert final == StoredLink(link("l", {"n": writers * rounds}), 1 + writers * rounds)
+
+
+def _link_commands(stores: Callable[[], PostgresStore]) -> tuple[dict[str, Any], list[CommandRole]]:
+    """Two items, a link between them made through a worker, and two workers on the schema."""
+    setup = stores()
+    with setup.transaction() as tx:
+        tx.add_item(item("a"))
+        tx.add_item(item("b"))
+    first, second = (CommandRole(stores(), TestOnlyAuthority(), Names("race"), max_body=1 << 20)
+                     for _ in range(2))
+    created = _reply(first, encode(CreateLink({"source": "a", "target": "b"})), "m-create")
+    assert created["status"] == 200, created
+    return created["link"], [first, second]
+
+
+def _reply(role: CommandRole, body: bytes, message_id: str) -> dict[str, Any]:
+    message = Incoming(body=body, message_id=message_id, correlation_id=None,
+                       reply_to="client", headers={"Authorization": "Bearer abcd"})
+    (reply,) = [m for m in role.handle([message]) if m.routing_key == "client"]
+    return dict(orjson.loads(reply.body))
+
+
+def _at_once(roles: list[CommandRole], bodies: list[bytes]) -> list[dict[str, Any]]:
+    """Each role handles its own command at the same moment; their replies, in that order."""
+    start = threading.Barrier(len(roles))
+    replies: dict[int, dict[str, Any]] = {}
+
+    def run(index: int) -> None:
+        start.wait()
+        replies[index] = _reply(roles[index], bodies[index], f"m-{index}-{uuid.uuid4()}")
+
+    runs = [in_thread(partial(run, index)) for index in range(len(roles))]
+    for thread, errors in runs:
+        thread.join(timeout=60)
+        assert not errors, errors
+    return [replies[index] for index in range(len(roles))]
+
+
+def test_two_workers_updating_one_link_at_one_expected_version_one_wins(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    created, roles = _link_commands(stores)
+    for round_ in range(10):
+        current = _reply(roles[0], encode(ReadLink(created["id"])), f"read-{round_}")
+        version = current["version"]
+        bodies = [encode(UpdateLink(created["id"], {**current["link"], "properties": {"by": n}},
+                                    expected_version=version)) for n in range(2)]
+        replies = _at_once(roles, bodies)
+        statuses = sorted(reply["status"] for reply in replies)
+        assert statuses == [200, 409], replies
+        winner = next(reply for reply in replies if reply["status"] == 200)
+        assert winner["version"] == version + 1
+        loser = next(reply for reply in replies if reply["status"] == 409)
+        assert f"is at version {version + 1}" in loser["error"]
+        after = _reply(roles[1], encode(ReadLink(created["id"])), f"check-{round_}")
+        assert after["link"] == winner["link"] and after["version"] == version + 1
+
+
+def test_a_delete_racing_an_update_of_one_link_leaves_one_story(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """Either the update comes first and the delete removes its version, or the delete
+    comes first and the update finds no link; never an update of a deleted link."""
+    created, roles = _link_commands(stores)
+    update = encode(UpdateLink(created["id"], {**created, "properties": {"n": 1}}))
+    replies = _at_once(roles, [update, encode(DeleteLink(created["id"]))])
+    updated, deleted = replies
+    assert deleted["status"] == 200, replies
+    if updated["status"] == 200:
+        assert deleted["version"] == 2 and deleted["link"] == updated["link"]
+    else:
+        assert updated["status"] == 404 and deleted["version"] == 1, replies
+    gone = _reply(roles[0], encode(ReadLink(created["id"])), "read-after")
+    assert gone["status"] == 404

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from thelca.cli.main import main
-from thelca.domain.model import Item, StoredItem
+from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import ChainBroken
 from thelca.eventlog.writer import EventLogWriter
 from thelca.restore.compare import verify
@@ -34,9 +34,9 @@ B = "1b7e2d8f-6c2e-4d4f-8a72-2e8e3b0c9d12"
 C = "2c8f3e90-7d3f-4e50-9b83-3f9f4c1dae23"
 D = "3d904fa1-8e40-4f61-8c94-40a05d2ebf34"
 USER = "a-test-only-id-abcd"
+LINK = "4ea150b2-9f51-4072-9da5-51b16e3fc045"
 HISTORY = {"Server started": 2, "Server stopped": 2, "Item read": 1, "Service read": 1,
-           "Item search": 1, "Link created": 1, "Link read": 1, "Link updated": 1,
-           "Link search": 1, "Link deleted": 1}
+           "Item search": 1, "Link read": 1, "Link search": 1}
 
 
 class WithoutBulkLoad:
@@ -58,6 +58,12 @@ class WithoutBulkLoad:
 
     def count_items(self) -> int:
         return self.inner.count_items()
+
+    def links(self) -> Iterator[StoredLink]:
+        return self.inner.links()
+
+    def count_links(self) -> int:
+        return self.inner.count_links()
 
     def ping(self) -> None:
         self.inner.ping()
@@ -92,10 +98,12 @@ def versions(store: ItemStore) -> dict[str, int]:
 @pytest.mark.parametrize("flush_items", [1, 2, 1000])
 def test_the_original_servers_log_restores_to_its_end(store: ItemStore, flush_items: int) -> None:
     report = restore(ORIGINAL, store, flush_items=flush_items)
-    assert (report.lines, report.applied, report.items) == (20, 8, 4)
+    # 8 item events and 3 link events: its one link was created, updated, then deleted
+    assert (report.lines, report.applied, report.items, report.links) == (20, 11, 4, 0)
     assert dict(report.skipped) == HISTORY
     assert report.problems == []
     assert versions(store) == {A: 2, B: 4, C: 1, D: 1}
+    assert list(store.links()) == []
     items = {s.item.id: s.item for s in store.items()}
     assert items[A] == Item(A, "2020-02-24T09:01:00.099990+00:00", USER,
                             {"type": "STORY", "title": "first", "status": "DONE"})
@@ -108,11 +116,15 @@ def test_the_original_servers_log_restores_to_the_end_of_its_first_day(
 ) -> None:
     report = restore(ORIGINAL, store, until=parse_time("2020-02-24T23:59:59Z"))
     assert versions(store) == {A: 1, B: 2, C: 1}
-    assert report.skipped[AFTER_UNTIL] == 4
-    assert report.applied == 4 and report.items == 3
+    assert report.skipped[AFTER_UNTIL] == 6  # 4 item events, a link update and its delete
+    assert report.applied == 5 and report.items == 3 and report.links == 1
     items = {s.item.id: s.item for s in store.items()}
     assert items[A].properties == {"type": "STORY", "title": "first"}
     assert items[B].properties == {"type": "BUG"}
+    # that server's first links kept source and target in properties: both are read there
+    assert list(store.links()) == [StoredLink(Link(
+        LINK, "2020-02-24T09:07:00.799990+00:00", USER, A, B,
+        {"source": A, "target": B, "type": "BLOCKS"}), 1)]
 
 
 def test_until_is_inclusive_to_the_microsecond(store: ItemStore) -> None:
@@ -122,7 +134,7 @@ def test_until_is_inclusive_to_the_microsecond(store: ItemStore) -> None:
 
 def test_until_before_the_first_event_restores_nothing(store: ItemStore) -> None:
     report = restore(ORIGINAL, store, until=parse_time("2019-01-01T00:00:00+00:00"))
-    assert report.items == 0 and report.applied == 0 and report.skipped[AFTER_UNTIL] == 8
+    assert report.items == 0 and report.applied == 0 and report.skipped[AFTER_UNTIL] == 11
 
 
 def test_a_time_without_offset_is_refused() -> None:
@@ -241,7 +253,9 @@ def test_verify_until_compares_with_the_state_at_that_moment(tmp_path: Path) -> 
     until = parse_time("2020-02-24T23:59:59Z")
     restore(ORIGINAL, store, until=until)
     assert verify(ORIGINAL, store, until=until).differences == []
-    assert {d.kind for d in verify(ORIGINAL, store).differences} == {"different", "missing"}
+    later = verify(ORIGINAL, store).differences
+    assert {(d.record, d.kind) for d in later} == {
+        ("item", "different"), ("item", "missing"), ("link", "extra")}  # deleted the next day
     store.close()
 
 

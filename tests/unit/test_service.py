@@ -17,7 +17,7 @@ import pytest
 from thelca.authority import TestOnlyAuthority
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
-from thelca.domain.model import Item, Origin, StoredItem
+from thelca.domain.model import Item, Link, Origin, StoredItem
 from thelca.domain.service import ItemService, Result
 from thelca.errors import (
     CommandRefused,
@@ -68,6 +68,7 @@ class FakeAuthority:
     refuse_create: set[str] = field(default_factory=set)
     refuse_read: set[str] = field(default_factory=set)
     refuse_update: set[str] = field(default_factory=set)
+    refuse_links: set[str] = field(default_factory=set)  # every link command and search
     calls: list[str] = field(default_factory=list)
 
     def authenticate(self, token: str | None) -> Principal:
@@ -86,6 +87,24 @@ class FakeAuthority:
 
     def check_read_events(self, principal: Principal) -> str:
         return self._check("events", set(), principal)
+
+    def check_create_link(self, principal: Principal, dictionary: JSON) -> str:
+        return self._check("create link", self.refuse_links, principal)
+
+    def check_read_link(self, principal: Principal, link: Link) -> str:
+        return self._check("read link", self.refuse_links, principal)
+
+    def check_update_link(self, principal: Principal, current: Link, proposed: Link) -> str:
+        return self._check("update link", self.refuse_links, principal)
+
+    def check_delete_link(self, principal: Principal, link: Link) -> str:
+        return self._check("delete link", self.refuse_links, principal)
+
+    def check_search_items(self, principal: Principal, where: JSON) -> str:
+        return self._check("search items", self.refuse_links, principal)
+
+    def check_search_links(self, principal: Principal, query: JSON) -> str:
+        return self._check("search links", self.refuse_links, principal)
 
     def _check(self, what: str, refused: set[str], principal: Principal) -> str:
         self.calls.append(what)

@@ -21,11 +21,11 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from thelca.domain.model import Item, StoredItem
+from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import ConcurrentUpdate
 from thelca.stores import ItemStore, OutboxEvent, ProcessedCommand
-from thelca.stores.base import BulkItemLoader
-from thelca_client.contract import JSON
+from thelca.stores.base import BulkItemLoader, Found
+from thelca_client.contract import JSON, LinkEnd
 
 CREATED_AT = "2020-02-18T16:37:09.654917+00:00"
 CREATED_BY = "a-test-only-id-abcd"
@@ -551,3 +551,401 @@ class StoreContract(abc.ABC):
                 tx.replace_item(item("b", {"n": 2}), 2)
         store.load_items([])
         assert store.count_items() == 3
+
+    # ------------------------------------------------------------ links
+
+    def test_add_link_then_get_link_round_trips_at_version_1(self, store: ItemStore) -> None:
+        original = link("4ea150b2-9f51-4072-9da5-51b16e3fc045", "a", "b", RICH_PROPERTIES)
+        with store.transaction() as tx:
+            assert tx.add_link(original) == StoredLink(original, 1)
+            assert tx.get_link(original.id) == StoredLink(original, 1)
+        with store.transaction() as tx:
+            got = tx.get_link(original.id)
+        assert got == StoredLink(original, 1)
+        assert got is not None and got.link.to_json() == original.to_json()
+        assert store.count_links() == 1 and store.count_items() == 0
+
+    def test_get_link_of_an_unknown_id_is_none(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            assert tx.get_link("no-such-link") is None
+            tx.add_item(item("a"))
+            assert tx.get_link("a") is None  # an item's id is no link's
+
+    def test_add_link_of_an_existing_id_raises_concurrent_update(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_link(link("l", "a", "b"))
+            with pytest.raises(ConcurrentUpdate):
+                tx.add_link(link("l", "c", "d"))
+        with store.transaction() as tx:
+            assert tx.get_link("l") == StoredLink(link("l", "a", "b"), 1)
+
+    def test_replace_link_bumps_the_version_and_may_move_its_ends(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_link(link("l", "a", "b", {"type": "BLOCKS"}))
+        with store.transaction() as tx:
+            moved = link("l", "c", "d", {"type": "IMPLEMENTS"})
+            assert tx.replace_link(moved, 2) == StoredLink(moved, 2)
+            with pytest.raises(ConcurrentUpdate):
+                tx.replace_link(link("l", "x", "y"), 2)  # stale
+            with pytest.raises(ConcurrentUpdate):
+                tx.replace_link(link("ghost", "x", "y"), 2)
+        with store.transaction() as tx:
+            assert tx.get_link("l") == StoredLink(link("l", "c", "d", {"type": "IMPLEMENTS"}), 2)
+            assert tx.get_link("ghost") is None
+
+    def test_delete_link_at_its_version_removes_it(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_link(link("l", "a", "b"))
+            tx.replace_link(link("l", "a", "b", {"n": 2}), 2)
+            tx.add_link(link("kept", "a", "b"))
+        with store.transaction() as tx:
+            with pytest.raises(ConcurrentUpdate):
+                tx.delete_link("l", 1)  # not its version
+            with pytest.raises(ConcurrentUpdate):
+                tx.delete_link("ghost", 1)
+            tx.delete_link("l", 2)
+            assert tx.get_link("l") is None
+            with pytest.raises(ConcurrentUpdate):
+                tx.delete_link("l", 2)  # gone already
+            with pytest.raises(ConcurrentUpdate):
+                tx.replace_link(link("l", "a", "b"), 3)
+        with store.transaction() as tx:
+            assert tx.get_link("l") is None
+        assert [s.link.id for s in store.links()] == ["kept"]
+        assert store.count_links() == 1
+
+    def test_link_changes_roll_back_with_the_transaction_and_the_savepoint(
+        self, store: ItemStore
+    ) -> None:
+        with store.transaction() as tx:
+            tx.add_link(link("kept", "a", "b"))
+            tx.add_link(link("doomed", "a", "b"))
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.add_link(link("new", "a", "b"))
+            tx.replace_link(link("kept", "c", "d"), 2)
+            tx.delete_link("doomed", 1)
+            raise Boom
+        with store.transaction() as tx:
+            with pytest.raises(Boom), tx.savepoint():
+                tx.delete_link("kept", 1)
+                tx.add_link(link("in-savepoint", "a", "b"))
+                raise Boom
+            assert tx.get_link("kept") == StoredLink(link("kept", "a", "b"), 1)
+        assert list(store.links()) == [StoredLink(link("doomed", "a", "b"), 1),
+                                       StoredLink(link("kept", "a", "b"), 1)]
+
+    def test_links_are_ordered_by_id(self, store: ItemStore) -> None:
+        ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"link-{n}")) for n in range(12)]
+        with store.transaction() as tx:
+            for link_id in ids:
+                tx.add_link(link(link_id, "a", "b"))
+        assert [s.link.id for s in store.links()] == sorted(ids)
+        assert store.count_links() == 12
+
+    def test_clear_empties_the_links_too(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("a", {"type": "STORY"}))
+            tx.add_link(link("l", "a", "b"))
+        store.clear()
+        assert list(store.links()) == [] and store.count_links() == 0
+        with store.transaction() as tx:
+            assert tx.get_link("l") is None
+            assert tx.search_items({"type": "STORY"}, after=None, limit=10) == Found([], False)
+            assert tx.search_links("source", "a", after=None, limit=10) == Found([], False)
+            assert tx.add_link(link("l", "a", "b")) == StoredLink(link("l", "a", "b"), 1)
+
+    def test_a_stored_link_does_not_change_when_callers_mutate_their_dicts(
+        self, store: ItemStore
+    ) -> None:
+        given: JSON = {"tags": ["a"]}
+        with store.transaction() as tx:
+            tx.add_link(link("l", "a", "b", given))
+        given["tags"].append("changed")
+        with store.transaction() as tx:
+            got = tx.get_link("l")
+            assert got is not None
+            got.link.properties["changed after get"] = True
+        with store.transaction() as tx:
+            assert tx.get_link("l") == StoredLink(link("l", "a", "b", {"tags": ["a"]}), 1)
+
+    def test_has_item_says_whether_an_item_has_the_id(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            assert not tx.has_item("a")
+            tx.add_item(item("a"))
+            tx.add_link(link("l", "a", "b"))
+            assert tx.has_item("a")
+            assert not tx.has_item("A") and not tx.has_item("l") and not tx.has_item("a\x00")
+        with store.transaction() as tx:
+            assert tx.has_item("a")
+
+    # ------------------------------------------------------------ search_items
+
+    def test_search_with_an_empty_where_finds_every_item_in_creation_order(
+        self, store: ItemStore
+    ) -> None:
+        # added out of order; two share a created_at, and then the id decides
+        made = [made_at("c", 3), made_at("a", 1), made_at("b2", 2), made_at("b1", 2)]
+        with store.transaction() as tx:
+            for one in made:
+                tx.add_item(one)
+        with store.transaction() as tx:
+            found = tx.search_items({}, after=None, limit=100)
+        assert found == Found([made_at("a", 1), made_at("b1", 2), made_at("b2", 2),
+                               made_at("c", 3)], False)
+
+    def test_search_finds_the_items_holding_every_key_with_an_equal_value(
+        self, store: ItemStore
+    ) -> None:
+        with store.transaction() as tx:
+            for n, properties in enumerate(SEARCHED):
+                tx.add_item(made_at(f"i{n:02d}", n, properties))
+        for where, expected in SEARCHES:
+            with store.transaction() as tx:
+                found = tx.search_items(where, after=None, limit=100)
+            assert found is not None
+            assert [one.id for one in found.results] == [f"i{n:02d}" for n in expected], where
+            assert not found.more
+
+    def test_search_results_are_whole_items_without_their_version(
+        self, store: ItemStore
+    ) -> None:
+        with store.transaction() as tx:
+            tx.add_item(made_at("a", 1, RICH_PROPERTIES))
+            tx.replace_item(made_at("a", 1, {**RICH_PROPERTIES, "v": 2}), 2)
+        with store.transaction() as tx:
+            found = tx.search_items({"type": "STORY"}, after=None, limit=10)
+        assert found == Found([made_at("a", 1, {**RICH_PROPERTIES, "v": 2})], False)
+
+    def test_search_pages_with_limit_and_after(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            for n in range(7):
+                tx.add_item(made_at(f"s{n}", n, {"type": "STORY"}))
+                tx.add_item(made_at(f"b{n}", n, {"type": "BUG"}))
+        pages: list[list[str]] = []
+        after = None
+        while True:
+            with store.transaction() as tx:
+                found = tx.search_items({"type": "STORY"}, after=after, limit=3)
+            assert found is not None
+            pages.append([one.id for one in found.results])
+            if not found.more:
+                break
+            after = found.results[-1].id
+        assert pages == [["s0", "s1", "s2"], ["s3", "s4", "s5"], ["s6"]]
+        with store.transaction() as tx:
+            # exactly limit left: nothing more follows
+            assert tx.search_items({"type": "STORY"}, after="s3", limit=3) == Found(
+                [made_at(f"s{n}", n, {"type": "STORY"}) for n in (4, 5, 6)], False)
+            # after an item the where does not match: its place in creation order counts
+            # (b1 and s1 were made at the same moment: then the id decides, b before s)
+            found = tx.search_items({"type": "STORY"}, after="b1", limit=2)
+            assert found is not None and [one.id for one in found.results] == ["s1", "s2"]
+            assert found.more
+            assert tx.search_items({}, after="s6", limit=5) == Found([], False)
+
+    def test_search_after_an_id_no_item_has_is_none(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(item("a", {"type": "STORY"}))
+            tx.add_link(link("l", "a", "b"))
+            assert tx.search_items({}, after="ghost", limit=10) is None
+            assert tx.search_items({"type": "STORY"}, after="l", limit=10) is None
+            assert tx.search_items({}, after="a\x00", limit=10) is None
+
+    def test_search_follows_updates(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(made_at("a", 1, {"status": "OPEN", "type": "BUG"}))
+        with store.transaction() as tx:
+            tx.replace_item(made_at("a", 1, {"status": "DONE"}), 2)
+            # the transaction sees its own change
+            assert tx.search_items({"status": "OPEN"}, after=None, limit=10) == Found([], False)
+        with store.transaction() as tx:
+            assert tx.search_items({"status": "OPEN"}, after=None, limit=10) == Found([], False)
+            assert tx.search_items({"type": "BUG"}, after=None, limit=10) == Found([], False)
+            assert tx.search_items({"status": "DONE"}, after=None, limit=10) == Found(
+                [made_at("a", 1, {"status": "DONE"})], False)
+            tx.replace_item(made_at("a", 1, {}), 3)
+        with store.transaction() as tx:
+            assert tx.search_items({"status": "DONE"}, after=None, limit=10) == Found([], False)
+            assert tx.search_items({}, after=None, limit=10) == Found([made_at("a", 1, {})],
+                                                                     False)
+
+    def test_a_rolled_back_change_leaves_the_search_as_it_was(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(made_at("a", 1, {"status": "OPEN"}))
+        with store.transaction() as tx, pytest.raises(Boom), tx.savepoint():
+            tx.replace_item(made_at("a", 1, {"status": "DONE"}), 2)
+            tx.add_item(made_at("b", 2, {"status": "OPEN"}))
+            raise Boom
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.replace_item(made_at("a", 1, {"status": "DONE"}), 2)
+            raise Boom
+        with store.transaction() as tx:
+            assert tx.search_items({"status": "OPEN"}, after=None, limit=10) == Found(
+                [made_at("a", 1, {"status": "OPEN"})], False)
+            assert tx.search_items({"status": "DONE"}, after=None, limit=10) == Found([], False)
+
+    def test_loaded_items_are_searched_like_any_other(self, store: ItemStore) -> None:
+        """Only for backends that offer the optional BulkItemLoader (restore's path)."""
+        if not isinstance(store, BulkItemLoader):
+            return
+        with store.transaction() as tx:
+            tx.add_item(made_at("b", 2, {"type": "STORY", "old": True}))
+        store.load_items([
+            ("a", at(1), CREATED_BY, b'{"type":"STORY"}', 1),
+            ("b", at(2), CREATED_BY, b'{"type":"BUG"}', 3),  # loaded again: new properties
+            ("c", at(3), CREATED_BY, orjson.dumps({**RICH_PROPERTIES, "type": "STORY"}), 2),
+            ("d", at(4), CREATED_BY, b"{}", 1),
+        ])
+        with store.transaction() as tx:
+            found = tx.search_items({"type": "STORY"}, after=None, limit=10)
+            assert found is not None and [one.id for one in found.results] == ["a", "c"]
+            assert tx.search_items({"old": True}, after=None, limit=10) == Found([], False)
+            found = tx.search_items({"escapes": RICH_PROPERTIES["escapes"]}, after=None,
+                                    limit=10)
+            assert found is not None and [one.id for one in found.results] == ["c"]
+            found = tx.search_items({}, after="b", limit=10)
+            assert found is not None and [one.id for one in found.results] == ["c", "d"]
+
+    # ------------------------------------------------------------ search_links
+
+    def test_search_links_by_source_target_or_either_in_creation_order(
+        self, store: ItemStore
+    ) -> None:
+        made = [link_at("l3", 3, "a", "b"), link_at("l1", 1, "b", "a"),
+                link_at("l2", 2, "a", "c"), link_at("l4", 4, "c", "d"),
+                link_at("l0", 2, "c", "a")]
+        with store.transaction() as tx:
+            for one in made:
+                tx.add_link(one)
+
+        def ids(end: LinkEnd, item_id: str) -> list[str]:
+            with store.transaction() as tx:
+                found = tx.search_links(end, item_id, after=None, limit=100)
+            assert found is not None and not found.more
+            return [one.id for one in found.results]
+
+        assert ids("source", "a") == ["l2", "l3"]
+        assert ids("target", "a") == ["l1", "l0"]
+        assert ids("either", "a") == ["l1", "l0", "l2", "l3"]
+        assert ids("either", "d") == ["l4"]
+        assert ids("source", "d") == []
+        assert ids("either", "nobody") == []
+        with store.transaction() as tx:
+            found = tx.search_links("either", "a", after=None, limit=1)
+        assert found == Found([link_at("l1", 1, "b", "a")], True)
+
+    def test_search_links_pages_with_limit_and_after(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            for n in range(5):
+                tx.add_link(link_at(f"out{n}", n, "a", f"t{n}"))
+                tx.add_link(link_at(f"in{n}", n, f"s{n}", "a"))
+                tx.add_link(link_at(f"other{n}", n, "x", "y"))
+        pages: list[list[str]] = []
+        after = None
+        while True:
+            with store.transaction() as tx:
+                found = tx.search_links("either", "a", after=after, limit=4)
+            assert found is not None
+            pages.append([one.id for one in found.results])
+            if not found.more:
+                break
+            after = found.results[-1].id
+        assert pages == [["in0", "out0", "in1", "out1"], ["in2", "out2", "in3", "out3"],
+                         ["in4", "out4"]]
+        with store.transaction() as tx:
+            found = tx.search_links("source", "a", after="in2", limit=10)  # not a's out-link
+            assert found is not None and [one.id for one in found.results] == [
+                "out2", "out3", "out4"]
+            assert tx.search_links("source", "a", after="ghost", limit=10) is None
+            assert tx.search_links("source", "a", after="a", limit=10) is None  # an item
+
+    def test_search_links_follows_updates_and_deletes(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_link(link_at("l", 1, "a", "b"))
+            tx.add_link(link_at("m", 2, "a", "c"))
+        with store.transaction() as tx:
+            tx.replace_link(link_at("l", 1, "c", "b"), 2)
+            tx.delete_link("m", 1)
+        with store.transaction() as tx:
+            assert tx.search_links("source", "a", after=None, limit=10) == Found([], False)
+            assert tx.search_links("either", "c", after=None, limit=10) == Found(
+                [link_at("l", 1, "c", "b")], False)
+
+
+
+def at(n: int) -> str:
+    """A created_at n seconds into a day: the n-th item made."""
+    return f"2026-01-01T00:00:{n:02d}.000000+00:00"
+
+
+def made_at(item_id: str, n: int, properties: JSON | None = None) -> Item:
+    return Item(item_id, at(n), CREATED_BY, {} if properties is None else properties)
+
+
+def link(link_id: str, source: str, target: str, properties: JSON | None = None) -> Link:
+    return Link(link_id, CREATED_AT, CREATED_BY, source, target,
+                {} if properties is None else properties)
+
+
+def link_at(link_id: str, n: int, source: str, target: str) -> Link:
+    return Link(link_id, at(n), CREATED_BY, source, target, {"n": n})
+
+
+LONG = "a long value " * 20  # longer than an index keeps whole
+# The items searched, each made at its own moment (its index), and the searches with the
+# indexes of the items they find.
+SEARCHED: list[JSON] = [
+    {"type": "STORY", "status": "OPEN"},                              # 0
+    {"type": "STORY", "status": "DONE"},                              # 1
+    {"type": "BUG", "status": "OPEN"},                                # 2
+    {"type": "STORY"},                                                # 3
+    {"n": 1},                                                         # 4
+    {"n": 1.0},                                                       # 5
+    {"n": True},                                                      # 6
+    {"n": "1"},                                                       # 7
+    {"n": None},                                                      # 8
+    {"tags": ["a", "b"]},                                             # 9
+    {"tags": ["a"]},                                                  # 10
+    {"tags": ["b", "a"]},                                             # 11
+    {"spec": {"x": 1, "y": {"z": [1, 2]}}},                           # 12
+    {"spec": {"x": 1}},                                               # 13
+    {"nul\x00key": "a\x00b", "ctl": "\x01"},                          # 14
+    {"title": LONG},                                                  # 15
+    {"title": LONG + "!"},                                            # 16
+    {"ключ": "значение 🎉", "n": 0},                                  # 17
+    {"n": False},                                                     # 18
+    {"n": 2.5},                                                       # 19
+    {"n": 2**62},                                                     # 20
+    {"STORY": "type"},                                                # 21
+]
+SEARCHES: list[tuple[JSON, list[int]]] = [
+    ({"type": "STORY"}, [0, 1, 3]),
+    ({"type": "STORY", "status": "OPEN"}, [0]),
+    ({"status": "OPEN", "type": "STORY"}, [0]),
+    ({"status": "OPEN"}, [0, 2]),
+    ({"type": "STORY", "status": "OPEN", "other": None}, []),
+    ({"type": "TASK"}, []),
+    ({"type": "story"}, []),
+    ({"n": 1}, [4, 5]),                # numbers by value
+    ({"n": 1.0}, [4, 5]),
+    ({"n": True}, [6]),                # never a boolean for a number
+    ({"n": "1"}, [7]),
+    ({"n": None}, [8]),                # the key must be there, null
+    ({"n": 0}, [17]),
+    ({"n": False}, [18]),
+    ({"n": 2.5}, [19]),
+    ({"n": 2**62}, [20]),
+    ({"tags": ["a"]}, [10]),           # equal, not contained
+    ({"tags": ["a", "b"]}, [9]),       # in order
+    ({"tags": "a"}, []),
+    ({"spec": {"x": 1}}, [13]),
+    ({"spec": {"y": {"z": [1, 2]}, "x": 1.0}}, [12]),  # keys in any order
+    ({"nul\x00key": "a\x00b"}, [14]),  # NUL, which jsonb cannot hold
+    ({"nul\x00key": "a"}, []),
+    ({"ctl": "\x01"}, [14]),
+    ({"title": LONG}, [15]),
+    ({"title": LONG + "!"}, [16]),
+    ({"ключ": "значение 🎉"}, [17]),
+    ({"STORY": "type"}, [21]),
+    ({"type": "STORY", "n": 1}, []),
+]

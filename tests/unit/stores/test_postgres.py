@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import LiteralString
+from typing import Any, LiteralString
 
+import orjson
 import psycopg
 import pytest
 from psycopg import sql
@@ -14,17 +15,22 @@ from psycopg import sql
 from tests.postgres import fresh_schema, terminate, with_schema
 from tests.unit.stores.contract import (
     CREATED_AT,
+    CREATED_BY,
     RICH_PROPERTIES,
     StoreContract,
+    at,
     item,
+    link_at,
+    made_at,
     outbox,
     processed,
 )
 from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConfigurationError, StoreUnavailable, UnstorableValue
 from thelca.stores import ItemStore, many_writers, open_store
-from thelca.stores.postgres import PostgresStore, redacted, split_schema
-from thelca_client.contract import JSON
+from thelca.stores.base import Found
+from thelca.stores.postgres import PostgresStore, _PostgresTransaction, redacted, split_schema
+from thelca_client.contract import JSON, LinkEnd
 
 
 @pytest.mark.postgres
@@ -166,6 +172,88 @@ class TestPostgresStore(StoreContract):
             assert tx.get_item("a") == StoredItem(item("a", properties), 1)
             assert tx.get_item("b") is None
 
+    def test_a_schema_of_the_previous_release_gets_links_and_search_when_opened(
+        self, pg_url: str
+    ) -> None:
+        """The previous release's tables, as it made them (properties json, no search column,
+        no links): a writer adds the column, fills it, NUL included, and the indexes."""
+        schema = self.url.rsplit("schema=", 1)[1]
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+            conn.execute(f'SET search_path TO "{schema}"')
+            for statement in PREVIOUS_RELEASE_TABLES:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO items VALUES (%s, %s, %s, %s::json, 3), (%s, %s, %s, %s::json, 1), "
+                "(%s, %s, %s, %s::json, 1)",
+                ("a", at(1), CREATED_BY, '{"type": "STORY", "status": "OPEN"}',
+                 "b", at(2), CREATED_BY, '{"type": "BUG"}',
+                 "c", at(3), CREATED_BY, '{"type": "STORY", "nul": "\\u0000\\u0001"}'))
+        reader = PostgresStore(self.url, writer=False)  # verify, before any writer opened it
+        assert list(reader.links()) == [] and reader.count_links() == 0
+        reader.close()
+        store = PostgresStore(self.url)
+        try:
+            with store.transaction() as tx:
+                found = tx.search_items({"type": "STORY"}, after=None, limit=10)
+                assert found is not None and [one.id for one in found.results] == ["a", "c"]
+                assert tx.search_items({"nul": "\x00\x01"}, after=None, limit=10) == Found(
+                    [made_at("c", 3, {"type": "STORY", "nul": "\x00\x01"})], False)
+                assert tx.search_items({"nul": "\x01\x02"}, after=None, limit=10) == Found(
+                    [], False)
+                tx.add_link(link_at("l", 4, "a", "b"))
+            assert store.count_links() == 1
+            with store._using() as conn:
+                types = dict(conn.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = 'items'").fetchall())
+                indexes = {row[0] for row in conn.execute(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+            assert types["properties"] == "json"  # as before: it keeps NUL
+            assert types["search"] == "jsonb"
+            assert {"items_by_properties", "items_by_creation", "links_by_source",
+                    "links_by_target", "links_by_creation"} <= indexes
+        finally:
+            store.close()
+
+    @pytest.mark.parametrize("search", [
+        "where one key", "where two keys", "where {}", "links by source", "links by target",
+        "links by either",
+    ])
+    def test_every_search_is_answered_from_an_index(
+        self, search: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a store large enough for the planner to care: no sequential scan."""
+        store = PostgresStore(self.url)
+        try:
+            store.load_items((f"i{n:05d}", at(n % 60), CREATED_BY,
+                              orjson.dumps({"type": f"T{n % 20}", "status": f"S{n % 5}"}), 1)
+                             for n in range(20_000))
+            with store.transaction() as tx:
+                for n in range(2_000):
+                    tx.add_link(link_at(f"l{n:05d}", n % 60, f"i{n:05d}", f"i{n + 1:05d}"))
+            with store._using() as conn:
+                conn.execute("ANALYZE items")
+                conn.execute("ANALYZE links")
+            statements = _recorded_statements(monkeypatch)
+            with store.transaction() as tx:
+                if search.startswith("where"):
+                    where = {"{}": {}, "one key": {"type": "T3"},
+                             "two keys": {"type": "T3", "status": "S3"}}[search[6:]]
+                    tx.search_items(where, after="i00042", limit=100)
+                else:
+                    tx.search_links(LINK_END[search], "i00042", after="l00007", limit=100)
+            searches = [(q, p) for q, p in statements if "LIMIT" in q]
+            assert searches, statements
+            with store._using() as conn:
+                for query, params in searches:
+                    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, params))
+                    assert "Seq Scan" not in plan, plan
+                    if search.startswith("where") and search != "where {}":
+                        assert "items_by_properties" in plan, plan
+        finally:
+            store.close()
+
     def test_a_reader_does_not_create_the_schema(self, pg_url: str) -> None:
         with fresh_schema(pg_url) as schema:
             reader = open_store(with_schema(pg_url, schema), writer=False)
@@ -267,6 +355,23 @@ class TestPostgresStore(StoreContract):
             store.close()
 
 
+LINK_END: dict[str, LinkEnd] = {
+    "links by source": "source", "links by target": "target", "links by either": "either"}
+
+
+def _recorded_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """Every statement the store's transactions execute from now on, with its parameters."""
+    recorded: list[tuple[str, tuple[Any, ...]]] = []
+    execute = _PostgresTransaction._execute
+
+    def recording(self: _PostgresTransaction, query: Any, params: tuple[Any, ...]) -> Any:
+        recorded.append((query, params))
+        return execute(self, query, params)
+
+    monkeypatch.setattr(_PostgresTransaction, "_execute", recording)
+    return recorded
+
+
 def _wait_until_blocked(conninfo: str, application_name: str) -> None:
     """Return once a connection of that application_name waits for a lock."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -278,7 +383,7 @@ def _wait_until_blocked(conninfo: str, application_name: str) -> None:
     raise AssertionError(f"{application_name} never waited for a lock")
 
 
-# The tables as the release before fingerprints and deployment keys made them.
+# The tables as the release before fingerprints, deployment keys, links and search made them.
 PREVIOUS_RELEASE_TABLES: tuple[LiteralString, ...] = (
     """CREATE TABLE items (
         id text COLLATE "C" PRIMARY KEY,

@@ -8,18 +8,24 @@ from pathlib import Path
 import pytest
 
 from tests.unit.stores.contract import (
+    CREATED_BY,
     FINGERPRINT,
     RICH_PROPERTIES,
     Boom,
     StoreContract,
+    at,
     item,
+    link_at,
+    made_at,
     outbox,
     processed,
 )
 from thelca.domain.model import StoredItem
 from thelca.errors import ConfigurationError, StoreLocked, StoreUnavailable
 from thelca.stores import ItemStore, OutboxEvent, open_store
+from thelca.stores.base import Found
 from thelca.stores.sqlite import SQLiteStore
+from thelca_client.contract import LinkEnd
 
 
 class TestSQLiteStore(StoreContract):
@@ -160,6 +166,83 @@ class TestSQLiteStore(StoreContract):
         finally:
             reader.close()
 
+    def test_a_database_of_the_previous_release_gets_links_and_search_when_opened(self) -> None:
+        """The previous release's schema, as it made it: items without an index of their
+        properties, no links table. A writer adds both and indexes the items it finds."""
+        self.path.parent.mkdir(parents=True)
+        old = sqlite3.connect(self.path)
+        old.executescript(PREVIOUS_RELEASE_SCHEMA)
+        old.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", [
+            ("a", at(1), CREATED_BY, b'{"type":"STORY","status":"OPEN"}', 3),
+            ("b", at(2), CREATED_BY, b'{"type":"BUG"}', 1),
+            ("c", at(3), CREATED_BY, b'{"type":"STORY","nul":"\\u0000"}', 1),
+        ])
+        old.commit()
+        old.close()
+        reader = SQLiteStore(self.path, writer=False)  # verify, before any writer opened it
+        assert list(reader.links()) == [] and reader.count_links() == 0
+        reader.close()
+        store = SQLiteStore(self.path)
+        try:
+            with store.transaction() as tx:
+                found = tx.search_items({"type": "STORY"}, after=None, limit=10)
+                assert found is not None and [one.id for one in found.results] == ["a", "c"]
+                assert tx.search_items({"nul": "\x00"}, after=None, limit=10) == Found(
+                    [made_at("c", 3, {"type": "STORY", "nul": "\x00"})], False)
+                tx.add_link(link_at("l", 4, "a", "b"))
+            assert store.count_links() == 1
+            assert store._db.execute("PRAGMA user_version").fetchone() == (1,)
+        finally:
+            store.close()
+        reopened = SQLiteStore(self.path)  # indexed once: opening again changes nothing
+        try:
+            assert reopened._db.execute("SELECT count(*) FROM item_properties").fetchone() == (
+                5,)
+        finally:
+            reopened.close()
+
+    @pytest.mark.parametrize("search", [
+        "where {}", "where one key", "where two keys", "after", "links by source",
+        "links by target", "links by either",
+    ])
+    def test_every_search_is_answered_from_an_index(self, search: str) -> None:
+        """No scan of a table and no sort: what makes a search cost about a read."""
+        store = SQLiteStore(self.path)
+        try:
+            with store.transaction() as tx:
+                for n in range(30):
+                    tx.add_item(made_at(f"i{n}", n, {"type": f"T{n % 3}", "status": "OPEN"}))
+                    tx.add_link(link_at(f"l{n}", n, f"i{n}", f"i{(n + 1) % 30}"))
+            statements: list[str] = []
+            store._db.set_trace_callback(statements.append)
+            with store.transaction() as tx:
+                if search == "where {}":
+                    tx.search_items({}, after=None, limit=10)
+                elif search == "where one key":
+                    tx.search_items({"type": "T1"}, after=None, limit=10)
+                elif search == "where two keys":
+                    tx.search_items({"type": "T1", "status": "OPEN"}, after=None, limit=10)
+                elif search == "after":
+                    tx.search_items({"type": "T1"}, after="i4", limit=10)
+                else:
+                    tx.search_links(LINK_END[search], "i3", after="l1", limit=10)
+            store._db.set_trace_callback(None)
+            searches = [s for s in statements if s.startswith("SELECT") and "LIMIT" in s]
+            assert searches, statements
+            for statement in searches:
+                plan = " | ".join(row[3] for row in store._db.execute(
+                    "EXPLAIN QUERY PLAN " + statement))
+                # every table is read through an index (SCAN ... USING INDEX: in its order,
+                # stopping at the limit), never scanned whole
+                for step in plan.split(" | "):
+                    if step.startswith(("SCAN items", "SCAN links", "SCAN item_properties",
+                                        "SEARCH")):
+                        assert " USING " in step, plan
+                # a sort happens only where two indexes' pages are merged (either)
+                assert "TEMP B-TREE" not in plan or search == "links by either", plan
+        finally:
+            store.close()
+
     def test_open_store_opens_sqlite_urls(self) -> None:
         store = open_store("sqlite:///" + str(self.path))
         try:
@@ -178,7 +261,7 @@ class TestSQLiteStore(StoreContract):
             again.close()
 
 
-# The tables as the release before fingerprints and deployment keys made them.
+# The tables as the release before fingerprints, deployment keys, links and search made them.
 PREVIOUS_RELEASE_SCHEMA = """
 CREATE TABLE items (
     id TEXT PRIMARY KEY,
@@ -255,3 +338,7 @@ class TestSQLiteStoreKeeps:
 def test_open_store_refuses_sqlite_without_a_path() -> None:
     with pytest.raises(ConfigurationError, match="needs a path"):
         open_store("sqlite:///")
+
+
+LINK_END: dict[str, LinkEnd] = {
+    "links by source": "source", "links by target": "target", "links by either": "either"}

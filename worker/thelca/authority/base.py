@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from thelca.domain.model import Item
+from thelca.domain.model import Item, Link
 from thelca_client.contract import JSON
 
 
@@ -37,3 +37,17 @@ class Authority(Protocol):
     def check_update_item(self, principal: Principal, current: Item, proposed: Item) -> str: ...
 
     def check_read_events(self, principal: Principal) -> str: ...
+
+    # v1.1: links, and searches.
+
+    def check_create_link(self, principal: Principal, dictionary: JSON) -> str: ...
+
+    def check_read_link(self, principal: Principal, link: Link) -> str: ...
+
+    def check_update_link(self, principal: Principal, current: Link, proposed: Link) -> str: ...
+
+    def check_delete_link(self, principal: Principal, link: Link) -> str: ...
+
+    def check_search_items(self, principal: Principal, where: JSON) -> str: ...
+
+    def check_search_links(self, principal: Principal, query: JSON) -> str: ...

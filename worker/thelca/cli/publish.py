@@ -1,9 +1,14 @@
-"""`thelca publish create|read|update`: send one command and print the reply as JSON."""
+"""`thelca publish COMMAND`: send one command and print the reply as JSON.
+
+Items: create, read, update; links: create-link, read-link, update-link, delete-link;
+searches: search, search-links.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -16,7 +21,20 @@ from thelca.cli.common import (
     token_of,
 )
 from thelca.settings import Settings, add_options
-from thelca_client.contract import JSON, encode_command
+from thelca_client.contract import (
+    JSON,
+    LINK_ENDS,
+    SEARCH_LIMIT,
+    SEARCH_LIMIT_MAX,
+    CreateLink,
+    DeleteLink,
+    ReadLink,
+    SearchItems,
+    SearchLinks,
+    UpdateLink,
+    encode,
+    encode_command,
+)
 
 
 def add_publish_parser(sub: Any) -> None:
@@ -43,7 +61,7 @@ def add_publish_parser(sub: Any) -> None:
     what.add_argument("--item", help="the whole item, a JSON object, as read")
     update.add_argument("--expected-version", type=int,
                         help="refuse (409) unless the item is at this version")
-    for parser in (create, read, update):
+    for parser in (create, read, update, *_link_parsers(verbs), *_search_parsers(verbs)):
         parser.add_argument("--token", help="the Bearer token; never printed or logged. "
                             "Prefer the env THELCA_TOKEN: other local users can read a "
                             "command line (ps)")
@@ -55,6 +73,58 @@ def add_publish_parser(sub: Any) -> None:
                             "message_id")
         add_options(parser, "broker", "logging")
         parser.set_defaults(func=run_publish, verb=parser.prog.rsplit(" ", 1)[-1])
+
+
+def _link_parsers(verbs: Any) -> list[argparse.ArgumentParser]:
+    create = verbs.add_parser("create-link", help="link two items")
+    create.add_argument("--source", required=True, help="the id of the item the link is from")
+    create.add_argument("--target", required=True, help="the id of the item the link is to")
+    create.add_argument("--properties", default="{}", help="the link's properties, a JSON "
+                        "object (default {}), such as '{\"type\": \"BLOCKS\"}'")
+    read = verbs.add_parser("read-link", help="read a link")
+    read.add_argument("--id", required=True, help="the link's id")
+    update = verbs.add_parser(
+        "update-link", help="update a link",
+        description="With --source, --target or --properties: read the link, change what "
+        "is given and update it at the version read (409 if someone else changed it "
+        "meanwhile). With --link: send that whole link as it is.",
+    )
+    update.add_argument("--id", required=True, help="the link's id")
+    update.add_argument("--source", help="the new source item's id")
+    update.add_argument("--target", help="the new target item's id")
+    update.add_argument("--properties", help="the new properties, a JSON object")
+    update.add_argument("--link", help="the whole link, a JSON object, as read")
+    delete = verbs.add_parser("delete-link", help="delete a link")
+    delete.add_argument("--id", required=True, help="the link's id")
+    for parser in (update, delete):
+        parser.add_argument("--expected-version", type=int,
+                            help="refuse (409) unless the link is at this version")
+    return [create, read, update, delete]
+
+
+def _search_parsers(verbs: Any) -> list[argparse.ArgumentParser]:
+    items = verbs.add_parser(
+        "search", help="search items by their properties",
+        description="The items whose properties hold every key of --where with an equal "
+        "JSON value, in creation order; the reply's next, given as --after, is the next page.")
+    items.add_argument("--where", default="{}", help="a JSON object such as "
+                       "'{\"type\": \"STORY\", \"status\": \"OPEN\"}' (default {}: every item)")
+    links = verbs.add_parser(
+        "search-links", help="search the links of an item",
+        description="The links from an item (--source), to it (--target) or either, in "
+        "creation order; the reply's next, given as --after, is the next page.")
+    end = links.add_mutually_exclusive_group(required=True)
+    for name in LINK_ENDS:
+        end.add_argument(f"--{name}", metavar="ITEM_ID",
+                         help=f"the links whose {name if name != 'either' else 'either end'} "
+                         "is this item")
+    for parser in (items, links):
+        parser.add_argument("--limit", type=int, default=SEARCH_LIMIT,
+                            help=f"at most this many (1 to {SEARCH_LIMIT_MAX}, default "
+                            f"{SEARCH_LIMIT})")
+        parser.add_argument("--after", metavar="ID", help="the page after this id (the "
+                            "previous reply's next)")
+    return [items, links]
 
 
 def run_publish(args: argparse.Namespace, settings: Settings) -> int:
@@ -90,6 +160,8 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _command_body(args: argparse.Namespace, client: Any, token: str) -> bytes | None:
+    if args.verb in _BODIES:
+        return _BODIES[args.verb](args, client, token)
     if args.verb == "create":
         properties = _json_object("--properties", args.properties)
         return None if properties is None else encode_command(
@@ -120,3 +192,64 @@ def _json_object(flag: str, text: str) -> JSON | None:
         print(f"thelca publish: {flag} must be a JSON object", file=sys.stderr)
         return None
     return value
+
+
+def _create_link(args: argparse.Namespace, client: Any, token: str) -> bytes | None:
+    properties = _json_object("--properties", args.properties)
+    return None if properties is None else encode(CreateLink(
+        {"source": args.source, "target": args.target, "properties": properties}))
+
+
+def _read_link(args: argparse.Namespace, client: Any, token: str) -> bytes | None:
+    return encode(ReadLink(args.id))
+
+
+def _update_link(args: argparse.Namespace, client: Any, token: str) -> bytes | None:
+    changes = (args.source, args.target, args.properties)
+    if (args.link is None) == all(change is None for change in changes):
+        print("thelca publish update-link: give --link, or some of --source, --target, "
+              "--properties", file=sys.stderr)
+        return None
+    if args.link is not None:
+        link = _json_object("--link", args.link)
+        return None if link is None else encode(UpdateLink(args.id, link,
+                                                           args.expected_version))
+    properties = None
+    if args.properties is not None:
+        properties = _json_object("--properties", args.properties)
+        if properties is None:
+            return None
+    current = client.read_link(args.id, token=token)
+    link = dict(current.link)
+    for name, value in (("source", args.source), ("target", args.target),
+                        ("properties", properties)):
+        if value is not None:
+            link[name] = value
+    version = args.expected_version if args.expected_version is not None else current.version
+    return encode(UpdateLink(args.id, link, version))
+
+
+def _delete_link(args: argparse.Namespace, client: Any, token: str) -> bytes | None:
+    return encode(DeleteLink(args.id, args.expected_version))
+
+
+def _search_items(args: argparse.Namespace, client: Any, token: str) -> bytes | None:
+    where = _json_object("--where", args.where)
+    return None if where is None else encode(SearchItems(where, args.limit, args.after))
+
+
+def _search_links(args: argparse.Namespace, client: Any, token: str) -> bytes | None:
+    (end, item_id), = [(end, getattr(args, end)) for end in LINK_ENDS
+                       if getattr(args, end) is not None]
+    return encode(SearchLinks(end, item_id, args.limit, args.after))
+
+
+# The commands whose body a function of its own builds (the item commands are above).
+_BODIES: dict[str, Callable[[argparse.Namespace, Any, str], bytes | None]] = {
+    "create-link": _create_link,
+    "read-link": _read_link,
+    "update-link": _update_link,
+    "delete-link": _delete_link,
+    "search": _search_items,
+    "search-links": _search_links,
+}

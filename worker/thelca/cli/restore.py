@@ -41,7 +41,7 @@ def add_restore_parsers(sub: Any) -> None:
     _log_arguments(restore)
     restore.add_argument("--force", action="store_true",
                          help="empty a store that already holds items first (its items, "
-                         "processed commands and outbox are deleted)")
+                         "links, processed commands and outbox are deleted)")
     restore.add_argument("--accept-broken-chain", action="store_true",
                          help="restore a log whose hash chain is broken anyway, with a "
                          "warning (`thelca audit` says where and how it was altered)")
@@ -88,14 +88,15 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     except Exception as error:  # any backend's way of saying no: report it, exit 3
         return _unavailable("restore", f"cannot open the store: {error}")
     try:
-        held = store.count_items()
-        if held and not args.force:
-            print(f"thelca restore: the store already holds {held} items; restore into a "
-                  "fresh store, or give --force to empty it first", file=sys.stderr)
+        held, links = store.count_items(), store.count_links()
+        if (held or links) and not args.force:
+            print(f"thelca restore: the store already holds {held} items and {links} links; "
+                  "restore into a fresh store, or give --force to empty it first",
+                  file=sys.stderr)
             return EXIT_USAGE
-        if held:
+        if held or links:
             store.clear()
-            print(f"emptied the store ({held} items)")
+            print(f"emptied the store ({held} items, {links} links)")
         with _progress("restore") as progress:
             report = restore(args.log, store, until=until, progress=progress,
                              accept_broken_chain=args.accept_broken_chain)
@@ -145,10 +146,11 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
         return _unavailable("verify", f"cannot read the store: {error}")
     finally:
         store.close()
-    print("\n".join(report.log.describe("items in the log")))
+    print("\n".join(report.log.describe("items in the log", "links in the log")))
     _print_some("problem line", [str(p) for p in report.log.problems])
+    print(f"{report.log_links} links in the log, {report.store_links} in the store")
     print(f"{report.log_items} items in the log, {report.store_items} in the store, "
-          f"{len(report.differences)} differences")
+          f"{len(report.differences)} differences")  # of items and links
     _print_some("difference", [str(d) for d in report.differences])
     return EXIT_PROBLEMS if report.differences else 0
 

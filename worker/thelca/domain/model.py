@@ -65,6 +65,50 @@ class StoredItem:
 
 
 @dataclass(frozen=True)
+class Link:
+    """A link as the contract shows it: who made it when, its two items, its properties."""
+
+    id: str
+    created_at: str
+    created_by: str
+    source: str
+    target: str
+    properties: JSON = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "source": self.source,
+            "target": self.target,
+            "properties": self.properties,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Link:
+        """A link from its JSON form, also as an early original server logged it: source and
+        target inside properties (kept there too, as logged); properties null means {}."""
+        properties = dict(data.get("properties") or {})
+        return cls(
+            id=str(data["id"]),
+            created_at=str(data["created_at"]),
+            created_by=str(data["created_by"]),
+            source=str(data.get("source") or properties.get("source")),
+            target=str(data.get("target") or properties.get("target")),
+            properties=properties,
+        )
+
+
+@dataclass(frozen=True)
+class StoredLink:
+    """A link and its version in the store (1 after create, +1 per update)."""
+
+    link: Link
+    version: int
+
+
+@dataclass(frozen=True)
 class Origin:
     """The delivery an event comes from: the command's id, as the log's `command_id` shows
     it, and the seed its events' ids derive from (opaque here)."""

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
+from thelca.domain.links import LinkService
 from thelca.domain.model import SERVER_FIELDS, Item, Origin, StoredItem
+from thelca.domain.search import SearchService
 from thelca.errors import Conflict, InvalidCommand, ItemNotFound
 from thelca.stores.base import StoreTransaction
 from thelca_client.contract import JSON, Event
@@ -26,6 +28,9 @@ class Result:
 
 
 class ItemService:
+    """The domain's operations on items; with its `links` and `search`, on links and searches,
+    all three under the same Authority and clock."""
+
     def __init__(
         self,
         authority: Authority,
@@ -35,6 +40,8 @@ class ItemService:
         self.authority = authority
         self.clock = clock
         self.new_id = new_id
+        self.links = LinkService(authority, clock, new_id)
+        self.search = SearchService(authority, clock)
 
     def create(
         self, tx: StoreTransaction, principal: Principal, proposed: JSON, origin: Origin

@@ -1,9 +1,10 @@
 """Rebuild an item store from the event log, to its end or to a moment in time; verify one.
 
 The modules: `fold` (the log's events applied in order: restore's hot loop),
-`items` (the item events' rules), `writers` (folded items into a store),
-`rebuild` (`restore`), `chainwatch` (the hash chain, followed while restore
-reads), `compare` (`verify`), `report` (what either found).
+`items` and `links` (the item and link events' rules), `writers` (folded items
+and links into a store), `rebuild` (`restore`), `chainwatch` (the hash chain,
+followed while restore reads), `compare` (`verify`), `report` (what either
+found).
 """
 
 from thelca.restore.compare import Difference, VerifyReport, verify

@@ -6,11 +6,14 @@ to its writer (restore), each at its final version, so each item is written
 about once however often the log changed it. Verify folds without a writer
 and keeps everything.
 
+Link events go to the fold's `links` (thelca.restore.links), which keeps
+every live link until the end.
+
 Lines it cannot use are counted and reported with their file and line
 number, never fatal: a torn last line, a line that is not JSON, an event
-that contradicts the state before it. Lines of types the item store does not
-use (reads, refusals, the original server's `Server started`, `Item search`,
-`Link ...` lines) are skipped and counted by type.
+that contradicts the state before it. Lines of types the store does not
+use (reads, searches, refusals, the original server's `Server started`) are
+skipped and counted by type.
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ from thelca.domain.model import StoredItem
 from thelca.eventlog.format import TORN
 from thelca.eventlog.reader import Block
 from thelca.restore.items import item_of, next_version, well_formed
-from thelca.restore.report import Problem, RestoreReport
+from thelca.restore.links import LINK_CHANGES, LinkFold
+from thelca.restore.report import AFTER_UNTIL, Problem, RestoreReport
 from thelca_client.contract import ITEM_CREATED, ITEM_UPDATED, parse_time
 
 # Changed items held in memory between two writes to the store: a few hundred
 # MB at most, and few enough writes that a million-event log restores at
 # close to the speed of reading it.
 FLUSH_ITEMS = 500_000
-AFTER_UNTIL = "after --until"
+__all__ = ["AFTER_UNTIL", "FLUSH_ITEMS", "Changed", "Fold", "Writer", "without_cyclic_gc"]
 
 # item id -> the log line of its latest event. Keeping the line rather than the
 # decoded event lets every decoded event be freed at once, which makes the fold
@@ -73,6 +77,7 @@ class Fold:
         self.held: dict[str, dict[int, tuple[str, int, bytes]]] = {}
         self.files: list[str] = []  # in the order read, to report problems in log order
         self.report = RestoreReport()
+        self.links = LinkFold(self.report, until)
 
     def run(  # noqa: PLR0912 - the hot loop is inlined on purpose (see below)
         self, blocks: Iterable[Block], progress: Callable[[], None] | None = None
@@ -85,7 +90,7 @@ class Fold:
         """
         loads = orjson.loads
         versions, changed = self.versions, self.changed
-        skipped, problems = self.report.skipped, self.report.problems
+        problems = self.report.problems
         until = self.until
         applied = 0
         for block in blocks:
@@ -100,7 +105,7 @@ class Fold:
                     self._odd_line(name, number, raw)
                     continue
                 if kind != ITEM_CREATED and kind != ITEM_UPDATED:  # noqa: PLR1714 - hot loop
-                    skipped[kind if type(kind) is str else "(no type)"] += 1
+                    self._other_event(kind, event, raw, name, number)
                     continue
                 # The common case inline: a well-formed event at the next version.
                 value = event.get("value")
@@ -131,6 +136,17 @@ class Fold:
             if progress is not None:
                 progress()
         self.report.applied += applied
+
+    def _other_event(
+        self, kind: Any, event: dict[str, Any], raw: bytes, name: str, number: int
+    ) -> None:
+        """A line that is no item event: a link event is applied, anything else skipped."""
+        if type(kind) is str and kind in LINK_CHANGES:
+            why = self.links.apply(kind, event, raw, name, number)
+            if why is not None:
+                self.report.problems.append(Problem(name, number, why))
+        else:
+            self.report.skipped[kind if type(kind) is str else "(no type)"] += 1
 
     def _odd_line(self, name: str, number: int, raw: bytes) -> None:
         """A line that is not JSON, not an object, or has no type."""
@@ -196,6 +212,7 @@ class Fold:
                        f"reached version {version - 1}")
                 self.report.problems.append(Problem(name, number, why))
         self.held.clear()
+        self.report.problems.extend(self.links.settle_held())
         order = {name: index for index, name in enumerate(self.files)}
         self.report.problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line))
 

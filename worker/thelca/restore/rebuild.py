@@ -3,7 +3,8 @@
 The log (its segments, then the live file) is streamed, never loaded whole,
 through a fold whose writer loads the store in large batches: one bulk load
 each when the store has one, else ordinary transactions, one version at a
-time. Restore publishes nothing.
+time. The links that are left at the end are written last. Restore publishes
+nothing.
 
 The hash chain is followed along the way (`chainwatch`): a broken chain
 stops the restore, unless it is accepted, and the report says where it broke.
@@ -19,7 +20,7 @@ from thelca.eventlog.reader import LogSnapshot
 from thelca.restore.chainwatch import ChainWatch
 from thelca.restore.fold import FLUSH_ITEMS, Fold, without_cyclic_gc
 from thelca.restore.report import RestoreReport
-from thelca.restore.writers import bulk_writer, transaction_writer
+from thelca.restore.writers import bulk_writer, transaction_writer, write_links
 from thelca.stores.base import BulkItemLoader, ItemStore
 
 
@@ -32,7 +33,7 @@ def restore(
     flush_items: int = FLUSH_ITEMS,
     accept_broken_chain: bool = False,
 ) -> RestoreReport:
-    """Apply the log's item events to an (empty) store; return what happened.
+    """Apply the log's item and link events to an (empty) store; return what happened.
 
     progress, when given, is called now and then with (bytes read, bytes in all).
     Raises FileNotFoundError when there is no log, and ChainBroken when the hash
@@ -55,7 +56,9 @@ def restore(
         fold.finish()
         found = chain.found()
     fold.settle_held()
+    write_links(store, fold.links.links())
     report = fold.report
     report.items = store.count_items()
+    report.links = store.count_links()
     report.chain_lines, report.unchained, report.chain_break_count, report.chain_breaks = found
     return report

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+AFTER_UNTIL = "after --until"  # how events later than --until are counted among the skipped
+
 
 class Problem(NamedTuple):
     """A line restore could not use, and why."""
@@ -27,6 +29,7 @@ class RestoreReport:
     skipped: Counter[str] = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
     items: int = 0
+    links: int = 0
     # The hash chain, as restore walked it: where it breaks (the first few), how many
     # times, and how many lines carried none (an original server's, before it starts).
     chain_breaks: list[str] = field(default_factory=list)
@@ -39,9 +42,12 @@ class RestoreReport:
         parts += [f"{count} {kind!r} skipped" for kind, count in sorted(self.skipped.items())]
         parts.append(f"{len(self.problems)} problem lines")
         parts.append(f"{self.items} items restored")
+        parts.append(f"{self.links} links restored")
         return ", ".join(parts)
 
-    def describe(self, items_label: str = "items restored") -> list[str]:
+    def describe(
+        self, items_label: str = "items restored", links_label: str = "links restored"
+    ) -> list[str]:
         """The report as lines of text for a person, problem lines not included."""
         text = [f"{'lines read:':<18}{self.lines}", f"{'events applied:':<18}{self.applied}"]
         if self.skipped:
@@ -51,6 +57,7 @@ class RestoreReport:
                 self.skipped.items())]
         text.append(f"{'problem lines:':<18}{len(self.problems)}")
         text.append(f"{items_label + ':':<18}{self.items}")
+        text.append(f"{links_label + ':':<18}{self.links}")
         return text
 
     def describe_chain(self) -> str:

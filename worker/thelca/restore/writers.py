@@ -1,11 +1,13 @@
-"""How a fold's changed items reach a store: one bulk load, or ordinary transactions."""
+"""How a fold's changed items reach a store: one bulk load, or ordinary transactions;
+and its links, through ordinary transactions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import orjson
 
+from thelca.domain.model import StoredLink
 from thelca.restore.fold import Changed, Writer
 from thelca.restore.items import item_of
 from thelca.stores.base import BulkItemLoader, ItemRow, ItemStore
@@ -46,3 +48,17 @@ def transaction_writer(store: ItemStore) -> Writer:
                         tx.replace_item(item, version)
 
     return write
+
+
+def write_links(store: ItemStore, links: Iterable[StoredLink]) -> int:
+    """Each link added at version 1 and replaced up to its version; how many were written."""
+    written = 0
+    pending = list(links)
+    for start in range(0, len(pending), TRANSACTION_ITEMS):
+        with store.transaction() as tx:
+            for stored in pending[start:start + TRANSACTION_ITEMS]:
+                tx.add_link(stored.link)
+                for version in range(2, stored.version + 1):
+                    tx.replace_link(stored.link, version)
+                written += 1
+    return written

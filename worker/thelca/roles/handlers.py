@@ -15,10 +15,25 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from thelca.authority.base import Principal
+from thelca.domain.links import LinkResult
 from thelca.domain.model import Origin
+from thelca.domain.search import Page
 from thelca.domain.service import ItemService, Result
 from thelca.stores.base import StoreTransaction
-from thelca_client.contract import Command, CreateItem, Event, ReadItem, Reply, UpdateItem
+from thelca_client.contract import (
+    Command,
+    CreateItem,
+    CreateLink,
+    DeleteLink,
+    Event,
+    ReadItem,
+    ReadLink,
+    Reply,
+    SearchItems,
+    SearchLinks,
+    UpdateItem,
+    UpdateLink,
+)
 
 C = TypeVar("C", bound=Command)
 
@@ -73,8 +88,57 @@ def _item_reply(result: Result) -> Served:
     return Served(Reply(200, item=stored.item.to_json(), version=stored.version), result.event)
 
 
+def create_link(context: Context, command: CreateLink) -> Served:
+    return _link_reply(context.service.links.create(
+        context.tx, context.principal, command.link, context.origin))
+
+
+def read_link(context: Context, command: ReadLink) -> Served:
+    return _link_reply(context.service.links.read(
+        context.tx, context.principal, command.id, context.origin))
+
+
+def update_link(context: Context, command: UpdateLink) -> Served:
+    return _link_reply(context.service.links.update(
+        context.tx, context.principal, command.id, command.link,
+        expected_version=command.expected_version, origin=context.origin))
+
+
+def delete_link(context: Context, command: DeleteLink) -> Served:
+    return _link_reply(context.service.links.delete(
+        context.tx, context.principal, command.id,
+        expected_version=command.expected_version, origin=context.origin))
+
+
+def _link_reply(result: LinkResult) -> Served:
+    stored = result.stored
+    return Served(Reply(200, version=stored.version, extra={"link": stored.link.to_json()}),
+                  result.event)
+
+
+def search_items(context: Context, command: SearchItems) -> Served:
+    return _page_reply("items", context.service.search.search_items(
+        context.tx, context.principal, command, context.origin))
+
+
+def search_links(context: Context, command: SearchLinks) -> Served:
+    return _page_reply("links", context.service.search.search_links(
+        context.tx, context.principal, command, context.origin))
+
+
+def _page_reply(key: str, page: Page) -> Served:
+    return Served(Reply(200, extra={key: page.results, "next": page.next}), page.event)
+
+
 HANDLERS: Final[dict[type[Command], Handler[Any]]] = {
     CreateItem: Handler(create_item),
     ReadItem: Handler(read_item, remembered=False),
     UpdateItem: Handler(update_item),
+    CreateLink: Handler(create_link),
+    ReadLink: Handler(read_link, remembered=False),
+    UpdateLink: Handler(update_link),
+    DeleteLink: Handler(delete_link),
+    # A search changes nothing either: answered afresh, audited each time like a read.
+    SearchItems: Handler(search_items, remembered=False),
+    SearchLinks: Handler(search_links, remembered=False),
 }

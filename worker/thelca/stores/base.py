@@ -1,10 +1,15 @@
 """The item store interface that every backend implements.
 
-A store keeps three things, always changed together in one transaction:
-the items with their versions, the commands already processed (with the
-reply they got, so that a redelivery gets it again), and the outbox of
-events not yet confirmed by the broker. Beside them it keeps the deployment
-key, a random secret that every worker of the store shares.
+A store keeps four things, always changed together in one transaction:
+the items with their versions, the links between items with theirs, the
+commands already processed (with the reply they got, so that a redelivery
+gets it again), and the outbox of events not yet confirmed by the broker.
+Beside them it keeps the deployment key, a random secret that every worker of
+the store shares.
+
+Searches (items by their properties, links by their items) come in creation
+order, `created_at` then `id`, and every backend answers them from an index,
+so that a search costs about a read whatever the size of the store.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from thelca.domain.model import Item, StoredItem
+from thelca.domain.model import Item, Link, StoredItem, StoredLink
+from thelca_client.contract import JSON, LinkEnd
+
+T = TypeVar("T")
 
 DEPLOYMENT_KEY_BYTES = 32
 
@@ -43,6 +51,14 @@ class OutboxEvent:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Found(Generic[T]):
+    """A page of search results in creation order, and whether more match after them."""
+
+    results: list[T]
+    more: bool
+
+
 class StoreTransaction(Protocol):
     """What one command may do to the store, all of it committed or none."""
 
@@ -54,6 +70,38 @@ class StoreTransaction(Protocol):
 
     def replace_item(self, item: Item, version: int) -> StoredItem:
         """Store item as `version`; raise ConcurrentUpdate unless the stored one is version-1."""
+        ...
+
+    def has_item(self, item_id: str) -> bool:
+        """Whether an item has this id; unlike get_item it locks nothing (items are never
+        deleted, so the answer cannot go stale)."""
+        ...
+
+    def search_items(self, where: JSON, *, after: str | None, limit: int) -> Found[Item] | None:
+        """The items whose properties hold every key of `where` with an equal JSON value
+        (numbers by value, true and 1 not equal), in creation order, at most `limit`, after
+        the item `after`; None when no item has the id `after`."""
+        ...
+
+    def get_link(self, link_id: str) -> StoredLink | None: ...
+
+    def add_link(self, link: Link) -> StoredLink:
+        """Insert a new link at version 1; raise ConcurrentUpdate if its id is taken."""
+        ...
+
+    def replace_link(self, link: Link, version: int) -> StoredLink:
+        """Store link as `version`; raise ConcurrentUpdate unless the stored one is version-1."""
+        ...
+
+    def delete_link(self, link_id: str, version: int) -> None:
+        """Remove the link; raise ConcurrentUpdate unless it is stored at `version`."""
+        ...
+
+    def search_links(
+        self, end: LinkEnd, item_id: str, *, after: str | None, limit: int
+    ) -> Found[Link] | None:
+        """The links whose `end` (source, target, or either) is item_id, in creation order,
+        at most `limit`, after the link `after`; None when no link has the id `after`."""
         ...
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None: ...
@@ -100,6 +148,12 @@ class ItemStore(Protocol):
 
     def count_items(self) -> int: ...
 
+    def links(self) -> Iterator[StoredLink]:
+        """Every link, ordered by id."""
+        ...
+
+    def count_links(self) -> int: ...
+
     def ping(self) -> None:
         """Raise unless the store answers."""
         ...
@@ -112,7 +166,7 @@ class ItemStore(Protocol):
         ...
 
     def clear(self) -> None:
-        """Remove every item, processed command and outbox event: an empty store again
+        """Remove every item, link, processed command and outbox event: an empty store again
         (the deployment key stays)."""
         ...
 

@@ -1,4 +1,8 @@
-"""An item store in a dict: for tests and for trying thelca; it forgets on exit."""
+"""An item store in a dict: for tests and for trying thelca; it forgets on exit.
+
+Its searches look at every item (or link): it is for small stores. SQLite and
+PostgreSQL answer them from indexes.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +16,30 @@ from typing import Any
 
 import orjson
 
-from thelca.domain.model import Item, StoredItem
+from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import ConcurrentUpdate
-from thelca.stores.base import DEPLOYMENT_KEY_BYTES, ItemRow, OutboxEvent, ProcessedCommand
+from thelca.stores.base import (
+    DEPLOYMENT_KEY_BYTES,
+    Found,
+    ItemRow,
+    OutboxEvent,
+    ProcessedCommand,
+)
+from thelca.stores.matching import canonical, matches
+from thelca_client.contract import JSON, LinkEnd
 
 _MISSING: Any = object()
 
 
 class MemoryStore:
-    """Items, processed commands and the outbox in dicts, under one lock."""
+    """Items, links, processed commands and the outbox in dicts, under one lock."""
 
     url = "memory:"
     keeps_nul = True
 
     def __init__(self) -> None:
         self._items: dict[str, StoredItem] = {}
+        self._links: dict[str, StoredLink] = {}
         self._processed: dict[str, ProcessedCommand] = {}
         self._outbox: dict[str, OutboxEvent] = {}  # dicts keep insertion order: oldest first
         self._key: bytes | None = None
@@ -54,6 +67,14 @@ class MemoryStore:
     def count_items(self) -> int:
         return len(self._items)
 
+    def links(self) -> Iterator[StoredLink]:
+        with self._lock:
+            snapshot = sorted(self._links.values(), key=lambda s: s.link.id)
+        yield from (_copy_link(stored) for stored in snapshot)
+
+    def count_links(self) -> int:
+        return len(self._links)
+
     def ping(self) -> None:
         return None
 
@@ -66,6 +87,7 @@ class MemoryStore:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._links.clear()
             self._processed.clear()
             self._outbox.clear()
 
@@ -123,6 +145,57 @@ class _MemoryTransaction:
         self._set(self._store._items, item.id, _copy(stored))
         return stored
 
+    def has_item(self, item_id: str) -> bool:
+        return item_id in self._store._items
+
+    def search_items(self, where: JSON, *, after: str | None, limit: int) -> Found[Item] | None:
+        items = self._store._items
+        if after is not None and after not in items:
+            return None
+        wanted = {key: canonical(value) for key, value in where.items()}
+        found = [s.item for s in items.values() if matches(s.item.properties, wanted)]
+        start = None if after is None else _position(items[after].item)
+        return _page(found, _position, start, limit, _copy_item)
+
+    def get_link(self, link_id: str) -> StoredLink | None:
+        stored = self._store._links.get(link_id)
+        return None if stored is None else _copy_link(stored)
+
+    def add_link(self, link: Link) -> StoredLink:
+        if link.id in self._store._links:
+            raise ConcurrentUpdate(f"link {link.id} exists already")
+        stored = StoredLink(link, 1)
+        self._set(self._store._links, link.id, _copy_link(stored))
+        return stored
+
+    def replace_link(self, link: Link, version: int) -> StoredLink:
+        current = self._store._links.get(link.id)
+        if current is None or current.version != version - 1:
+            raise ConcurrentUpdate(f"link {link.id} changed since it was read")
+        stored = StoredLink(link, version)
+        self._set(self._store._links, link.id, _copy_link(stored))
+        return stored
+
+    def delete_link(self, link_id: str, version: int) -> None:
+        links = self._store._links
+        current = links.get(link_id)
+        if current is None or current.version != version:
+            raise ConcurrentUpdate(f"link {link_id} changed since it was read")
+        self._undo.append(partial(_restore, links, link_id, current))
+        del links[link_id]
+
+    def search_links(
+        self, end: LinkEnd, item_id: str, *, after: str | None, limit: int
+    ) -> Found[Link] | None:
+        links = self._store._links
+        if after is not None and after not in links:
+            return None
+        found = [s.link for s in links.values()
+                 if (end != "target" and s.link.source == item_id)
+                 or (end != "source" and s.link.target == item_id)]
+        start = None if after is None else _link_position(links[after].link)
+        return _page(found, _link_position, start, limit, _copy_one_link)
+
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         return self._store._processed.get(message_id)
 
@@ -151,9 +224,41 @@ class _MemoryTransaction:
 
 
 def _copy(stored: StoredItem) -> StoredItem:
-    item = stored.item
-    properties = copy.deepcopy(item.properties)
-    return StoredItem(Item(item.id, item.created_at, item.created_by, properties), stored.version)
+    return StoredItem(_copy_item(stored.item), stored.version)
+
+
+def _copy_item(item: Item) -> Item:
+    return Item(item.id, item.created_at, item.created_by, copy.deepcopy(item.properties))
+
+
+def _copy_link(stored: StoredLink) -> StoredLink:
+    return StoredLink(_copy_one_link(stored.link), stored.version)
+
+
+def _copy_one_link(link: Link) -> Link:
+    return Link(link.id, link.created_at, link.created_by, link.source, link.target,
+                copy.deepcopy(link.properties))
+
+
+def _position(item: Item) -> tuple[str, str]:
+    return item.created_at, item.id
+
+
+def _link_position(link: Link) -> tuple[str, str]:
+    return link.created_at, link.id
+
+
+def _page(
+    found: list[Any],
+    position: Callable[[Any], tuple[str, str]],
+    start: tuple[str, str] | None,
+    limit: int,
+    copied: Callable[[Any], Any],
+) -> Found[Any]:
+    """The page of `found` after `start`, in creation order: at most limit, and whether
+    more follow."""
+    ordered = sorted((x for x in found if start is None or position(x) > start), key=position)
+    return Found([copied(x) for x in ordered[:limit]], len(ordered) > limit)
 
 
 def _replace_all(table: dict[str, Any], contents: dict[str, Any]) -> None:

@@ -33,6 +33,19 @@ How many writers stay correct:
 Properties are stored as `json`, not `jsonb`: jsonb cannot hold `\\u0000` in a
 string, which is valid JSON and which thelca keeps; `json` keeps the text as
 written and is still readable with PostgreSQL's JSON operators.
+
+Search: beside `properties`, each item has `search`, the same properties as
+jsonb with every string mapped one to one onto one without NUL
+(thelca.stores.matching.jsonb_safe), under a GIN index (jsonb_path_ops): a
+`where` is looked up by containment (`search @> where`), and each key then
+checked for equality (`search -> key = value`), since containment also takes
+{"tags": ["a", "b"]} for {"tags": ["a"]}. Creation order is (created_at, id)
+in byte order (COLLATE "C"), from an index when `where` is empty. Links have
+indexes on (source, created_at, id), (target, created_at, id) and (created_at,
+id). A schema of the previous release gets the column, its values and the
+indexes when the first writer opens it, under the schema lock: stop the
+previous release's workers first, since an item they write afterwards has no
+`search` and no search finds it.
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from thelca.domain.model import Item, StoredItem
+from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import (
     ConcurrentUpdate,
     ConfigurationError,
@@ -58,7 +71,15 @@ from thelca.errors import (
     UnstorableValue,
 )
 from thelca.logtext import shown
-from thelca.stores.base import DEPLOYMENT_KEY_BYTES, ItemRow, OutboxEvent, ProcessedCommand
+from thelca.stores.base import (
+    DEPLOYMENT_KEY_BYTES,
+    Found,
+    ItemRow,
+    OutboxEvent,
+    ProcessedCommand,
+)
+from thelca.stores.matching import jsonb_safe, jsonb_text
+from thelca_client.contract import JSON, LinkEnd
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +107,16 @@ TABLES: tuple[LiteralString, ...] = (
         event_id text NOT NULL UNIQUE,
         body bytea NOT NULL
     )""",
+    # v1.1: links, and what searches need.
+    """CREATE TABLE IF NOT EXISTS links (
+        id text COLLATE "C" PRIMARY KEY,
+        created_at text COLLATE "C" NOT NULL,
+        created_by text NOT NULL,
+        source text COLLATE "C" NOT NULL,
+        target text COLLATE "C" NOT NULL,
+        properties json NOT NULL,
+        version bigint NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS deployment_keys (
         name text PRIMARY KEY,
         value bytea NOT NULL
@@ -95,8 +126,26 @@ TABLES: tuple[LiteralString, ...] = (
 # writer that opens it: (table, column, the ALTER TABLE that adds it).
 ADDED_COLUMNS: tuple[tuple[str, str, LiteralString], ...] = (
     ("processed", "fingerprint", "ALTER TABLE processed ADD COLUMN fingerprint text"),
+    # v1.1's search: when a writer adds it, it also fills it in (_index_old_items).
+    ("items", "search", "ALTER TABLE items ADD COLUMN search jsonb"),
 )
 DEPLOYMENT_KEY = "event-ids"  # the name of the key in deployment_keys
+# The indexes of v1.1, made by the first writer that opens a schema without them (after
+# the items of a previous release have their `search`, see _index_old_items). Asked
+# first: CREATE INDEX IF NOT EXISTS would lock the table against writes at every start.
+INDEXES: dict[str, LiteralString] = {
+    "links_by_source": "CREATE INDEX links_by_source ON links (source, created_at, id)",
+    "links_by_target": "CREATE INDEX links_by_target ON links (target, created_at, id)",
+    "links_by_creation": "CREATE INDEX links_by_creation ON links (created_at, id)",
+    "items_by_properties": "CREATE INDEX items_by_properties ON items "
+                           "USING gin (search jsonb_path_ops) WITH (fastupdate = off)",
+    "items_by_creation": 'CREATE INDEX items_by_creation ON items ((created_at COLLATE "C"), id)',
+}
+ITEM_COLUMNS: LiteralString = "id, created_at, created_by, properties::text, version"
+LINK_COLUMNS: LiteralString = (
+    "id, created_at, created_by, source, target, properties::text, version")
+CREATION_ORDER: LiteralString = 'ORDER BY created_at COLLATE "C", id'
+AFTER: LiteralString = '(created_at COLLATE "C", id) > (%s, %s)'
 
 SELECT_FIRST_ITEMS = (
     "SELECT id, created_at, created_by, properties::text, version FROM items "
@@ -220,6 +269,34 @@ class PostgresStore:
         assert row is not None
         return int(row[0])
 
+    def links(self) -> Iterator[StoredLink]:
+        if not self._has_links_table():
+            return
+        query: LiteralString = f"SELECT {LINK_COLUMNS} FROM links"  # noqa: S608 - fixed
+        with self._using() as conn:
+            rows = conn.execute(query + " ORDER BY id LIMIT %s", (PAGE,)).fetchall()
+        while True:
+            yield from (_stored_link(row) for row in rows)
+            if len(rows) < PAGE:
+                return
+            with self._using() as conn:
+                rows = conn.execute(query + " WHERE id > %s ORDER BY id LIMIT %s",
+                                    (rows[-1][0], PAGE)).fetchall()
+
+    def count_links(self) -> int:
+        if not self._has_links_table():
+            return 0
+        with self._using() as conn:
+            row = conn.execute("SELECT count(*) FROM links").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _has_links_table(self) -> bool:
+        """False for a schema of the previous release that no writer has opened since."""
+        with self._using() as conn:
+            row = conn.execute("SELECT to_regclass('links') IS NOT NULL").fetchone()
+        return bool(row and row[0])
+
     def ping(self) -> None:
         with self._using() as conn:
             conn.execute("SELECT 1").fetchone()
@@ -240,16 +317,18 @@ class PostgresStore:
     def clear(self) -> None:
         """Delete every item, processed command and outbox event (restore --force)."""
         with self._using() as conn, conn.transaction():
-            conn.execute("TRUNCATE items, processed, outbox")
+            conn.execute("TRUNCATE items, links, processed, outbox")
 
     def load_items(self, rows: Iterable[ItemRow]) -> None:
         """Store rows as given, replacing items of the same id, in one transaction."""
         with self._using() as conn, conn.transaction(), conn.cursor() as cursor:
             cursor.executemany(
-                "INSERT INTO items (id, created_at, created_by, properties, version) "
-                "VALUES (%s, %s, %s, %s::json, %s) ON CONFLICT (id) DO UPDATE SET "
-                "properties = EXCLUDED.properties, version = EXCLUDED.version",
-                ((item_id, created_at, created_by, properties.decode(), version)
+                "INSERT INTO items (id, created_at, created_by, properties, version, search) "
+                "VALUES (%s, %s, %s, %s::json, %s, %s::jsonb) ON CONFLICT (id) DO UPDATE SET "
+                "properties = EXCLUDED.properties, version = EXCLUDED.version, "
+                "search = EXCLUDED.search",
+                ((item_id, created_at, created_by, properties.decode(), version,
+                  _searchable_text(properties))
                  for item_id, created_at, created_by, properties, version in rows))
 
     def close(self) -> None:
@@ -287,9 +366,10 @@ class _PostgresTransaction:
 
     def add_item(self, item: Item) -> StoredItem:
         cursor = self._execute(
-            "INSERT INTO items (id, created_at, created_by, properties, version) "
-            "VALUES (%s, %s, %s, %s::json, 1) ON CONFLICT (id) DO NOTHING",
-            (item.id, item.created_at, item.created_by, _json(item.properties)),
+            "INSERT INTO items (id, created_at, created_by, properties, version, search) "
+            "VALUES (%s, %s, %s, %s::json, 1, %s::jsonb) ON CONFLICT (id) DO NOTHING",
+            (item.id, item.created_at, item.created_by, _json(item.properties),
+             jsonb_text(item.properties)),
         )
         if cursor.rowcount != 1:
             raise ConcurrentUpdate(f"item {item.id} exists already")
@@ -297,13 +377,108 @@ class _PostgresTransaction:
 
     def replace_item(self, item: Item, version: int) -> StoredItem:
         cursor = self._execute(
-            "UPDATE items SET properties = %s::json, version = %s "
+            "UPDATE items SET properties = %s::json, version = %s, search = %s::jsonb "
             "WHERE id = %s AND version = %s",
-            (_json(item.properties), version, item.id, version - 1),
+            (_json(item.properties), version, jsonb_text(item.properties), item.id,
+             version - 1),
         )
         if cursor.rowcount != 1:
             raise ConcurrentUpdate(f"item {item.id} changed since it was read")
         return StoredItem(item, version)
+
+    def has_item(self, item_id: str) -> bool:
+        if "\x00" in item_id:
+            return False
+        return self._execute("SELECT 1 FROM items WHERE id = %s",
+                             (item_id,)).fetchone() is not None
+
+    def search_items(self, where: JSON, *, after: str | None, limit: int) -> Found[Item] | None:
+        start: tuple[Any, ...] = ()
+        if after is not None:
+            row = None if "\x00" in after else self._execute(
+                "SELECT created_at, id FROM items WHERE id = %s", (after,)).fetchone()
+            if row is None:
+                return None
+            start = tuple(row)
+        query: LiteralString = f"SELECT {ITEM_COLUMNS} FROM items WHERE true"  # noqa: S608
+        params: list[Any] = []
+        if where:
+            safe = jsonb_safe(where)
+            query += " AND search @> %s::jsonb"
+            params.append(_json(safe))
+            for key, value in safe.items():
+                query += " AND search -> %s::text = %s::jsonb"
+                params += [key, _json(value)]
+        if start:
+            query += " AND " + AFTER
+            params += start
+        rows = self._execute(query + " " + CREATION_ORDER + " LIMIT %s",
+                             (*params, limit + 1)).fetchall()
+        items = _items(rows)
+        return Found(items[:limit], len(items) > limit)
+
+    def get_link(self, link_id: str) -> StoredLink | None:
+        if "\x00" in link_id:  # PostgreSQL text cannot hold NUL, so no link has this id
+            return None
+        query: LiteralString = f"SELECT {LINK_COLUMNS} FROM links"  # noqa: S608 - fixed
+        row = self._execute(query + " WHERE id = %s FOR UPDATE", (link_id,)).fetchone()
+        return None if row is None else _stored_link(row)
+
+    def add_link(self, link: Link) -> StoredLink:
+        cursor = self._execute(
+            "INSERT INTO links (id, created_at, created_by, source, target, properties, "
+            "version) VALUES (%s, %s, %s, %s, %s, %s::json, 1) ON CONFLICT (id) DO NOTHING",
+            (link.id, link.created_at, link.created_by, link.source, link.target,
+             _json(link.properties)),
+        )
+        if cursor.rowcount != 1:
+            raise ConcurrentUpdate(f"link {link.id} exists already")
+        return StoredLink(link, 1)
+
+    def replace_link(self, link: Link, version: int) -> StoredLink:
+        cursor = self._execute(
+            "UPDATE links SET source = %s, target = %s, properties = %s::json, version = %s "
+            "WHERE id = %s AND version = %s",
+            (link.source, link.target, _json(link.properties), version, link.id, version - 1),
+        )
+        if cursor.rowcount != 1:
+            raise ConcurrentUpdate(f"link {link.id} changed since it was read")
+        return StoredLink(link, version)
+
+    def delete_link(self, link_id: str, version: int) -> None:
+        cursor = self._execute("DELETE FROM links WHERE id = %s AND version = %s",
+                               (link_id, version))
+        if cursor.rowcount != 1:
+            raise ConcurrentUpdate(f"link {link_id} changed since it was read")
+
+    def search_links(
+        self, end: LinkEnd, item_id: str, *, after: str | None, limit: int
+    ) -> Found[Link] | None:
+        start: tuple[Any, ...] = ()
+        if after is not None:
+            row = None if "\x00" in after else self._execute(
+                "SELECT created_at, id FROM links WHERE id = %s", (after,)).fetchone()
+            if row is None:
+                return None
+            start = tuple(row)
+        if "\x00" in item_id:  # no item has such an id, so no link names it
+            return Found([], False)
+        parts: list[LiteralString] = []
+        params: list[Any] = []
+        for column in _LINK_ENDS[end]:  # each from its own index, already in order
+            part: LiteralString = f"(SELECT {LINK_COLUMNS} FROM links WHERE {column} = %s"  # noqa: S608
+            params.append(item_id)
+            if start:
+                part += " AND " + AFTER
+                params += start
+            parts.append(part + " " + CREATION_ORDER + " LIMIT %s)")
+            params.append(limit + 1)
+        query: LiteralString = " UNION ".join(parts)
+        rows = self._execute(f"SELECT * FROM ({query}) AS found "  # noqa: S608
+                             'ORDER BY created_at COLLATE "C", id LIMIT %s',
+                             (*params, limit + 1)).fetchall()
+        links = [_stored_link(row).link for row in rows]
+        return Found(links[:limit], len(links) > limit)
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         if "\x00" in message_id:  # no command was recorded under it: see add_processed
@@ -398,13 +573,19 @@ def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         for statement in TABLES:
             conn.execute(statement)
-        _add_missing_columns(conn, schema)
+        if ("items", "search") in _add_missing_columns(conn, schema):
+            _index_old_items(conn)
+        for name, statement in INDEXES.items():
+            if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,):
+                conn.execute(statement)
 
 
-def _add_missing_columns(conn: psycopg.Connection[Any], schema: str) -> None:
+def _add_missing_columns(conn: psycopg.Connection[Any], schema: str) -> set[tuple[str, str]]:
     """Bring a schema made by an earlier release up to this one's tables (under the
-    caller's lock). Asked first rather than ADD COLUMN IF NOT EXISTS, which would take
-    an exclusive lock on the table at every start, queueing the other workers' batches."""
+    caller's lock); the (table, column) pairs it added. Asked first rather than ADD COLUMN
+    IF NOT EXISTS, which would take an exclusive lock on the table at every start,
+    queueing the other workers' batches."""
+    added = set()
     for table, column, alter in ADDED_COLUMNS:
         present = conn.execute(
             "SELECT 1 FROM information_schema.columns "
@@ -414,6 +595,20 @@ def _add_missing_columns(conn: psycopg.Connection[Any], schema: str) -> None:
             log.info("adding the column %s.%s to the PostgreSQL store (schema %s)", table,
                      column, schema)
             conn.execute(alter)
+            added.add((table, column))
+    return added
+
+
+def _index_old_items(conn: psycopg.Connection[Any]) -> None:
+    """Give the items of a previous release their `search` value: in one statement those
+    whose JSON text has no NUL or U+0001 to map (nearly all), the others one by one."""
+    conn.execute("UPDATE items SET search = properties::jsonb WHERE search IS NULL "
+                 "AND strpos(properties::text, '\\u0000') = 0 "
+                 "AND strpos(properties::text, '\\u0001') = 0")
+    rows = conn.execute("SELECT id, properties::text FROM items WHERE search IS NULL").fetchall()
+    for item_id, properties in rows:
+        conn.execute("UPDATE items SET search = %s::jsonb WHERE id = %s",
+                     (jsonb_text(orjson.loads(properties)), item_id))
 
 
 def _translated(error: psycopg.Error, doing: str = "", *, opening: bool = False) -> StoreError:
@@ -446,6 +641,29 @@ def _first_line(error: BaseException) -> str:
 
 def _json(properties: Any) -> str:
     return orjson.dumps(properties).decode()
+
+
+_LINK_ENDS: dict[str, tuple[LiteralString, ...]] = {
+    "source": ("source",), "target": ("target",), "either": ("source", "target")}
+
+
+def _searchable_text(properties: bytes) -> str:
+    """The `search` value of properties given as JSON text (a bulk load)."""
+    if b"\\u0000" in properties or b"\\u0001" in properties:
+        return jsonb_text(orjson.loads(properties))
+    return properties.decode()
+
+
+def _stored_link(row: tuple[str, str, str, str, str, str, int]) -> StoredLink:
+    link_id, created_at, created_by, source, target, properties, version = row
+    return StoredLink(Link(link_id, created_at, created_by, source, target,
+                           orjson.loads(properties)), int(version))
+
+
+def _items(rows: list[tuple[Any, ...]]) -> list[Item]:
+    """The items of search rows, built straight from them (a page holds up to 1000)."""
+    loads = orjson.loads
+    return [Item(row[0], row[1], row[2], loads(row[3])) for row in rows]
 
 
 def _stored(row: tuple[str, str, str, str, int]) -> StoredItem:

@@ -4,7 +4,7 @@ A token is verified with the key its kid names (from a KeySource, see keys.py)
 against JwtRules: the allowed algorithms, the issuer and audience when
 configured, a required exp, and a small leeway. The user id is `sub`; scopes
 come from `scope` or `scp`; an update also needs the item's creator or the
-admin scope.
+admin scope, and so does an update or delete of a link.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from jwt.algorithms import get_default_algorithms
 
 from thelca.authority.base import Principal
 from thelca.authority.jwt.keys import KeySource, key_source
-from thelca.domain.model import Item
+from thelca.domain.model import Item, Link
 from thelca.errors import ConfigurationError, Forbidden, NotAuthenticated
 from thelca.settings import OPTIONS, Settings
 from thelca_client.contract import JSON
@@ -109,13 +109,30 @@ class JwtAuthority:
 
     def check_update_item(self, principal: Principal, current: Item, proposed: Item) -> str:
         _needs(principal, SCOPE_WRITE, "update items")
-        if current.created_by != principal.user_id and SCOPE_ADMIN not in principal.scopes:
-            raise Forbidden(f"only the user who created this item may update it, or a token "
-                            f"with the {SCOPE_ADMIN} scope")
-        return principal.user_id
+        return _owner_or_admin(principal, current.created_by, "item", "update")
 
     def check_read_events(self, principal: Principal) -> str:
         return _needs(principal, SCOPE_EVENTS, "read the event history")
+
+    def check_create_link(self, principal: Principal, dictionary: JSON) -> str:
+        return _needs(principal, SCOPE_WRITE, "create links")
+
+    def check_read_link(self, principal: Principal, link: Link) -> str:
+        return _needs(principal, SCOPE_READ, "read links")
+
+    def check_update_link(self, principal: Principal, current: Link, proposed: Link) -> str:
+        _needs(principal, SCOPE_WRITE, "update links")
+        return _owner_or_admin(principal, current.created_by, "link", "update")
+
+    def check_delete_link(self, principal: Principal, link: Link) -> str:
+        _needs(principal, SCOPE_WRITE, "delete links")
+        return _owner_or_admin(principal, link.created_by, "link", "delete")
+
+    def check_search_items(self, principal: Principal, where: JSON) -> str:
+        return _needs(principal, SCOPE_READ, "search items")
+
+    def check_search_links(self, principal: Principal, query: JSON) -> str:
+        return _needs(principal, SCOPE_READ, "search links")
 
 
 def _header(token: str) -> dict[str, Any]:
@@ -149,6 +166,13 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
         elif isinstance(value, list):
             scopes.update(v for v in value if isinstance(v, str))
     return frozenset(scopes)
+
+
+def _owner_or_admin(principal: Principal, creator: str, what: str, verb: str) -> str:
+    if creator != principal.user_id and SCOPE_ADMIN not in principal.scopes:
+        raise Forbidden(f"only the user who created this {what} may {verb} it, or a token "
+                        f"with the {SCOPE_ADMIN} scope")
+    return principal.user_id
 
 
 def _needs(principal: Principal, scope: str, to: str) -> str:
