@@ -8,8 +8,10 @@ outstanding requests, replies over direct reply-to. It runs first against the
 floor (benchmarks/floor.py: the least pika code honouring the happy path, no
 confirms, no persistence) and then against `thelca worker` and `thelca logger`
 with their default settings (SQLite store, publisher confirms, idempotency,
-logger with fsync), each on a prefix of its own. It prints both sets of
-figures, the ratios and the targets, and exits 1 when a target is missed.
+logger with fsync, every line in the hash chain) and the logger's checkpoints
+signed with a key made for the run, each on a prefix of its own. It prints
+both sets of figures, the ratios and the targets, `thelca audit` of the run's
+log, and exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -229,6 +231,7 @@ class Figures:
     latency: Run
     log_lag: float | None = None
     rss: list[float] = field(default_factory=list)
+    audit: subprocess.CompletedProcess[str] | None = None
 
 
 def scenarios(prefix: str, log: Path, n: int, window: int, latency_n: int) -> Figures:
@@ -283,9 +286,11 @@ def measure_thelca(work: Path, n: int, window: int, latency_n: int,
                    memory_n: int) -> Figures:
     prefix = f"bench-thelca-{uuid.uuid4().hex[:6]}"
     log = work / "thelca-events.log"
+    public_key = signing_key(work)
     env = {**os.environ, "THELCA_PREFIX": prefix, "THELCA_AUTHORITY": "test-only",
            "THELCA_STORE": f"sqlite:///{work / 'thelca.db'}", "THELCA_EVENT_LOG": str(log),
-           "THELCA_LOG_LEVEL": "WARNING", "THELCA_AMQP_URL": URL}
+           "THELCA_LOG_LEVEL": "WARNING", "THELCA_AMQP_URL": URL,
+           "THELCA_LOG_SIGNING_KEY": str(work / "log-signing.pem")}
     thelca = [sys.executable, "-m", "thelca"]
     worker = start([*thelca, "worker"], env, work / "thelca-worker.out")
     logger = start([*thelca, "logger"], env, work / "thelca-logger.out")
@@ -295,10 +300,29 @@ def measure_thelca(work: Path, n: int, window: int, latency_n: int,
         figures = scenarios(prefix, log, n, window, latency_n)
         if memory_n:
             figures.rss = memory_run(prefix, worker.pid, memory_n)
-        return figures
     finally:
         stop([worker, logger])
-        delete(prefix, ["commands", "events.log", "dead", "replay"], ["events", "dead"])
+        delete(prefix, ["commands", "events.log", "dead", "replay"],
+               ["events", "dead", "checkpoints"])
+    figures.audit = subprocess.run(
+        [*thelca, "audit", "--log", str(log), "--public-key", str(public_key)],
+        capture_output=True, text=True, check=False)
+    return figures
+
+
+def signing_key(work: Path) -> Path:
+    """An Ed25519 key pair for the run's checkpoints: log-signing.pem and its public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    (work / "log-signing.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    public = work / "log-signing.pub.pem"
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return public
 
 
 # ---------------------------------------------------------------- report
@@ -327,6 +351,11 @@ def report(floor: Figures, ours: Figures, echo: Run, window: int) -> bool:
     lag = ours.log_lag or 0.0
     rows.append(("log lag after the creates", f"{floor.log_lag or 0:.2f} s", f"{lag:.2f} s",
                  "", "< 1 s", lag < 1.0))
+    if ours.audit is not None:
+        said = ours.audit.stdout.strip().splitlines()[-1:] or [ours.audit.stderr.strip()]
+        rows.append(("thelca audit of the run's log (signed)", "",
+                     f"exit {ours.audit.returncode}: {said[0]}", "", "exit 0",
+                     ours.audit.returncode == 0))
     if ours.rss:
         first, last = ours.rss[0], ours.rss[-1]
         growth = (last - first) / first

@@ -1,7 +1,8 @@
 """How fast `thelca restore` rebuilds a store, against the floor measured in the same run.
 
-Makes an event log of N events (default 1,000,000) in the live system's format,
-1 create : 1 read : 2 updates (reads and updates of items picked at random
+Makes an event log of N events (default 1,000,000) in the live system's format
+(each line linked into the hash chain, as the logger writes it, which restore
+follows as it goes), 1 create : 1 read : 2 updates (reads and updates of items picked at random
 among those created so far), in a temporary directory. Then:
 
 - the floor: read the same file with orjson and fold it into a dict
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import orjson
 
+from thelca.audit.chain import Chain
+
 USER = "a-test-only-id-bench"
 CREATED, UPDATED, READ = "Item created", "Item updated", "Item read"
 
@@ -48,6 +51,7 @@ def make_log(path: Path, events: int, seed: int = 5) -> dict[str, int]:
     items: dict[str, dict[str, object]] = {}
     versions: dict[str, int] = {}
     start = datetime(2026, 1, 1, tzinfo=UTC)
+    chain = Chain()
     chunk: list[bytes] = []
     with open(path, "wb") as file:
         for n in range(events):
@@ -71,7 +75,7 @@ def make_log(path: Path, events: int, seed: int = 5) -> dict[str, int]:
                 item["properties"] = {"type": "STORY", "title": f"story {n}", "points": n % 13,
                                       "status": "IN PROGRESS" if step == 2 else "DONE"}
                 event = _event(moment, UPDATED, item, versions[item_id])
-            chunk.append(orjson.dumps(event) + b"\n")
+            chunk.append(chain.link(orjson.dumps(event) + b"\n"))
             if len(chunk) == 10_000:
                 file.write(b"".join(chunk))
                 chunk.clear()

@@ -378,7 +378,7 @@ def delete_prefix(amqp_url: str, prefix: str) -> None:
             channel = connection.channel()
             channel.queue_delete(queue)
         channel = connection.channel()
-        for exchange in (names.events, names.dead):
+        for exchange in (names.events, names.dead, names.checkpoints):
             channel.exchange_delete(exchange)
     finally:
         connection.close()

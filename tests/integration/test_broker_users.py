@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     system_env,
     wait_for_consumers,
 )
+from thelca.audit.checkpoints import checkpoints_path
 from thelca_client import Client
 from thelca_client.contract import Names
 
@@ -74,7 +75,9 @@ def test_each_role_does_its_job_with_only_the_readme_permissions(
     system = RunningSystem(amqp_url, prefix, tmp_path, {})
     try:
         for role, queue in (("worker", names.commands), ("logger", names.events_log)):
-            system.env = system_env(users[role].url, prefix, tmp_path)
+            # The logger writes only the worker's events: the broker checks their user_id.
+            system.env = system_env(users[role].url, prefix, tmp_path,
+                                    THELCA_EVENT_PUBLISHERS=users["worker"].name)
             system.start(role)
             wait_for_consumers(amqp_url, queue, [system.processes[role]])
         with Client(users["client"].url, prefix=prefix, token="alice") as client:
@@ -92,6 +95,7 @@ def test_each_role_does_its_job_with_only_the_readme_permissions(
             ("read other clients' commands", get(names.commands)),
             ("read the dead letters", get(names.dead)),
             ("forge an event", publish(names.events)),
+            ("forge a checkpoint", publish(names.checkpoints)),
             ("declare a queue", lambda ch: ch.queue_declare("", exclusive=True)),
         ]:
             assert refused(client_url, action), f"a client could {what}"
@@ -114,6 +118,9 @@ def test_each_role_does_its_job_with_only_the_readme_permissions(
             env=system_env(users["operator"].url, prefix, tmp_path), timeout=60, check=False)
         assert listing.returncode == 0, listing.stderr
         assert refused(users["operator"].url, get(names.commands))
+        assert system.stop("logger") == 0  # its last checkpoint, published as its own user
+        assert "ACCESS_REFUSED" not in system.output()
+        assert checkpoints_path(system.event_log).read_bytes().count(b"\n") >= 1
     finally:
         for role in list(system.processes):
             system.stop(role)

@@ -4,7 +4,8 @@ While a producer sends tagged commands (creates, and updates of items made
 beforehand), the worker is SIGKILLed several times, the logger once, and the
 broker's app is stopped and started once. Then, for every command: exactly
 one effect in the store, exactly one event in the log, no torn line, nothing
-dead-lettered, and a store restored from the log equals the live one.
+dead-lettered, a store restored from the log equals the live one, and the
+log's hash chain and checkpoints pass `thelca audit`.
 
 Run alone with `pytest -m faults -s` to see the figures.
 """
@@ -29,6 +30,7 @@ import pika.exceptions
 import pytest
 
 from tests.integration.conftest import RunningSystem, queue_depth
+from thelca.audit.verify import audit
 from thelca.eventlog import read_log
 from thelca.restore import restore
 from thelca.stores.memory import MemoryStore
@@ -183,3 +185,5 @@ def test_nothing_lost_nothing_twice(system: RunningSystem,
     assert dead == 0
     assert not report.problems, report.problems[:5]
     assert restored_items == live
+    audited = audit(system.event_log)  # what `thelca audit --log` does
+    assert audited.exit_code == 0, "\n".join(audited.describe())

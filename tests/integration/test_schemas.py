@@ -5,9 +5,10 @@ docs/asyncapi.yaml and docs/schemas/*.json must be valid (JSON Schema draft
 docs/contract.md and the code's topology. Then real messages, captured from a
 running worker and logger through a plain pika client, must match them: every
 reply status the test-only Authority can give, every event on the fanout
-exchange, every line of the event log, and the dead letters of the worker, the
-logger and the broker. Bodies the worker refuses with 400 must be invalid per
-the command schema, and bodies it accepts valid.
+exchange, every line of the event log, the dead letters of the worker, the
+logger and the broker, and the logger's checkpoints. Bodies the worker
+refuses with 400 must be invalid per the command schema, and bodies it
+accepts valid.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from tests.integration.contract_schemas import (
 )
 from tests.integration.plain import PlainClient, watch
 from thelca.amqp.topology import thelca_topology
+from thelca.audit.checkpoints import checkpoints_path
 from thelca_client import commands
 from thelca_client.contract import LINK_ENDS, Names, encode_command, encode_replay_request
 
@@ -68,7 +70,7 @@ def test_every_schema_is_a_valid_draft_2020_12_schema(path: Path) -> None:
 def test_there_is_one_schema_file_per_kind_of_message() -> None:
     assert {p.name for p in schema_files()} == {
         "command.json", "item.json", "link.json", "reply.json", "event.json",
-        "replay-request.json", "replay-end.json", "dead-letter-headers.json",
+        "replay-request.json", "replay-end.json", "dead-letter-headers.json", "checkpoint.json",
     }
 
 
@@ -216,6 +218,7 @@ def _json_examples(section: str) -> list[Any]:
     ("Item", "item.json", 1),
     ("Reply", "reply.json", 1),
     ("Replay request", "replay-request.json", 1),
+    ("Checkpoints", "checkpoint.json", 1),
 ])
 def test_the_examples_of_docs_contract_md_match_the_schemas(
     section: str, schema: str, at_least: int
@@ -541,6 +544,24 @@ def test_the_logger_s_dead_letter_matches_the_asyncapi_message(system: RunningSy
     assert_message("deadLetter", dead, json_body=False)
     assert dead.body == b"[1, 2, 3]"
     assert dead.headers["x-thelca-reason"].startswith("logger:")
+
+
+def test_a_real_checkpoint_matches_the_asyncapi_message_and_is_the_line_of_the_file(
+    system: RunningSystem, client: CapturingClient,
+) -> None:
+    channel = client.connection.channel()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, system.names.checkpoints)
+    client.reply({"command": "create"}, 200)
+    system.wait_for_log(lambda lines: len(lines) == 1)
+    assert system.stop("logger") == 0  # its last checkpoint, published and confirmed
+    method, properties, body = channel.basic_get(queue, auto_ack=True)
+    assert method is not None and properties is not None and body is not None
+    checkpoint = Captured.of(properties, body)
+    assert_message("checkpoint", checkpoint)
+    assert checkpoint.json()["lines"] == 1 and checkpoint.json()["sig"] is None  # no key
+    lines = checkpoints_path(system.event_log).read_bytes().splitlines()
+    assert body == lines[-1]
 
 
 def test_the_broker_s_dead_letter_matches_the_asyncapi_message(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from thelca.audit.chain import Chain, line_hash
 from thelca.eventlog.format import LogLine, to_line
 from thelca.eventlog.reader import LogSnapshot, read_all, read_log
 from thelca.eventlog.segments import log_segments
@@ -31,6 +32,34 @@ def test_a_body_with_raw_newlines_is_written_on_one_compact_line() -> None:
     assert line.count(b"\n") == 1 and line.endswith(b"\n")
     assert json.loads(line) == CREATED
     assert b": " not in line
+
+
+LINE_BREAKS = "\u2028\u2029\x85\n\r\x0b\x0c\x1c\x1d\x1e"  # every break splitlines() knows
+
+
+def test_every_unicode_line_break_is_escaped_so_each_event_is_one_line_for_any_reader(
+    tmp_path: Path,
+) -> None:
+    event = {**CREATED, "value": {**CREATED["value"],  # type: ignore[dict-item]
+                                  "properties": {f"k{LINE_BREAKS}": f"a{LINE_BREAKS}b"}}}
+    _, line = to_line(json.dumps(event, ensure_ascii=False).encode())
+    assert b"\\u2028" in line and b"\\u2029" in line and b"\\u0085" in line
+    assert len(line.decode().splitlines()) == 1
+    assert json.loads(line) == event  # the same value
+    # ...also when the chain has to re-encode the line (a "prev" anywhere in it)
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path)
+    writer.append([to_line(json.dumps({**event, "prev": "x"}, ensure_ascii=False).encode()),
+                   (None, line)])
+    writer.close()
+    text = path.read_bytes().decode()
+    assert len(text.splitlines()) == 2 == len(list(read_all(path)))
+    assert [line.event["value"] for line in read_all(path) if line.event] == [event["value"]] * 2
+
+
+def test_a_line_without_line_breaks_is_left_as_orjson_wrote_it() -> None:
+    _, line = to_line(json.dumps({**CREATED, "note": "caf\u00e9 \u2027 \u00c2"}).encode())
+    assert line == orjson.dumps({**CREATED, "note": "caf\u00e9 \u2027 \u00c2"}) + b"\n"
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1]", b'"x"', b"", b"\xff"])
@@ -311,11 +340,23 @@ def test_restore_reports_an_update_whose_earlier_version_never_came(tmp_path: Pa
     assert [(s.item.id, s.version) for s in store.items()] == [("i1", 3)]
 
 
-def _failing_write(lines: list[tuple[str | None, bytes]]) -> Iterator[tuple[str | None, bytes]]:
-    """The batch's lines, then half a line, then the disk is full (ENOSPC mid-write)."""
-    yield from lines
-    yield None, b'{"half'
-    raise OSError(errno.ENOSPC, "No space left on device")
+class _DiskFillsUp:
+    """The writer's live file, until the disk is full halfway through a line (ENOSPC)."""
+
+    def __init__(self, file: Any, whole_lines: int) -> None:
+        self.file = file
+        self.whole_lines = whole_lines
+
+    def write(self, data: bytes) -> int:
+        if not self.whole_lines:
+            self.file.write(data[: len(data) // 2])
+            self.file.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.whole_lines -= 1
+        return int(self.file.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
 
 
 @pytest.mark.parametrize("failure", ["fsync", "write"])
@@ -339,13 +380,15 @@ def test_a_failed_write_or_fsync_leaves_no_trace_so_the_retry_writes_the_batch_o
         with pytest.raises(OSError, match="Input/output"):
             writer.append(batch)
     else:
+        writer._file = _DiskFillsUp(writer._file, whole_lines=1)  # type: ignore[assignment]
         with pytest.raises(OSError, match="No space"):
-            writer.append(_failing_write(batch))
+            writer.append(batch)
     assert path.read_bytes() == before  # nothing of the failed batch, no partial line
     assert "e1" not in writer and "e2" not in writer  # so the redelivery is not dropped
     assert writer.append(batch) == 2  # the redelivered batch
     writer.close()
-    assert path.read_bytes() == before + batch[0][1] + batch[1][1]
+    chain = Chain(line_hash(before[:-1]), 1)  # the chain went back with the file
+    assert path.read_bytes() == before + chain.link(batch[0][1]) + chain.link(batch[1][1])
 
 
 def test_a_cut_back_that_fails_too_is_done_before_the_next_write(
@@ -373,10 +416,11 @@ def test_a_cut_back_that_fails_too_is_done_before_the_next_write(
     monkeypatch.setattr("thelca.eventlog.writer.open", open_failing_to_cut, raising=False)
     with pytest.raises(OSError, match="Input/output"):
         writer.append([_event_line(1)])
-    assert path.read_bytes() == before + _event_line(1)[1]  # flushed, not fsynced, not cut
+    linked = Chain(line_hash(before[:-1]), 1).link(_event_line(1)[1])
+    assert path.read_bytes() == before + linked  # flushed, not fsynced, not cut
     assert writer.append([_event_line(1)]) == 1
     writer.close()
-    assert path.read_bytes() == before + _event_line(1)[1]
+    assert path.read_bytes() == before + linked
 
 
 def test_the_logger_reads_only_the_newest_lines_at_start(

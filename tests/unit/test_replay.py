@@ -11,6 +11,8 @@ import pytest
 from thelca.authority.base import Principal
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.errors import Forbidden
+from thelca.eventlog.format import to_line
+from thelca.eventlog.writer import EventLogWriter
 from thelca.roles.messages import Incoming
 from thelca.roles.replay import LINES_PER_TAKE, ReplayRole
 from thelca_client.contract import (
@@ -197,3 +199,19 @@ def test_a_log_file_that_cannot_be_read_ends_the_replay_with_500(tmp_path: Path)
     end = orjson.loads(taken[-1].body)
     assert end["status"] == 500 and end["count"] == 0
     assert "could not be read" in end["error"]
+
+
+def test_replayed_events_are_sent_as_published_without_the_logs_chain(tmp_path: Path) -> None:
+    """A prev links to the line before in the log, which a filtered stream does not have."""
+    path = tmp_path / "events.log"
+    writer = EventLogWriter(path)
+    events = [{"time": "2026-01-01T00:00:00.000000+00:00", "type": kind, "user": "u",
+               "value": {"note": "a\u2028b", "prev": "an item's own"}, "id": f"e{n}"}
+              for n, kind in enumerate(["Item read", "Item created", "Item read"])]
+    writer.append([to_line(orjson.dumps(event)) for event in events])
+    writer.close()
+    assert all(b'"prev":"' in line for line in path.read_bytes().splitlines())
+    stream = ReplayRole(path, NoEventsForMallory(), NAMES).open(
+        _request(b'{"types": ["Item read"]}'))
+    bodies = [m.body for m in stream.take(10)[:-1]]
+    assert bodies == [to_line(orjson.dumps(events[n]))[1][:-1] for n in (0, 2)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, closing
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ import pytest
 
 from thelca.cli.main import main
 from thelca.domain.model import Item, Link, StoredItem, StoredLink
+from thelca.errors import ChainBroken
+from thelca.eventlog.writer import EventLogWriter
 from thelca.restore.compare import verify
 from thelca.restore.fold import AFTER_UNTIL
 from thelca.restore.rebuild import restore
@@ -287,3 +289,124 @@ def test_a_segment_that_cannot_be_read_exits_3_saying_which(
     error = capsys.readouterr().err
     assert f"thelca {command}:" in error and "events.log.000001" in error
     assert "Traceback" not in error and "the store" not in error  # the log's fault
+
+
+# ---------------------------------------------------------------- the hash chain
+
+
+def _chained(log: Path, events: list[dict[str, Any]], max_bytes: int | None = None) -> Path:
+    """The events written by the real log writer, so every line carries its prev."""
+    writer = EventLogWriter(log, max_bytes=max_bytes)
+    for event in events:
+        writer.append([(event["id"], json.dumps(event).encode() + b"\n")])
+    writer.close()
+    return log
+
+
+def _history(updates: int) -> list[dict[str, Any]]:
+    return [_event("Item created", "x", 0, 1)] + [
+        _event("Item updated", "x", n, n + 1) for n in range(1, updates + 1)]
+
+
+def _edit(path: Path, number: int, old: bytes, new: bytes) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert old in lines[number - 1]
+    lines[number - 1] = lines[number - 1].replace(old, new)
+    path.write_bytes(b"".join(lines))
+
+
+def test_restore_follows_an_unbroken_chain_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = _chained(tmp_path / "events.log", _history(5), max_bytes=600)
+    assert log.with_name("events.log.000001").exists()  # across segments
+    store = tmp_path / "store.db"
+    assert main(["restore", "--log", str(log), "--store", f"sqlite:///{store}"]) == 0
+    assert "hash chain:       unbroken\n" in capsys.readouterr().out
+    with closing(SQLiteStore(store)) as restored:
+        assert versions(restored) == {"x": 6}
+        assert "prev" not in next(restored.items()).item.properties
+
+
+def test_restore_refuses_a_broken_chain_and_leaves_the_store_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = _chained(tmp_path / "events.log", _history(5))
+    _edit(log, 3, b'"n": 2', b'"n": 99')  # an edited value: the chain breaks at line 4
+    store = tmp_path / "store.db"
+    assert main(["restore", "--log", str(log), "--store", f"sqlite:///{store}"]) == 1
+    error = capsys.readouterr().err
+    assert "hash chain is broken at events.log:4: the chain breaks" in error
+    assert "--accept-broken-chain" in error and "Nothing was restored" in error
+    with closing(SQLiteStore(store)) as restored:
+        assert restored.count_items() == 0
+
+
+def test_restore_stops_before_the_block_where_the_chain_breaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the command line empties again: the blocks before the break may be written."""
+    monkeypatch.setattr("thelca.eventlog.reader.BLOCK", 400)  # a block or two per line
+    log = _chained(tmp_path / "events.log", _history(6))
+    lines = log.read_bytes().splitlines(keepends=True)
+    del lines[5]  # line 6 removed: the chain breaks at what is now line 6
+    log.write_bytes(b"".join(lines))
+    store = MemoryStore()
+    with pytest.raises(ChainBroken) as broken:
+        restore(log, store, flush_items=1)
+    assert broken.value.where.startswith("events.log:6: the chain breaks")
+    assert 0 < max(versions(store).values()) < 6  # flushed before the break, not after
+
+
+def test_restore_accepts_a_broken_chain_when_told_and_warns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = _chained(tmp_path / "events.log", _history(5))
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines[2], lines[3] = lines[3], lines[2]  # two lines swapped
+    log.write_bytes(b"".join(lines))
+    store = tmp_path / "store.db"
+    assert main(["restore", "--log", str(log), "--store", f"sqlite:///{store}",
+                 "--accept-broken-chain"]) == 0  # versions out of order are held and applied
+    out, error = capsys.readouterr()
+    assert "hash chain:       BROKEN at 3 places, the first at events.log:3" in out
+    assert "chain break: events.log:4" in out
+    assert "warning: the event log's hash chain is broken at 3 places" in error
+    with closing(SQLiteStore(store)) as restored:
+        assert versions(restored) == {"x": 6}
+
+
+def test_a_log_without_a_chain_restores_as_before_and_one_continued_by_the_logger_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = Path(shutil.copy(ORIGINAL, tmp_path / "events.log"))
+    store = tmp_path / "store.db"
+    assert main(["restore", "--log", str(log), "--store", f"sqlite:///{store}"]) == 0
+    assert "hash chain:       none (an original server's log)" in capsys.readouterr().out
+    _chained(log, [_event("Item updated", A, 50, 3)])  # the logger goes on after it
+    assert main(["restore", "--log", str(log), "--store", f"sqlite:///{store}",
+                 "--force"]) == 0
+    assert "hash chain:       unbroken after 20 lines without one" in capsys.readouterr().out
+    with closing(SQLiteStore(store)) as restored:
+        assert versions(restored)[A] == 3
+
+
+def test_a_big_log_has_its_chain_followed_beside_the_fold_and_refused_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr("thelca.restore.chainwatch.BESIDE_BYTES", 0)  # every log is big
+    log = _chained(tmp_path / "events.log", _history(5))
+    report = restore(log, MemoryStore())
+    assert (report.chain_lines, report.chain_break_count) == (6, 0)
+    _edit(log, 2, b'"n": 1', b'"n": 7')
+    store = MemoryStore()
+    with pytest.raises(ChainBroken) as broken:
+        restore(log, store)
+    assert broken.value.where.startswith("events.log:3: the chain breaks")
+    assert versions(store) == {"x": 6}  # known only once the fold is done: the caller empties
+    database = tmp_path / "store.db"
+    assert main(["restore", "--log", str(log), "--store", f"sqlite:///{database}"]) == 1
+    assert "hash chain is broken at events.log:3" in capsys.readouterr().err
+    with closing(SQLiteStore(database)) as restored:
+        assert restored.count_items() == 0
+    assert restore(log, MemoryStore(), accept_broken_chain=True).chain_break_count == 1

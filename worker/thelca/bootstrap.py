@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from thelca.amqp import (
     BatchConsumer,
@@ -14,6 +15,12 @@ from thelca.amqp import (
     replay_topology,
     safe_url,
     thelca_topology,
+)
+from thelca.audit.checkpoints import (
+    CheckpointWriter,
+    checkpoints_path,
+    key_id,
+    load_signing_key,
 )
 from thelca.authority.base import Authority
 from thelca.errors import ConfigurationError
@@ -194,18 +201,40 @@ def build_worker(
 
 def build_logger(settings: Settings) -> Role:
     names = settings.names
+    tls = tls_files(settings)
+    signed = _signed_checkpoints(settings)  # before the files: a bad key opens nothing
     writer = EventLogWriter(settings.event_log, max_bytes=settings.event_log_max_bytes)
+    checkpoints = signed(checkpoints_path(writer.path))
+    role = LogWriterRole(writer, names, publishers=settings.publishers, checkpoints=checkpoints)
     rotation = (f"segments of {settings.event_log_max_bytes} bytes"
                 if settings.event_log_max_bytes else "no rotation")
-    log.info("logger: prefix %s, event log %s (%d recent lines read; %s)",
-             settings.prefix, writer.path, writer.lines_at_start, rotation)
+    publishers = ("any broker user's" if settings.publishers is None
+                  else "those of " + ", ".join(sorted(settings.publishers)))
+    log.info("logger: prefix %s, event log %s (%d recent lines read; %s; the chain at line "
+             "%d); writes events that came through %s, %s; checkpoints to %s",
+             settings.prefix, writer.path, writer.lines_at_start, rotation, writer.chain.lines,
+             names.events, publishers, checkpoints.path)
     consumer = BatchConsumer(
-        settings.amqp_url, names.events_log, LogWriterRole(writer, names),
-        logger_topology(names),
+        settings.amqp_url, names.events_log, role, logger_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="logger",
-        on_state=_state_logger("logger"), tls=tls_files(settings),
+        on_state=_state_logger("logger"), tls=tls, tick=role.tick,
     )
-    return Role(consumer, writer.close)
+    return Role(consumer, role.close)
+
+
+def _signed_checkpoints(settings: Settings) -> Callable[[Path], CheckpointWriter]:
+    """How to open the checkpoints, signed with the settings' key (loaded now), or unsigned
+    with a warning."""
+    option = OPTIONS["log_signing_key"]
+    if not settings.log_signing_key:
+        log.warning("logger: %s is unset, so the event log's checkpoints are unsigned: an "
+                    "auditor cannot tell them from checkpoints rewritten along with the log. "
+                    "Set it in production (`thelca dev-keys` writes a development key).",
+                    option.env)
+        return CheckpointWriter
+    key = load_signing_key(settings.log_signing_key)
+    log.info("logger: checkpoints signed with key %s", key_id(key.public_key()))
+    return lambda path: CheckpointWriter(path, key)
 
 
 def build_replay(settings: Settings, *, authority: Authority | None = None) -> Role:

@@ -8,6 +8,7 @@
     ├── BrokerUnavailable
     ├── QueueMissing
     ├── ConfigurationError
+    ├── ChainBroken (restore: the log's hash chain is broken)
     └── (thelca.amqp.dead.DeadLettersUnavailable, beside the retry results it carries)
 
 Each store translates its driver's errors into the StoreError family in one
@@ -94,3 +95,12 @@ class QueueMissing(ThelcaError):
 
 class ConfigurationError(ThelcaError):
     """Raised when settings are missing or contradict each other."""
+
+
+class ChainBroken(ThelcaError):
+    """Raised by restore when the log's hash chain is broken and that was not accepted."""
+
+    def __init__(self, where: str, count: int) -> None:
+        super().__init__(where)
+        self.where = where  # the first break: file:line: what was seen
+        self.count = count  # breaks seen (at least 1; in line, those before restore stopped)

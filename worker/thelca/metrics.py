@@ -34,6 +34,12 @@ DEAD_LETTERS = Counter("thelca_dead_letters", "Messages sent to the dead-letter 
 LOG_LINES = Counter("thelca_log_lines", "Event log lines written and fsynced")
 LOG_DUPLICATES = Counter("thelca_log_duplicates",
                          "Events not written again because their id was written already")
+LOG_REJECTED = Counter(
+    "thelca_log_rejected",
+    "Messages on the log's queue not written but dead-lettered, by reason: exchange (not "
+    "published through <prefix>.events), publisher (a user_id not in THELCA_EVENT_PUBLISHERS), "
+    "format (not a JSON object)", ["reason"])
+LOG_CHECKPOINTS = Counter("thelca_log_checkpoints", "Checkpoints of the event log written")
 AUTHORITY_KEYS = Gauge(
     "thelca_authority_keys",
     "Public keys the jwt Authority verifies tokens with; 0: every token is refused",

@@ -43,6 +43,14 @@ OPTIONS: dict[str, Option] = {
     "event_log_max_bytes": Option(
         "--event-log-max-bytes", "THELCA_EVENT_LOG_MAX_BYTES", "0",
         "rotate the event log into numbered segments at this size in bytes; 0: never"),
+    "log_signing_key": Option(
+        "--log-signing-key", "THELCA_LOG_SIGNING_KEY", None,
+        "PEM Ed25519 private key that signs the event log's checkpoints (`thelca dev-keys` "
+        "writes log-signing.pem); without one they are unsigned, with a warning"),
+    "event_publishers": Option(
+        "--event-publishers", "THELCA_EVENT_PUBLISHERS", None,
+        "broker users whose events the logger writes, comma-separated (the worker's user); "
+        "default any user, but always only events that came through <prefix>.events"),
     "replay_streams": Option("--replay-streams", "THELCA_REPLAY_STREAMS", "4",
                              "replay requests streamed at once, taking turns"),
     "authority": Option("--authority", "THELCA_AUTHORITY", None,
@@ -87,7 +95,8 @@ GROUPS = {
     "store": ("store",),
     "authority": ("authority", *JWT),
     "worker": ("authority", *JWT, "max_body", "prefetch", "processes"),
-    "logger": ("event_log", "event_log_max_bytes", "prefetch"),
+    "logger": ("event_log", "event_log_max_bytes", "log_signing_key", "event_publishers",
+               "prefetch"),
     "replay": ("authority", *JWT, "event_log", "replay_streams"),
     "logging": ("log_level", "log_format"),
     "metrics": ("metrics_port", "metrics_host"),
@@ -119,6 +128,8 @@ class Settings:
     amqp_cert_file: str | None = None
     amqp_key_file: str | None = None
     event_log_max_bytes: int = 0
+    log_signing_key: str | None = None
+    event_publishers: str | None = None
     replay_streams: int = 4
     authority: str | None = None
     jwks: str | None = None
@@ -139,6 +150,13 @@ class Settings:
     @property
     def names(self) -> Names:
         return Names(self.prefix)
+
+    @property
+    def publishers(self) -> frozenset[str] | None:
+        """The broker users whose events the logger writes; None: any user's."""
+        if self.event_publishers is None:
+            return None
+        return frozenset(u.strip() for u in self.event_publishers.split(",") if u.strip())
 
     @classmethod
     def resolve(
@@ -165,6 +183,10 @@ class Settings:
         if str(values["log_level"]).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError(
                 f"{OPTIONS['log_level'].env} must be DEBUG, INFO, WARNING or ERROR")
+        if values["event_publishers"] is not None and not values["event_publishers"].strip(", "):
+            option = OPTIONS["event_publishers"]
+            raise ConfigurationError(f"{option.flag} / {option.env} names no broker user: "
+                                     "give the worker's user, or leave it unset for any")
         try:
             Names(values["prefix"])
         except ValueError as error:

@@ -94,6 +94,10 @@ class Names:
     def replay(self) -> str:
         return f"{self.prefix}.replay"
 
+    @property
+    def checkpoints(self) -> str:
+        return f"{self.prefix}.checkpoints"
+
 
 class ContractError(ValueError):
     """Raised when bytes on the wire do not follow the contract (a 400)."""

@@ -83,7 +83,14 @@ class BatchConsumer(Reconnecting):
 
     Reconnects with backoff when the broker goes away; deliveries that were
     not acked are redelivered by the broker, so the handler must be idempotent.
+
+    `tick`, when given, is called on the connection's thread about every
+    TICK seconds, busy or idle, and once more with True when stopping, after
+    the last batch; what it returns is published under confirms like a
+    batch's publishes (the logger's checkpoints).
     """
+
+    TICK = 1.0
 
     def __init__(
         self,
@@ -97,11 +104,13 @@ class BatchConsumer(Reconnecting):
         name: str = "consumer",
         on_state: Callable[[str], None] | None = None,
         tls: TlsFiles | None = None,
+        tick: Callable[[bool], list[Outgoing]] | None = None,
     ) -> None:
         super().__init__(urls, queue, topology, prefetch=prefetch, name=name, on_state=on_state,
                          tls=tls)
         self.handler = handler
         self.max_batch = max_batch
+        self.tick = tick
 
     def new_session(self, params: pika.URLParameters) -> SessionLike:
         return _BatchSession(self, params)
@@ -154,6 +163,8 @@ class _BatchSession(ConnectionSession[_Batch]):
     def _start(self) -> None:
         metrics.BATCH_STUCK.labels(self.owner.name).set(0)
         self._open_publisher()  # then the outbox is republished, and consuming starts
+        if self.owner.tick is not None:
+            self._schedule_tick()
 
     # ------------------------------------------------------------ the publish channel
 
@@ -529,11 +540,48 @@ class _BatchSession(ConnectionSession[_Batch]):
         except Exception:
             log.exception("%s: tidying up failed; will try again", self.owner.name)
 
+    # ------------------------------------------------------------ tick
+
+    def _schedule_tick(self) -> None:
+        if self.connection is not None:
+            self.connection.ioloop.call_later(self.owner.TICK, self._tick)
+
+    def _tick(self) -> None:
+        if self._closing or self._stop_deadline or self.channel is None:
+            return  # stopping: the last tick comes once drained
+        if not self.channel.is_open:
+            return  # the session is ending: the next one ticks again
+        self._publish_ticked(stopping=False)
+        self._schedule_tick()
+
+    def _publish_ticked(self, *, stopping: bool) -> bool:
+        """Publish what the tick returns; whether there was anything."""
+        assert self.owner.tick is not None and self.channel is not None
+        try:
+            publish = self.owner.tick(stopping)
+        except Exception:
+            log.exception("%s: the periodic step failed; will try again", self.owner.name)
+            return False
+        if publish:
+            self._publish_batch([], publish, [])
+        return bool(publish)
+
     # ------------------------------------------------------------ stop
 
     def _drained(self) -> bool:
-        return (not self._waiting and not self._batches
-                and (self.replies is None or not self.replies.outstanding))
+        if self._waiting or self._batches or (self.replies is not None
+                                              and self.replies.outstanding):
+            return False
+        # Drained: the tick's last word (the logger's final checkpoint) goes out now and
+        # is waited for like any publish; the tick returns nothing the second time. A
+        # session that never started (replies None) has nothing to say.
+        if (self.owner.tick is None or self.replies is None or self.channel is None
+                or not self.channel.is_open):
+            return True
+        return not self._publish_ticked(stopping=True)
+
+    def _before_close(self) -> None:
+        self._run_tidy()
 
 
 def _key(message: Outgoing) -> tuple[str, str] | None:
@@ -541,6 +589,3 @@ def _key(message: Outgoing) -> tuple[str, str] | None:
     if message.exchange and message.message_id:
         return message.exchange, message.message_id
     return None
-
-    def _before_close(self) -> None:
-        self._run_tidy()

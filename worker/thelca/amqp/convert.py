@@ -36,6 +36,8 @@ def incoming_of(
         headers=dict(properties.headers or {}),
         type=text["type"],
         redelivered=bool(method.redelivered),
+        exchange=method.exchange or "",
+        user_id=_text("user_id", properties.user_id, unreadable),
         unreadable=unreadable,
     )
 

@@ -42,6 +42,7 @@ import pika.frame
 import pika.spec
 
 from thelca import metrics
+from thelca.amqp.connection import broker_login
 from thelca.amqp.convert import basic_properties
 from thelca.roles.messages import Outgoing
 
@@ -94,6 +95,7 @@ class ReplyConnection(Generic[T]):
         self.role = role
         self.params = copy.copy(params)  # the same broker, under a name of its own
         self.params.client_properties = {"connection_name": name}
+        self.login = broker_login(params)  # every reply carries it as user_id, broker-checked
         self.ioloop = ioloop
         self.on_confirmed = on_confirmed
         self.on_undeliverable = on_undeliverable
@@ -248,9 +250,11 @@ class ReplyConnection(Generic[T]):
                 return  # a suspect goes alone: after the others' confirms, before the next
             self._queue.popleft()
             message = entry.message
+            properties = basic_properties(message)
+            properties.user_id = self.login
             try:
                 channel.basic_publish(message.exchange, message.routing_key, message.body,
-                                      basic_properties(message), mandatory=entry.mandatory)
+                                      properties, mandatory=entry.mandatory)
             except Exception as error:  # pika cannot even encode it: this message alone
                 self._drop(entry, f"it cannot be sent: {error!r}")
                 continue

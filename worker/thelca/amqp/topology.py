@@ -68,7 +68,7 @@ def thelca_topology(names: Names) -> Topology:
         "x-overflow": "reject-publish",
     }
     return Topology(
-        fanout_exchanges=(names.events, names.dead),
+        fanout_exchanges=(names.events, names.dead, names.checkpoints),
         queues=(
             Queue(names.commands, {**QUORUM, **dead_letter, "x-delivery-limit": DELIVERY_LIMIT}),
             Queue(names.events_log,
@@ -82,7 +82,8 @@ def thelca_topology(names: Names) -> Topology:
 
 
 def logger_topology(names: Names) -> Topology:
-    """What the logger uses: the events exchange, its queue and their binding.
+    """What the logger uses: the events exchange, its queue and their binding, and the
+    checkpoints exchange it publishes the log's checkpoints to (for witnesses).
 
     Not the commands queue nor the dead letters, both of which may hold tokens,
     so that the logger's broker user needs no permission on them (README,
@@ -90,7 +91,8 @@ def logger_topology(names: Names) -> Topology:
     exchange that the logger publishes to included.
     """
     whole = thelca_topology(names)
-    return Topology((names.events,), tuple(q for q in whole.queues if q.name == names.events_log))
+    return Topology((names.events, names.checkpoints),
+                    tuple(q for q in whole.queues if q.name == names.events_log))
 
 
 def replay_topology(names: Names) -> Topology:

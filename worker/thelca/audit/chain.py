@@ -14,10 +14,9 @@ with `Chain.resume(log)` when it starts on an existing log.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import orjson
 
@@ -27,7 +26,6 @@ GENESIS = "0" * 64  # the `prev` of the first line of a new log
 HEAD = b',"prev":"'  # how a chained line written by the logger ends: HEAD + hash + END
 END = b'"}'
 CHAINED_TAIL = len(HEAD) + 64 + len(END)
-BLOCK = 1 << 20
 RESUME_LIMIT = 1_000_000  # lines walked back to the last checkpoint before counting them all
 
 
@@ -61,7 +59,22 @@ def _reencoded(prev: str, line: bytes) -> bytes:
         raise ValueError("the line is not a JSON object")
     value.pop("prev", None)  # the chain's prev is the only one: it goes last
     value["prev"] = prev
-    return orjson.dumps(value)
+    # Imported here, not above: the event log writer imports this module (no cycle).
+    from thelca.eventlog.format import escape_line_breaks
+
+    return escape_line_breaks(orjson.dumps(value))  # one line for every reader, still
+
+
+def without_prev(line: bytes) -> bytes:
+    """A line as it was before the chain linked it (the event's own bytes), without its
+    newline; a line that does not end with a `prev` the logger added is returned as it is.
+
+    For what leaves the log as events (a replay): a `prev` links to the line
+    before in this log, which the receiver of a filtered stream does not have.
+    """
+    if line.endswith(END) and line[-CHAINED_TAIL:-CHAINED_TAIL + len(HEAD)] == HEAD:
+        return line[:-CHAINED_TAIL] + b"}"
+    return line
 
 
 def prev_of(line: bytes) -> str | None:
@@ -152,61 +165,20 @@ def _lines_from_checkpoint(log: str | Path) -> int | None:
     return None
 
 
-def log_files(log: str | Path) -> list[Path]:
-    """The log's files in order: its numbered segments, then the live file."""
-    # Imported here, not above: the event log writer imports this module (no cycle).
-    from thelca.eventlog import log_segments
-
-    return [*log_segments(log), Path(log)]
-
-
 def lines_backwards(log: str | Path) -> Iterator[bytes]:
     """The complete lines of the log (segments included), newest first, without newlines.
 
-    A file's last piece without a newline (a torn line) is not a complete line.
+    A file's last piece without a newline (a torn line) is not a complete line. The
+    event log's own reader, which the log writer also uses at start.
     """
-    for path in reversed(log_files(log)):
-        try:
-            file = open(path, "rb")  # noqa: SIM115 - closed below, the generator may pause
-        except FileNotFoundError:
-            continue
-        with file:
-            yield from _file_lines_backwards(file)
+    # Imported here, not above: the event log writer imports this module (no cycle).
+    from thelca.eventlog.reader import log_lines_backwards
 
-
-def _file_lines_backwards(file: BinaryIO) -> Iterator[bytes]:
-    position = file.seek(0, os.SEEK_END)
-    rest = b""  # the start of a line so far: it goes on in an earlier block
-    past_torn = False  # the bytes after the file's last newline are dropped first
-    while position > 0:
-        step = min(BLOCK, position)
-        position -= step
-        file.seek(position)
-        data = file.read(step) + rest
-        if not past_torn:
-            newline = data.rfind(b"\n")
-            if newline < 0:
-                rest = b""
-                continue
-            data = data[:newline]
-            past_torn = True
-        pieces = data.split(b"\n")
-        rest = pieces[0]
-        yield from reversed(pieces[1:])
-    if past_torn:
-        yield rest
+    return log_lines_backwards(log)
 
 
 def count_lines(log: str | Path) -> int:
     """How many complete lines the log holds, segments included (its newlines)."""
-    total = 0
-    for path in log_files(log):
-        try:
-            file = open(path, "rb")  # noqa: SIM115 - closed by with
-        except FileNotFoundError:
-            continue
-        with file:
-            while data := file.read(BLOCK):
-                total += data.count(b"\n")
-    return total
+    from thelca.eventlog.reader import count_lines as count
 
+    return count(log)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from thelca.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
+from thelca.errors import ChainBroken
 from thelca.settings import Settings, add_options
 
 EXIT_PROBLEMS = 1  # restore: problem lines (the rest was restored); verify: differences
@@ -30,14 +31,20 @@ def add_restore_parsers(sub: Any) -> None:
         description="Rebuild the item store from the event log (its numbered segments, then "
         "the live file), to its end or, with --until, to the state at that moment. Publishes "
         "nothing. Prints what it read, applied and skipped, and every line it could not use. "
+        "Follows the log's hash chain as it goes, and refuses a log whose chain is broken (a "
+        "line edited, inserted, removed or reordered), leaving the store empty, unless given "
+        "--accept-broken-chain. "
         + EXIT_STATUS.format(one="when some lines could not be used (everything else was "
-                             "restored)", two="a store that already holds items without "
-                             "--force"),
+                             "restored), or the hash chain is broken", two="a store that "
+                             "already holds items without --force"),
     )
     _log_arguments(restore)
     restore.add_argument("--force", action="store_true",
                          help="empty a store that already holds items first (its items, "
                          "links, processed commands and outbox are deleted)")
+    restore.add_argument("--accept-broken-chain", action="store_true",
+                         help="restore a log whose hash chain is broken anyway, with a "
+                         "warning (`thelca audit` says where and how it was altered)")
     add_options(restore, "store", "logging")
     restore.set_defaults(func=run_restore)
 
@@ -91,13 +98,27 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
             store.clear()
             print(f"emptied the store ({held} items, {links} links)")
         with _progress("restore") as progress:
-            report = restore(args.log, store, until=until, progress=progress)
+            report = restore(args.log, store, until=until, progress=progress,
+                             accept_broken_chain=args.accept_broken_chain)
+    except ChainBroken as broken:
+        store.clear()  # it was empty (or emptied by --force): it is left so
+        print(f"thelca restore: the event log's hash chain is broken at {broken.where}: lines "
+              "were edited, inserted, removed or reordered. Nothing was restored (the store "
+              f"is empty). `thelca audit --log {args.log}` says more; give "
+              "--accept-broken-chain to restore this log anyway.", file=sys.stderr)
+        return EXIT_PROBLEMS
     except OSError as error:  # gone, or unreadable (permissions, I/O), like verify
         return _unavailable("restore", str(error))
     finally:
         store.close()
     print("\n".join(report.describe()))
+    print(report.describe_chain())
     _print_some("problem line", [str(p) for p in report.problems])
+    if report.chain_break_count:
+        _print_some("chain break", report.chain_breaks)
+        print(f"thelca restore: warning: the event log's hash chain is broken at "
+              f"{report.chain_break_count} places, the first at {report.chain_breaks[0]}; "
+              "restored anyway (--accept-broken-chain)", file=sys.stderr)
     return EXIT_PROBLEMS if report.problems else 0
 
 

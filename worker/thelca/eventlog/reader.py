@@ -1,8 +1,9 @@
 """Reading the log: streamed in blocks, never held in memory, problems reported, not raised.
 
 `LogSnapshot` (and `read_all`) is the one way restore, verify and replay read
-the whole log; `read_log` reads one file; `lines_backwards` reads one file
-from its end, for the writer's start.
+the whole log; `read_log` reads one file; `lines_backwards` and
+`log_lines_backwards` read one file or the whole log from its end, for the
+writer's start (its remembered ids, where its hash chain ends).
 """
 
 from __future__ import annotations
@@ -174,17 +175,57 @@ def read_all(path: str | Path) -> Iterator[LogLine]:
     return LogSnapshot(path).lines()
 
 
-def lines_backwards(path: Path, block: int = 1 << 20) -> Iterator[bytes]:
-    """The non-empty lines of one file, last first, read in blocks from its end."""
+def lines_backwards(path: str | Path, block: int = BLOCK) -> Iterator[bytes]:
+    """The complete lines of one file, last first, without newlines, read in blocks from
+    its end. The bytes after the file's last newline (a torn line) are not a line."""
     with open(path, "rb") as file:
-        position = file.seek(0, os.SEEK_END)
-        rest = b""
-        while position > 0:
-            step = min(block, position)
-            position -= step
-            file.seek(position)
-            pieces = (file.read(step) + rest).split(b"\n")
-            rest = pieces[0]  # may be the end of a line that starts in an earlier block
-            yield from (line for line in reversed(pieces[1:]) if line)
-        if rest:
-            yield rest
+        yield from _file_lines_backwards(file, block)
+
+
+def log_lines_backwards(log: str | Path, block: int = BLOCK) -> Iterator[bytes]:
+    """The complete lines of the whole log, newest first: the live file from its end,
+    then each segment, newest first (what the writer reads when it starts)."""
+    for path in reversed([*log_segments(log), Path(log)]):
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - closed below, the generator may pause
+        except FileNotFoundError:
+            continue
+        with file:
+            yield from _file_lines_backwards(file, block)
+
+
+def _file_lines_backwards(file: BinaryIO, block: int) -> Iterator[bytes]:
+    position = file.seek(0, os.SEEK_END)
+    rest = b""  # the start of a line so far: it goes on in an earlier block
+    past_torn = False  # the bytes after the file's last newline are dropped first
+    while position > 0:
+        step = min(block, position)
+        position -= step
+        file.seek(position)
+        data = file.read(step) + rest
+        if not past_torn:
+            newline = data.rfind(b"\n")
+            if newline < 0:  # all of it is after the last newline
+                rest = b""
+                continue
+            data = data[:newline]
+            past_torn = True
+        pieces = data.split(b"\n")
+        rest = pieces[0]
+        yield from reversed(pieces[1:])
+    if past_torn:
+        yield rest
+
+
+def count_lines(log: str | Path, block: int = BLOCK) -> int:
+    """How many complete lines the whole log holds, segments included (its newlines)."""
+    total = 0
+    for path in [*log_segments(log), Path(log)]:
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - closed by with
+        except FileNotFoundError:
+            continue
+        with file:
+            while data := file.read(block):
+                total += data.count(b"\n")
+    return total

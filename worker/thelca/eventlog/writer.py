@@ -6,6 +6,12 @@ segment), the lines are written and fsynced (`_write`), a failure cuts the
 file back to its size before the batch (`_cut_back`), and only after the
 fsync are the batch's ids remembered. A torn tail left by a crash is healed
 when the writer starts (see `torn`).
+
+Every line is linked into the log's hash chain as it is written (its `prev`,
+the hash of the line before: see thelca.audit.chain). The chain runs on across
+rotation (a segment is only a new name), resumes at start from the last
+complete line (after healing, after an original server's lines), and goes
+back with the file when a batch is cut back.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from thelca import metrics
+from thelca.audit.chain import Chain
 from thelca.eventlog.format import event_id_of
-from thelca.eventlog.reader import lines_backwards
-from thelca.eventlog.segments import fsync_directory, log_segments, next_segment
+from thelca.eventlog.reader import log_lines_backwards
+from thelca.eventlog.segments import fsync_directory, next_segment
 from thelca.eventlog.torn import heal_torn_tail
 
 log = logging.getLogger(__name__)
@@ -46,26 +53,21 @@ class RecentIds:
         self._recent.append(event_id)
         self._known.add(event_id)
 
-    def load(self, newest_first: Iterable[Path]) -> int:
+    def load(self, log: Path) -> int:
         """Remember the ids of the newest RECENT_IDS events; return how many lines were read.
 
-        Files and lines are read newest first, from the end, and only as far back as
-        it takes: start-up does not grow with the log's age.
+        The log is read newest first, from the end, and only as far back as it
+        takes: start-up does not grow with the log's age.
         """
         ids: list[str] = []
         lines = 0
-        for path in newest_first:
-            if not path.exists():
-                continue
-            for raw in lines_backwards(path):
-                lines += 1
-                event_id = event_id_of(raw)
-                if event_id is not None:
-                    ids.append(event_id)
-                    if len(ids) >= RECENT_IDS:
-                        break
-            if len(ids) >= RECENT_IDS:
-                break
+        for raw in log_lines_backwards(log):
+            lines += 1
+            event_id = event_id_of(raw)
+            if event_id is not None:
+                ids.append(event_id)
+                if len(ids) >= RECENT_IDS:
+                    break
         for event_id in reversed(ids):
             self.add(event_id)
         return lines
@@ -90,8 +92,9 @@ class EventLogWriter:
         self._file: BinaryIO | None = None
         self._cut_back_to: int | None = None  # the size to cut back to after a failed write
         self._open()
+        self.chain = Chain.resume(self.path)  # where the hash chain ends: it goes on from there
         self._ids = RecentIds()
-        self.lines_at_start = self._ids.load(reversed([*log_segments(self.path), self.path]))
+        self.lines_at_start = self._ids.load(self.path)
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._ids
@@ -99,15 +102,19 @@ class EventLogWriter:
     def append(self, lines: Iterable[tuple[str | None, bytes]]) -> int:
         """Write (event id, line) pairs, flush and fsync once; return how many were written.
 
+        Each line is linked into the hash chain on its way (given without `prev`).
         All or nothing: when writing, flushing or fsyncing fails, the file is cut
-        back to its size before the batch and no id is remembered, so the
-        redelivered batch is written again, whole, after a complete line.
+        back to its size before the batch, the chain goes back to where it was and
+        no id is remembered, so the redelivered batch is written again, whole,
+        after a complete line.
         """
         file = self._ready()
         size_before = file.tell()
+        mark = self.chain.mark()
         try:
             written, ids = self._write(file, lines)
         except BaseException:
+            self.chain.rewind(mark)
             self._cut_back_to = size_before
             self._cut_back()
             raise
@@ -121,8 +128,9 @@ class EventLogWriter:
         """Write each line, then flush and fsync the batch once; the count and the ids."""
         ids: list[str] = []
         written = 0
+        link = self.chain.link
         for event_id, line in lines:
-            file.write(line)
+            file.write(link(line))
             written += 1
             if event_id:
                 ids.append(event_id)

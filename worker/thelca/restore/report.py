@@ -30,6 +30,12 @@ class RestoreReport:
     problems: list[Problem] = field(default_factory=list)
     items: int = 0
     links: int = 0
+    # The hash chain, as restore walked it: where it breaks (the first few), how many
+    # times, and how many lines carried none (an original server's, before it starts).
+    chain_breaks: list[str] = field(default_factory=list)
+    chain_break_count: int = 0
+    chain_lines: int = 0  # the complete lines walked
+    unchained: int = 0
 
     def summary(self) -> str:
         parts = [f"{self.lines} lines read", f"{self.applied} events applied"]
@@ -53,3 +59,14 @@ class RestoreReport:
         text.append(f"{items_label + ':':<18}{self.items}")
         text.append(f"{links_label + ':':<18}{self.links}")
         return text
+
+    def describe_chain(self) -> str:
+        """The hash chain in a line: unbroken, broken (where first), or not there."""
+        if self.chain_break_count:
+            return (f"{'hash chain:':<18}BROKEN at {self.chain_break_count} places, the first "
+                    f"at {self.chain_breaks[0]}")
+        if self.unchained == self.chain_lines:
+            return f"{'hash chain:':<18}none" + (" (an original server's log)"
+                                                  if self.chain_lines else "")
+        note = f" after {self.unchained} lines without one" if self.unchained else ""
+        return f"{'hash chain:':<18}unbroken{note}"

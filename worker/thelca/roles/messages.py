@@ -34,6 +34,11 @@ class Incoming:
     type: str | None = None
     redelivered: bool = False
     unreadable: dict[str, str] = field(default_factory=dict)
+    # Where it came from: the exchange it was published to ("" for the default
+    # exchange, that is straight to a queue), and the user_id property, which the
+    # broker checks against the publisher's login (None when not set).
+    exchange: str = ""
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from thelca import metrics
+from thelca.audit.chain import without_prev
 from thelca.authority.base import Authority
 from thelca.errors import CommandRefused
 from thelca.eventlog.format import LogLine
@@ -207,7 +208,7 @@ class ReplayStream:
         self.count += 1
         event_id, kind = line.event.get("id"), line.event.get("type")
         return Outgoing(
-            "", self.reply_to, line.raw, correlation_id=self.correlation_id,
+            "", self.reply_to, without_prev(line.raw), correlation_id=self.correlation_id,
             message_id=event_id if isinstance(event_id, str) else None,
             type=kind if isinstance(kind, str) else None,
         )
