@@ -3,8 +3,7 @@
 The modules: `fold` (the log's events applied in order: restore's hot loop),
 `items` and `links` (the item and link events' rules), `writers` (folded items
 and links into a store), `rebuild` (`restore`), `chainwatch` (the hash chain,
-followed while restore reads), `compare` (`verify`), `report` (what either
-found).
+followed while restore reads), `compare` (`verify`), `report` (what either found).
 """
 
 from thelca.restore.compare import Difference, VerifyReport, verify
