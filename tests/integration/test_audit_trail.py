@@ -160,7 +160,7 @@ def honest_create(system: RunningSystem, properties: dict[str, Any]) -> str:
     message_id = str(uuid.uuid4())
     with Client(system.amqp_url, prefix=system.prefix, token="abcd") as client:
         client.create(properties, message_id=message_id)
-    assert system.events_for(message_id), "the worker's event never reached the log"
+    assert system.events_for(message_id, timeout=30), "the worker's event never reached the log"
     return message_id
 
 
