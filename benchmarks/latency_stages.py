@@ -1,0 +1,115 @@
+"""The stages of a command's path at window 1, from the client's times and a worker's trace.
+
+latency_trace.py notes (time, kind, detail) in the worker; the client knows
+when it published each command and when its reply came, on the same clock.
+Every command's points are found in the notes after the worker read it, and
+the median of each stage printed, with the socket writes and reads, and the
+transactions, per command.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+Note = tuple[float, str, Any]
+
+# (what, from point, to point); the reply's path first, the event's after it.
+REPLY_PATH = (
+    ("broker: client publishes -> worker has it", "sent", "recv"),
+    ("worker has it -> its batch starts", "recv", "flush"),
+    ("batch starts -> transaction open", "flush", "body"),
+    ("the command's work in the transaction", "body", "commit"),
+    ("commit (the store's fsync)", "commit", "committed"),
+    ("committed -> reply written to the socket", "committed", "reply_send"),
+    ("broker: reply written -> client has it", "reply_send", "replied"),
+)
+EVENT_PATH = (
+    ("committed -> event written to the socket", "committed", "event_send"),
+    ("broker: event written -> confirmed", "event_send", "confirm"),
+    ("confirmed -> ack written", "confirm", "ack_send"),
+)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One command as the client saw it (time.monotonic)."""
+
+    message_id: str
+    sent: float
+    replied: float
+
+
+def points(sent: Sent, notes: list[Note], at: int) -> dict[str, float]:
+    """The times along one command's path; notes[at] is the worker reading it."""
+    found = {"sent": sent.sent, "replied": sent.replied, "recv": notes[at][0]}
+    main_fd = next((d for _, kind, d in reversed(notes[:at]) if kind == "read"), None)
+    wanted = ["flush", "body", "commit", "committed", "reply", "reply_send", "event_send",
+              "confirm", "ack", "ack_send"]
+    for when, kind, detail in notes[at + 1:]:
+        if not wanted:
+            break
+        if kind == "recv" and "committed" not in found:
+            break  # another command: this one's batch never ran alone
+        name = kind
+        if kind == "send" and "committed" in found:
+            name = "event_send" if detail == main_fd else "reply_send"
+            if name == "event_send" and "ack" in found:
+                name = "ack_send"
+        if name in wanted and _in_order(name, found):
+            found[name] = when
+            wanted.remove(name)
+    return found
+
+
+def _in_order(name: str, found: dict[str, float]) -> bool:
+    """Whether the point before `name` on its path was seen already."""
+    before = {"body": "flush", "commit": "body", "committed": "commit", "reply": "committed",
+              "reply_send": "reply", "event_send": "committed", "confirm": "event_send",
+              "ack": "confirm", "ack_send": "ack"}
+    return name not in before or before[name] in found
+
+
+def stages(label: str, sent: list[Sent], notes: list[Note], echo_p50: float | None) -> str:
+    """The medians of each stage, in ms, and the counts per command, as lines to print."""
+    notes = [(n[0], n[1], n[2]) for n in notes]
+    at = {detail: i for i, (_, kind, detail) in enumerate(notes) if kind == "recv"}
+    paths = [points(s, notes, at[s.message_id]) for s in sent if s.message_id in at]
+    lines = [f"{label}: where a command's time goes (medians over {len(paths)} commands, ms)"]
+    total = 0.0
+    for what, start, end in (*REPLY_PATH, *EVENT_PATH):
+        spans = [p[end] - p[start] for p in paths if start in p and end in p]
+        if not spans:
+            lines.append(f"  {what:45} (not seen)")
+            continue
+        median = statistics.median(spans) * 1000
+        if (what, start, end) in REPLY_PATH:
+            total += median
+        lines.append(f"  {what:45} {median:6.3f}   p90 {_p90(spans) * 1000:6.3f}")
+        if end == "replied":
+            whole = statistics.median(s.replied - s.sent for s in sent) * 1000
+            lines.append(f"  {'= the reply path (sum of medians)':45} {total:6.3f}   "
+                         f"(p50 of the whole {whole:.3f}"
+                         + (f"; the echo's {echo_p50:.3f})" if echo_p50 else ")"))
+    lines.append("  per command: " + _counts(sent, notes, at))
+    return "\n".join(lines)
+
+
+def _p90(spans: list[float]) -> float:
+    ordered = sorted(spans)
+    return ordered[int(0.9 * (len(ordered) - 1))]
+
+
+def _counts(sent: list[Sent], notes: list[Note], at: dict[Any, int]) -> str:
+    """Socket writes and reads, transactions and confirms per command over the measured span."""
+    measured = sorted(at[s.message_id] for s in sent if s.message_id in at)
+    if len(measured) < 2:
+        return "(too few commands)"
+    span = notes[measured[0]:measured[-1]]
+    per = len(measured) - 1
+    count = {kind: sum(1 for _, k, _ in span if k == kind) / per
+             for kind in ("send", "read", "begin", "confirm", "reply_confirm", "ack")}
+    return (f"{count['send']:.1f} socket writes, {count['read']:.1f} socket reads, "
+            f"{count['begin']:.2f} transactions, {count['confirm']:.2f} event confirms, "
+            f"{count['reply_confirm']:.2f} reply confirms, {count['ack']:.2f} acks")

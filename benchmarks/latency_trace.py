@@ -1,0 +1,127 @@
+"""Run a thelca role with timestamps along each command's path, for latency_ladder.py.
+
+    python benchmarks/latency_trace.py TRACE_FILE worker    # any `thelca` arguments
+
+Runs `thelca ARGS` in this process with light hooks that note, on the
+system-wide monotonic clock (time.monotonic, the clock the ladder's client
+uses too), when the worker reads a command, starts its batch, opens and
+commits the store's transaction, writes to a socket, gets a publisher
+confirm and acks; at exit the notes go to TRACE_FILE as JSON. A note costs a
+clock read and a list append (about a microsecond): the traced figures are
+the untraced ones within the noise, and the ladder says which it ran.
+
+The hooks wrap methods by name; when a name moves, this fails at start
+rather than tracing nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+NOTES: list[tuple[float, str, Any]] = []
+
+
+def note(kind: str, detail: Any = None) -> None:
+    NOTES.append((time.monotonic(), kind, detail))
+
+
+def wrap(owner: Any, name: str, before: Callable[..., None] | None = None,
+         after: str | None = None) -> None:
+    """Replace owner.name by a function that calls before(*args) first and notes `after` last."""
+    original = getattr(owner, name)
+
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        if before is not None:
+            before(*args, **kwargs)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if after is not None:
+                note(after)
+
+    setattr(owner, name, traced)
+
+
+def hook_sockets() -> None:
+    """Note every write and every read that got data, with the socket's file descriptor."""
+    send, recv = socket.socket.send, socket.socket.recv
+
+    def traced_send(sock: socket.socket, data: Any, *args: Any) -> int:
+        note("send", sock.fileno())
+        return send(sock, data, *args)
+
+    def traced_recv(sock: socket.socket, size: int, *args: Any) -> bytes:
+        data = recv(sock, size, *args)
+        note("read", sock.fileno())
+        return data
+
+    socket.socket.send = traced_send  # type: ignore[method-assign,assignment]
+    socket.socket.recv = traced_recv  # type: ignore[method-assign,assignment]
+
+
+def hook_transactions(store_class: Any) -> None:
+    original = store_class.transaction
+
+    @contextmanager
+    def traced(self: Any) -> Iterator[Any]:
+        note("begin")
+        with original(self) as tx:
+            note("body")
+            yield tx
+            note("commit")
+        note("committed")
+
+    store_class.transaction = traced
+
+
+def install() -> None:
+    import pika.channel
+
+    from thelca.amqp import batch, replies, session
+    from thelca.stores.postgres import PostgresStore
+    from thelca.stores.sqlite import SQLiteStore
+
+    hook_sockets()
+    hook_transactions(SQLiteStore)
+    hook_transactions(PostgresStore)
+    wrap(batch._BatchSession, "_on_message",
+         before=lambda _self, _ch, _method, properties, _body: note("recv", properties.message_id))
+    wrap(batch._BatchSession, "_flush", before=lambda _self: note("flush"), after="flushed")
+    wrap(session.ConnectionSession, "_on_confirm", before=lambda _self, _frame: note("confirm"))
+    wrap(replies.ReplyConnection, "_on_confirm",
+         before=lambda _self, _frame: note("reply_confirm"))
+    wrap(replies.ReplyConnection, "publish",
+         before=lambda _self, _message, *_a, **_k: note("reply"))
+    wrap(pika.channel.Channel, "basic_ack", before=lambda *_a, **_k: note("ack"))
+
+
+def main() -> int:
+    trace_file, args = Path(sys.argv[1]), sys.argv[2:]
+    install()
+    atexit.register(lambda: trace_file.write_bytes(orjson.dumps(NOTES)))
+    from thelca.cli.main import main as thelca
+
+    profile = os.environ.get("LATENCY_TRACE_PROFILE")
+    if not profile:
+        return thelca(args)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return int(profiler.runcall(thelca, args))
+    finally:
+        profiler.dump_stats(profile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
