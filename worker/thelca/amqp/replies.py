@@ -44,6 +44,7 @@ import pika.spec
 from thelca import metrics
 from thelca.amqp.connection import broker_login
 from thelca.amqp.convert import basic_properties
+from thelca.amqp.flushing import FlushingConnection
 from thelca.roles.messages import Outgoing
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class ReplyConnection(Generic[T]):
         self.on_confirmed = on_confirmed
         self.on_undeliverable = on_undeliverable
         self.on_returned = on_returned or (lambda routing_key: None)
-        self._connection: pika.SelectConnection | None = None
+        self._connection: FlushingConnection | None = None
         self._channel: pika.channel.Channel | None = None
         self._queue: deque[_Entry[T]] = deque()
         self._in_flight: dict[int, _Entry[T]] = {}  # publish sequence number -> entry
@@ -139,6 +140,11 @@ class ReplyConnection(Generic[T]):
         elif self._connection is None:
             self._schedule_reopen()
 
+    def flush(self) -> None:
+        """Write what was published now, rather than at the end of the loop's turn."""
+        if self._connection is not None:
+            self._connection.flush()
+
     @property
     def outstanding(self) -> int:
         """Messages queued or awaiting their confirm."""
@@ -172,7 +178,7 @@ class ReplyConnection(Generic[T]):
 
     def _connect(self) -> None:
         try:
-            self._connection = pika.SelectConnection(
+            self._connection = FlushingConnection(
                 self.params,
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,

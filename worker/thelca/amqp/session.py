@@ -32,6 +32,7 @@ import pika.spec
 
 from thelca import metrics
 from thelca.amqp.connection import Reconnecting, refusal
+from thelca.amqp.flushing import FlushingConnection
 from thelca.amqp.replies import ReplyConnection
 from thelca.amqp.topology import declare_steps, run_steps
 from thelca.roles.messages import Outgoing
@@ -62,7 +63,7 @@ class ConnectionSession(Generic[P]):
     def __init__(self, owner: Reconnecting, params: pika.URLParameters) -> None:
         self.owner = owner
         self.params = params
-        self.connection: pika.SelectConnection | None = None
+        self.connection: FlushingConnection | None = None
         self.channel: pika.channel.Channel | None = None
         self.consumed = False
         self.consumer_tag: str | None = None
@@ -74,7 +75,7 @@ class ConnectionSession(Generic[P]):
 
     def run(self) -> None:
         try:
-            self.connection = pika.SelectConnection(
+            self.connection = FlushingConnection(
                 self.params,
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=self._on_open_error,
