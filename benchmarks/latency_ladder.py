@@ -65,6 +65,8 @@ class System:
     name: str
     queue: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)  # what each process is
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds in its turns, by role
     sent: list[Sent] = field(default_factory=list)
     trace: Path | None = None
     cleanup: list[Any] = field(default_factory=list)
@@ -130,12 +132,14 @@ def start(name: str, work: Path, trace: bool, baseline: Path | None,
     if name == "echo":
         system = System(name, prefix)
         system.processes.append(run(__file__, "echo", prefix))
+        system.roles.append("echo")
         return system
     system = System(name, f"{prefix}.commands")
     if name == "floor":
         system.processes += [run(str(HERE / "floor.py"), "worker", prefix),
                              run(str(HERE / "floor.py"), "logger", prefix,
                                  str(work / "floor.log"))]
+        system.roles += ["worker", "logger"]
         system.cleanup.append(("queues", [f"{prefix}.commands", f"{prefix}.events.log"],
                                [f"{prefix}.events"]))
         return system
@@ -157,6 +161,7 @@ def start(name: str, work: Path, trace: bool, baseline: Path | None,
             env["LATENCY_TRACE_PROFILE"] = str(profile / f"{name}.prof")
         worker = [str(HERE / "latency_trace.py"), str(system.trace), "worker"]
     system.processes += [run(*worker, env=env), run("-m", "thelca", "logger", env=env)]
+    system.roles += ["worker", "logger"]
     system.cleanup.append(("queues", [f"{prefix}.{q}" for q in (
         "commands", "events.log", "dead", "replay")],
         [f"{prefix}.{e}" for e in ("events", "dead", "checkpoints")]))
@@ -224,9 +229,24 @@ def measure(systems: list[System], commands: int, rounds: int, warm_up: int) -> 
         for number in range(rounds):
             turn = number % len(systems)
             for system in systems[turn:] + systems[:turn]:
+                before = [cpu_seconds(p.pid) for p in system.processes]
                 system.sent += [client.one(system.queue) for _ in range(per_round)]
+                for role, process, was in zip(system.roles, system.processes, before,
+                                              strict=True):
+                    system.cpu[role] = system.cpu.get(role, 0.0) + cpu_seconds(process.pid) - was
     finally:
         client.connection.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time of all of a process's threads, in seconds (nanoseconds from schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
 
 
 def report(systems: list[System]) -> bool:
@@ -250,6 +270,10 @@ def report(systems: list[System]) -> bool:
             target = f"(this branch {ours.ms(0.5) / p50:.2f}x of it)" if ours else ""
         print(f"{LABELS[system.name]:30} {p50:6.2f} {system.ms(0.9):6.2f} {system.ms(0.99):6.2f} "
               f"{x_echo:>7} {x_floor:>8}  {target}")
+    print("CPU per command (ms), in each system's own turns: " + "; ".join(
+        f"{system.name} " + ", ".join(f"{role} {seconds / len(system.sent) * 1000:.3f}"
+                                      for role, seconds in system.cpu.items())
+        for system in systems if system.sent))
     for system in systems:
         if system.trace is not None and system.trace.exists():
             print()
