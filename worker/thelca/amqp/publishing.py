@@ -173,11 +173,14 @@ class PublishingSession(ConnectionSession[Batch]):
                 rest.append(message)
             else:  # thelca sends to the default exchange only to clients
                 self.replies.publish(message)
+        self.replies.flush()  # the replies leave before the events: a client waits for them
         batch = Batch(delivery_tags, received, [], unsent=rest or None)
         self._batches.append(batch)
         if self.publisher is not None and batch.unsent is not None:
             self._send(batch)
         self._settle()
+        if self.connection is not None:
+            self.connection.flush()  # the events leave now, not at the loop's next turn
         return batch
 
     def _send(self, batch: Batch) -> None:
