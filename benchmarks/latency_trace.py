@@ -6,9 +6,10 @@ Runs `thelca ARGS` in this process with light hooks that note, on the
 system-wide monotonic clock (time.monotonic, the clock the ladder's client
 uses too), when the worker reads a command, starts its batch, opens and
 commits the store's transaction, writes to a socket, gets a publisher
-confirm and acks; at exit the notes go to TRACE_FILE as JSON. A note costs a
-clock read and a list append (about a microsecond): the traced figures are
-the untraced ones within the noise, and the ladder says which it ran.
+confirm and acks, each with the CPU time its thread had used by then; at exit
+the notes go to TRACE_FILE as JSON. A note costs two clock reads and a list
+append (about a microsecond): the traced figures are the untraced ones within
+the noise, and the ladder says which it ran.
 
 The hooks wrap methods by name; when a name moves, this fails at start
 rather than tracing nothing.
@@ -28,11 +29,12 @@ from typing import Any
 
 import orjson
 
-NOTES: list[tuple[float, str, Any]] = []
+NOTES: list[tuple[float, str, Any, float]] = []
 
 
 def note(kind: str, detail: Any = None) -> None:
-    NOTES.append((time.monotonic(), kind, detail))
+    """When (the monotonic clock), what, and the CPU time the noting thread has used so far."""
+    NOTES.append((time.monotonic(), kind, detail, time.thread_time()))
 
 
 def wrap(owner: Any, name: str, before: Callable[..., None] | None = None,
@@ -116,7 +118,7 @@ def main() -> int:
         return thelca(args)
     import cProfile
 
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.thread_time)  # CPU time: waiting is not work
     try:
         return int(profiler.runcall(thelca, args))
     finally:
