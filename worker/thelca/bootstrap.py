@@ -26,7 +26,7 @@ from thelca.authority.base import Authority
 from thelca.errors import ConfigurationError
 from thelca.eventlog.writer import EventLogWriter
 from thelca.roles.commands import CommandRole
-from thelca.roles.logwriter import LogWriterRole
+from thelca.roles.logwriter import LINGER, LogWriterRole
 from thelca.settings import OPTIONS, Settings
 from thelca.stores import ItemStore, many_writers, open_store
 from thelca_client.tls import TlsFileError, TlsFiles
@@ -217,7 +217,7 @@ def build_logger(settings: Settings) -> Role:
     consumer = BatchConsumer(
         settings.amqp_url, names.events_log, role, logger_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="logger",
-        on_state=_state_logger("logger"), tls=tls, tick=role.tick,
+        on_state=_state_logger("logger"), tls=tls, tick=role.tick, linger=LINGER,
     )
     return Role(consumer, role.close)
 

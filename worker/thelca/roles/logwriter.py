@@ -2,7 +2,11 @@
 
 A batch of deliveries is written, flushed and fsynced once, and only then
 acked (by the plumbing), so an acknowledged event is on disk. An event whose
-id was already written is dropped, which makes redeliveries harmless.
+id was already written is dropped, which makes redeliveries harmless. A
+batch waits up to LINGER for more events after its first: with commands sent
+one at a time, an fsync, an ack and a wakeup per event competed with the
+worker's next command for the disk, the broker and the CPU (measured with
+benchmarks/latency_ladder.py); events reach the log that much later.
 
 Only the worker writes history: an event is written only when it reached the
 queue through the exchange `<prefix>.events` (any broker user who may write to
@@ -28,6 +32,8 @@ from thelca.roles.messages import Incoming, Outgoing, dead_letter
 from thelca_client.contract import Names
 
 log = logging.getLogger(__name__)
+
+LINGER = 0.02  # seconds a batch of events waits for more after its first, unless full
 
 
 class LogWriterRole:
