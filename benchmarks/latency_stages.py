@@ -118,10 +118,11 @@ def _counts(sent: list[Sent], notes: list[Note], at: dict[Any, int]) -> str:
     span = notes[measured[0]:measured[-1]]
     per = len(measured) - 1
     count = {kind: sum(1 for n in span if n[1] == kind) / per
-             for kind in ("send", "read", "begin", "confirm", "reply_confirm", "ack")}
+             for kind in ("send", "read", "begin", "confirm", "reply_confirm", "ack", "pg_wait")}
     cycles = [notes[b][3] - notes[a][3] for a, b in itertools.pairwise(measured)]
     return (f"{count['send']:.1f} socket writes, {count['read']:.1f} socket reads, "
             f"{count['begin']:.2f} transactions, {count['confirm']:.2f} event confirms, "
-            f"{count['reply_confirm']:.2f} reply confirms, {count['ack']:.2f} acks; "
+            f"{count['reply_confirm']:.2f} reply confirms, {count['ack']:.2f} acks, "
+            f"{count['pg_wait']:.1f} PostgreSQL round trips; "
             f"the worker's loop thread {statistics.median(cycles) * 1000:.3f} ms CPU "
             "(median from one command to the next)")

@@ -88,6 +88,7 @@ def hook_transactions(store_class: Any) -> None:
 
 def install() -> None:
     import pika.channel
+    import psycopg
 
     from thelca.amqp import batch, replies, session
     from thelca.stores.postgres import PostgresStore
@@ -105,6 +106,8 @@ def install() -> None:
     wrap(replies.ReplyConnection, "publish",
          before=lambda _self, _message, *_a, **_k: note("reply"))
     wrap(pika.channel.Channel, "basic_ack", before=lambda *_a, **_k: note("ack"))
+    # psycopg waits for the server once per round trip (statement, BEGIN, SAVEPOINT...)
+    wrap(psycopg.Connection, "wait", before=lambda *_a, **_k: note("pg_wait"))
 
 
 def main() -> int:
