@@ -22,7 +22,8 @@ consumer count alone cannot tell. thelca_batch_stuck is 1 meanwhile.
 
 The publish channel and its confirms are thelca.amqp.publishing's, the
 republish of what the broker refused thelca.amqp.republish's, and the stuck
-marker thelca.amqp.marker's; this module is the consume loop and the acks.
+marker thelca.amqp.marker's, the tidy and the tick thelca.amqp.periodic's; this
+module is the consume loop and the acks.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from thelca import metrics
 from thelca.amqp.connection import Reconnecting, SessionLike
 from thelca.amqp.convert import incoming_of
 from thelca.amqp.marker import StuckMarker
+from thelca.amqp.periodic import PeriodicSession
 from thelca.amqp.publishing import Batch
-from thelca.amqp.republish import RepublishingSession
 from thelca.amqp.topology import Topology
 from thelca.errors import AuthorityUnavailable, StoreUnavailable
 from thelca.roles.messages import BatchHandler, Incoming, Outgoing
@@ -98,7 +99,7 @@ class BatchConsumer(Reconnecting):
         return _BatchSession(self, params)
 
 
-class _BatchSession(RepublishingSession):
+class _BatchSession(PeriodicSession):
     """A batch consumer's connection: batches of deliveries, acked once their publishes confirm."""
 
     DRAIN_TIMEOUT = 30.0
@@ -108,7 +109,6 @@ class _BatchSession(RepublishingSession):
         self._waiting: list[tuple[int, Incoming, float]] = []
         self._flush_scheduled = False
         self._lingering: Any = None  # the timer of a batch waiting for more to join it
-        self._tidy_scheduled = False
         self._retry_delay = 0.0
         self._failures = 0  # of the batch at the head, in a row
         self._marker = StuckMarker(owner.name, owner.queue)  # held while stuck
@@ -182,6 +182,7 @@ class _BatchSession(RepublishingSession):
             self._retry_later(batch, "see the traceback above")
             return
         self._retry_delay = 0.0
+        self._handled += 1
         if self._failures:
             self._unstuck()
         del self._waiting[: len(batch)]
@@ -267,50 +268,8 @@ class _BatchSession(RepublishingSession):
             if message.exchange:  # the reply connection counts the replies it delivered
                 metrics.PUBLISHED.labels(role, message.exchange).inc()
 
-    def _schedule_tidy(self) -> None:
-        # Lets the handler commit its bookkeeping (such as clearing confirmed
-        # events from the outbox) when traffic stops.
-        if not self._tidy_scheduled and self.connection is not None:
-            self._tidy_scheduled = True
-            self.connection.ioloop.call_later(1.0, self._tidy)
-
-    def _tidy(self) -> None:
-        self._tidy_scheduled = False
-        if self._waiting or self._closing:
-            return
-        self._run_tidy()
-
-    def _run_tidy(self) -> None:
-        try:
-            self.owner.handler.tidy()
-        except Exception:
-            log.exception("%s: tidying up failed; will try again", self.owner.name)
-
-    # ------------------------------------------------------------ tick
-
-    def _schedule_tick(self) -> None:
-        if self.connection is not None:
-            self.connection.ioloop.call_later(self.owner.TICK, self._tick)
-
-    def _tick(self) -> None:
-        if self._closing or self._stop_deadline or self.channel is None:
-            return  # stopping: the last tick comes once drained
-        if not self.channel.is_open:
-            return  # the session is ending: the next one ticks again
-        self._publish_ticked(stopping=False)
-        self._schedule_tick()
-
-    def _publish_ticked(self, *, stopping: bool) -> bool:
-        """Publish what the tick returns; whether there was anything."""
-        assert self.owner.tick is not None and self.channel is not None
-        try:
-            publish = self.owner.tick(stopping)
-        except Exception:
-            log.exception("%s: the periodic step failed; will try again", self.owner.name)
-            return False
-        if publish:
-            self._publish_batch([], publish, [])
-        return bool(publish)
+    def _busy(self) -> bool:
+        return bool(self._waiting)
 
     # ------------------------------------------------------------ stop
 

@@ -1,6 +1,10 @@
-"""A BatchConsumer with a linger gathers deliveries that come one at a time into one batch
-(the logger's), never holds a full batch, and acks everything it handled; without one
-(the worker's) each delivery is handled as it comes."""
+"""The pace of a BatchConsumer's batches and tidies.
+
+With a linger (the logger's) deliveries that come one at a time wait for each other in
+one batch, a full batch never waits, and everything handled is acked; without one (the
+worker's) each delivery is handled as it comes. The tidy, a transaction of the
+handler's own, runs once traffic stops, never while batches keep coming (they do its
+bookkeeping in theirs)."""
 
 from __future__ import annotations
 
@@ -20,17 +24,23 @@ pytestmark = pytest.mark.broker
 
 
 class Counting:
-    """A BatchHandler that remembers the size of each batch and publishes nothing."""
+    """A BatchHandler that remembers the size of each batch and when it tidied; it publishes
+    one message per delivery to `publish_to` when given (as the worker does its events)."""
 
-    def __init__(self) -> None:
+    def __init__(self, publish_to: str | None = None) -> None:
         self.batches: list[int] = []
+        self.publish_to = publish_to
+        self.tidied: list[float] = []
 
     def recover(self) -> list[Outgoing]:
         return []
 
     def handle(self, batch: list[Incoming]) -> list[Outgoing]:
         self.batches.append(len(batch))
-        return []
+        if self.publish_to is None:
+            return []
+        return [Outgoing(self.publish_to, "", m.body, message_id=uuid.uuid4().hex)
+                for m in batch]
 
     def confirmed(self, published: list[Outgoing]) -> None:
         return None
@@ -39,7 +49,7 @@ class Counting:
         return False
 
     def tidy(self) -> None:
-        return None
+        self.tidied.append(time.monotonic())
 
 
 Start = Callable[..., tuple[Counting, str]]
@@ -50,12 +60,15 @@ def consumer(amqp_url: str) -> Iterator[Start]:
     """start(linger=..., max_batch=...): a consumer of a fresh queue, running in a thread."""
     running: list[tuple[BatchConsumer, threading.Thread, str]] = []
 
-    def start(*, linger: float, max_batch: int = 50) -> tuple[Counting, str]:
-        queue = f"test-linger-{uuid.uuid4().hex[:8]}"
-        handler = Counting()
+    def start(*, linger: float, max_batch: int = 50, publish: bool = False
+              ) -> tuple[Counting, str]:
+        queue = f"test-pacing-{uuid.uuid4().hex[:8]}"
+        handler = Counting(f"{queue}.out" if publish else None)
         states: list[str] = []
-        consumer = BatchConsumer(amqp_url, queue, handler, Topology((), (Queue(queue),)),
-                                 prefetch=max_batch, max_batch=max_batch, name="linger-test",
+        topology = Topology((f"{queue}.out",),
+                            (Queue(queue), Queue(f"{queue}.sink", bind_to=f"{queue}.out")))
+        consumer = BatchConsumer(amqp_url, queue, handler, topology,
+                                 prefetch=max_batch, max_batch=max_batch, name="pacing-test",
                                  on_state=states.append, linger=linger)
         thread = threading.Thread(target=consumer.run, daemon=True)
         thread.start()
@@ -68,7 +81,9 @@ def consumer(amqp_url: str) -> Iterator[Start]:
     for consumer_, thread, queue in running:
         consumer_.stop()
         thread.join(timeout=30)
-        connection.channel().queue_delete(queue)
+        for name in (queue, f"{queue}.sink"):
+            connection.channel().queue_delete(name)
+        connection.channel().exchange_delete(f"{queue}.out")
     connection.close()
 
 
@@ -125,3 +140,13 @@ def test_a_full_batch_does_not_wait(amqp_url: str, consumer: Start) -> None:
     assert time.monotonic() - sent < 30  # not the linger's 60 s
     assert handler.batches == [5]
     _until(lambda: _left(amqp_url, queue) == 0, "all acked")
+
+
+def test_the_tidy_waits_for_traffic_to_stop(amqp_url: str, consumer: Start) -> None:
+    handler, queue = consumer(linger=0.0, publish=True)
+    handler.tidied.clear()  # the session's start tidies before it consumes
+    stopped = _send(amqp_url, queue, 120, spacing=0.02)  # a batch every 20 ms for 2.4 s
+    assert handler.tidied == [], "a tidy ran while batches kept coming"
+    _until(lambda: bool(handler.tidied), "tidied once traffic stopped", timeout=10)
+    assert handler.tidied[0] > stopped
+    assert sum(handler.batches) == 120
