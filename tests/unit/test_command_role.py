@@ -16,7 +16,7 @@ import pytest
 from thelca.authority.base import Principal
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.errors import NotAuthenticated
-from thelca.roles.commands import DIFFERENT_COMMAND, CommandRole
+from thelca.roles.commands import DIFFERENT_COMMAND, OUTBOX_REMOVAL, CommandRole
 from thelca.roles.fingerprints import fingerprint
 from thelca.roles.handlers import HANDLERS
 from thelca.roles.messages import Incoming, Outgoing
@@ -62,6 +62,21 @@ def test_a_create_sent_again_under_its_message_id_gets_the_first_reply() -> None
     first = _send(role, body, "m-create")
     assert _send(role, body, "m-create") == first
     assert store.count_items() == 1
+
+
+def test_confirmed_events_leave_the_outbox_a_hundred_at_a_time_or_at_the_tidy() -> None:
+    store = MemoryStore()
+    role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    for n in range(OUTBOX_REMOVAL):  # one at a time, each event confirmed after its batch
+        _send(role, encode_command("create", item={}), f"m-{n}")
+    assert len(store.pending_outbox()) == OUTBOX_REMOVAL  # no batch of one removed any
+    _send(role, encode_command("create", item={}), "m-last")  # this batch removes them all
+    [left] = store.pending_outbox()
+    with store.transaction() as tx:
+        last = tx.get_processed("m-last")
+    assert last is not None and left.event_id == last.event_id
+    role.tidy()  # traffic stopped: the rest goes
+    assert store.pending_outbox() == []
 
 
 def test_a_read_sent_again_under_its_message_id_sees_the_item_as_it_is_now() -> None:
