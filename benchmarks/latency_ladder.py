@@ -21,10 +21,16 @@ shared machine's drift hits all alike. The rungs:
   sqlite-base and pg-base: DIR's thelca the same way, taking turns with this
   one, which is how a change is best judged on a shared machine.
 
-Traced (the default), thelca's workers run under latency_trace.py, and the
-ladder prints the median of each stage of a command's path, from the client's
-publish to the client's reply, and of the event's (written, confirmed, acked),
-and counts socket reads and writes per command. Exit 1 when a target is missed.
+It prints p50, p90 and p99 of each, their ratios to the echo and the floor,
+and the CPU time each system's processes spent per command in its own turns
+(from /proc schedstat: it swings far less with the machine's load than the
+timings do). Traced (the default), thelca's workers run under
+latency_trace.py, and the ladder prints the median time (and the worker's
+CPU time) of each stage of a command's path, from the client's publish to the
+client's reply, and of the event's (written, confirmed, acked), with socket
+writes and reads, transactions and PostgreSQL round trips per command;
+--profile DIR also runs them under a CPU-time cProfile. Exit 1 when a target
+is missed.
 """
 
 from __future__ import annotations
