@@ -196,9 +196,13 @@ def test_the_logger_rotates_into_segments_and_restore_reads_them_all(
 ) -> None:
     env = system_env(amqp_url, prefix, tmp_path, THELCA_EVENT_LOG_MAX_BYTES="2000")
     for running in _running_system(amqp_url, prefix, tmp_path, env=env):
+        # The logger rotates before a batch once the live file has reached the limit, and a
+        # segment holds whole batches (which gather events for up to 20 ms): four rounds of
+        # six events (about 400 bytes each), each logged before the next, rotate three times.
         with Client(amqp_url, prefix=prefix, token="abcd") as client:
-            work(client, 8, "rotated")  # 8 + 8 + 8 = 24 events, about 400 bytes each
-        wait_until_logged(running, 24)
+            for rounds in range(1, 5):
+                work(client, 2, "rotated")
+                wait_until_logged(running, 6 * rounds)
         segments = log_segments(running.event_log)
         assert len(segments) >= 3, segments
         assert [s.name for s in segments][:2] == ["events.log.000001", "events.log.000002"]
