@@ -65,8 +65,8 @@ def measure(systems: list[System], commands: int, window: int, latency_commands:
             say(f"round {round_}: {system.name} mix {run.rate:,.0f}/s")
     for round_ in range(1, ROUNDS + 1):
         for system in systems:
-            run = counted(system, run_once(system.prefix, latency_commands // ROUNDS, 1,
-                                           "creates"))
+            run = counted(system, run_once(system.prefix, max(1, latency_commands // ROUNDS),
+                                           1, "creates"))
             figures[system.name].latency.append(run)
             say(f"round {round_}: {system.name} window 1 p50 {run.percentile(0.5):.2f} ms")
     watched = next((s for s in systems if s.worker_pid is not None), None)
