@@ -24,7 +24,8 @@ from thelca.errors import ConcurrentUpdate, StoreUnavailable
 from thelca.roles.commands import CommandRole
 from thelca.roles.messages import Incoming
 from thelca.stores.base import OutboxEvent, ProcessedCommand
-from thelca.stores.postgres import PostgresStore, _translated
+from thelca.stores.postgres import PostgresStore
+from thelca.stores.postgres.rows import _translated
 from thelca_client.contract import (
     CreateLink,
     DeleteLink,

@@ -29,7 +29,8 @@ from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConfigurationError, StoreUnavailable, UnstorableValue
 from thelca.stores import ItemStore, many_writers, open_store
 from thelca.stores.base import Found
-from thelca.stores.postgres import PostgresStore, _PostgresTransaction, redacted, split_schema
+from thelca.stores.postgres import PostgresStore, redacted, split_schema
+from thelca.stores.postgres.transaction import _PostgresTransaction
 from thelca_client.contract import JSON, LinkEnd
 
 

@@ -140,7 +140,7 @@ class TestSQLiteStore(StoreContract):
         def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
             raise sqlite3.OperationalError("unable to open database file")
 
-        monkeypatch.setattr("thelca.stores.sqlite.sqlite3.connect", refuse)
+        monkeypatch.setattr("thelca.stores.sqlite.schema.sqlite3.connect", refuse)
         # Kept, as a caller that logs or retries may: its traceback holds the half-made store.
         with pytest.raises(StoreUnavailable, match=r"could not open .*unable to open") as failed:
             SQLiteStore(self.path)
