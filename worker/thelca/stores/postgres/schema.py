@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, LiteralString
 
 import orjson
@@ -26,7 +27,8 @@ TABLES: tuple[LiteralString, ...] = (
         user_id text NOT NULL,
         reply bytea NOT NULL,
         event_id text,
-        fingerprint text
+        fingerprint text,
+        created_at double precision NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS outbox (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -49,11 +51,15 @@ TABLES: tuple[LiteralString, ...] = (
     )""",
 )
 # Columns added since the first release, added to a schema made before them by the first
-# writer that opens it: (table, column, the ALTER TABLE that adds it).
+# writer that opens it: (table, column, the ALTER TABLE that adds it; {now} is the time).
 ADDED_COLUMNS: tuple[tuple[str, str, LiteralString], ...] = (
     ("processed", "fingerprint", "ALTER TABLE processed ADD COLUMN fingerprint text"),
     # v1.1's search: when a writer adds it, it also fills it in (_index_old_items).
     ("items", "search", "ALTER TABLE items ADD COLUMN search jsonb"),
+    # The records kept before it count as made now, so that none expires before a whole
+    # window has passed; a constant default rewrites no row (PostgreSQL 11 and later).
+    ("processed", "created_at",
+     "ALTER TABLE processed ADD COLUMN created_at double precision NOT NULL DEFAULT {now}"),
 )
 # The indexes of v1.1, made by the first writer that opens a schema without them (after
 # the items of a previous release have their `search`, see _index_old_items). Asked
@@ -65,6 +71,8 @@ INDEXES: dict[str, LiteralString] = {
     "items_by_properties": "CREATE INDEX items_by_properties ON items "
                            "USING gin (search jsonb_path_ops) WITH (fastupdate = off)",
     "items_by_creation": 'CREATE INDEX items_by_creation ON items ((created_at COLLATE "C"), id)',
+    # The records that have outlived the deduplication window, oldest first.
+    "processed_by_age": "CREATE INDEX processed_by_age ON processed (created_at)",
 }
 
 
@@ -98,7 +106,7 @@ def _add_missing_columns(conn: psycopg.Connection[Any], schema: str) -> set[tupl
         if present is None:
             log.info("adding the column %s.%s to the PostgreSQL store (schema %s)", table,
                      column, schema)
-            conn.execute(alter)
+            conn.execute(sql.SQL(alter).format(now=sql.Literal(time.time())))
             added.add((table, column))
     return added
 

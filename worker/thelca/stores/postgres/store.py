@@ -173,6 +173,11 @@ class PostgresStore:
         assert row is not None
         return int(row[0])
 
+    def oldest_processed(self) -> float | None:
+        with self._using() as conn:
+            row = conn.execute("SELECT min(created_at) FROM processed").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def _has_links_table(self) -> bool:
         """False for a schema of the previous release that no writer has opened since."""
         with self._using() as conn:

@@ -183,26 +183,46 @@ class _PostgresTransaction:
         if "\x00" in message_id:  # no command was recorded under it: see add_processed
             return None
         row = self._execute(
-            "SELECT message_id, user_id, reply, event_id, fingerprint FROM processed "
-            "WHERE message_id = %s",
+            "SELECT message_id, user_id, reply, event_id, fingerprint, created_at "
+            "FROM processed WHERE message_id = %s",
             (message_id,),
         ).fetchone()
         return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3],
-                                                         row[4])
+                                                         row[4], row[5])
 
     def add_processed(self, processed: ProcessedCommand) -> None:
         # A message_id with NUL cannot be kept: psycopg refuses it (UnstorableValue), and
         # the command is answered 500 and dead-lettered, never applied unrecorded.
         cursor = self._execute(
-            "INSERT INTO processed (message_id, user_id, reply, event_id, fingerprint) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
+            "INSERT INTO processed (message_id, user_id, reply, event_id, fingerprint, "
+            "created_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
             (processed.message_id, processed.user_id, processed.reply, processed.event_id,
-             processed.fingerprint),
+             processed.fingerprint, processed.created_at),
         )
         if cursor.rowcount != 1:
             log.debug("lost a race: message_id %s was recorded by another writer",
                       shown(processed.message_id))
             raise ConcurrentUpdate(f"message_id {processed.message_id} is recorded already")
+
+    def forget_processed(self, message_id: str, *, before: float) -> None:
+        # `created_at < before` again here: another worker may have recorded the
+        # message_id anew since it was read, and that record stays.
+        if "\x00" not in message_id:
+            self._execute("DELETE FROM processed WHERE message_id = %s AND created_at < %s",
+                          (message_id, before))
+
+    def prune_processed(self, *, before: float, limit: int) -> int:
+        # Oldest first from processed_by_age; SKIP LOCKED: a row another worker is
+        # pruning (or forgetting) is its to remove, and neither waits for the other.
+        # = ANY(ARRAY(...)): the ids first, then each by its key (IN (...) may be planned
+        # as a join that scans the whole table).
+        cursor = self._execute(
+            "DELETE FROM processed WHERE message_id = ANY(ARRAY(SELECT message_id FROM "
+            "processed WHERE created_at < %s ORDER BY created_at LIMIT %s "
+            "FOR UPDATE SKIP LOCKED))",
+            (before, limit),
+        )
+        return cursor.rowcount
 
     def add_outbox(self, event: OutboxEvent) -> None:
         self._execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import IO
 
@@ -26,7 +27,8 @@ CREATE TABLE IF NOT EXISTS processed (
     user_id TEXT NOT NULL,
     reply BLOB NOT NULL,
     event_id TEXT,
-    fingerprint TEXT
+    fingerprint TEXT,
+    created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -57,8 +59,15 @@ CREATE TABLE IF NOT EXISTS deployment_keys (
 );
 """
 # Columns added since the first release, added to a database made before them when it
-# is opened for writing: (table, column, its declaration).
-ADDED_COLUMNS = (("processed", "fingerprint", "TEXT"),)
+# is opened for writing: (table, column, its declaration). {now} is the time of that
+# opening: the records kept before created_at count as made then, so that none expires
+# before a whole window has passed (a constant default: SQLite rewrites no row for it).
+ADDED_COLUMNS = (
+    ("processed", "fingerprint", "TEXT"),
+    ("processed", "created_at", "REAL NOT NULL DEFAULT {now}"),
+)
+# The records that have outlived the deduplication window are found, oldest first, here.
+PROCESSED_BY_AGE = "CREATE INDEX IF NOT EXISTS processed_by_age ON processed (created_at)"
 # The indexes a bulk load into an empty store drops and makes again afterwards: one
 # sort in C instead of a B-tree split all over by each of a million inserts.
 SEARCH_INDEXES = {
@@ -77,7 +86,7 @@ def _open_writer(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
         _add_missing_columns(db)
-        for statement in SEARCH_INDEXES.values():
+        for statement in (PROCESSED_BY_AGE, *SEARCH_INDEXES.values()):
             db.execute(statement)
         _upgrade(db)
     except BaseException:
@@ -88,13 +97,14 @@ def _open_writer(path: Path) -> sqlite3.Connection:
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
     """Bring a database made by an earlier release up to this one's tables: each column
-    it lacks is added (empty), once, in one transaction."""
+    it lacks is added (empty, or with its default), once, in one transaction."""
     db.execute("BEGIN IMMEDIATE")
     try:
         for table, column, declaration in ADDED_COLUMNS:
             present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} "
+                           f"{declaration.format(now=repr(time.time()))}")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

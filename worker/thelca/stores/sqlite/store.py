@@ -111,6 +111,11 @@ class SQLiteStore:
             (count,) = self._db.execute("SELECT count(*) FROM links").fetchone()
         return int(count)
 
+    def oldest_processed(self) -> float | None:
+        with _translating("read the oldest processed command"):
+            (oldest,) = self._db.execute("SELECT min(created_at) FROM processed").fetchone()
+        return None if oldest is None else float(oldest)
+
     def _has_links_table(self) -> bool:
         """False for a database of the previous release that no writer has opened since."""
         return self._db.execute(

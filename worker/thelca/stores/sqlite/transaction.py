@@ -207,22 +207,35 @@ class _SQLiteTransaction:
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         row = self._execute(
-            "SELECT message_id, user_id, reply, event_id, fingerprint FROM processed "
-            "WHERE message_id = ?",
+            "SELECT message_id, user_id, reply, event_id, fingerprint, created_at "
+            "FROM processed WHERE message_id = ?",
             (message_id,), "read a processed command",
         ).fetchone()
         return None if row is None else ProcessedCommand(row[0], row[1], bytes(row[2]), row[3],
-                                                         row[4])
+                                                         row[4], row[5])
 
     def add_processed(self, processed: ProcessedCommand) -> None:
         self._execute(
-            "INSERT INTO processed (message_id, user_id, reply, event_id, fingerprint) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO processed (message_id, user_id, reply, event_id, fingerprint, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (processed.message_id, processed.user_id, processed.reply, processed.event_id,
-             processed.fingerprint),
+             processed.fingerprint, processed.created_at),
             "record a command",
             conflict=f"message_id {processed.message_id} is recorded already",
         )
+
+    def forget_processed(self, message_id: str, *, before: float) -> None:
+        self._execute("DELETE FROM processed WHERE message_id = ? AND created_at < ?",
+                      (message_id, before), "forget an expired command")
+
+    def prune_processed(self, *, before: float, limit: int) -> int:
+        # The oldest first, from processed_by_age: the cost is the rows removed, not the
+        # rows kept.
+        cursor = self._execute(
+            "DELETE FROM processed WHERE rowid IN (SELECT rowid FROM processed "
+            "WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+            (before, limit), "prune expired commands")
+        return cursor.rowcount
 
     def add_outbox(self, event: OutboxEvent) -> None:
         self._execute(
