@@ -3,11 +3,14 @@
 The long-lived consumers run on a SelectConnection with pipelined publisher
 confirms: `topology` says what to declare, `connection` where to connect and
 the reconnect loop, `session` one connection's life (confirms, drain on stop),
-`batch` the batch consumer (worker, logger) and `streams` the replay
-consumer's streams; `convert` turns pika's messages into the roles' and
-back; `replies` is the second connection that replies and replay streams
-go out on. Short-lived operator tools use a BlockingConnection: `admin`
-(health) and `dead` (dead letters). Callers see thelca's errors, never pika's.
+`batch` the batch consumer (worker, logger), with its publish channel in
+`publishing`, its outbox rounds in `republish` and its stuck marker in
+`marker`, and `streams` the replay consumer's streams; `convert` turns pika's
+messages into the roles' and back; `replies` is the second connection that
+replies and replay streams go out on. Short-lived operator tools use a
+BlockingConnection: `admin` (health) and `dead` (dead letters: listing and
+retrying them; what each letter is and who sent it in `letters`). Callers see
+thelca's errors, never pika's.
 
 Importing this package contains pika's decoder (`decoding`) for the whole
 process, so that no consumer (worker, logger, replay, the dead-letter tools)
@@ -18,16 +21,8 @@ from thelca.amqp import decoding
 from thelca.amqp.admin import queue_consumers, stuck
 from thelca.amqp.batch import BatchConsumer
 from thelca.amqp.connection import connection_parameters, safe_url
-from thelca.amqp.dead import (
-    DeadLetter,
-    DeadLettersUnavailable,
-    DeadQueue,
-    Death,
-    Retried,
-    Sender,
-    list_dead,
-    retry_dead,
-)
+from thelca.amqp.dead import DeadLettersUnavailable, DeadQueue, Retried, list_dead, retry_dead
+from thelca.amqp.letters import DeadLetter, Death, Sender
 from thelca.amqp.streams import ReplayConsumer
 from thelca.amqp.topology import Topology, logger_topology, replay_topology, thelca_topology
 from thelca.errors import QueueMissing

@@ -20,45 +20,28 @@ its own) until the batch goes through: that is where `thelca health` sees it.
 A quorum queue still counts a cancelled consumer that holds deliveries, so the
 consumer count alone cannot tell. thelca_batch_stuck is 1 meanwhile.
 
-Publishes go out on a channel of their own, beside the one that consumes and
-acks. A refused publish (a nack) retires that channel: on RabbitMQ 3.10 a
-channel whose first publish to a quorum queue came while the queue's leader
-was down has every later publish nacked until that node returns, while a new
-channel works within half a second of the election. Its unconfirmed publishes
-count as refused too, and a fresh channel opens, without touching the
-deliveries: at once if the retired one had publishes confirmed (the refusal
-was about a message, a full queue say), else after a pause (0.05 s, doubling
-to 0.5 s while fresh channels are refused too). Batches handled meanwhile
-wait for it, unacked; each message goes out once, and a refused one is left
-to the republish.
-
-A refused batch's events stay in the handler's outbox and its deliveries are
-acked (nacked()); the outbox is then published again, one republish at a
-time, with backoff: refusals while one is scheduled or in flight only ask
-for the next, and an event already on its way is never sent a second time,
-so no more events are in flight than the outbox holds.
+The publish channel and its confirms are thelca.amqp.publishing's, the
+republish of what the broker refused thelca.amqp.republish's, and the stuck
+marker thelca.amqp.marker's; this module is the consume loop and the acks.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
 
 import pika
 import pika.channel
-import pika.frame
 import pika.spec
 
 from thelca import metrics
-from thelca.amqp.connection import Reconnecting, SessionLike, broker_login
-from thelca.amqp.convert import basic_properties, incoming_of
-from thelca.amqp.session import ConnectionSession
-from thelca.amqp.topology import Topology, stuck_marker
+from thelca.amqp.connection import Reconnecting, SessionLike
+from thelca.amqp.convert import incoming_of
+from thelca.amqp.marker import StuckMarker
+from thelca.amqp.publishing import Batch
+from thelca.amqp.republish import RepublishingSession
+from thelca.amqp.topology import Topology
 from thelca.errors import AuthorityUnavailable, StoreUnavailable
 from thelca.roles.messages import BatchHandler, Incoming, Outgoing
 from thelca_client.tls import TlsFiles
@@ -66,16 +49,7 @@ from thelca_client.tls import TlsFiles
 log = logging.getLogger(__name__)
 
 STUCK_AFTER = 5  # failures in a row of the same batch before the consumer stops consuming
-ACCESS_REFUSED = 403
-# Seconds before a fresh publish channel when the one refused never had a publish confirmed,
-# doubling while fresh ones are refused too: no churn of channels while a queue has no leader,
-# and batches handled meanwhile wait no longer than this.
-FRESH_CHANNEL_FIRST = 0.05
-FRESH_CHANNEL_LONGEST = 0.5
-REPUBLISH_FIRST = 0.5  # seconds before republishing the outbox after a refusal, doubling
-REPUBLISH_LONGEST = 10.0
 PASSING_RETRY_LONGEST = 1.0  # seconds between tries of a batch the store or Authority failed
-OUTBOX_ROUND = 1000  # events one republish takes from the outbox at most (its default)
 
 
 class BatchConsumer(Reconnecting):
@@ -116,49 +90,20 @@ class BatchConsumer(Reconnecting):
         return _BatchSession(self, params)
 
 
-@dataclass(eq=False)
-class _Batch:
-    """Deliveries handled together, and the publishes that must be confirmed first."""
-
-    delivery_tags: list[int]
-    received: list[float]
-    published: list[Outgoing]
-    unconfirmed: int = 0
-    nacked: bool = False
-    unsent: list[Outgoing] | None = None  # waiting for a publish channel
-    keys: list[tuple[str, str]] = field(default_factory=list)  # its messages in _on_their_way
-
-
-class _BatchSession(ConnectionSession[_Batch]):
+class _BatchSession(RepublishingSession):
     """A batch consumer's connection: batches of deliveries, acked once their publishes confirm."""
 
     DRAIN_TIMEOUT = 30.0
 
     def __init__(self, owner: BatchConsumer, params: pika.URLParameters) -> None:
         super().__init__(owner, params)
-        self.owner: BatchConsumer = owner
         self._waiting: list[tuple[int, Incoming, float]] = []
         self._flush_scheduled = False
         self._tidy_scheduled = False
-        self._batches: deque[_Batch] = deque()
         self._retry_delay = 0.0
-        self.publisher: pika.channel.Channel | None = None  # publishes go out here
-        self._opening_publisher = False
-        self._publisher_works = False  # the broker has confirmed a publish on it
-        self._fresh_channel_delay = 0.0
-        self._on_their_way: set[tuple[str, str]] = set()  # (exchange, message_id) unconfirmed
         self._failures = 0  # of the batch at the head, in a row
-        self._marker: pika.channel.Channel | None = None  # holds <queue>.stuck while stuck
-        self._marking = False
-        self._republish_delay = 0.0
-        self._republish_due = False  # a refusal left events in the outbox to publish again
-        self._republish_timer = False
-        self._republishing: _Batch | None = None  # the one republish in flight
+        self._marker = StuckMarker(owner.name, owner.queue)  # held while stuck
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
-        self._confirms_pending = metrics.CONFIRMS_PENDING.labels(owner.name)
-        # Events and dead letters carry the login as user_id, which the broker checks: a
-        # dead letter with the worker's user_id was dead-lettered by the worker, not forged.
-        self._login = broker_login(params)
 
     def _start(self) -> None:
         metrics.BATCH_STUCK.labels(self.owner.name).set(0)
@@ -166,25 +111,7 @@ class _BatchSession(ConnectionSession[_Batch]):
         if self.owner.tick is not None:
             self._schedule_tick()
 
-    # ------------------------------------------------------------ the publish channel
-
-    def _open_publisher(self) -> None:
-        if (self._opening_publisher or self.publisher is not None or self._closing
-                or self.connection is None or not self.connection.is_open):
-            return
-        self._opening_publisher = True
-        self.connection.channel(on_open_callback=self._on_publisher_open)
-
-    def _on_publisher_open(self, channel: pika.channel.Channel) -> None:
-        self._opening_publisher = False
-        if self._closing:
-            channel.close()
-            return
-        channel.add_on_close_callback(self._on_publisher_closed)
-        channel.confirm_delivery(ack_nack_callback=partial(self._on_publisher_confirm, channel))
-        self.publisher = channel
-        self._publisher_works = False
-        self._next_seq = 1  # the session's confirm bookkeeping follows this channel
+    def _publisher_opened(self) -> None:
         if not self.consumed:  # the session starts: the outbox first, then the queue
             self._republish()
             self._consume(self._on_message)
@@ -194,50 +121,6 @@ class _BatchSession(ConnectionSession[_Batch]):
                 self._send(batch)
         if self._republish_due and not self._republish_timer:
             self._schedule_republish()
-        self._settle()
-
-    def _on_publisher_confirm(self, channel: pika.channel.Channel,
-                              frame: pika.frame.Method[Any]) -> None:
-        if channel is not self.publisher:
-            return  # a retired channel's: its publishes were counted as refused already
-        if isinstance(frame.method, pika.spec.Basic.Nack):
-            self._on_confirm(frame)
-            self._retire_publisher("the broker refused a publish")
-        else:
-            self._publisher_works = True
-            self._fresh_channel_delay = 0.0
-            self._on_confirm(frame)
-
-    def _on_publisher_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
-        if channel is not self.publisher or self._closing:
-            return
-        if self.connection is None or not self.connection.is_open:
-            self.publisher = None  # the connection went: so does the session, with its acks
-            return
-        self._retire_publisher(f"the broker closed the publish channel: {reason}")
-
-    def _retire_publisher(self, why: str) -> None:
-        """Publish no more on this channel: what it has not confirmed counts as refused."""
-        channel, self.publisher = self.publisher, None
-        if channel is None:
-            return
-        for batch in self._in_flight.values():
-            batch.unconfirmed -= 1
-            batch.nacked = True
-        self._in_flight.clear()
-        if channel.is_open:
-            channel.close()
-        # A channel that worked was refused a message (a full queue, say): a fresh one at
-        # once. One that never did may be stuck (see the module docstring): let the
-        # election end first.
-        delay = 0.0 if self._publisher_works else min(
-            FRESH_CHANNEL_LONGEST, max(FRESH_CHANNEL_FIRST, self._fresh_channel_delay * 2))
-        self._fresh_channel_delay = delay
-        log.warning("%s: %s; publishing on a fresh channel in %.1fs", self.owner.name, why,
-                    delay)
-        assert self.connection is not None
-        self.connection.ioloop.call_later(delay, self._open_publisher)
-        self._confirms_pending.set(0)
         self._settle()
 
     # ------------------------------------------------------------ consume
@@ -308,96 +191,23 @@ class _BatchSession(ConnectionSession[_Batch]):
     def _unstuck(self) -> None:
         """The batch that failed went through: consume again if a stuck batch had stopped it."""
         self._failures = 0
-        self._unmark_stuck()
+        self._marker.release()
         if self.consumer_tag is None and not self._stop_deadline and not self._closing:
             log.info("%s: the stuck batch went through; consuming %s again", self.owner.name,
                      self.owner.queue)
             metrics.BATCH_STUCK.labels(self.owner.name).set(0)
             self._consume(self._on_message)
 
-    # ------------------------------------------------------------ the stuck marker
-
     def _mark_stuck(self) -> None:
-        """Hold <queue>.stuck, on a channel of its own: a refusal (another stuck consumer holds
-        it, or the broker user may not declare it) closes that channel, not the consumer's."""
-        if self._marker is not None or self._marking or self._closing or self.connection is None:
+        """Hold <queue>.stuck for `thelca health` to see (see thelca.amqp.marker)."""
+        if self._closing or self.connection is None:
             return
-        self._marking = True
-        self.connection.channel(on_open_callback=self._on_marker_channel)
+        self._marker.hold(self.connection, self._still_stuck)
 
-    def _on_marker_channel(self, channel: pika.channel.Channel) -> None:
-        self._marking = False
-        if self._failures < STUCK_AFTER or self._closing:  # went through meanwhile
-            channel.close()
-            return
-        self._marker = channel
-        channel.add_on_close_callback(self._on_marker_closed)
-        channel.queue_declare(stuck_marker(self.owner.queue), exclusive=True,
-                              callback=lambda _frame: None)
+    def _still_stuck(self) -> bool:
+        return self._failures >= STUCK_AFTER and not self._closing
 
-    def _on_marker_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
-        if self._marker is channel:
-            self._marker = None
-        if getattr(reason, "reply_code", None) == ACCESS_REFUSED:
-            log.warning("%s: cannot hold %s for `thelca health` to see this stuck batch: %s "
-                        "(the README's \"Broker users\" section lists the permission)",
-                        self.owner.name, stuck_marker(self.owner.queue), reason)
-
-    def _unmark_stuck(self) -> None:
-        marker, self._marker = self._marker, None
-        if marker is not None and marker.is_open:
-            marker.queue_delete(stuck_marker(self.owner.queue),
-                                callback=lambda _frame: marker.close())
-
-    # ------------------------------------------------------------ publish and ack
-
-    def _publish_batch(
-        self, delivery_tags: list[int], publish: list[Outgoing], received: list[float]
-    ) -> _Batch:
-        """Publish what a batch produced (or, between publish channels, hold it for the next).
-
-        Replies go out at once on the reply connection, and the batch's ack waits for none
-        of them (see the module docstring).
-        """
-        assert self.replies is not None
-        rest = []
-        for message in publish:
-            if message.exchange:
-                rest.append(message)
-            else:  # thelca sends to the default exchange only to clients
-                self.replies.publish(message)
-        batch = _Batch(delivery_tags, received, [], unsent=rest or None)
-        self._batches.append(batch)
-        if self.publisher is not None and batch.unsent is not None:
-            self._send(batch)
-        self._settle()
-        return batch
-
-    def _send(self, batch: _Batch) -> None:
-        assert self.publisher is not None and batch.unsent is not None
-        for message in batch.unsent:
-            key = _key(message)
-            if key is not None and key in self._on_their_way:
-                continue  # already on its way in another batch, which answers for it
-            properties = basic_properties(message)
-            properties.user_id = self._login
-            self.publisher.basic_publish(
-                message.exchange, message.routing_key, message.body, properties
-            )
-            self._published(batch)
-            batch.published.append(message)
-            if key is not None:
-                self._on_their_way.add(key)
-                batch.keys.append(key)
-        batch.unsent = None
-        self._confirms_pending.set(len(self._in_flight))
-
-    def _confirmed(self, confirmed: list[_Batch], refused: bool) -> None:
-        if refused:
-            for batch in confirmed:
-                batch.nacked = True
-        self._confirms_pending.set(len(self._in_flight))
-        self._settle()
+    # ------------------------------------------------------------ ack
 
     def _settle(self) -> None:
         """Ack (or requeue) batches whose publishes are all confirmed, oldest first."""
@@ -408,15 +218,7 @@ class _BatchSession(ConnectionSession[_Batch]):
                and not self._batches[0].unconfirmed):
             batch = self._batches.popleft()
             self._on_their_way.difference_update(batch.keys)
-            if batch is self._republishing:
-                self._republishing = None
-                if batch.nacked:
-                    log.warning("%s: the broker refused the republish of %d events",
-                                self.owner.name, len(batch.published))
-                else:
-                    log.info("%s: the broker confirmed the %d republished events",
-                             self.owner.name, len(batch.published))
-                    self._republish_delay = 0.0  # it takes them again: no more backoff
+            self._republish_settled(batch)
             if batch.nacked:
                 if not self._kept(batch):
                     log.warning("%s: the broker refused a publish; requeueing %d deliveries",
@@ -431,87 +233,10 @@ class _BatchSession(ConnectionSession[_Batch]):
             if batch.published and not batch.nacked:
                 self.owner.handler.confirmed(batch.published)
                 self._schedule_tidy()
-        if kept:
-            self._republish_due = True
-            log.warning("%s: the broker refused a publish; its events are kept and published "
-                        "again %s (%d batches)", self.owner.name, self._next_republish(), kept)
-        if self._republish_due:
-            self._schedule_republish()
+        self._republish_kept(kept)
         self._close_if_drained()
 
-    def _kept(self, batch: _Batch) -> bool:
-        """After a refused publish, whether the handler kept what must not be lost.
-
-        Requeueing commands that already took effect would redeliver them in a loop
-        for as long as the broker refuses (and on RabbitMQ 3.10 count each return
-        against the delivery limit); instead the handler keeps the batch's events in
-        its outbox, the deliveries are acked, and the outbox is published again.
-        """
-        try:
-            return self.owner.handler.nacked(batch.published)
-        except Exception:
-            log.exception("%s: keeping refused publishes failed", self.owner.name)
-            return False
-
-    # ------------------------------------------------------------ republishing the outbox
-
-    def _next_republish(self) -> str:
-        if self._republishing is not None or self._republish_timer:
-            return "after the republish already under way"
-        return f"in {self._backoff_republish():.1f}s"
-
-    def _backoff_republish(self) -> float:
-        self._republish_delay = min(REPUBLISH_LONGEST,
-                                    max(REPUBLISH_FIRST, self._republish_delay * 2))
-        return self._republish_delay
-
-    def _schedule_republish(self) -> None:
-        """One republish at a time: none while one is scheduled or awaits its confirms."""
-        if (self._republishing is not None or self._republish_timer or self._closing
-                or self.connection is None):
-            return
-        delay = self._republish_delay or self._backoff_republish()
-        self._republish_timer = True
-        self.connection.ioloop.call_later(delay, self._republish_later)
-
-    def _republish_later(self) -> None:
-        self._republish_timer = False
-        if self._republish_due:
-            self._republish()
-
-    def _republish(self) -> None:
-        """Publish the handler's unconfirmed messages (at connect, and after a refusal)."""
-        if self._closing or self.channel is None:
-            return
-        if self.publisher is None:
-            self._republish_due = True  # the fresh channel asks again when it opens
-            return
-        self._republish_due = False
-        try:
-            self.owner.handler.tidy()  # confirmed events leave the outbox: none goes again
-            recovered = self.owner.handler.recover()
-        except Exception as error:
-            if isinstance(error, (StoreUnavailable, AuthorityUnavailable)):
-                log.warning("%s: cannot read the outbox now (%s); trying again in 5s",
-                            self.owner.name, error)
-            else:
-                log.exception("%s: reading the outbox failed; trying again in 5s",
-                              self.owner.name)
-            self._republish_due = True
-            self._republish_timer = True
-            assert self.connection is not None
-            self.connection.ioloop.call_later(5.0, self._republish_later)
-            return
-        fresh = [m for m in recovered if _key(m) not in self._on_their_way]
-        if len(recovered) >= OUTBOX_ROUND:
-            self._republish_due = True  # the outbox may hold more: the next round takes them
-        if fresh:
-            log.info("%s: republishing %d unconfirmed events", self.owner.name, len(fresh))
-            self._republishing = self._publish_batch([], fresh, [])
-        elif self._republish_due:
-            self._schedule_republish()
-
-    def _observe(self, batch: _Batch) -> None:
+    def _observe(self, batch: Batch) -> None:
         role = self.owner.name
         now = time.monotonic()
         delivery_seconds = self._delivery_seconds
@@ -583,9 +308,3 @@ class _BatchSession(ConnectionSession[_Batch]):
     def _before_close(self) -> None:
         self._run_tidy()
 
-
-def _key(message: Outgoing) -> tuple[str, str] | None:
-    """What tells one event (or dead letter) from another; replies have none."""
-    if message.exchange and message.message_id:
-        return message.exchange, message.message_id
-    return None

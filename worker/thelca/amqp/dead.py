@@ -4,16 +4,10 @@ Reading takes messages with basic_get and never acks them: closing the
 connection returns every one to the queue, in its order. A retry acks a dead
 message only after the broker has confirmed the command it republished, so a
 crash in between leaves it dead, to be retried again (commands are idempotent
-by message_id). Tokens stay in this module: a DeadLetter only says whether the
-message carries one.
+by message_id). Tokens stay in the broker's messages: a DeadLetter only says
+whether the message carries one, and a retry sends the one it carries.
 
-Anyone who may publish to the default exchange may also publish straight into
-the dead queue, or make the broker dead-letter a command of their choosing
-(an expiration behind a backlog), with any headers. So each letter says how
-it came (the exchange it was published to, the broker-checked `user_id`,
-`x-death`) and, from that, who sent it and how sure that is. Every value is
-shown escaped: a letter may hold bytes that are not UTF-8 and headers of any
-type.
+What a letter is, and who sent it, is told in thelca.amqp.letters.
 """
 
 from __future__ import annotations
@@ -22,7 +16,6 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 
 import pika
@@ -31,24 +24,19 @@ import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
 from thelca.amqp.admin import close_quietly, connect
+from thelca.amqp.letters import KNOWN_SENDERS, DeadLetter, is_authorization, letter_of
 from thelca.errors import BrokerUnavailable, ThelcaError
 from thelca.roles.messages import bookkeeping
 from thelca_client.contract import (
     AUTHORIZATION_HEADER,
     CONTENT_TYPE,
-    DEAD_REASON_HEADER,
     DEAD_REPLY_TO_HEADER,
-    DEAD_USER_HEADER,
     DIRECT_REPLY_TO,
     RETRY_OF_HEADER,
     Names,
 )
 from thelca_client.tls import TlsFiles
 
-DeadBy = Literal["worker", "logger", "broker", "unknown", "nobody"]
-# How sure the sender of a letter is, most sure first.
-Known = Literal["certain", "likely", "token", "claimed", "unknown"]
-KNOWN_SENDERS: tuple[Known, ...] = ("certain", "likely")
 RetryStatus = Literal[
     "sent-own-token", "sent-as-operator", "no-token", "sender-unknown", "not-dead-lettered",
     "not-a-command", "own-reply-to", "unroutable", "refused", "unencodable",
@@ -56,10 +44,6 @@ RetryStatus = Literal[
 # The reason of a command or replay request that was not run because its reply_to named
 # one of thelca's own queues (contract v1.1): sent back, it would only come back here.
 OWN_REPLY_TO_REASON = "reply_to names thelca's own queue"
-# Raised by every listing (the messages go back to the queue): not shown, so that two
-# listings of the same queue are the same.
-LISTING_COUNTS = ("x-delivery-count", "x-acquired-count")
-LONGEST_INT = 2**63  # what JSON readers take as an exact integer, roughly
 
 
 class DeadLettersUnavailable(ThelcaError):
@@ -68,54 +52,6 @@ class DeadLettersUnavailable(ThelcaError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.retried: list[Retried] = []  # what a retry had done before the broker went away
-
-
-@dataclass(frozen=True)
-class Death:
-    """Why the broker dead-lettered a message (one x-death entry)."""
-
-    reason: str
-    queue: str | None
-    count: int | None
-
-
-@dataclass(frozen=True)
-class Sender:
-    """Who sent a dead letter, as far as can be told, and how sure that is (and why)."""
-
-    user: str | None
-    known: Known
-    why: str
-
-    @property
-    def known_user(self) -> str | None:
-        """The user, when known for certain (or as good as): never a mere claim."""
-        return self.user if self.known in KNOWN_SENDERS else None
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A message of the dead queue as an operator may see it: never its token.
-
-    Every text is shown escaped (bytes that are not UTF-8 as \\xNN); `headers`
-    holds every header but the token and the delivery counts, as JSON values.
-    """
-
-    position: int
-    message_id: str | None
-    correlation_id: str | None
-    reply_to: str | None
-    exchange: str
-    user_id: str | None
-    by: DeadBy
-    reason: str | None
-    user: str | None  # x-thelca-user as written, whoever wrote it
-    sender: Sender
-    deaths: tuple[Death, ...]
-    has_token: bool
-    is_command: bool
-    headers: dict[str, Any]
-    body: bytes
 
 
 @dataclass(frozen=True)
@@ -159,7 +95,7 @@ def list_dead(
             if method is None or properties is None or body is None:
                 break
             if position <= limit:
-                letters.append(_letter(position, names, method, properties, body,
+                letters.append(letter_of(position, names, method, properties, body,
                                        worker_user=worker_user))
     return DeadQueue(names.dead, count, letters)
 
@@ -190,7 +126,7 @@ def retry_dead(
                 method, properties, body = channel.basic_get(names.dead, auto_ack=False)
                 if method is None or properties is None or body is None:
                     break
-                letter = _letter(position, names, method, properties, body,
+                letter = letter_of(position, names, method, properties, body,
                                  worker_user=worker_user)
                 if message_ids is None or letter.message_id in message_ids:
                     status = _retry_one(channel, names, letter, properties, operator_token,
@@ -254,7 +190,7 @@ def _command_properties(
     original = dict(properties.headers or {})
     headers = {k: v for k, v in original.items() if not bookkeeping(k)}
     if operator_token is None:  # its own token, as it came
-        headers.update({k: v for k, v in original.items() if _is_authorization(k)})
+        headers.update({k: v for k, v in original.items() if is_authorization(k)})
     else:
         headers[AUTHORIZATION_HEADER] = f"Bearer {operator_token}"
         headers[RETRY_OF_HEADER] = letter.sender.known_user or ""
@@ -270,148 +206,6 @@ def _command_properties(
         reply_to=reply_to, headers=headers,
     )
 
-
-def _is_authorization(header: object) -> bool:
-    return isinstance(header, str) and header.lower() == "authorization"
-
-
-# ---------------------------------------------------------------- what a letter is
-
-
-def _letter(
-    position: int,
-    names: Names,
-    method: pika.spec.Basic.GetOk,
-    properties: pika.spec.BasicProperties,
-    body: bytes,
-    *,
-    worker_user: str | None,
-) -> DeadLetter:
-    headers = dict(properties.headers or {})
-    exchange = _text(method.exchange) or ""
-    user_id = _text(properties.user_id)
-    deaths = _deaths(headers)
-    claimed_reason = _text(headers.get(DEAD_REASON_HEADER))
-    by = _dead_by(names, exchange, claimed_reason, deaths, user_id=user_id,
-                  worker_user=worker_user)
-    has_token = any(_is_authorization(k) for k in headers)
-    user = _text(headers.get(DEAD_USER_HEADER))
-    reply_to = _text(headers.get(DEAD_REPLY_TO_HEADER)) if by == "worker" else None
-    return DeadLetter(
-        position=position,
-        message_id=_text(properties.message_id),
-        correlation_id=_text(properties.correlation_id),
-        reply_to=reply_to or _text(properties.reply_to),
-        exchange=exchange,
-        user_id=user_id,
-        by=by,
-        reason=claimed_reason if by in ("worker", "logger") else None,
-        user=user,
-        sender=_sender(by, user, has_token=has_token, user_id=user_id, names=names,
-                       worker_user=worker_user),
-        deaths=deaths,
-        has_token=has_token,
-        is_command=by == "worker" or (by == "broker" and deaths[0].queue == names.commands),
-        headers={_text(k) or "": _plain(v) for k, v in headers.items()
-                 if not _is_authorization(k) and k not in LISTING_COUNTS},
-        body=body,
-    )
-
-
-def _dead_by(
-    names: Names, exchange: str, reason: str | None, deaths: tuple[Death, ...], *,
-    user_id: str | None, worker_user: str | None,
-) -> DeadBy:
-    """Who put the letter in the dead queue, from what a client cannot forge.
-
-    The exchange: the default exchange ('') means it was published straight into
-    the queue. x-death: only the broker's dead-lettering adds an entry (the
-    newest first). The user_id: the broker checked it against the publisher's login.
-    """
-    if exchange != names.dead:
-        return "nobody"
-    if deaths:
-        return "broker"
-    if reason is None:
-        return "unknown"
-    if reason.startswith("logger:"):
-        return "logger"
-    if worker_user is not None and user_id != worker_user:
-        return "unknown"  # thelca's headers, written by someone who is not the worker
-    return "worker"
-
-
-def _sender(
-    by: DeadBy, user: str | None, *, has_token: bool, user_id: str | None, names: Names,
-    worker_user: str | None,
-) -> Sender:
-    if by == "worker":
-        if user is None:
-            return Sender(None, "unknown", "the worker could not tell who sent it (no valid "
-                          "token)")
-        if worker_user is not None:
-            return Sender(user, "certain", f"dead-lettered by the worker: user_id {user_id} "
-                          "checked by the broker")
-        return Sender(user, "likely", f"came through {names.dead} without x-death: from a "
-                      "broker user that may write there, the worker with the README's users "
-                      "(give --worker-user to check its user_id)")
-    if has_token:
-        return Sender(None, "token", "its own token says, checked by the worker when it runs")
-    how = {
-        "nobody": "published straight into the dead queue, not dead-lettered",
-        "broker": "dead-lettered by the broker (x-death): the worker never saw it",
-        "logger": "not a command",
-        "unknown": f"thelca headers, but not from the worker (user_id {user_id or 'none'})",
-    }[by]
-    if user is not None:
-        return Sender(user, "claimed", f"x-thelca-user could be written by anyone: {how}")
-    return Sender(None, "unknown", how)
-
-
-def _deaths(headers: dict[Any, Any]) -> tuple[Death, ...]:
-    """x-death, most recent first; failing that, x-first-death-reason and -queue."""
-    entries = headers.get("x-death")
-    if isinstance(entries, list) and entries:
-        deaths = tuple(
-            Death(_text(e.get("reason")) or "unknown", _text(e.get("queue")), _int(e.get("count")))
-            for e in entries if isinstance(e, dict)
-        )
-        if deaths:
-            return deaths
-    reason = _text(headers.get("x-first-death-reason"))
-    if reason is None:
-        return ()
-    return (Death(reason, _text(headers.get("x-first-death-queue")), None),)
-
-
-def _text(value: Any) -> str | None:
-    """A property or header as text; bytes that are not UTF-8 escaped (\\xff)."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
-    return str(value)
-
-
-def _plain(value: Any) -> Any:
-    """A header value as a JSON value: texts escaped, other types as text."""
-    if value is None or isinstance(value, bool | float | str):
-        return str(value) if isinstance(value, str) else value
-    if isinstance(value, int):
-        return value if -LONGEST_INT <= value < LONGEST_INT else str(value)
-    if isinstance(value, bytes):
-        return _text(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {_text(k) or "": _plain(v) for k, v in value.items()}
-    return str(value)  # Decimal, or whatever else pika may give
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _ready(channel: BlockingChannel, queue: str) -> int:

@@ -15,38 +15,34 @@ built costs that command alone (a 500), never its batch. The plumbing acks
 the batch only once the broker has confirmed every event (replies go out on
 a connection of their own), and the outbox keeps each event until then, so a
 crash at any point can neither lose an event nor apply a command twice.
+
+This module is the flow of a batch and of one command (its transaction,
+savepoints, idempotency record and outbox); what the service makes of a
+command is thelca.roles.outcomes', the refusals before a command is served
+and its poison thelca.roles.refusals', the replies and event messages
+thelca.roles.answers'.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, replace
 
-import orjson
-
-from thelca import metrics
 from thelca.authority.base import Authority, Principal
-from thelca.domain import model
 from thelca.domain.model import Origin
 from thelca.domain.service import ItemService
 from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
-from thelca.logtext import shown
 from thelca.roles import fingerprints
-from thelca.roles.handlers import HANDLERS, Context
-from thelca.roles.messages import Incoming, Outgoing, dead_letter
+from thelca.roles.answers import Answers
+from thelca.roles.messages import Incoming, Outgoing
+from thelca.roles.outcomes import Outcome, noted_retry, remembered, serve
+from thelca.roles.refusals import Refusals
 from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
 from thelca_client.contract import (
-    COMMANDS,
-    RETRY_OF_HEADER,
-    STATUS_HEADER,
-    Command,
     ContractError,
-    Event,
     Names,
     Reply,
     bearer_token,
-    decode_command,
     encode_event,
     encode_reply,
 )
@@ -54,18 +50,9 @@ from thelca_client.contract import (
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
-LONGEST_USER = 255  # a retry_of longer than any user id is not one
 NUL_USER_ID = ("the user id contains a NUL character (\\u0000), which this store cannot keep "
                "outside properties")
 DIFFERENT_COMMAND = "message_id already used for a different command"
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    reply: Reply
-    event: Event | None
-    user: str | None
-    command: Command | None
 
 
 class CommandRole:
@@ -88,6 +75,8 @@ class CommandRole:
         self._confirmed_event_ids: list[str] = []
         self._outboxed: set[str] = set()  # ids of published events that the outbox holds
         self._key: bytes | None = None  # the store's deployment key, read once
+        self._answers = Answers(names, max_body)  # replies and event messages
+        self._refusals = Refusals(self._answers)
 
     # ------------------------------------------------------------ BatchHandler
 
@@ -153,10 +142,10 @@ class CommandRole:
         except (StoreUnavailable, AuthorityUnavailable):
             raise
         except Exception:
-            return self._poison_or_drop(message)
+            return self._refusals.poison_or_drop(message)
 
     def _handle_one(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
-        refused = self._refused_up_front(message)
+        refused = self._refusals.up_front(message)
         if refused is not None:
             return refused
         # Without a message_id a command cannot be idempotent; it is still served,
@@ -172,28 +161,16 @@ class CommandRole:
         try:
             principal = self.authority.authenticate(bearer_token(message.headers))
         except (CommandRefused, ContractError) as refused:  # both are 401s here
-            return self._refused_before_auth(message, origin, str(refused))
+            return self._refusals.before_auth(message, origin, str(refused))
         except AuthorityUnavailable:
             raise
         except Exception:  # a token the Authority's library chokes on: this message only
-            return self._poison(message, None)
+            return self._refusals.poison(message, None)
         if "\x00" in principal.user_id and not self.store.keeps_nul:
             # Neither the item's created_by nor the record of the command could be kept;
             # refused before anything is written, so not remembered either.
-            return self._reply(message, Reply(400, error=NUL_USER_ID))
+            return self._answers.reply(message, Reply(400, error=NUL_USER_ID))
         return self._in_savepoint(tx, message, principal, origin, fingerprint)
-
-    def _refused_up_front(self, message: Incoming) -> list[Outgoing] | None:
-        """What is refused before the token is even read, neither remembered nor audited:
-        a reply_to of thelca's own, properties that cannot be used, a body over the limit."""
-        if self.names.owns(message.reply_to):
-            return self._hijacked(message)
-        if _unreadable(message):
-            return self._refuse_unreadable(message)
-        if len(message.body) > self.max_body:
-            return self._reply(message, Reply(
-                413, error=f"the body is larger than the limit of {self.max_body} bytes"))
-        return None
 
     def _in_savepoint(
         self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
@@ -212,9 +189,9 @@ class CommandRole:
                 # savepoint undid our part; run the command again on fresh state.
                 if attempt < ATTEMPTS:
                     continue
-                return self._poison(message, principal)
+                return self._refusals.poison(message, principal)
             except Exception:
-                return self._poison(message, principal)
+                return self._refusals.poison(message, principal)
         raise AssertionError("unreachable")
 
     def _authenticated(
@@ -226,50 +203,13 @@ class CommandRole:
             prior = tx.get_processed(message.message_id)
             if prior is not None:
                 return self._repeat(tx, message, principal, prior, fingerprint)
-        outcome = _noted_retry(self._serve(tx, principal, message, origin), message)
-        if message.message_id and _remembered(outcome.command):
+        outcome = noted_retry(serve(self.service, tx, principal, message, origin), message)
+        if message.message_id and remembered(outcome.command):
             self._remember(tx, message.message_id, outcome, fingerprint)
         command = outcome.command.name if outcome.command else None
-        out = self._reply(message, outcome.reply, command)
+        out = self._answers.reply(message, outcome.reply, command)
         if outcome.event is not None:
-            out.append(self._event_message(outcome.event))
-        return out
-
-    def _serve(
-        self, tx: StoreTransaction, principal: Principal, message: Incoming, origin: Origin
-    ) -> _Outcome:
-        command: Command | None = None
-        try:
-            command = decode_command(message.body)
-            handler = HANDLERS[type(command)]
-            served = handler.handle(Context(self.service, tx, principal, origin), command)
-        except (CommandRefused, ContractError) as refused:
-            return self._refusal(refused, principal, command, origin)
-        return _Outcome(served.reply, served.event, principal.user_id, command)
-
-    def _refusal(
-        self,
-        refused: CommandRefused | ContractError,
-        principal: Principal,
-        command: Command | None,
-        origin: Origin,
-    ) -> _Outcome:
-        event = None
-        if refused.status == 403:
-            event = model.access_refused(
-                command.name if command else None, _named_id(command),
-                403, user=principal.user_id, time=model.utc_now(), origin=origin)
-        return _Outcome(Reply(refused.status, error=str(refused)), event,
-                        principal.user_id, command)
-
-    def _refused_before_auth(
-        self, message: Incoming, origin: Origin, why: str
-    ) -> list[Outgoing]:
-        command, item_id = _peek(message.body)
-        event = model.access_refused(command, item_id, 401, user=None, time=model.utc_now(),
-                                     origin=origin)
-        out = self._reply(message, Reply(401, error=why))
-        out.append(self._event_message(event))
+            out.append(self._answers.event(outcome.event))
         return out
 
     def _repeat(
@@ -279,18 +219,18 @@ class CommandRole:
         """A message_id seen before: the same command gets the same reply again, and nothing
         changes; another command under it is refused, as a reused idempotency key is."""
         if prior.user_id != principal.user_id:
-            return self._reply(message, Reply(
+            return self._answers.reply(message, Reply(
                 409, error=f"message_id {message.message_id} was already used by another user"))
         if prior.fingerprint is not None and prior.fingerprint != fingerprint:
-            return self._reply(message, Reply(409, error=DIFFERENT_COMMAND))
-        out = self._reply_bytes(message, prior.reply)
+            return self._answers.reply(message, Reply(409, error=DIFFERENT_COMMAND))
+        out = self._answers.reply_bytes(message, prior.reply)
         pending = tx.get_outbox(prior.event_id) if prior.event_id else None
         if pending is not None:  # not yet confirmed: publish again, same id
             out.append(self._event_message_from_outbox(pending))
         return out
 
     def _remember(
-        self, tx: StoreTransaction, message_id: str, outcome: _Outcome, fingerprint: str
+        self, tx: StoreTransaction, message_id: str, outcome: Outcome, fingerprint: str
     ) -> None:
         event = outcome.event
         tx.add_processed(ProcessedCommand(
@@ -300,138 +240,8 @@ class CommandRole:
             tx.add_outbox(OutboxEvent(event.id, encode_event(event)))
             self._outboxed.add(event.id)
 
-    def _poison(self, message: Incoming, principal: Principal | None) -> list[Outgoing]:
-        """An unexpected failure: answer 500, keep the command in the dead letters."""
-        error_id = uuid.uuid4().hex[:12]
-        log.exception("command %s failed unexpectedly (error id %s); dead-lettered",
-                      shown(message.message_id), error_id)
-        out = self._reply(message, Reply(
-            500, error=f"internal error; the worker's log has it under error id {error_id}"))
-        out.append(dead_letter(message, self.names.dead, f"exception (error id {error_id})",
-                               user=principal.user_id if principal else None))
-        metrics.DEAD_LETTERS.labels("worker").inc()
-        return out
-
-    def _hijacked(self, message: Incoming) -> list[Outgoing]:
-        """A reply_to that names one of thelca's own queues (its log, its commands, its dead
-        letters...): not executed and nothing published there, so that no client can write
-        into thelca through a reply; kept in the dead letters, without its token."""
-        reason = (f"reply_to names thelca's own queue {shown(message.reply_to)}: replies go "
-                  "to clients, never into thelca; not executed")
-        log.warning("a command (message_id %s) went to %s: %s", shown(message.message_id),
-                    self.names.dead, reason)
-        metrics.DEAD_LETTERS.labels("worker").inc()
-        return [dead_letter(message, self.names.dead, reason)]
-
-    def _poison_or_drop(self, message: Incoming) -> list[Outgoing]:
-        """A 500 and a dead letter; if even those cannot be built, the command is dropped
-        (acked unanswered) with an error line, so that it cannot stop the worker."""
-        try:
-            return self._poison(message, None)
-        except Exception:
-            log.exception("a command could not even be dead-lettered; dropped")
-            metrics.COMMANDS.labels("unknown", "500").inc()
-            return []
-
-    def _refuse_unreadable(self, message: Incoming) -> list[Outgoing]:
-        """Properties that cannot be used as sent (a message_id that is not UTF-8, a reply_to
-        that no reply can reach): refused first, like a body over the limit, so neither
-        remembered nor an event. Answered 400 when the reply_to can be used, else kept
-        once in the dead letters (without the token) for the operator."""
-        why = "; ".join(f"the {name} property is {what}"
-                        for name, what in sorted(_unreadable(message).items()))
-        log.warning("a command was refused: %s", why)
-        if "reply_to" in message.unreadable:
-            metrics.COMMANDS.labels(self._command_name(message), "400").inc()
-            out: list[Outgoing] = []
-        else:
-            out = self._reply(message, Reply(400, error=why))
-        if not out:  # nobody to answer
-            out.append(dead_letter(message, self.names.dead, f"refused: {why}"))
-            metrics.DEAD_LETTERS.labels("worker").inc()
-        return out
-
     # ------------------------------------------------------------ messages
-
-    def _reply(
-        self, message: Incoming, reply: Reply, command: str | None = None
-    ) -> list[Outgoing]:
-        return self._reply_bytes(message, encode_reply(reply), reply.status, command)
-
-    def _reply_bytes(
-        self, message: Incoming, body: bytes, status: int | None = None,
-        command: str | None = None,
-    ) -> list[Outgoing]:
-        """The reply to send (none without reply_to); every answer is counted either way."""
-        if status is None:
-            status = int(orjson.loads(body)["status"])
-        metrics.COMMANDS.labels(command or self._command_name(message), str(status)).inc()
-        if not message.reply_to:
-            return []
-        return [Outgoing(
-            "", message.reply_to, body,
-            correlation_id=message.correlation_id or message.message_id,
-            headers={STATUS_HEADER: status}, persistent=False,
-        )]
-
-    def _command_name(self, message: Incoming) -> str:
-        if len(message.body) > self.max_body:
-            return "unknown"
-        return _peek(message.body)[0] or "unknown"
-
-    def _event_message(self, event: Event) -> Outgoing:
-        return Outgoing(self.names.events, "", encode_event(event), message_id=event.id,
-                        type=event.type)
 
     def _event_message_from_outbox(self, event: OutboxEvent) -> Outgoing:
         self._outboxed.add(event.event_id)
-        kind = orjson.loads(event.body).get("type")
-        return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
-                        type=kind if isinstance(kind, str) else None)
-
-
-def _noted_retry(outcome: _Outcome, message: Incoming) -> _Outcome:
-    """The event with `retry_of` when the command says whose dead letter it retries.
-
-    `thelca dead retry --as-operator` writes the header; the worker cannot tell it
-    from one a client wrote, so it is information in the event and never a right:
-    the command was authorised as its own token's user, who is the event's `user`.
-    An empty value says the operator's tool could not tell who sent the letter.
-    """
-    value = message.headers.get(RETRY_OF_HEADER)
-    if outcome.event is None or not isinstance(value, str) or len(value) > LONGEST_USER \
-            or not value.isprintable():
-        return outcome
-    extra = {**outcome.event.extra, "retry_of": value or None}
-    return replace(outcome, event=replace(outcome.event, extra=extra))
-
-
-def _unreadable(message: Incoming) -> dict[str, str]:
-    """The properties a command's reply depends on that cannot be used as sent, and why."""
-    return {name: why for name, why in message.unreadable.items()
-            if name in ("message_id", "correlation_id", "reply_to")}
-
-
-def _remembered(command: Command | None) -> bool:
-    """Whether an outcome is recorded under its message_id: a body that could not be
-    decoded is (its refusal is), a command is as its handler says (a read is not)."""
-    return command is None or HANDLERS[type(command)].remembered
-
-
-def _named_id(command: Command | None) -> str | None:
-    """The id a command names (a create names none), for an Access refused event."""
-    item_id = getattr(command, "id", None)
-    return item_id if isinstance(item_id, str) else None
-
-
-def _peek(body: bytes) -> tuple[str | None, str | None]:
-    """The command and id of a body, when it can be read, for an Access refused event."""
-    try:
-        data = orjson.loads(body)
-    except (orjson.JSONDecodeError, RecursionError):
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    command, item_id = data.get("command"), data.get("id")
-    return (command if command in COMMANDS else None,
-            item_id if isinstance(item_id, str) and len(item_id) < 256 else None)
+        return self._answers.outbox_event(event)

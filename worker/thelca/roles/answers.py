@@ -1,0 +1,78 @@
+"""What the command role sends back: a command's reply to its client, and events.
+
+Every answer is counted (thelca_commands_total, by command and status),
+whether or not it has a reply_to to go to.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from thelca import metrics
+from thelca.roles.messages import Incoming, Outgoing
+from thelca.stores.base import OutboxEvent
+from thelca_client.contract import (
+    COMMANDS,
+    STATUS_HEADER,
+    Event,
+    Names,
+    Reply,
+    encode_event,
+    encode_reply,
+)
+
+
+class Answers:
+    """Builds the command role's replies and event messages."""
+
+    def __init__(self, names: Names, max_body: int) -> None:
+        self.names = names
+        self.max_body = max_body
+
+    def reply(
+        self, message: Incoming, reply: Reply, command: str | None = None
+    ) -> list[Outgoing]:
+        return self.reply_bytes(message, encode_reply(reply), reply.status, command)
+
+    def reply_bytes(
+        self, message: Incoming, body: bytes, status: int | None = None,
+        command: str | None = None,
+    ) -> list[Outgoing]:
+        """The reply to send (none without reply_to); every answer is counted either way."""
+        if status is None:
+            status = int(orjson.loads(body)["status"])
+        metrics.COMMANDS.labels(command or self.command_name(message), str(status)).inc()
+        if not message.reply_to:
+            return []
+        return [Outgoing(
+            "", message.reply_to, body,
+            correlation_id=message.correlation_id or message.message_id,
+            headers={STATUS_HEADER: status}, persistent=False,
+        )]
+
+    def command_name(self, message: Incoming) -> str:
+        if len(message.body) > self.max_body:
+            return "unknown"
+        return peek(message.body)[0] or "unknown"
+
+    def event(self, event: Event) -> Outgoing:
+        return Outgoing(self.names.events, "", encode_event(event), message_id=event.id,
+                        type=event.type)
+
+    def outbox_event(self, event: OutboxEvent) -> Outgoing:
+        kind = orjson.loads(event.body).get("type")
+        return Outgoing(self.names.events, "", event.body, message_id=event.event_id,
+                        type=kind if isinstance(kind, str) else None)
+
+
+def peek(body: bytes) -> tuple[str | None, str | None]:
+    """The command and id of a body, when it can be read, for an Access refused event."""
+    try:
+        data = orjson.loads(body)
+    except (orjson.JSONDecodeError, RecursionError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    command, item_id = data.get("command"), data.get("id")
+    return (command if command in COMMANDS else None,
+            item_id if isinstance(item_id, str) and len(item_id) < 256 else None)

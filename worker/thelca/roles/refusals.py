@@ -1,0 +1,113 @@
+"""The command role's refusals: what is refused before a command is served, and poison.
+
+Before the token is even read, neither remembered nor audited: a reply_to
+naming one of thelca's own queues (not executed at all: to the dead
+letters), properties that cannot be used as sent (400), a body over the
+limit (413). A token the Authority refuses is a 401 with an Access refused
+event. Whatever fails unexpectedly costs its command alone: a 500 and a dead
+letter (poison), and if even those cannot be built, the command is dropped.
+Dead letters never carry the command's token.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from thelca import metrics
+from thelca.authority.base import Principal
+from thelca.domain import model
+from thelca.domain.model import Origin
+from thelca.logtext import shown
+from thelca.roles.answers import Answers, peek
+from thelca.roles.messages import Incoming, Outgoing, dead_letter
+from thelca_client.contract import Reply
+
+log = logging.getLogger(__name__)
+
+
+class Refusals:
+    """Builds the command role's refusals, with its Answers."""
+
+    def __init__(self, answers: Answers) -> None:
+        self.answers = answers
+        self.names = answers.names
+        self.max_body = answers.max_body
+
+    def up_front(self, message: Incoming) -> list[Outgoing] | None:
+        """What is refused before the token is even read, neither remembered nor audited:
+        a reply_to of thelca's own, properties that cannot be used, a body over the limit."""
+        if self.names.owns(message.reply_to):
+            return self.hijacked(message)
+        if unreadable(message):
+            return self.refuse_unreadable(message)
+        if len(message.body) > self.max_body:
+            return self.answers.reply(message, Reply(
+                413, error=f"the body is larger than the limit of {self.max_body} bytes"))
+        return None
+
+    def before_auth(self, message: Incoming, origin: Origin, why: str) -> list[Outgoing]:
+        """A token the Authority refused: a 401, and an Access refused event."""
+        command, item_id = peek(message.body)
+        event = model.access_refused(command, item_id, 401, user=None, time=model.utc_now(),
+                                     origin=origin)
+        out = self.answers.reply(message, Reply(401, error=why))
+        out.append(self.answers.event(event))
+        return out
+
+    def poison(self, message: Incoming, principal: Principal | None) -> list[Outgoing]:
+        """An unexpected failure: answer 500, keep the command in the dead letters."""
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("command %s failed unexpectedly (error id %s); dead-lettered",
+                      shown(message.message_id), error_id)
+        out = self.answers.reply(message, Reply(
+            500, error=f"internal error; the worker's log has it under error id {error_id}"))
+        out.append(dead_letter(message, self.names.dead, f"exception (error id {error_id})",
+                               user=principal.user_id if principal else None))
+        metrics.DEAD_LETTERS.labels("worker").inc()
+        return out
+
+    def poison_or_drop(self, message: Incoming) -> list[Outgoing]:
+        """A 500 and a dead letter; if even those cannot be built, the command is dropped
+        (acked unanswered) with an error line, so that it cannot stop the worker."""
+        try:
+            return self.poison(message, None)
+        except Exception:
+            log.exception("a command could not even be dead-lettered; dropped")
+            metrics.COMMANDS.labels("unknown", "500").inc()
+            return []
+
+    def hijacked(self, message: Incoming) -> list[Outgoing]:
+        """A reply_to that names one of thelca's own queues (its log, its commands, its dead
+        letters...): not executed and nothing published there, so that no client can write
+        into thelca through a reply; kept in the dead letters, without its token."""
+        reason = (f"reply_to names thelca's own queue {shown(message.reply_to)}: replies go "
+                  "to clients, never into thelca; not executed")
+        log.warning("a command (message_id %s) went to %s: %s", shown(message.message_id),
+                    self.names.dead, reason)
+        metrics.DEAD_LETTERS.labels("worker").inc()
+        return [dead_letter(message, self.names.dead, reason)]
+
+    def refuse_unreadable(self, message: Incoming) -> list[Outgoing]:
+        """Properties that cannot be used as sent (a message_id that is not UTF-8, a reply_to
+        that no reply can reach): refused first, like a body over the limit, so neither
+        remembered nor an event. Answered 400 when the reply_to can be used, else kept
+        once in the dead letters (without the token) for the operator."""
+        why = "; ".join(f"the {name} property is {what}"
+                        for name, what in sorted(unreadable(message).items()))
+        log.warning("a command was refused: %s", why)
+        if "reply_to" in message.unreadable:
+            metrics.COMMANDS.labels(self.answers.command_name(message), "400").inc()
+            out: list[Outgoing] = []
+        else:
+            out = self.answers.reply(message, Reply(400, error=why))
+        if not out:  # nobody to answer
+            out.append(dead_letter(message, self.names.dead, f"refused: {why}"))
+            metrics.DEAD_LETTERS.labels("worker").inc()
+        return out
+
+
+def unreadable(message: Incoming) -> dict[str, str]:
+    """The properties a command's reply depends on that cannot be used as sent, and why."""
+    return {name: why for name, why in message.unreadable.items()
+            if name in ("message_id", "correlation_id", "reply_to")}
