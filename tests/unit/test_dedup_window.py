@@ -9,6 +9,9 @@ tests/integration/test_dedup_window.py.
 
 from __future__ import annotations
 
+import sqlite3
+import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,11 +19,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from thelca.authority.test_only import TestOnlyAuthority
+from thelca.cli.health import dedup_line
 from thelca.roles.commands import CommandRole
 from thelca.roles.dedup import PRUNE_EVERY, PRUNE_ROWS
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.stores.base import ProcessedCommand
 from thelca.stores.memory import MemoryStore, _MemoryTransaction
+from thelca.stores.sqlite import SQLiteStore
 from thelca_client.contract import Names, authorization_headers, decode_reply, encode_command
 
 NAMES = Names("dedup-test")
@@ -220,3 +225,42 @@ def test_a_rolled_back_batch_counts_no_pruned_record(
         role.handle([_message(CREATE, "m0")])
     assert _pruned() == before
     assert _records(store) == 7
+
+
+def test_health_says_the_window_and_how_old_the_oldest_record_is(tmp_path: Path) -> None:
+    path = tmp_path / "thelca.db"
+    SQLiteStore(path).close()
+    reader = SQLiteStore(path, writer=False)
+    try:
+        assert dedup_line(reader, 604800) == (
+            "dedup window: 604800 s (7.0 days); no processed-command record is kept")
+    finally:
+        reader.close()
+    writer = SQLiteStore(path)
+    try:
+        with writer.transaction() as tx:
+            tx.add_processed(ProcessedCommand("m", "u", b"{}", None, None, time.time() - 7300))
+    finally:
+        writer.close()
+    reader = SQLiteStore(path, writer=False)
+    try:
+        assert dedup_line(reader, 60) == (
+            "dedup window: 60 s (1.0 min); the oldest processed-command record is 2.0 h old")
+    finally:
+        reader.close()
+
+
+def test_health_on_a_database_no_worker_of_this_release_opened_says_the_age_is_unknown(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE processed (message_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+               "reply BLOB NOT NULL, event_id TEXT)")
+    db.close()
+    reader = SQLiteStore(path, writer=False)
+    try:
+        assert dedup_line(reader, 10).startswith(
+            "dedup window: 10 s (10.0 s); the oldest record's age is unknown (")
+    finally:
+        reader.close()
