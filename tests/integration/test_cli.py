@@ -156,6 +156,7 @@ def test_health_is_0_with_broker_worker_and_store_and_3_without(
     assert ok.returncode == 0, ok.stdout
     assert "worker: ok (1 consuming" in ok.stdout
     assert "logger: ok (1 consuming" in ok.stdout
+    assert "dedup window: 604800 s (7.0 days); no processed-command record" in ok.stdout
     broken = thelca("health", env={**system.env,
                                    "THELCA_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"})
     assert broken.returncode == 3

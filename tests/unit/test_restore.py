@@ -65,6 +65,9 @@ class WithoutBulkLoad:
     def count_links(self) -> int:
         return self.inner.count_links()
 
+    def oldest_processed(self) -> float | None:
+        return self.inner.oldest_processed()
+
     def ping(self) -> None:
         self.inner.ping()
 

@@ -7,7 +7,9 @@ store cannot keep (400), the idempotency record (a different command under a
 used message_id: 409), then the service (400, 404, 403, 409) through the
 command's handler (thelca.roles.handlers). Event ids derive from what makes a
 delivery itself (thelca.roles.fingerprints), so that only a redelivery of the
-same message repeats one. Everything a batch changes — items, the
+same message repeats one. The idempotency record answers for the
+deduplication window only, and older ones are pruned a bounded number per
+batch (thelca.roles.dedup). Everything a batch changes — items, the
 processed-command records with their replies, the outbox of events — is
 committed in one store transaction, each command inside its own savepoint,
 before anything is published; whatever fails while one command's outcome is
@@ -26,7 +28,9 @@ thelca.roles.answers'.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 
 from thelca.authority.base import Authority, Principal
 from thelca.domain.model import Origin
@@ -34,10 +38,17 @@ from thelca.domain.service import ItemService
 from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
 from thelca.roles import fingerprints
 from thelca.roles.answers import Answers
+from thelca.roles.dedup import DedupWindow
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.roles.outcomes import Outcome, noted_retry, remembered, serve
 from thelca.roles.refusals import Refusals
-from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
+from thelca.stores.base import (
+    DEFAULT_DEDUP_WINDOW,
+    ItemStore,
+    OutboxEvent,
+    ProcessedCommand,
+    StoreTransaction,
+)
 from thelca_client.contract import (
     ContractError,
     Names,
@@ -66,6 +77,8 @@ class CommandRole:
         *,
         max_body: int,
         service: ItemService | None = None,
+        dedup_window: float = DEFAULT_DEDUP_WINDOW,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.authority = authority
@@ -77,6 +90,7 @@ class CommandRole:
         self._key: bytes | None = None  # the store's deployment key, read once
         self._answers = Answers(names, max_body)  # replies and event messages
         self._refusals = Refusals(self._answers)
+        self.window = DedupWindow(dedup_window, clock)  # and the pruning of older records
 
     # ------------------------------------------------------------ BatchHandler
 
@@ -90,10 +104,13 @@ class CommandRole:
         try:
             with self.store.transaction() as tx:
                 tx.remove_outbox(confirmed)
-                return [out for message in batch for out in self._guarded(tx, message)]
+                pruned = self.window.prune(tx, len(batch))
+                out = [out for message in batch for out in self._guarded(tx, message)]
         except BaseException:
             self._confirmed_event_ids = confirmed + self._confirmed_event_ids
             raise
+        self.window.count(pruned)
+        return out
 
     def confirmed(self, published: list[Outgoing]) -> None:
         # Only events the outbox holds need removing: reads and refusals never enter it.
@@ -124,8 +141,9 @@ class CommandRole:
         return True
 
     def tidy(self) -> None:
-        """Remove confirmed events from the outbox when no batch came to do it."""
-        if self._confirmed_event_ids:
+        """Remove confirmed events from the outbox, and expired records from the store, when
+        no batch came to do it."""
+        if self._confirmed_event_ids or self.window.prune_due():
             self.handle([])
 
     # ------------------------------------------------------------ one command
@@ -156,8 +174,8 @@ class CommandRole:
                         "(generated %s)", command_id)
         fingerprint = fingerprints.fingerprint(message.body)
         assert self._key is not None  # read by handle()
-        origin = Origin(command_id, fingerprints.id_seed(self._key, command_id, fingerprint,
-                                                         message.headers))
+        seed = fingerprints.id_seed(self._key, command_id, fingerprint, message.headers)
+        origin = Origin(command_id, self.window.seed(seed, self.window.clock()))
         try:
             principal = self.authority.authenticate(bearer_token(message.headers))
         except (CommandRefused, ContractError) as refused:  # both are 401s here
@@ -199,13 +217,15 @@ class CommandRole:
         fingerprint: str,
     ) -> list[Outgoing]:
         """Everything after the token check, undone as a whole if it raises."""
+        now = self.window.clock()
         if message.message_id:
             prior = tx.get_processed(message.message_id)
-            if prior is not None:
+            # A record past the deduplication window answers no more: a new command.
+            if prior is not None and not self.window.forgot_expired(tx, prior, now):
                 return self._repeat(tx, message, principal, prior, fingerprint)
         outcome = noted_retry(serve(self.service, tx, principal, message, origin), message)
         if message.message_id and remembered(outcome.command):
-            self._remember(tx, message.message_id, outcome, fingerprint)
+            self._remember(tx, message.message_id, outcome, fingerprint, now)
         command = outcome.command.name if outcome.command else None
         out = self._answers.reply(message, outcome.reply, command)
         if outcome.event is not None:
@@ -230,12 +250,13 @@ class CommandRole:
         return out
 
     def _remember(
-        self, tx: StoreTransaction, message_id: str, outcome: Outcome, fingerprint: str
+        self, tx: StoreTransaction, message_id: str, outcome: Outcome, fingerprint: str,
+        now: float,
     ) -> None:
         event = outcome.event
         tx.add_processed(ProcessedCommand(
             message_id, outcome.user or "", encode_reply(outcome.reply),
-            event.id if event else None, fingerprint))
+            event.id if event else None, fingerprint, now))
         if event is not None:
             tx.add_outbox(OutboxEvent(event.id, encode_event(event)))
             self._outboxed.add(event.id)
