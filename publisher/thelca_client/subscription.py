@@ -45,7 +45,8 @@ import pika
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from thelca_client.asyncio_connection import AsyncConnection, Link, Lost
+from thelca_client.asyncio_connection import AsyncConnection
+from thelca_client.asyncio_link import Link, Lost
 from thelca_client.broker import backoff, describe, is_connection_loss, renamed
 from thelca_client.commands import new_id, outgoing
 from thelca_client.contract import (
