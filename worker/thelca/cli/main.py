@@ -11,7 +11,12 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from thelca import __version__
-from thelca.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, configure_logging
+from thelca.cli.common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    configure_logging,
+)
 from thelca.errors import ConfigurationError, QueueMissing, ThelcaError
 from thelca.settings import Settings, add_options
 
@@ -19,6 +24,22 @@ log = logging.getLogger("thelca")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command's exit status. Output into a closed pipe (`thelca ... | head`) ends it
+    quietly with EXIT_BROKEN_PIPE, as Python's documentation of SIGPIPE recommends."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # what is still buffered meets the closed pipe here, not at exit
+    except BrokenPipeError:
+        # Python flushes stdout again as it exits: point it at /dev/null so that this
+        # flush does not print the traceback this handler is here to avoid.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
