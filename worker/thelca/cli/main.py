@@ -11,7 +11,12 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from thelca import __version__
-from thelca.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, configure_logging
+from thelca.cli.common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    configure_logging,
+)
 from thelca.cli.health import health as run_health
 from thelca.errors import ConfigurationError, ThelcaError
 from thelca.settings import Settings, add_options
@@ -20,6 +25,22 @@ log = logging.getLogger("thelca")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command's exit status. Output into a closed pipe (`thelca ... | head`) ends it
+    quietly with EXIT_BROKEN_PIPE, as Python's documentation of SIGPIPE recommends."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # what is still buffered meets the closed pipe here, not at exit
+    except BrokenPipeError:
+        # Python flushes stdout again as it exits: point it at /dev/null so that this
+        # flush does not print the traceback this handler is here to avoid.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -54,20 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "--processes N (PostgreSQL only), start N such processes and "
                             "restart one that dies.")
     add_options(worker, "broker", "store", "worker", "logging", "metrics")
-    worker.set_defaults(func=_run_worker)
+    worker.set_defaults(func=_run_worker, role_name="worker")
 
     logger = sub.add_parser("logger", help="append every event to the JSON-lines event log",
                             description="Consume <prefix>.events.log and append each event "
                             "as one line; fsync before ack.")
     add_options(logger, "broker", "logger", "logging", "metrics")
-    logger.set_defaults(func=_run_logger)
+    logger.set_defaults(func=_run_role, role_name="logger")
 
     replay = sub.add_parser("replay", help="serve replay requests from the event log",
                             description="Consume <prefix>.replay: stream the log's matching "
                             "events to each subscriber that asks, then an end marker. Runs "
                             "where the logger writes the log.")
     add_options(replay, "broker", "replay", "logging", "metrics")
-    replay.set_defaults(func=_run_replay)
+    replay.set_defaults(func=_run_role, role_name="replay")
 
     run = sub.add_parser("run", help="worker, logger and replay consumer together, for one "
                          "machine",
@@ -109,32 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.bootstrap import build_worker
-
     if settings.processes > 1:
         return _supervise(settings, with_logger=False)
-    role = build_worker(settings)
-    _stop_on_signals(role.stop, "worker")
-    _serve_metrics(settings)
-    role.run()
-    return 0
+    return _run_role(args, settings)
 
 
-def _run_logger(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.bootstrap import build_logger
+def _run_role(args: argparse.Namespace, settings: Settings) -> int:
+    """One long-running role in this process (args.role_name: worker, logger or replay),
+    until SIGTERM or Ctrl-C, with its metrics served."""
+    from thelca import bootstrap
 
-    role = build_logger(settings)
-    _stop_on_signals(role.stop, "logger")
-    _serve_metrics(settings)
-    role.run()
-    return 0
-
-
-def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.bootstrap import build_replay
-
-    role = build_replay(settings)
-    _stop_on_signals(role.stop, "replay")
+    builders: dict[str, Callable[[Settings], bootstrap.Role]] = {
+        "worker": bootstrap.build_worker, "logger": bootstrap.build_logger,
+        "replay": bootstrap.build_replay}
+    role = builders[args.role_name](settings)
+    _stop_on_signals(role.stop, args.role_name)
     _serve_metrics(settings)
     role.run()
     return 0
@@ -178,7 +188,6 @@ def _serve_metrics(settings: Settings) -> None:
     if settings.metrics_port:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host,
                  settings.metrics_port)
-
 
 
 def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
