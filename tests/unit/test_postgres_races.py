@@ -287,6 +287,52 @@ def _remove(store: PostgresStore, event_ids: list[str]) -> None:
         tx.remove_outbox(event_ids)
 
 
+def test_two_workers_pruning_at_once_neither_waits_and_each_record_goes_once(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        for n in range(10):
+            tx.add_processed(ProcessedCommand(f"m{n}", USER, b"{}", None, None, float(n)))
+    pruned: list[int] = []
+    with first.transaction() as tx:
+        pruned.append(tx.prune_processed(before=100.0, limit=6))
+        thread, errors = in_thread(lambda: pruned.append(_prune(second, 6)))
+        assert not blocked(thread, 5), "the second pruner waited for the first"
+    assert not errors
+    assert pruned == [6, 4]  # the second skipped the rows the first held
+    assert first.oldest_processed() is None
+
+
+def _prune(store: PostgresStore, limit: int) -> int:
+    with store.transaction() as tx:
+        return tx.prune_processed(before=100.0, limit=limit)
+
+
+def test_an_expired_record_made_anew_by_one_worker_is_not_forgotten_by_another(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """Two workers both read the expired record; the first forgets it and records the
+    command anew; the second's forget must leave that new record, and its own record is
+    then a lost race (the handler's retry answers from the first's)."""
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        tx.add_processed(ProcessedCommand("m1", USER, b'{"old": 1}', None, None, 10.0))
+    cutoff = 100.0
+    with second.transaction() as theirs:
+        seen = theirs.get_processed("m1")
+        assert seen is not None and seen.created_at < cutoff  # expired, as they saw it
+        with first.transaction() as mine:
+            mine.forget_processed("m1", before=cutoff)
+            mine.add_processed(ProcessedCommand("m1", USER, b'{"new": 1}', None, None, 150.0))
+        theirs.forget_processed("m1", before=cutoff)
+        with pytest.raises(ConcurrentUpdate):
+            theirs.add_processed(ProcessedCommand("m1", USER, b'{"new": 2}', None, None, 151.0))
+    with first.transaction() as tx:
+        kept = tx.get_processed("m1")
+    assert kept is not None and kept.reply == b'{"new": 1}'
+
+
 def test_a_serialization_failure_is_a_lost_race_and_a_dropped_connection_is_unavailable(
 ) -> None:
     assert isinstance(_translated(psycopg.errors.SerializationFailure("x")), ConcurrentUpdate)
