@@ -130,3 +130,23 @@ class DeferredContract:
                 assert tx.get_processed(f"m3-{deferred}") == _processed(f"m3-{deferred}")
         with store.transaction() as tx:
             assert tx.get_processed("m3-True") == _processed("m3-True")
+
+    def test_items_read_ahead_are_the_answers_get_item_gives(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_item(_item("a", {"n": 1}))
+            tx.add_item(_item("b", {"n": 1}))
+        for deferred in (False, True):
+            with store.transaction(deferred=deferred) as tx:
+                nobody = f"nobody-{deferred}"
+                tx.prefetch_items(["b", "a", nobody, "a"])
+                a = tx.get_item("a")
+                assert a is not None and a.item == _item("a", {"n": a.version})
+                tx.replace_item(_item("a", {"n": a.version + 1}), a.version + 1)
+                assert tx.get_item("a") == StoredItem(_item("a", {"n": a.version + 1}),
+                                                      a.version + 1)
+                assert tx.get_item(nobody) is None
+                tx.add_item(_item(nobody))  # made after it was read ahead as missing
+                assert tx.get_item(nobody) == StoredItem(_item(nobody), 1)
+                tx.replace_item(_item(nobody, {"n": 2}), 2)
+        assert [(s.item.id, s.version) for s in store.items()] == [
+            ("a", 3), ("b", 1), ("nobody-False", 2), ("nobody-True", 2)]

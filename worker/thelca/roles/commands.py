@@ -24,11 +24,9 @@ batch only once the broker has confirmed every event (replies go out on a
 connection of their own), and the outbox keeps each event until then, so a
 crash at any point can neither lose an event nor apply a command twice.
 
-This module is the flow of a batch and of one command (its transaction,
-savepoints, idempotency record and outbox); what the service makes of a
-command is thelca.roles.outcomes', the refusals before a command is served
-and its poison thelca.roles.refusals', the replies and event messages
-thelca.roles.answers'.
+This module is the flow of a batch and of one command; what the service
+makes of a command is in thelca.roles.outcomes, the refusals and poison in
+.refusals, the replies and event messages in .answers.
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ from thelca.errors import (
     StoreUnavailable,
 )
 from thelca.roles import fingerprints
-from thelca.roles.answers import Answers, Tally
+from thelca.roles.answers import Answers, Tally, peek
 from thelca.roles.dedup import DedupWindow
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.roles.outcomes import noted_retry, remembered, serve
@@ -70,6 +68,7 @@ from thelca_client.contract import (
 
 log = logging.getLogger(__name__)
 
+ITEM_COMMANDS = ("read", "update")  # the commands whose "id" names an item
 ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
 NUL_USER_ID = ("the user id contains a NUL character (\\u0000), which this store cannot keep "
                "outside properties")
@@ -132,8 +131,7 @@ class CommandRole:
             with self.store.transaction(deferred=deferred) as tx:
                 tx.remove_outbox(confirmed)
                 pruned = self.window.prune(tx, len(batch))
-                tx.prefetch_processed([m.message_id for m in batch
-                                       if m.message_id and isinstance(m.message_id, str)])
+                _read_ahead(tx, batch, self.max_body)
                 out = [out for message in batch
                        for out in self._guarded(tx, message, deferred)]
         except StoreError as error:
@@ -290,3 +288,13 @@ class CommandRole:
     def _event_message_from_outbox(self, event: OutboxEvent) -> Outgoing:
         self._outboxed.add(event.event_id)
         return self._answers.outbox_event(event)
+
+
+def _read_ahead(tx: StoreTransaction, batch: list[Incoming], max_body: int) -> None:
+    """Tell the store what the batch will ask for: its records and the items it names
+    (on PostgreSQL one statement each, instead of one per command)."""
+    tx.prefetch_processed([m.message_id for m in batch
+                           if m.message_id and isinstance(m.message_id, str)])
+    named = (peek(m.body) for m in batch if len(m.body) <= max_body)
+    tx.prefetch_items([item_id for command, item_id in named
+                       if command in ITEM_COMMANDS and item_id is not None])

@@ -73,7 +73,15 @@ class Found(Generic[T]):
 class StoreTransaction(Protocol):
     """What one command may do to the store, all of it committed or none."""
 
-    def get_item(self, item_id: str) -> StoredItem | None: ...
+    def get_item(self, item_id: str) -> StoredItem | None:
+        """The item, its row locked until the transaction ends where other writers share
+        the store (PostgreSQL)."""
+        ...
+
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        """Say that get_item will be asked for these (a store may read and lock them all at
+        once). get_item's answers stay what they would be."""
+        ...
 
     def add_item(self, item: Item) -> StoredItem:
         """Insert a new item at version 1."""

@@ -213,6 +213,9 @@ class _MemoryTransaction:
     def prefetch_processed(self, message_ids: list[str]) -> None:
         return None  # a read here costs no round trip
 
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        return None
+
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         return self._store._processed.get(message_id)
 

@@ -3,18 +3,20 @@
 The command role runs each batch first in one of these (thelca.roles.commands):
 outside a savepoint, the writes of items, processed commands and the outbox are
 held (thelca.stores.postgres.held) and sent in one round trip, one statement per
-kind, before a savepoint, a search or the commit. Reads by key answer from what
-is held first, so that the batch sees its own writes; everything else (links,
+kind, before a savepoint, a search or the commit; the items a batch names are
+read and locked in one statement (prefetch_items), in id order. Reads by key
+answer from what is held first, so that the batch sees its own writes; everything else (links,
 pruning, searches after the held writes are sent) goes at once. Row locks are
-taken as before: get_item locks the row it reads (SELECT ... FOR UPDATE), and
-the held update of that row is sent with the version it was read at.
+taken as before (SELECT ... FOR UPDATE), only all at once: an item read ahead
+stays as read until the commit, and the held update of its row is sent with
+the version it was read at.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 
@@ -22,9 +24,12 @@ from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConcurrentUpdate
 from thelca.stores.base import Found, OutboxEvent, ProcessedCommand
 from thelca.stores.postgres.held import Held, HeldItem
-from thelca.stores.postgres.rows import _translated
+from thelca.stores.postgres.rows import ITEM_COLUMNS, _stored, _translated
 from thelca.stores.postgres.transaction import _PostgresTransaction
 from thelca_client.contract import JSON
+
+SELECT_ITEMS_FOR_UPDATE: LiteralString = (
+    f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ANY(%s) ORDER BY id FOR UPDATE")  # noqa: S608
 
 
 class _DeferredTransaction(_PostgresTransaction):
@@ -35,6 +40,9 @@ class _DeferredTransaction(_PostgresTransaction):
         self._held = Held()
         self._savepoints = 0  # open savepoints: inside one, every write goes at once
         self._refused: ConcurrentUpdate | None = None  # held writes that did not all take
+        # Items read (and locked) ahead by prefetch_items (None: no such item), each
+        # answered once: asked again, the item is read again.
+        self._items_ahead: dict[str, StoredItem | None] = {}
 
     def _holding(self) -> Held | None:
         """Where a write is held back, or None when it is to be sent at once."""
@@ -70,11 +78,26 @@ class _DeferredTransaction(_PostgresTransaction):
 
     # ------------------------------------------------------------ items
 
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        """Read and lock these items in one statement, in id order (as get_item locks each:
+        the rows stay as read until the commit, but for the batch's own writes)."""
+        wanted = sorted({i for i in item_ids if "\x00" not in i} - self._held.items.keys())
+        if not wanted:
+            return
+        rows = self._execute(SELECT_ITEMS_FOR_UPDATE, (wanted,)).fetchall()
+        self._items_ahead.update(dict.fromkeys(wanted))
+        self._items_ahead.update((row[0], _stored(row)) for row in rows)
+
     def get_item(self, item_id: str) -> StoredItem | None:
         held = self._held.item(item_id)  # new, or locked by the read that changed it
-        return held if held is not None else super().get_item(item_id)
+        if held is not None:
+            return held
+        if item_id in self._items_ahead:
+            return self._items_ahead.pop(item_id)
+        return super().get_item(item_id)
 
     def add_item(self, item: Item) -> StoredItem:
+        self._items_ahead.pop(item.id, None)
         held = self._holding()
         if held is None:
             return super().add_item(item)
@@ -84,6 +107,7 @@ class _DeferredTransaction(_PostgresTransaction):
         return StoredItem(item, 1)
 
     def replace_item(self, item: Item, version: int) -> StoredItem:
+        self._items_ahead.pop(item.id, None)
         held = self._holding()
         if held is None:
             return super().replace_item(item, version)

@@ -52,6 +52,9 @@ class _PostgresTransaction:
     def flush(self) -> None:
         """Send what is held back before the commit: nothing here (see .deferred)."""
 
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        return None  # each is read as it is asked for (a deferred transaction reads ahead)
+
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         try:
