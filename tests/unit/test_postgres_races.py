@@ -447,3 +447,27 @@ def test_a_delete_racing_an_update_of_one_link_leaves_one_story(
         assert updated["status"] == 404 and deleted["version"] == 1, replies
     gone = _reply(roles[0], encode(ReadLink(created["id"])), "read-after")
     assert gone["status"] == 404
+
+
+def test_items_read_ahead_are_locked_as_a_read_locks_them(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """A deferred transaction reads a batch's items at once, and holds their locks: another
+    writer's read waits for its commit and then sees its update."""
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        tx.add_item(item("a", {"n": 1}))
+    seen: list[StoredItem | None] = []
+
+    def read() -> None:
+        with second.transaction() as tx:
+            seen.append(tx.get_item("a"))
+
+    with first.transaction(deferred=True) as tx:
+        tx.prefetch_items(["a"])
+        thread, errors = in_thread(read)
+        assert blocked(thread), "the other writer did not wait for the lock"
+        tx.replace_item(item("a", {"n": 2}), 2)
+    thread.join(timeout=30)
+    assert not errors
+    assert seen == [StoredItem(item("a", {"n": 2}), 2)]

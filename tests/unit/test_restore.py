@@ -47,8 +47,8 @@ class WithoutBulkLoad:
         self.url = store.url
         self.keeps_nul = store.keeps_nul
 
-    def transaction(self) -> AbstractContextManager[StoreTransaction]:
-        return self.inner.transaction()
+    def transaction(self, *, deferred: bool = False) -> AbstractContextManager[StoreTransaction]:
+        return self.inner.transaction(deferred=deferred)
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
         return self.inner.pending_outbox(limit)

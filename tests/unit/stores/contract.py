@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from tests.unit.stores.deferred import DeferredContract
 from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import ConcurrentUpdate
 from thelca.stores import ItemStore, OutboxEvent, ProcessedCommand
@@ -80,8 +81,9 @@ def outbox(event_id: str) -> OutboxEvent:
     return OutboxEvent(event_id, f'{{"id": "{event_id}", "type": "Item created"}}'.encode())
 
 
-class StoreContract(abc.ABC):
-    """The tests every item store passes. Subclasses only implement make_store()."""
+class StoreContract(DeferredContract, abc.ABC):
+    """The tests every item store passes. Subclasses only implement make_store().
+    Those of deferred transactions are DeferredContract's (tests/unit/stores/deferred.py)."""
 
     @abc.abstractmethod
     def make_store(self) -> ItemStore:

@@ -7,22 +7,26 @@ store cannot keep (400), the idempotency record (a different command under a
 used message_id: 409), then the service (400, 404, 403, 409) through the
 command's handler (thelca.roles.handlers). Event ids derive from what makes a
 delivery itself (thelca.roles.fingerprints), so that only a redelivery of the
-same message repeats one. The idempotency record answers for the
-deduplication window only, and older ones are pruned a bounded number per
-batch (thelca.roles.dedup). Everything a batch changes — items, the
-processed-command records with their replies, the outbox of events — is
-committed in one store transaction, each command inside its own savepoint,
-before anything is published; whatever fails while one command's outcome is
-built costs that command alone (a 500), never its batch. The plumbing acks
-the batch only once the broker has confirmed every event (replies go out on
-a connection of their own), and the outbox keeps each event until then, so a
+same message repeats one. The idempotency record (thelca.roles.records)
+answers for the deduplication window only, and older ones are pruned a
+bounded number per batch (thelca.roles.dedup). Everything a batch changes —
+items, the processed-command records with their replies, the outbox of
+events — is committed in one store transaction before anything is
+published; whatever fails while one command's outcome is built costs that
+command alone (a 500), never its batch. For that each command has a
+savepoint of its own — but only when one needs it: a batch runs first
+without savepoints, in a deferred transaction (on PostgreSQL its writes go
+in a few round trips for the whole batch: thelca.stores.postgres.deferred);
+if any command fails there, or a held write is refused when sent, that run
+is rolled back, nothing of it published or counted, and the batch runs
+again with a savepoint per command, as it always did. The plumbing acks the
+batch only once the broker has confirmed every event (replies go out on a
+connection of their own), and the outbox keeps each event until then, so a
 crash at any point can neither lose an event nor apply a command twice.
 
-This module is the flow of a batch and of one command (its transaction,
-savepoints, idempotency record and outbox); what the service makes of a
-command is thelca.roles.outcomes', the refusals before a command is served
-and its poison thelca.roles.refusals', the replies and event messages
-thelca.roles.answers'.
+This module is the flow of a batch and of one command; what the service
+makes of a command is in thelca.roles.outcomes, the refusals and poison in
+.refusals, the replies and event messages in .answers.
 """
 
 from __future__ import annotations
@@ -35,18 +39,24 @@ from collections.abc import Callable
 from thelca.authority.base import Authority, Principal
 from thelca.domain.model import Origin
 from thelca.domain.service import ItemService
-from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
+from thelca.errors import (
+    AuthorityUnavailable,
+    CommandRefused,
+    ConcurrentUpdate,
+    StoreError,
+    StoreUnavailable,
+)
 from thelca.roles import fingerprints
-from thelca.roles.answers import Answers
+from thelca.roles.answers import Answers, Tally, peek
 from thelca.roles.dedup import DedupWindow
 from thelca.roles.messages import Incoming, Outgoing
-from thelca.roles.outcomes import Outcome, noted_retry, remembered, serve
+from thelca.roles.outcomes import noted_retry, remembered, serve
+from thelca.roles.records import remember, repeat
 from thelca.roles.refusals import Refusals
 from thelca.stores.base import (
     DEFAULT_DEDUP_WINDOW,
     ItemStore,
     OutboxEvent,
-    ProcessedCommand,
     StoreTransaction,
 )
 from thelca_client.contract import (
@@ -54,16 +64,18 @@ from thelca_client.contract import (
     Names,
     Reply,
     bearer_token,
-    encode_event,
-    encode_reply,
 )
 
 log = logging.getLogger(__name__)
 
+ITEM_COMMANDS = ("read", "update")  # the commands whose "id" names an item
 ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
 NUL_USER_ID = ("the user id contains a NUL character (\\u0000), which this store cannot keep "
                "outside properties")
-DIFFERENT_COMMAND = "message_id already used for a different command"
+
+
+class _Redo(Exception):
+    """A command failed in a batch's first run, which has no savepoints: run it again."""
 
 
 class CommandRole:
@@ -102,13 +114,32 @@ class CommandRole:
             self._key = self.store.deployment_key()
         confirmed, self._confirmed_event_ids = self._confirmed_event_ids, []
         try:
-            with self.store.transaction() as tx:
-                tx.remove_outbox(confirmed)
-                pruned = self.window.prune(tx, len(batch))
-                out = [out for message in batch for out in self._guarded(tx, message)]
+            try:
+                return self._run(batch, confirmed, deferred=True)
+            except _Redo:
+                return self._run(batch, confirmed, deferred=False)
         except BaseException:
             self._confirmed_event_ids = confirmed + self._confirmed_event_ids
             raise
+
+    def _run(self, batch: list[Incoming], confirmed: list[str], *, deferred: bool
+             ) -> list[Outgoing]:
+        """The batch in one transaction: deferred and without savepoints (raising _Redo
+        when anything failed), or with a savepoint per command."""
+        tally = self._answers.tally = Tally()
+        try:
+            with self.store.transaction(deferred=deferred) as tx:
+                tx.remove_outbox(confirmed)
+                pruned = self.window.prune(tx, len(batch))
+                _read_ahead(tx, batch, self.max_body)
+                out = [out for message in batch
+                       for out in self._guarded(tx, message, deferred)]
+        except StoreError as error:
+            if not deferred or isinstance(error, StoreUnavailable):
+                raise
+            raise _Redo from error  # a held write refused when it was sent
+        tally.apply()
+        self._outboxed.update(tally.outboxed)
         self.window.count(pruned)
         return out
 
@@ -148,7 +179,8 @@ class CommandRole:
 
     # ------------------------------------------------------------ one command
 
-    def _guarded(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+    def _guarded(self, tx: StoreTransaction, message: Incoming, deferred: bool = False
+                 ) -> list[Outgoing]:
         """One command's reply and event; whatever fails in building them costs this
         command alone (a 500 and a dead letter), never its batch.
 
@@ -156,13 +188,14 @@ class CommandRole:
         What a command wrote is inside its own savepoint, undone when it raised.
         """
         try:
-            return self._handle_one(tx, message)
-        except (StoreUnavailable, AuthorityUnavailable):
+            return self._handle_one(tx, message, deferred)
+        except (StoreUnavailable, AuthorityUnavailable, _Redo):
             raise
         except Exception:
             return self._refusals.poison_or_drop(message)
 
-    def _handle_one(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+    def _handle_one(self, tx: StoreTransaction, message: Incoming, deferred: bool
+                    ) -> list[Outgoing]:
         refused = self._refusals.up_front(message)
         if refused is not None:
             return refused
@@ -188,7 +221,22 @@ class CommandRole:
             # Neither the item's created_by nor the record of the command could be kept;
             # refused before anything is written, so not remembered either.
             return self._answers.reply(message, Reply(400, error=NUL_USER_ID))
+        if deferred:
+            return self._without_savepoint(tx, message, principal, origin, fingerprint)
         return self._in_savepoint(tx, message, principal, origin, fingerprint)
+
+    def _without_savepoint(
+        self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
+        fingerprint: str,
+    ) -> list[Outgoing]:
+        """The authenticated command in a batch's first run: whatever fails here would have
+        rolled its savepoint back, so the whole batch runs again, with savepoints."""
+        try:
+            return self._authenticated(tx, message, principal, origin, fingerprint)
+        except (StoreUnavailable, AuthorityUnavailable):
+            raise
+        except Exception as error:
+            raise _Redo from error
 
     def _in_savepoint(
         self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
@@ -222,47 +270,31 @@ class CommandRole:
             prior = tx.get_processed(message.message_id)
             # A record past the deduplication window answers no more: a new command.
             if prior is not None and not self.window.forgot_expired(tx, prior, now):
-                return self._repeat(tx, message, principal, prior, fingerprint)
+                return repeat(self._answers, tx, message, principal=principal, prior=prior,
+                              fingerprint=fingerprint,
+                              republish=self._event_message_from_outbox)
         outcome = noted_retry(serve(self.service, tx, principal, message, origin), message)
         if message.message_id and remembered(outcome.command):
-            self._remember(tx, message.message_id, outcome, fingerprint, now)
+            remember(self._answers, tx, message.message_id, outcome=outcome,
+                     fingerprint=fingerprint, now=now)
         command = outcome.command.name if outcome.command else None
         out = self._answers.reply(message, outcome.reply, command)
         if outcome.event is not None:
             out.append(self._answers.event(outcome.event))
         return out
 
-    def _repeat(
-        self, tx: StoreTransaction, message: Incoming, principal: Principal,
-        prior: ProcessedCommand, fingerprint: str,
-    ) -> list[Outgoing]:
-        """A message_id seen before: the same command gets the same reply again, and nothing
-        changes; another command under it is refused, as a reused idempotency key is."""
-        if prior.user_id != principal.user_id:
-            return self._answers.reply(message, Reply(
-                409, error=f"message_id {message.message_id} was already used by another user"))
-        if prior.fingerprint is not None and prior.fingerprint != fingerprint:
-            return self._answers.reply(message, Reply(409, error=DIFFERENT_COMMAND))
-        out = self._answers.reply_bytes(message, prior.reply)
-        pending = tx.get_outbox(prior.event_id) if prior.event_id else None
-        if pending is not None:  # not yet confirmed: publish again, same id
-            out.append(self._event_message_from_outbox(pending))
-        return out
-
-    def _remember(
-        self, tx: StoreTransaction, message_id: str, outcome: Outcome, fingerprint: str,
-        now: float,
-    ) -> None:
-        event = outcome.event
-        tx.add_processed(ProcessedCommand(
-            message_id, outcome.user or "", encode_reply(outcome.reply),
-            event.id if event else None, fingerprint, now))
-        if event is not None:
-            tx.add_outbox(OutboxEvent(event.id, encode_event(event)))
-            self._outboxed.add(event.id)
-
     # ------------------------------------------------------------ messages
 
     def _event_message_from_outbox(self, event: OutboxEvent) -> Outgoing:
         self._outboxed.add(event.event_id)
         return self._answers.outbox_event(event)
+
+
+def _read_ahead(tx: StoreTransaction, batch: list[Incoming], max_body: int) -> None:
+    """Tell the store what the batch will ask for: its records and the items it names
+    (on PostgreSQL one statement each, instead of one per command)."""
+    tx.prefetch_processed([m.message_id for m in batch
+                           if m.message_id and isinstance(m.message_id, str)])
+    named = (peek(m.body) for m in batch if len(m.body) <= max_body)
+    tx.prefetch_items([item_id for command, item_id in named
+                       if command in ITEM_COMMANDS and item_id is not None])

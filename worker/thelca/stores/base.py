@@ -73,7 +73,15 @@ class Found(Generic[T]):
 class StoreTransaction(Protocol):
     """What one command may do to the store, all of it committed or none."""
 
-    def get_item(self, item_id: str) -> StoredItem | None: ...
+    def get_item(self, item_id: str) -> StoredItem | None:
+        """The item, its row locked until the transaction ends where other writers share
+        the store (PostgreSQL)."""
+        ...
+
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        """Say that get_item will be asked for these (a store may read and lock them all at
+        once). get_item's answers stay what they would be."""
+        ...
 
     def add_item(self, item: Item) -> StoredItem:
         """Insert a new item at version 1."""
@@ -117,6 +125,11 @@ class StoreTransaction(Protocol):
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None: ...
 
+    def prefetch_processed(self, message_ids: list[str]) -> None:
+        """Say that get_processed will be asked for these: a store whose every read is a
+        round trip reads them at once. get_processed's answers stay what they would be."""
+        ...
+
     def add_processed(self, processed: ProcessedCommand) -> None:
         """Record a command; raise ConcurrentUpdate if its message_id is recorded already."""
         ...
@@ -155,8 +168,14 @@ class ItemStore(Protocol):
         always may. PostgreSQL text cannot hold it: the worker refuses such a user id."""
         ...
 
-    def transaction(self) -> AbstractContextManager[StoreTransaction]:
-        """Commit on normal exit, roll back if the block raises."""
+    def transaction(self, *, deferred: bool = False) -> AbstractContextManager[StoreTransaction]:
+        """Commit on normal exit, roll back if the block raises.
+
+        `deferred`: the store may hold back the writes made outside a savepoint and send
+        them together later (before a savepoint, a search, the commit), so that a write's
+        StoreError may come from any later call or from the end of the block. It is for a
+        caller that then rolls back and runs the whole block again (the command role);
+        reads by key and searches see the transaction's own writes either way."""
         ...
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:

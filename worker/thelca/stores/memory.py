@@ -50,7 +50,8 @@ class MemoryStore:
         self._lock = threading.RLock()
 
     @contextmanager
-    def transaction(self) -> Iterator[_MemoryTransaction]:
+    def transaction(self, *, deferred: bool = False) -> Iterator[_MemoryTransaction]:
+        # Every write is made at once (deferred allows holding them back, never requires it).
         with self._lock:
             tx = _MemoryTransaction(self)
             try:
@@ -208,6 +209,12 @@ class _MemoryTransaction:
                  or (end != "source" and s.link.target == item_id)]
         start = None if after is None else _link_position(links[after].link)
         return _page(found, _link_position, start, limit, _copy_one_link)
+
+    def prefetch_processed(self, message_ids: list[str]) -> None:
+        return None  # a read here costs no round trip
+
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        return None
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         return self._store._processed.get(message_id)

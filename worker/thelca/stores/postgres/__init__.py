@@ -25,6 +25,16 @@ How many writers stay correct:
   be cured by retrying one command: the batch would wait for the same lock
   again. It raises StoreUnavailable, which rolls the whole batch back and has
   it retried; the other batch goes on.
+- A deferred transaction (the command role's first run of a batch, without
+  savepoints: deferred.py, held.py) holds its writes back and sends them as
+  one statement per kind (arrays through unnest) in one pipelined round trip.
+  The same checks hold: get_item still locks its row when it reads it, an
+  update is sent with the version it was read at and must find it, a new item
+  or record must be inserted (ON CONFLICT DO NOTHING, counted): any shortfall
+  is a ConcurrentUpdate, and the role runs the batch again with savepoints.
+  The batch's processed records are read in one statement
+  (prefetch_processed); one that another worker keeps meanwhile is found when
+  ours is inserted.
 - Outbox rows are removed with SKIP LOCKED: two workers that both published a
   pending event (every worker republishes the outbox when it starts) both
   remove it without waiting for each other. The body of an event id is the
@@ -48,7 +58,8 @@ previous release's workers first, since an item they write afterwards has no
 `search` and no search finds it.
 
 The package: store.py holds the connection and the store's own operations (reads,
-the bulk load), transaction.py one transaction's queries, schema.py the tables and
+the bulk load), transaction.py one transaction's queries, deferred.py a deferred
+transaction's held writes (their statements in held.py), schema.py the tables and
 their migrations, rows.py the conversions of rows and of psycopg's errors, urls.py
 the store URL's schema parameter and its redaction.
 """

@@ -15,6 +15,7 @@ from psycopg import sql
 from thelca.domain.model import StoredItem, StoredLink
 from thelca.errors import ConfigurationError, StoreUnavailable
 from thelca.stores.base import DEPLOYMENT_KEY_BYTES, ItemRow, OutboxEvent
+from thelca.stores.postgres.deferred import _DeferredTransaction
 from thelca.stores.postgres.rows import (
     LINK_COLUMNS,
     _first_line,
@@ -123,9 +124,11 @@ class PostgresStore:
     # ------------------------------------------------------------ ItemStore
 
     @contextmanager
-    def transaction(self) -> Iterator[_PostgresTransaction]:
+    def transaction(self, *, deferred: bool = False) -> Iterator[_PostgresTransaction]:
         with self._using() as conn, conn.transaction():
-            yield _PostgresTransaction(conn)
+            tx = _DeferredTransaction(conn) if deferred else _PostgresTransaction(conn)
+            yield tx
+            tx.flush()
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
         with self._using() as conn:

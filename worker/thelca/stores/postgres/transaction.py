@@ -40,12 +40,20 @@ class _PostgresTransaction:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
+        # Records read ahead by prefetch_processed (None: none kept), each answered once.
+        self._read_ahead: dict[str, ProcessedCommand | None] = {}
 
     def _execute(self, query: LiteralString, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         try:
             return self._conn.execute(query, params)
         except psycopg.Error as error:
             raise _translated(error) from error
+
+    def flush(self) -> None:
+        """Send what is held back before the commit: nothing here (see .deferred)."""
+
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        return None  # each is read as it is asked for (a deferred transaction reads ahead)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -182,6 +190,8 @@ class _PostgresTransaction:
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         if "\x00" in message_id:  # no command was recorded under it: see add_processed
             return None
+        if message_id in self._read_ahead:
+            return self._read_ahead.pop(message_id)
         row = self._execute(
             "SELECT message_id, user_id, reply, event_id, fingerprint, created_at "
             "FROM processed WHERE message_id = %s",
@@ -193,6 +203,7 @@ class _PostgresTransaction:
     def add_processed(self, processed: ProcessedCommand) -> None:
         # A message_id with NUL cannot be kept: psycopg refuses it (UnstorableValue), and
         # the command is answered 500 and dead-lettered, never applied unrecorded.
+        self._read_ahead.pop(processed.message_id, None)
         cursor = self._execute(
             "INSERT INTO processed (message_id, user_id, reply, event_id, fingerprint, "
             "created_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
@@ -203,6 +214,20 @@ class _PostgresTransaction:
             log.debug("lost a race: message_id %s was recorded by another writer",
                       shown(processed.message_id))
             raise ConcurrentUpdate(f"message_id {processed.message_id} is recorded already")
+
+    def prefetch_processed(self, message_ids: list[str]) -> None:
+        # One statement for the batch; each answer is given once (asked again, the record
+        # is read again). One that another worker keeps meanwhile is not missed: adding
+        # ours then finds it (ConcurrentUpdate), and the command runs again.
+        wanted = [m for m in message_ids if "\x00" not in m]
+        if not wanted:
+            return
+        rows = self._execute(
+            "SELECT message_id, user_id, reply, event_id, fingerprint, created_at "
+            "FROM processed WHERE message_id = ANY(%s)", (wanted,)).fetchall()
+        self._read_ahead.update(dict.fromkeys(wanted))
+        self._read_ahead.update((row[0], ProcessedCommand(
+            row[0], row[1], bytes(row[2]), row[3], row[4], row[5])) for row in rows)
 
     def forget_processed(self, message_id: str, *, before: float) -> None:
         # `created_at < before` again here: another worker may have recorded the

@@ -57,7 +57,8 @@ class SQLiteStore:
                 )
 
     @contextmanager
-    def transaction(self) -> Iterator[_SQLiteTransaction]:
+    def transaction(self, *, deferred: bool = False) -> Iterator[_SQLiteTransaction]:
+        # Every write is made at once (deferred allows holding them back, never requires it).
         with _translating("begin a transaction"):
             self._db.execute("BEGIN IMMEDIATE")
         try:

@@ -205,6 +205,12 @@ class _SQLiteTransaction:
         links = [_stored_link(row).link for row in rows]
         return Found(links[:limit], len(links) > limit)
 
+    def prefetch_processed(self, message_ids: list[str]) -> None:
+        return None  # a read here costs no round trip
+
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        return None
+
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         row = self._execute(
             "SELECT message_id, user_id, reply, event_id, fingerprint, created_at "
