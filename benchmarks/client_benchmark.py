@@ -6,7 +6,7 @@
 One `thelca worker` and one `thelca logger` (SQLite store, every guarantee on)
 serve every scenario, on a prefix of their own:
 
-- the floor: the load generator of pipeline_benchmark.py, the least pika code
+- the floor: the load generator of bench/load.py, the least pika code
   that keeps 200 creates in flight (direct reply-to, no confirms);
 - AsyncClient, 200 creates in flight (200 tasks, one client);
 - Client.create_many, window 200 (the blocking client, pipelined);
@@ -33,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline_benchmark import URL, Load, creates, delete, start, stop, wait_consumed
+from bench.load import URL, Load, creates
+from bench.processes import delete, start, stop, wait_consumed
 
 from thelca_client import AsyncClient, Client
 from thelca_client.contract import encode_command

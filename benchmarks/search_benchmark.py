@@ -40,7 +40,8 @@ from typing import Any
 
 import orjson
 import psycopg
-from pipeline_benchmark import URL, delete, start, stop, wait_consumed
+from bench.load import URL
+from bench.processes import delete, start, stop, wait_consumed
 from psycopg import sql
 
 from thelca.authority.test_only import TestOnlyAuthority

@@ -20,8 +20,9 @@ nack: a full queue, or a quorum queue that lost its leader a moment ago) is
 published again the same way on a fresh channel, and raises PublishFailed only
 once the timeout has run out. No pika exception escapes a public method.
 
-The commands are built and their replies read by thelca_client.commands, which
-knows no transport; this module only puts the two together.
+The command methods are thelca_client.methods' (shared with AsyncClient), the
+bodies and replies thelca_client.commands'; this module only gives them the
+blocking transport.
 
 Pipelining: `send_many`, `create_many` and `publish_many` send many commands
 without waiting for each, through a second connection that an event loop in a
@@ -33,45 +34,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from thelca_client.broker import DEFAULT_CONNECTION_NAME, connection_parameters
-from thelca_client.commands import (
-    Outgoing,
-    create_body,
-    create_link_body,
-    delete_link_body,
-    link_end,
-    outgoing,
-    read_body,
-    read_link_body,
-    reply_from,
-    search_items_body,
-    search_links_body,
-    update_body,
-    update_link_body,
-)
+from thelca_client.commands import create_body, reply_from
 from thelca_client.connection import Connection
-from thelca_client.contract import DEFAULT_AMQP_URL, DEFAULT_PREFIX, SEARCH_LIMIT, Names, Reply
+from thelca_client.contract import Reply
 from thelca_client.errors import ThelcaClientError
+from thelca_client.methods import DEFAULT_TIMEOUT, Body, ClientMethods
 from thelca_client.pipeline import DEFAULT_WINDOW, Pipeline
-from thelca_client.replies import (
-    ItemPage,
-    ItemReply,
-    LinkPage,
-    LinkReply,
-    item_page,
-    item_reply,
-    link_page,
-    link_reply,
-)
-from thelca_client.tls import TlsFiles
+from thelca_client.replies import ItemPage, ItemReply, LinkPage, LinkReply, item_reply
 
-DEFAULT_TIMEOUT: Final = 10.0
+__all__ = ["DEFAULT_TIMEOUT", "Client"]  # DEFAULT_TIMEOUT: where it was before methods.py
+
 R = TypeVar("R")
 
 
-class Client:
+class Client(ClientMethods[ItemReply, LinkReply, ItemPage, LinkPage, Reply, str]):
     """Sends thelca commands. Use it from one thread only, and close it (or use `with`).
 
     It connects on its first call, not here, so that it can be made before the
@@ -85,28 +63,12 @@ class Client:
     A TLS file that cannot be loaded raises TlsFileError (a ValueError) here.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_AMQP_URL,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        token: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        connection_name: str | None = None,
-        tls: TlsFiles | None = None,
-    ) -> None:
-        self.names = Names(prefix)
-        self.timeout = timeout
-        self._token = token
-        parameters = connection_parameters(
-            url, connection_name=connection_name or DEFAULT_CONNECTION_NAME, tls=tls
-        )
-        self._connection = Connection(parameters, queue=self.names.commands)
+    def _open(self) -> None:
+        self._connection = Connection(self._parameters, queue=self.names.commands)
         self._pipeline: Pipeline | None = None
 
-    def __repr__(self) -> str:
-        hosts, prefix = self._connection.hosts(), self.names.prefix
-        return f"Client(hosts={hosts!r}, prefix={prefix!r}, timeout={self.timeout!r})"
+    def _hosts(self) -> str:
+        return self._connection.hosts()
 
     def __enter__(self) -> Self:
         return self
@@ -124,193 +86,19 @@ class Client:
         if self._pipeline is not None:
             self._pipeline.close()
 
-    # ------------------------------------------------------------ commands with a reply
+    # ------------------------------------------------------------ the transport
 
-    def create(
-        self,
-        properties: Mapping[str, Any] | None = None,
-        *,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> ItemReply:
-        return self._command(create_body(properties), token, message_id, timeout, item_reply)
-
-    def read(
-        self,
-        id: str,
-        *,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> ItemReply:
-        return self._command(read_body(id), token, message_id, timeout, item_reply)
-
-    def update(
-        self,
-        id: str,
-        item: Mapping[str, Any],
-        *,
-        expected_version: int | None = None,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> ItemReply:
-        return self._command(update_body(id, item, expected_version), token, message_id,
-                             timeout, item_reply)
-
-    # ------------------------------------------------------------ links
-
-    def create_link(
-        self,
-        source: str,
-        target: str,
-        properties: Mapping[str, Any] | None = None,
-        *,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> LinkReply:
-        """A new link from the item `source` to the item `target`; its version is 1."""
-        body = create_link_body(source, target, properties)
-        return self._link(body, token, message_id, timeout)
-
-    def read_link(
-        self,
-        id: str,
-        *,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> LinkReply:
-        return self._link(read_link_body(id), token, message_id, timeout)
-
-    def update_link(
-        self,
-        id: str,
-        link: Mapping[str, Any],
-        *,
-        expected_version: int | None = None,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> LinkReply:
-        """Store `link` (the whole link, as read, changed: source, target, properties)."""
-        body = update_link_body(id, link, expected_version)
-        return self._link(body, token, message_id, timeout)
-
-    def delete_link(
-        self,
-        id: str,
-        *,
-        expected_version: int | None = None,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> LinkReply:
-        """Delete the link; the reply holds it and its version as they were."""
-        body = delete_link_body(id, expected_version)
-        return self._link(body, token, message_id, timeout)
-
-    def _link(
-        self, body: bytes, token: str | None, message_id: str | None, timeout: float | None
-    ) -> LinkReply:
-        return self._command(body, token, message_id, timeout, link_reply)
-
-    # ------------------------------------------------------------ search
-
-    def search_items(
-        self,
-        where: Mapping[str, Any] | None = None,
-        *,
-        limit: int = SEARCH_LIMIT,
-        after: str | None = None,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> ItemPage:
-        """The items whose properties hold every key of `where` with an equal value, in
-        creation order: at most `limit`, after the item `after`; pass the page's `next` as
-        `after` for the next page."""
-        body = search_items_body(where, limit=limit, after=after)
-        return self._command(body, token, message_id, timeout, item_page)
-
-    def search_links(
-        self,
-        *,
-        source: str | None = None,
-        target: str | None = None,
-        either: str | None = None,
-        limit: int = SEARCH_LIMIT,
-        after: str | None = None,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> LinkPage:
-        """The links from the item `source`, to the item `target`, or with `either` end
-        (give exactly one), in creation order, paged as search_items is."""
-        end, item_id = link_end(source, target, either)
-        body = search_links_body(end, item_id, limit=limit, after=after)
-        return self._command(body, token, message_id, timeout, link_page)
-
-    # ------------------------------------------------------------ any command
-
-    def send(
-        self,
-        command_body: bytes,
-        *,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-        raise_for_status: bool = True,
-    ) -> Reply:
-        """Publish any body as a command and wait for its reply.
-
-        Without a token here or on the Client, no Authorization header is sent.
-        Raises the CommandFailed subclass of the status unless raise_for_status is false.
-        After a connection loss the command is sent again with the same message_id
-        and a new correlation_id; all of it within `timeout` (default: the client's).
-        """
-        message = self._outgoing(command_body, token, message_id)
-        body = self._connection.call(message, timeout=self._timeout(timeout))
-        return reply_from(body, message.message_id, raise_for_status=raise_for_status)
-
-    def _command(self, command_body: bytes, token: str | None, message_id: str | None,
-                 timeout: float | None, typed: Callable[[Reply, str], R]) -> R:
-        """Send a command and read its 200 reply as its typed reply; raise for any other."""
-        message = self._outgoing(command_body, token, message_id)
-        body = self._connection.call(message, timeout=self._timeout(timeout))
-        reply = reply_from(body, message.message_id, raise_for_status=True)
+    def _call(self, body: Body, typed: Callable[[Reply, str], R], token: str | None,
+              message_id: str | None, timeout: float | None, *,
+              raise_for_status: bool = True) -> R:
+        message = self._outgoing(body(), token, message_id)
+        reply_body = self._connection.call(message, timeout=self._timeout(timeout))
+        reply = reply_from(reply_body, message.message_id, raise_for_status=raise_for_status)
         return typed(reply, message.message_id)
 
-    # ------------------------------------------------------------ fire-and-forget
-
-    def create_async(
-        self,
-        properties: Mapping[str, Any] | None = None,
-        *,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
-        body = create_body(properties)
-        return self.publish(body, token=token, message_id=message_id, timeout=timeout)
-
-    def publish(
-        self,
-        command_body: bytes,
-        *,
-        token: str | None = None,
-        message_id: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
-        """Publish a command without reply_to, so no reply is sent; return its message_id.
-
-        It returns once the broker confirmed the command. After a connection loss the
-        command is published again with the same message_id, for up to `timeout`
-        seconds (default: the client's), and then ConnectionFailed is raised.
-        """
-        message = self._outgoing(command_body, token, message_id)
+    def _fire(self, body: Body, token: str | None, message_id: str | None,
+              timeout: float | None) -> str:
+        message = self._outgoing(body(), token, message_id)
         self._connection.publish(message, timeout=self._timeout(timeout))
         return message.message_id
 
@@ -400,15 +188,6 @@ class Client:
         if self._pipeline is None:
             self._pipeline = Pipeline(self._connection.parameters, queue=self.names.commands)
         return self._pipeline
-
-    # ------------------------------------------------------------ defaults
-
-    def _outgoing(self, body: bytes, token: str | None, message_id: str | None) -> Outgoing:
-        token = self._token if token is None else token
-        return outgoing(body, token=token, message_id=message_id)
-
-    def _timeout(self, timeout: float | None) -> float:
-        return self.timeout if timeout is None else timeout
 
 
 def _first(errors: list[Exception]) -> Exception:

@@ -1,10 +1,9 @@
 """The client's commands apart from any transport: their bodies, the message around them, replies.
 
-Nothing here knows pika. A transport (the blocking Connection today) is given
-an Outgoing and hands back the bytes of its reply; a client turns those into a
-Reply here. So a client over another transport (an asyncio one) builds and
-reads its commands with these same functions, and a new command is one more
-body builder here plus a method on each client.
+Nothing here knows pika. A transport (the blocking Connection, the asyncio
+AsyncConnection) is given an Outgoing and hands back the bytes of its reply; a
+client turns those into a Reply here. A new command is one more body builder
+here and one method in thelca_client.methods, which both clients share.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ Reconnecting: when the connection is lost the subscription connects again
 client's timeout), binds a new queue and replays from the time of the last
 event it gave, less MARGIN seconds (so that events whose times are out of log
 order by a little are not missed), dropping the ids it already gave.
+
+The broker's side of each connection (the two queues, one inbox for all they
+hear) is thelca_client.subscription_session's.
 """
 
 from __future__ import annotations
@@ -34,32 +37,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Final, Self
 
 import pika
-from pika.channel import Channel
-from pika.spec import Basic, BasicProperties
 
-from thelca_client.asyncio_connection import AsyncConnection, Link, Lost
-from thelca_client.broker import backoff, describe, is_connection_loss, renamed
+from thelca_client.asyncio_connection import AsyncConnection
+from thelca_client.asyncio_link import Lost
+from thelca_client.broker import describe, renamed
 from thelca_client.commands import new_id, outgoing
 from thelca_client.contract import (
     REPLAY_END_HEADER,
     ContractError,
     Event,
     Names,
-    decode_event,
     decode_reply,
     encode_replay_request,
-    loads_object,
     parse_time,
 )
 from thelca_client.errors import ThelcaClientError, error_for
+from thelca_client.subscription_session import (
+    Delivery,
+    LinkLost,
+    Session,
+    Sessions,
+    Tick,
+    Wake,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,49 +74,6 @@ SETTLE: Final = 1.0  # seconds the logger is given to write what was published b
 CATCH_UP_REPLAYS: Final = 5  # replays at most per (re)connect while no live event overlaps
 MARGIN: Final = timedelta(seconds=10)  # how far back a resumed replay starts
 RECENT_IDS: Final = 100_000  # event ids remembered to drop repeats
-PREFETCH: Final = 500  # deliveries in flight per queue: the broker keeps the rest
-
-
-@dataclass
-class _Delivery:
-    live: bool
-    tag: int
-    properties: BasicProperties
-    body: bytes
-
-
-@dataclass
-class _Lost:
-    error: BaseException
-
-
-class _Tick:
-    """Time to ask for another replay."""
-
-
-class _Wake:
-    """The subscription was closed."""
-
-
-_Inbox = asyncio.Queue[_Delivery | _Lost | _Tick | _Wake]
-
-
-@dataclass
-class _Session:
-    """What one connection of the subscription is doing."""
-
-    link: Link
-    channel: Channel
-    inbox: _Inbox
-    replay_queue: str
-    bound_at: float
-    request: str | None = None  # correlation_id of the replay being streamed, if any
-    replays: int = 0
-    heard_at: float = 0.0  # when the replay last sent something
-    catching_up: bool = True
-    replayed: set[str] = field(default_factory=set)  # ids the replays of this session carried
-    held: deque[tuple[_Delivery, Event]] = field(default_factory=deque)  # live, during catch-up
-    latest: datetime | None = None  # the latest time among the replayed events
 
 
 class _RecentIds:
@@ -153,10 +117,10 @@ class Subscription:
         self._since = _time_text(since)
         self._types = None if types is None else tuple(types)
         self._timeout = timeout
+        self._sessions = Sessions(self._connection, names, timeout=timeout)
         self._recent = _RecentIds(RECENT_IDS)
         self._last_time: datetime | None = None  # the latest time among the events given
-        self._session: _Session | None = None
-        self._connected_once = False
+        self._session: Session | None = None
         self._closed = False
 
     def __aiter__(self) -> Self:
@@ -176,7 +140,7 @@ class Subscription:
     async def close(self) -> None:
         self._closed = True
         if self._session is not None:
-            self._session.inbox.put_nowait(_Wake())
+            self._session.inbox.put_nowait(Wake())
         await self._connection.close()
 
     async def __anext__(self) -> Event:
@@ -196,26 +160,26 @@ class Subscription:
 
     # ------------------------------------------------------------ one step at a time
 
-    async def _step(self, session: _Session) -> Event | None:
+    async def _step(self, session: Session) -> Event | None:
         """The next event to give, or None when this step gave none."""
         if not session.catching_up and session.held:
             delivery, event = session.held.popleft()
-            self._ack(session, delivery)
+            session.ack(delivery)
             return self._give(event)
         item = await self._next_item(session)
-        if isinstance(item, _Wake):
+        if isinstance(item, Wake):
             return None
-        if isinstance(item, _Lost):
+        if isinstance(item, LinkLost):
             await self._lose(session, item.error)
             return None
-        if isinstance(item, _Tick):
+        if isinstance(item, Tick):
             await self._ask(session)
             return None
         if item.live:
             return self._on_live(session, item)
         return self._on_replayed(session, item)
 
-    async def _next_item(self, session: _Session) -> _Delivery | _Lost | _Tick | _Wake:
+    async def _next_item(self, session: Session) -> Delivery | LinkLost | Tick | Wake:
         if session.request is None:
             return await session.inbox.get()
         # A replay is streaming: a replay consumer that stopped answering is an error.
@@ -229,26 +193,26 @@ class Subscription:
                 f"{self._timeout:g} s: is `thelca replay` running with the same prefix?"
             ) from None
 
-    def _on_live(self, session: _Session, delivery: _Delivery) -> Event | None:
-        event = _event(delivery.body)
+    def _on_live(self, session: Session, delivery: Delivery) -> Event | None:
+        event = delivery.event()
         if session.catching_up:
             if event is None:
-                self._ack(session, delivery)
+                session.ack(delivery)
             else:
                 session.held.append((delivery, event))
             return None
-        self._ack(session, delivery)
+        session.ack(delivery)
         return None if event is None else self._give(event)
 
-    def _on_replayed(self, session: _Session, delivery: _Delivery) -> Event | None:
-        self._ack(session, delivery)
+    def _on_replayed(self, session: Session, delivery: Delivery) -> Event | None:
+        session.ack(delivery)
         if delivery.properties.correlation_id != session.request:
             return None  # the rest of a replay from before a loss: not ours any more
         session.heard_at = asyncio.get_running_loop().time()
         if (delivery.properties.headers or {}).get(REPLAY_END_HEADER):
             self._on_end(session, delivery.body)
             return None
-        event = _event(delivery.body)
+        event = delivery.event()
         if event is None:
             return None
         if event.id:
@@ -258,7 +222,7 @@ class Subscription:
             session.latest = moment
         return self._give(event)
 
-    def _on_end(self, session: _Session, body: bytes) -> None:
+    def _on_end(self, session: Session, body: bytes) -> None:
         """The replay is over: go live, or ask again later (see the module's docstring)."""
         session.request = None
         try:
@@ -276,7 +240,7 @@ class Subscription:
             return
         loop = asyncio.get_running_loop()
         at = max(loop.time(), session.bound_at + SETTLE * session.replays)
-        loop.call_at(at, session.inbox.put_nowait, _Tick())
+        loop.call_at(at, session.inbox.put_nowait, Tick())
 
     def _give(self, event: Event) -> Event | None:
         """The event, unless it was given before or its type is not wanted."""
@@ -294,77 +258,14 @@ class Subscription:
     def _wanted(self, event: Event) -> bool:
         return self._types is None or event.type in self._types
 
-    @staticmethod
-    def _ack(session: _Session, delivery: _Delivery) -> None:
-        if session.link.lost is None and session.channel.is_open:
-            session.channel.basic_ack(delivery.tag)
+    # ------------------------------------------------------------ replay requests
 
-    # ------------------------------------------------------------ (re)connecting
-
-    async def _start(self) -> _Session:
-        """Connect, bind, ask for the replay: a new session; retried while the broker is away."""
-        delays = backoff()
-        warned = False
-        while True:
-            try:
-                return await self._open()
-            except Lost as lost:
-                if isinstance(lost.error, Exception) and not is_connection_loss(lost.error):
-                    raise ThelcaClientError(f"the broker refused the subscription: "
-                                            f"{describe(lost.error)}") from None
-                delay = next(delays)
-                log.log(logging.DEBUG if warned else logging.WARNING,
-                        "subscription: no connection to the broker (%s); trying again in "
-                        "%.2f s", describe(lost.error) if isinstance(lost.error, Exception)
-                        else "lost", delay)
-                warned = True
-                await asyncio.sleep(delay)
-
-    async def _open(self) -> _Session:
-        if self._connected_once:
-            link = await self._connection.ready(None)
-        else:
-            link = await self._connection.connect(timeout=self._timeout)
-            self._connected_once = True
-        channel = link.channel
-        assert channel is not None
-        inbox: _Inbox = asyncio.Queue()
-        link.when_lost(lambda error: inbox.put_nowait(_Lost(error)))
-        await link.step(lambda done: channel.basic_qos(prefetch_count=PREFETCH, callback=done))
-        live = await self._queue(link, channel)
-        try:
-            await link.step(lambda done: channel.queue_bind(live, self.names.events,
-                                                            callback=done))
-        except Lost as lost:
-            if isinstance(lost.error, pika.exceptions.ChannelClosedByBroker) \
-                    and lost.error.reply_code == 404:
-                raise ThelcaClientError(f"no exchange {self.names.events}: is a thelca worker "
-                                        "running with the same prefix?") from None
-            raise
-        bound_at = asyncio.get_running_loop().time()
-        await self._consume(link, channel, live, inbox, live=True)
-        replay = await self._queue(link, channel)
-        await self._consume(link, channel, replay, inbox, live=False)
-        session = _Session(link, channel, inbox, replay, bound_at)
+    async def _start(self) -> Session:
+        session = await self._sessions.start()  # retried while the broker is away
         await self._ask(session)
         return session
 
-    @staticmethod
-    async def _queue(link: Link, channel: Channel) -> str:
-        declared = await link.step(lambda done: channel.queue_declare(
-            "", exclusive=True, auto_delete=True, callback=done))
-        return str(declared.method.queue)
-
-    @staticmethod
-    async def _consume(link: Link, channel: Channel, queue: str, inbox: _Inbox, *,
-                       live: bool) -> None:
-        def on_message(channel: Channel, method: Basic.Deliver, properties: BasicProperties,
-                       body: bytes) -> None:
-            inbox.put_nowait(_Delivery(live, int(method.delivery_tag or 0), properties, body))
-
-        await link.step(lambda done: channel.basic_consume(queue, on_message, callback=done))
-
-    async def _ask(self, session: _Session) -> None:
+    async def _ask(self, session: Session) -> None:
         """Send a replay request: since the resume point, or since the last replay's events."""
         since = self._since
         # The first replay of a connection resumes after what was given; a later one
@@ -384,20 +285,12 @@ class Subscription:
             await session.link.publish(message, self.names.replay, session.request,
                                        reply_to=session.replay_queue)
 
-    async def _lose(self, session: _Session, error: BaseException) -> None:
+    async def _lose(self, session: Session, error: BaseException) -> None:
         if self._session is session:
             self._session = None
         if not self._closed:
             log.warning("subscription: the connection was lost (%s); resuming",
                         describe(error) if isinstance(error, Exception) else "lost")
-
-
-def _event(body: bytes) -> Event | None:
-    try:
-        return decode_event(loads_object(body, "an event"))
-    except ContractError:
-        log.warning("subscription: dropped a message that is not a JSON event")
-        return None
 
 
 def _moment(event: Event) -> datetime | None:

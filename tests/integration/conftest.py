@@ -162,7 +162,7 @@ def readme_users(amqp_url: str, prefix: str) -> Iterator[dict[str, BrokerUser]]:
             assert line[0] == "rabbitmqctl", line
             role = line[2 if line[1] == "add_user" else 4].removeprefix("thelca-")
             if line[1] == "add_user":
-                name, password = f"{prefix}-{role}", secrets.token_urlsafe(16)
+                name, password = f"{prefix}-{role}", "p" + secrets.token_hex(16)
                 rabbitmqctl("add_user", name, password)
                 url = f"amqp://{name}:{password}@{broker.hostname}:{broker.port or 5672}/%2F"
                 made[role] = BrokerUser(name, url, password)

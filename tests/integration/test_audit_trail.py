@@ -74,7 +74,7 @@ def broker_user(amqp_url: str, name: str, *permissions: str) -> Iterator[str]:
     if shutil.which("rabbitmqctl") is None:
         pytest.fail("this test creates broker users with rabbitmqctl: run it on the broker's "
                     "machine, as root")
-    password = secrets.token_urlsafe(16)
+    password = "p" + secrets.token_hex(16)
     _rabbitmqctl("add_user", name, password)
     try:
         _rabbitmqctl("set_permissions", "-p", "/", name, *permissions)

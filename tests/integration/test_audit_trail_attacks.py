@@ -62,7 +62,7 @@ def attacker_url(amqp_url: str, system: JwtSystem) -> Iterator[str]:
     if shutil.which("rabbitmqctl") is None:
         pytest.fail("this test creates a broker user with rabbitmqctl: run it on the broker's "
                     "machine, as root")
-    name, password = f"{system.prefix}-attacker", secrets.token_urlsafe(16)
+    name, password = f"{system.prefix}-attacker", "p" + secrets.token_hex(16)
     broker = urlparse(amqp_url)
     _rabbitmqctl("add_user", name, password)
     try:

@@ -142,6 +142,44 @@ def test_publish_no_wait_is_fire_and_forget(system: RunningSystem) -> None:
     assert event["type"] == "Item created"
 
 
+def into_a_closed_pipe(*args: str, env: dict[str, str] | None = None,
+                       buffered: bool = True) -> tuple[int, str]:
+    """Run thelca with its stdout a real pipe whose reader is gone, as `| head` leaves it
+    once it has read what it wanted: (exit status, stderr). The reader is closed before
+    the command starts, so its output meets the closed pipe every time: when it writes
+    (unbuffered) or, as in a user's shell, when the buffer is flushed (buffered)."""
+    env = dict(os.environ if env is None else env)
+    env.pop("PYTHONUNBUFFERED", None)
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "thelca", *args], env=env, text=True,
+                                stdout=write_end, stderr=subprocess.PIPE, timeout=60,
+                                check=False)
+    finally:
+        os.close(write_end)
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+def test_publish_into_a_closed_pipe_exits_141_without_a_traceback(
+    system: RunningSystem, buffered: bool
+) -> None:
+    env = {**system.env, "THELCA_TOKEN": "abcd"}
+    status, stderr = into_a_closed_pipe("publish", "read", "--id", "no-such-item", env=env,
+                                        buffered=buffered)
+    assert (status, stderr) == (141, "")
+
+
+def test_help_into_a_closed_pipe_exits_141_without_a_traceback() -> None:
+    """argparse prints the help and exits itself: the buffer meets the closed pipe on the
+    way out. (Unbuffered, argparse drops the failed write itself and exits 0.)"""
+    status, stderr = into_a_closed_pipe("publish", "--help")
+    assert (status, stderr) == (141, "")
+
+
 def test_publish_to_a_prefix_with_no_worker_fails_clearly(amqp_url: str, tmp_path: Path) -> None:
     env = system_env(amqp_url, f"nobody-{uuid.uuid4().hex[:8]}", tmp_path, THELCA_TOKEN="abcd")
     result = thelca("publish", "create", env=env)
@@ -156,6 +194,7 @@ def test_health_is_0_with_broker_worker_and_store_and_3_without(
     assert ok.returncode == 0, ok.stdout
     assert "worker: ok (1 consuming" in ok.stdout
     assert "logger: ok (1 consuming" in ok.stdout
+    assert "dedup window: 604800 s (7.0 days); no processed-command record" in ok.stdout
     broken = thelca("health", env={**system.env,
                                    "THELCA_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"})
     assert broken.returncode == 3

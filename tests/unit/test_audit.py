@@ -818,6 +818,6 @@ def test_an_intact_chain_is_checked_without_parsing_a_line(
     def parse(line: bytes) -> str | None:
         raise AssertionError("took the line-by-line way")
 
-    monkeypatch.setattr("thelca.audit.verify.prev_of", parse)
+    monkeypatch.setattr("thelca.audit.walk.prev_of", parse)
     report = audit(log)
     assert (report.exit_code, report.walk.lines) == (0, 200)

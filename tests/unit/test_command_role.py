@@ -16,10 +16,12 @@ import pytest
 from thelca.authority.base import Principal
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.errors import NotAuthenticated
-from thelca.roles.commands import DIFFERENT_COMMAND, OUTBOX_REMOVAL, CommandRole
+from thelca.roles.commands import CommandRole
 from thelca.roles.fingerprints import fingerprint
 from thelca.roles.handlers import HANDLERS
 from thelca.roles.messages import Incoming, Outgoing
+from thelca.roles.outbox import OUTBOX_REMOVAL
+from thelca.roles.records import DIFFERENT_COMMAND
 from thelca.stores.base import ProcessedCommand
 from thelca.stores.memory import MemoryStore
 from thelca.stores.postgres import PostgresStore

@@ -14,8 +14,8 @@ CLIENT = ROOT / "publisher" / "thelca_client"
 # Each driver or library that talks to the outside, and the only rooms that may import it.
 ROOMS: dict[str, tuple[Path, ...]] = {
     "pika": (WORKER / "amqp", CLIENT),
-    "sqlite3": (WORKER / "stores" / "sqlite.py",),
-    "psycopg": (WORKER / "stores" / "postgres.py",),
+    "sqlite3": (WORKER / "stores" / "sqlite",),
+    "psycopg": (WORKER / "stores" / "postgres",),
     "jwt": (WORKER / "authority", WORKER / "devkeys.py"),
     # and the audit trail's checkpoints, which are signed (Ed25519)
     "cryptography": (WORKER / "authority", WORKER / "devkeys.py", WORKER / "audit"),

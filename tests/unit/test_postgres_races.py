@@ -24,7 +24,8 @@ from thelca.errors import ConcurrentUpdate, StoreUnavailable
 from thelca.roles.commands import CommandRole
 from thelca.roles.messages import Incoming
 from thelca.stores.base import OutboxEvent, ProcessedCommand
-from thelca.stores.postgres import PostgresStore, _translated
+from thelca.stores.postgres import PostgresStore
+from thelca.stores.postgres.rows import _translated
 from thelca_client.contract import (
     CreateLink,
     DeleteLink,
@@ -286,6 +287,52 @@ def _remove(store: PostgresStore, event_ids: list[str]) -> None:
         tx.remove_outbox(event_ids)
 
 
+def test_two_workers_pruning_at_once_neither_waits_and_each_record_goes_once(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        for n in range(10):
+            tx.add_processed(ProcessedCommand(f"m{n}", USER, b"{}", None, None, float(n)))
+    pruned: list[int] = []
+    with first.transaction() as tx:
+        pruned.append(tx.prune_processed(before=100.0, limit=6))
+        thread, errors = in_thread(lambda: pruned.append(_prune(second, 6)))
+        assert not blocked(thread, 5), "the second pruner waited for the first"
+    assert not errors
+    assert pruned == [6, 4]  # the second skipped the rows the first held
+    assert first.oldest_processed() is None
+
+
+def _prune(store: PostgresStore, limit: int) -> int:
+    with store.transaction() as tx:
+        return tx.prune_processed(before=100.0, limit=limit)
+
+
+def test_an_expired_record_made_anew_by_one_worker_is_not_forgotten_by_another(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """Two workers both read the expired record; the first forgets it and records the
+    command anew; the second's forget must leave that new record, and its own record is
+    then a lost race (the handler's retry answers from the first's)."""
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        tx.add_processed(ProcessedCommand("m1", USER, b'{"old": 1}', None, None, 10.0))
+    cutoff = 100.0
+    with second.transaction() as theirs:
+        seen = theirs.get_processed("m1")
+        assert seen is not None and seen.created_at < cutoff  # expired, as they saw it
+        with first.transaction() as mine:
+            mine.forget_processed("m1", before=cutoff)
+            mine.add_processed(ProcessedCommand("m1", USER, b'{"new": 1}', None, None, 150.0))
+        theirs.forget_processed("m1", before=cutoff)
+        with pytest.raises(ConcurrentUpdate):
+            theirs.add_processed(ProcessedCommand("m1", USER, b'{"new": 2}', None, None, 151.0))
+    with first.transaction() as tx:
+        kept = tx.get_processed("m1")
+    assert kept is not None and kept.reply == b'{"new": 1}'
+
+
 def test_a_serialization_failure_is_a_lost_race_and_a_dropped_connection_is_unavailable(
 ) -> None:
     assert isinstance(_translated(psycopg.errors.SerializationFailure("x")), ConcurrentUpdate)
@@ -400,3 +447,27 @@ def test_a_delete_racing_an_update_of_one_link_leaves_one_story(
         assert updated["status"] == 404 and deleted["version"] == 1, replies
     gone = _reply(roles[0], encode(ReadLink(created["id"])), "read-after")
     assert gone["status"] == 404
+
+
+def test_items_read_ahead_are_locked_as_a_read_locks_them(
+    stores: Callable[[], PostgresStore],
+) -> None:
+    """A deferred transaction reads a batch's items at once, and holds their locks: another
+    writer's read waits for its commit and then sees its update."""
+    first, second = stores(), stores()
+    with first.transaction() as tx:
+        tx.add_item(item("a", {"n": 1}))
+    seen: list[StoredItem | None] = []
+
+    def read() -> None:
+        with second.transaction() as tx:
+            seen.append(tx.get_item("a"))
+
+    with first.transaction(deferred=True) as tx:
+        tx.prefetch_items(["a"])
+        thread, errors = in_thread(read)
+        assert blocked(thread), "the other writer did not wait for the lock"
+        tx.replace_item(item("a", {"n": 2}), 2)
+    thread.join(timeout=30)
+    assert not errors
+    assert seen == [StoredItem(item("a", {"n": 2}), 2)]

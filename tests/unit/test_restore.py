@@ -47,8 +47,8 @@ class WithoutBulkLoad:
         self.url = store.url
         self.keeps_nul = store.keeps_nul
 
-    def transaction(self) -> AbstractContextManager[StoreTransaction]:
-        return self.inner.transaction()
+    def transaction(self, *, deferred: bool = False) -> AbstractContextManager[StoreTransaction]:
+        return self.inner.transaction(deferred=deferred)
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
         return self.inner.pending_outbox(limit)
@@ -64,6 +64,9 @@ class WithoutBulkLoad:
 
     def count_links(self) -> int:
         return self.inner.count_links()
+
+    def oldest_processed(self) -> float | None:
+        return self.inner.oldest_processed()
 
     def ping(self) -> None:
         self.inner.ping()

@@ -78,6 +78,7 @@ def test_health_answers_for_a_postgresql_store(pg_store_url: str) -> None:
     result = thelca("health", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2F",
                     env=clean_env(THELCA_STORE=pg_store_url))
     assert "store: ok" in result.stdout
+    assert "dedup window: 604800 s" in result.stdout
     assert result.returncode == 3  # no broker on port 1
 
 

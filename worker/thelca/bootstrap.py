@@ -188,9 +188,11 @@ def build_worker(
     tls = tls_files(settings)  # before the store, whose lock a refusal here would keep
     store = store or open_store(settings.store)
     names = settings.names
-    handler = CommandRole(store, authority, names, max_body=settings.max_body)
-    log.info("worker: prefix %s, store %s, authority %s, prefetch %d",
-             settings.prefix, safe_url(store.url), authority.name, settings.prefetch)
+    handler = CommandRole(store, authority, names, max_body=settings.max_body,
+                          dedup_window=settings.dedup_window)
+    log.info("worker: prefix %s, store %s, authority %s, prefetch %d, dedup window %d s",
+             settings.prefix, safe_url(store.url), authority.name, settings.prefetch,
+             settings.dedup_window)
     consumer = BatchConsumer(
         settings.amqp_url, names.commands, handler, thelca_topology(names),
         prefetch=settings.prefetch, max_batch=settings.prefetch, name="worker",

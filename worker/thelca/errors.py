@@ -12,7 +12,7 @@
     └── (thelca.amqp.dead.DeadLettersUnavailable, beside the retry results it carries)
 
 Each store translates its driver's errors into the StoreError family in one
-place (stores/sqlite.py, stores/postgres.py), so that nothing above the
+place (stores/sqlite/rows.py, stores/postgres/rows.py), so that nothing above the
 stores sees sqlite3 or psycopg; a store never raises a CommandRefused.
 """
 

@@ -29,6 +29,12 @@ REPLIES_UNDELIVERABLE = Counter(
     "thelca_replies_undeliverable",
     "Messages to clients dropped because the broker closed the reply connection over them",
     ["role"])
+DEDUP_WINDOW = Gauge(
+    "thelca_dedup_window_seconds",
+    "How long a processed command's record answers its message_id (THELCA_DEDUP_WINDOW)")
+PROCESSED_PRUNED = Counter(
+    "thelca_processed_pruned",
+    "Processed-command records removed because they outlived the deduplication window")
 DEAD_LETTERS = Counter("thelca_dead_letters", "Messages sent to the dead-letter exchange",
                        ["role"])
 LOG_LINES = Counter("thelca_log_lines", "Event log lines written and fsynced")

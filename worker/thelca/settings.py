@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from thelca.errors import ConfigurationError
+from thelca.stores.base import DEFAULT_DEDUP_WINDOW
 from thelca_client.contract import DEFAULT_AMQP_URL, DEFAULT_MAX_BODY, DEFAULT_PREFIX, Names
 
 
@@ -71,6 +72,10 @@ OPTIONS: dict[str, Option] = {
                        "largest command body in bytes; larger ones get 413"),
     "prefetch": Option("--prefetch", "THELCA_PREFETCH", "200",
                        "deliveries in flight per consumer (also the largest batch)"),
+    "dedup_window": Option(
+        "--dedup-window", "THELCA_DEDUP_WINDOW", str(DEFAULT_DEDUP_WINDOW),
+        "seconds a processed command's record answers its message_id; a re-send after it is "
+        "a new command, and older records are pruned"),
     "processes": Option("--processes", "THELCA_PROCESSES", "1",
                         "worker processes to run; more than 1 needs a store that takes many "
                         "writers (postgresql://...), SQLite is one writer"),
@@ -94,7 +99,8 @@ GROUPS = {
     "broker": ("amqp_url", "prefix", "amqp_ca_file", "amqp_cert_file", "amqp_key_file"),
     "store": ("store",),
     "authority": ("authority", *JWT),
-    "worker": ("authority", *JWT, "max_body", "prefetch", "processes"),
+    "worker": ("authority", *JWT, "max_body", "prefetch", "dedup_window", "processes"),
+    "dedup": ("dedup_window",),
     "logger": ("event_log", "event_log_max_bytes", "log_signing_key", "event_publishers",
                "prefetch"),
     "replay": ("authority", *JWT, "event_log", "replay_streams"),
@@ -140,6 +146,7 @@ class Settings:
     jwt_leeway: int = 30
     max_body: int = DEFAULT_MAX_BODY
     prefetch: int = 200
+    dedup_window: int = DEFAULT_DEDUP_WINDOW
     processes: int = 1
     log_level: str = "INFO"
     log_format: str = "text"
@@ -172,7 +179,7 @@ class Settings:
             if raw is None:
                 raw = environ.get(option.env) or option.default
             values[f.name] = raw
-        for name in ("max_body", "prefetch", "processes", "replay_streams"):
+        for name in ("max_body", "prefetch", "processes", "replay_streams", "dedup_window"):
             values[name] = _positive_int(name, values[name])
         values["jwt_leeway"] = _whole_number("jwt_leeway", values["jwt_leeway"])
         values["event_log_max_bytes"] = _whole_number(

@@ -4,10 +4,11 @@ Everything a client needs to speak to thelca, with no server dependency.
 The prose version is docs/contract.md; every rule there that concerns the
 bytes on the wire lives here, so that the worker and the client cannot drift.
 
-Four modules: `base` (constants, names, JSON), `fields` (how a command's
-fields are checked), `commands` (one typed shape per command, encode and
-decode), `messages` (the token, replies, events, replay requests); every
-public name is importable from this package.
+Five modules: `base` (constants, names, JSON), `wording` (how a refusal names
+the value it got), `fields` (how a command's fields are checked), `commands`
+(one typed shape per command, encode and decode), `messages` (the token,
+replies, events, replay requests); every public name is importable from this
+package.
 """
 
 from thelca_client.contract.base import (

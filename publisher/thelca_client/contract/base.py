@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import orjson
+
+from thelca_client.contract.wording import json_type
 
 DEFAULT_PREFIX: Final = "thelca"
 DEFAULT_AMQP_URL: Final = "amqp://guest:guest@localhost:5672/%2F"
@@ -120,7 +121,7 @@ def loads_object(body: bytes, what: str = "body") -> JSON:
     except (orjson.JSONDecodeError, RecursionError) as error:
         raise ContractError("The data is not a JSON string") from error
     if not isinstance(value, dict):
-        raise ContractError(f"{what} must be a JSON object, not {_json_type(value)}")
+        raise ContractError(f"{what} must be a JSON object, not {json_type(value)}")
     return value
 
 
@@ -136,20 +137,3 @@ def json_depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
         elif isinstance(current, list):
             stack.extend((child, depth + 1) for child in current)
     return True
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return "a number"
-    return names.get(type(value), type(value).__name__)
-
-def _listed(names: Iterable[str]) -> str:
-    return ", ".join(names)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

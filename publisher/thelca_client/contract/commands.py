@@ -14,23 +14,21 @@ from thelca_client.contract.base import (
     CommandName,
     ContractError,
     LinkEnd,
-    _json_type,
-    _listed,
-    _shown,
     dumps,
     json_depth_ok,
     loads_object,
 )
 from thelca_client.contract.fields import (
-    _after,
-    _expected_version,
-    _id_field,
-    _item_field,
-    _limit,
-    _link_field,
-    _paged,
-    _with_version,
+    after_field,
+    id_field,
+    item_field,
+    limit_field,
+    link_field,
+    paged,
+    version_field,
+    with_version,
 )
+from thelca_client.contract.wording import json_type, listed, shown
 
 # ---------------------------------------------------------------- commands
 
@@ -44,7 +42,7 @@ class CreateItem:
 
     @classmethod
     def decode(cls, data: JSON) -> CreateItem:
-        return cls(_item_field(data, required=False))
+        return cls(item_field(data, required=False))
 
     def to_json(self) -> JSON:
         return {"command": self.name, "item": self.item}
@@ -59,7 +57,7 @@ class ReadItem:
 
     @classmethod
     def decode(cls, data: JSON) -> ReadItem:
-        return cls(_id_field(data, cls.name))
+        return cls(id_field(data, cls.name))
 
     def to_json(self) -> JSON:
         return {"command": self.name, "id": self.id}
@@ -76,11 +74,11 @@ class UpdateItem:
 
     @classmethod
     def decode(cls, data: JSON) -> UpdateItem:
-        item_id = _id_field(data, cls.name)
-        return cls(item_id, _item_field(data, required=True), _expected_version(data))
+        item_id = id_field(data, cls.name)
+        return cls(item_id, item_field(data, required=True), version_field(data))
 
     def to_json(self) -> JSON:
-        return _with_version({"command": self.name, "id": self.id, "item": self.item},
+        return with_version({"command": self.name, "id": self.id, "item": self.item},
                              self.expected_version)
 
 
@@ -93,7 +91,7 @@ class CreateLink:
 
     @classmethod
     def decode(cls, data: JSON) -> CreateLink:
-        return cls(_link_field(data, required=False))
+        return cls(link_field(data, required=False))
 
     def to_json(self) -> JSON:
         return {"command": self.name, "link": self.link}
@@ -108,7 +106,7 @@ class ReadLink:
 
     @classmethod
     def decode(cls, data: JSON) -> ReadLink:
-        return cls(_id_field(data, cls.name, "link"))
+        return cls(id_field(data, cls.name, "link"))
 
     def to_json(self) -> JSON:
         return {"command": self.name, "id": self.id}
@@ -125,11 +123,11 @@ class UpdateLink:
 
     @classmethod
     def decode(cls, data: JSON) -> UpdateLink:
-        link_id = _id_field(data, cls.name, "link")
-        return cls(link_id, _link_field(data, required=True), _expected_version(data))
+        link_id = id_field(data, cls.name, "link")
+        return cls(link_id, link_field(data, required=True), version_field(data))
 
     def to_json(self) -> JSON:
-        return _with_version({"command": self.name, "id": self.id, "link": self.link},
+        return with_version({"command": self.name, "id": self.id, "link": self.link},
                              self.expected_version)
 
 
@@ -143,10 +141,10 @@ class DeleteLink:
 
     @classmethod
     def decode(cls, data: JSON) -> DeleteLink:
-        return cls(_id_field(data, cls.name, "link"), _expected_version(data))
+        return cls(id_field(data, cls.name, "link"), version_field(data))
 
     def to_json(self) -> JSON:
-        return _with_version({"command": self.name, "id": self.id}, self.expected_version)
+        return with_version({"command": self.name, "id": self.id}, self.expected_version)
 
 
 @dataclass(frozen=True)
@@ -165,13 +163,13 @@ class SearchItems:
         if where is None:
             where = {}
         elif not isinstance(where, dict):
-            raise ContractError(f"where must be an object, not {_json_type(where)}")
+            raise ContractError(f"where must be an object, not {json_type(where)}")
         if not json_depth_ok(where, MAX_JSON_DEPTH):
             raise ContractError(f"where nests deeper than {MAX_JSON_DEPTH} levels")
-        return cls(where, _limit(data), _after(data))
+        return cls(where, limit_field(data), after_field(data))
 
     def to_json(self) -> JSON:
-        return _paged({"command": self.name, "where": self.where}, self.limit, self.after)
+        return paged({"command": self.name, "where": self.where}, self.limit, self.after)
 
 
 @dataclass(frozen=True)
@@ -194,11 +192,11 @@ class SearchLinks:
         end = given[0]
         item_id = data[end]
         if not isinstance(item_id, str):
-            raise ContractError(f"{end} must be a string, not {_json_type(item_id)}")
-        return cls(end, item_id, _limit(data), _after(data))
+            raise ContractError(f"{end} must be a string, not {json_type(item_id)}")
+        return cls(end, item_id, limit_field(data), after_field(data))
 
     def to_json(self) -> JSON:
-        return _paged({"command": self.name, self.end: self.item_id}, self.limit, self.after)
+        return paged({"command": self.name, self.end: self.item_id}, self.limit, self.after)
 
     @property
     def query(self) -> JSON:
@@ -247,10 +245,10 @@ def decode_command(body: bytes) -> Command:
     data = loads_object(body)
     name = data.get("command")
     if name is None:
-        raise ContractError(f"command is missing: use one of {_listed(COMMANDS)}")
+        raise ContractError(f"command is missing: use one of {listed(COMMANDS)}")
     kind = COMMAND_TYPES.get(name) if isinstance(name, str) else None
     if kind is None:
-        raise ContractError(f"command must be one of {_listed(COMMANDS)}, not {_shown(name)}")
+        raise ContractError(f"command must be one of {listed(COMMANDS)}, not {shown(name)}")
     return kind.decode(data)
 
 

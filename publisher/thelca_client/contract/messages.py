@@ -11,11 +11,10 @@ from thelca_client.contract.base import (
     AUTHORIZATION_HEADER,
     JSON,
     ContractError,
-    _json_type,
-    _shown,
     dumps,
     loads_object,
 )
+from thelca_client.contract.wording import json_type, shown
 
 # ---------------------------------------------------------------- authorization
 
@@ -193,7 +192,7 @@ def decode_replay_request(body: bytes) -> ReplayRequest:
         value = data.get(name)
         if value is not None:
             if not isinstance(value, str):
-                raise ContractError(f"{name} must be a string, not {_json_type(value)}")
+                raise ContractError(f"{name} must be a string, not {json_type(value)}")
             try:
                 parse_time(value)
             except ValueError as error:
@@ -216,8 +215,8 @@ def parse_time(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{_shown(text)} is not an ISO 8601 time such as "
+        raise ValueError(f"{shown(text)} is not an ISO 8601 time such as "
                          "2026-11-26T23:59:59+00:00") from None
     if moment.tzinfo is None:
-        raise ValueError(f"{_shown(text)} has no UTC offset: add +00:00 or Z")
+        raise ValueError(f"{shown(text)} has no UTC offset: add +00:00 or Z")
     return moment

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from tests.unit.stores.deferred import DeferredContract
 from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import ConcurrentUpdate
 from thelca.stores import ItemStore, OutboxEvent, ProcessedCommand
@@ -60,14 +61,19 @@ def item(item_id: str, properties: JSON | None = None) -> Item:
 FINGERPRINT = hashlib.sha256(b"a command").hexdigest()
 
 
+RECORDED_AT = 1_700_000_000.25  # when the records of these tests were made
+
+
 def processed(message_id: str, event_id: str | None = "ev-1",
-              fingerprint: str | None = FINGERPRINT) -> ProcessedCommand:
+              fingerprint: str | None = FINGERPRINT,
+              created_at: float = RECORDED_AT) -> ProcessedCommand:
     return ProcessedCommand(
         message_id=message_id,
         user_id=CREATED_BY,
         reply=b'{"status": 200, "note": "bytes \xff\x00 kept"}',
         event_id=event_id,
         fingerprint=fingerprint,
+        created_at=created_at,
     )
 
 
@@ -75,8 +81,9 @@ def outbox(event_id: str) -> OutboxEvent:
     return OutboxEvent(event_id, f'{{"id": "{event_id}", "type": "Item created"}}'.encode())
 
 
-class StoreContract(abc.ABC):
-    """The tests every item store passes. Subclasses only implement make_store()."""
+class StoreContract(DeferredContract, abc.ABC):
+    """The tests every item store passes. Subclasses only implement make_store().
+    Those of deferred transactions are DeferredContract's (tests/unit/stores/deferred.py)."""
 
     @abc.abstractmethod
     def make_store(self) -> ItemStore:
@@ -395,6 +402,94 @@ class StoreContract(abc.ABC):
         with store.transaction() as tx:
             assert tx.get_processed("m1") == first
             assert tx.get_processed("m2") == second
+
+    # ------------------------------------------------------------ the deduplication window
+
+    def test_records_made_before_the_cutoff_are_pruned_and_later_ones_kept(
+        self, store: ItemStore
+    ) -> None:
+        # Neither in time order nor in its reverse: the store orders by time itself.
+        times = {"m-300": 300.0, "m-100": 100.0, "m-250": 250.0, "m-200": 200.0}
+        with store.transaction() as tx:
+            for message_id, created_at in times.items():
+                tx.add_processed(processed(message_id, created_at=created_at))
+        with store.transaction() as tx:
+            assert tx.prune_processed(before=250.0, limit=10) == 2
+        with store.transaction() as tx:
+            assert tx.get_processed("m-100") is None
+            assert tx.get_processed("m-200") is None
+            assert tx.get_processed("m-250") == processed("m-250", created_at=250.0)
+            assert tx.get_processed("m-300") == processed("m-300", created_at=300.0)
+            assert tx.prune_processed(before=250.0, limit=10) == 0
+
+    def test_pruning_takes_the_oldest_first_and_at_most_the_limit(
+        self, store: ItemStore
+    ) -> None:
+        with store.transaction() as tx:
+            for n in (5, 3, 1, 4, 2):
+                tx.add_processed(processed(f"m{n}", created_at=float(n)))
+        left = ["m1", "m2", "m3", "m4", "m5"]
+        for expected in (2, 2, 1, 0):
+            with store.transaction() as tx:
+                assert tx.prune_processed(before=10.0, limit=2) == expected
+                left = left[expected:]
+                assert [m for m in ("m1", "m2", "m3", "m4", "m5")
+                        if tx.get_processed(m) is not None] == left
+
+    def test_a_pruning_rolled_back_keeps_every_record(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_processed(processed("m-old", created_at=1.0))
+            tx.add_processed(processed("m-older", created_at=0.5))
+        with pytest.raises(Boom), store.transaction() as tx:
+            assert tx.prune_processed(before=2.0, limit=10) == 2
+            raise Boom
+        with store.transaction() as tx:
+            with pytest.raises(Boom), tx.savepoint():
+                assert tx.prune_processed(before=2.0, limit=1) == 1
+                raise Boom
+            assert tx.get_processed("m-older") == processed("m-older", created_at=0.5)
+            assert tx.get_processed("m-old") == processed("m-old", created_at=1.0)
+            assert tx.prune_processed(before=2.0, limit=1) == 1  # the older, as before
+            assert tx.get_processed("m-older") is None
+            assert tx.get_processed("m-old") is not None
+
+    def test_a_record_made_again_after_pruning_is_pruned_by_its_own_time(
+        self, store: ItemStore
+    ) -> None:
+        with store.transaction() as tx:
+            tx.add_processed(processed("m1", created_at=1.0))
+        with store.transaction() as tx:
+            tx.forget_processed("m1", before=2.0)
+            tx.add_processed(processed("m1", created_at=5.0))
+        with store.transaction() as tx:
+            assert tx.prune_processed(before=2.0, limit=10) == 0
+            assert tx.get_processed("m1") == processed("m1", created_at=5.0)
+            assert tx.prune_processed(before=6.0, limit=10) == 1
+            assert tx.get_processed("m1") is None
+
+    def test_forget_processed_removes_an_expired_record_only(self, store: ItemStore) -> None:
+        with store.transaction() as tx:
+            tx.add_processed(processed("m1", created_at=100.0))
+            tx.forget_processed("m1", before=100.0)  # made at the cutoff: not expired
+            tx.forget_processed("not-there", before=200.0)
+            assert tx.get_processed("m1") == processed("m1", created_at=100.0)
+            tx.forget_processed("m1", before=100.5)
+            assert tx.get_processed("m1") is None
+            tx.add_processed(processed("m1", created_at=300.0))  # the id is free again
+        with store.transaction() as tx:
+            assert tx.get_processed("m1") == processed("m1", created_at=300.0)
+
+    def test_oldest_processed_says_when_the_oldest_record_was_made(
+        self, store: ItemStore
+    ) -> None:
+        assert store.oldest_processed() is None
+        with store.transaction() as tx:
+            tx.add_processed(processed("m2", created_at=20.5))
+            tx.add_processed(processed("m1", created_at=10.25))
+        assert store.oldest_processed() == 10.25
+        with store.transaction() as tx:
+            tx.prune_processed(before=15.0, limit=10)
+        assert store.oldest_processed() == 20.5
 
     # ------------------------------------------------------------ outbox
 

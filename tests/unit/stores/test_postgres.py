@@ -4,6 +4,7 @@ connection, URLs and their passwords, NUL). Races between writers: test_postgres
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any, LiteralString
 
@@ -29,7 +30,8 @@ from thelca.domain.model import Item, StoredItem
 from thelca.errors import ConfigurationError, StoreUnavailable, UnstorableValue
 from thelca.stores import ItemStore, many_writers, open_store
 from thelca.stores.base import Found
-from thelca.stores.postgres import PostgresStore, _PostgresTransaction, redacted, split_schema
+from thelca.stores.postgres import PostgresStore, redacted, split_schema
+from thelca.stores.postgres.transaction import _PostgresTransaction
 from thelca_client.contract import JSON, LinkEnd
 
 
@@ -332,19 +334,52 @@ class TestPostgresStore(StoreContract):
             for statement in PREVIOUS_RELEASE_TABLES:
                 conn.execute(statement)
             conn.execute("INSERT INTO processed VALUES ('m-old', 'u', '\\x7b7d', 'e-old')")
+        opened = time.time()
         stores = [PostgresStore(self.url), PostgresStore(self.url)]  # the second finds it done
         try:
             with stores[1].transaction() as tx:
                 old = tx.get_processed("m-old")
                 assert old is not None and (old.reply, old.event_id, old.fingerprint) == (
                     b"{}", "e-old", None)
-                tx.add_processed(processed("m-new"))
+                # made, as far as the window goes, when this release first opened it
+                assert opened <= old.created_at <= time.time()
+                assert tx.prune_processed(before=opened, limit=10) == 0
+                tx.add_processed(processed("m-new", created_at=opened + 3600))
             with stores[0].transaction() as tx:
-                assert tx.get_processed("m-new") == processed("m-new")
+                assert tx.get_processed("m-new") == processed("m-new", created_at=opened + 3600)
+                assert tx.prune_processed(before=old.created_at + 0.001, limit=10) == 1
+                assert tx.get_processed("m-old") is None
             assert stores[0].deployment_key() == stores[1].deployment_key()
+            with stores[0]._using() as conn:
+                assert conn.execute("SELECT to_regclass('processed_by_age') IS NOT NULL"
+                                    ).fetchone() == (True,)
         finally:
             for store in stores:
                 store.close()
+
+    def test_pruning_reads_the_oldest_records_from_an_index(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a table large enough for the planner to care: no sequential scan."""
+        store = PostgresStore(self.url)
+        try:
+            with store.transaction() as tx:
+                for n in range(5_000):
+                    tx.add_processed(processed(f"m{n}", created_at=float(n)))
+            with store._using() as conn:
+                conn.execute("ANALYZE processed")
+            statements = _recorded_statements(monkeypatch)
+            with store.transaction() as tx:
+                assert tx.prune_processed(before=100.0, limit=50) == 50
+                tx.forget_processed("m4000", before=10_000.0)
+            deletes = [(q, p) for q, p in statements if q.startswith("DELETE")]
+            assert len(deletes) == 2, statements
+            with store._using() as conn:
+                for query, params in deletes:
+                    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, params))
+                    assert "Seq Scan" not in plan, plan
+        finally:
+            store.close()
 
     def test_libpq_options_in_the_url_reach_the_server(self) -> None:
         store = PostgresStore(f"{self.url}&options=-c%20statement_timeout%3D4321")

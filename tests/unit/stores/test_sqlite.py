@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,7 @@ class TestSQLiteStore(StoreContract):
         def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
             raise sqlite3.OperationalError("unable to open database file")
 
-        monkeypatch.setattr("thelca.stores.sqlite.sqlite3.connect", refuse)
+        monkeypatch.setattr("thelca.stores.sqlite.schema.sqlite3.connect", refuse)
         # Kept, as a caller that logs or retries may: its traceback holds the half-made store.
         with pytest.raises(StoreUnavailable, match=r"could not open .*unable to open") as failed:
             SQLiteStore(self.path)
@@ -309,6 +310,7 @@ class TestSQLiteStoreKeeps:
         db.commit()
         db.close()
 
+        opened = time.time()
         store = SQLiteStore(path)
         try:
             with store.transaction() as tx:
@@ -316,7 +318,10 @@ class TestSQLiteStoreKeeps:
                 assert old is not None
                 assert (old.message_id, old.reply, old.event_id, old.fingerprint) == (
                     "m-old", b"{}", "e-old", None)
-                tx.add_processed(processed("m-new"))
+                # made, as far as the window goes, when this release first opened it
+                assert opened <= old.created_at <= time.time()
+                assert tx.prune_processed(before=opened, limit=10) == 0
+                tx.add_processed(processed("m-new", created_at=opened + 3600))
                 stored = tx.get_item("a")
                 assert stored is not None and stored.version == 3
             assert store.pending_outbox() == [OutboxEvent("e-old", b"{}")]
@@ -332,7 +337,41 @@ class TestSQLiteStoreKeeps:
             again.close()
         columns = [row[1] for row in sqlite3.connect(path).execute(
             "PRAGMA table_info(processed)")]
-        assert columns == ["message_id", "user_id", "reply", "event_id", "fingerprint"]
+        assert columns == ["message_id", "user_id", "reply", "event_id", "fingerprint",
+                           "created_at"]
+        migrated = SQLiteStore(path)
+        try:
+            with migrated.transaction() as tx:
+                old = tx.get_processed("m-old")  # the same time as before: not re-stamped
+                assert old is not None and old.created_at < time.time()
+                assert tx.prune_processed(before=old.created_at + 0.001, limit=10) == 1
+                assert tx.get_processed("m-old") is None
+                assert tx.get_processed("m-new") is not None
+        finally:
+            migrated.close()
+
+    def test_pruning_reads_the_oldest_records_from_an_index(self, tmp_path: Path) -> None:
+        """The cost of a prune is the rows it removes, not the table it looks in."""
+        store = SQLiteStore(tmp_path / "thelca.db")
+        try:
+            with store.transaction() as tx:
+                for n in range(50):
+                    tx.add_processed(processed(f"m{n}", created_at=float(n)))
+            statements: list[str] = []
+            store._db.set_trace_callback(statements.append)
+            with store.transaction() as tx:
+                assert tx.prune_processed(before=10.0, limit=5) == 5
+                tx.forget_processed("m40", before=100.0)
+            store._db.set_trace_callback(None)
+            deletes = [s for s in statements if s.startswith("DELETE")]
+            assert len(deletes) == 2, statements
+            for statement in deletes:
+                plan = " | ".join(row[3] for row in store._db.execute(
+                    "EXPLAIN QUERY PLAN " + statement))
+                assert "SCAN processed" not in plan or "USING INDEX processed_by_age" in plan, plan
+                assert "TEMP B-TREE" not in plan, plan
+        finally:
+            store.close()
 
 
 def test_open_store_refuses_sqlite_without_a_path() -> None:

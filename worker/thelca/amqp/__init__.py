@@ -5,12 +5,13 @@ confirms: `topology` says what to declare, `connection` where to connect and
 the reconnect loop, `session` one connection's life (confirms, drain on stop),
 `batch` the batch consumer (worker, logger), with its publish channel in
 `publishing`, its outbox rounds in `republish` and its stuck marker in
-`marker`, and `streams` the replay consumer's streams; `convert` turns pika's
-messages into the roles' and back; `replies` is the second connection that
-replies and replay streams go out on. Short-lived operator tools use a
-BlockingConnection: `admin` (health) and `dead` (dead letters: listing and
-retrying them; what each letter is and who sent it in `letters`). Callers see
-thelca's errors, never pika's.
+`marker`, and `streams` the replay consumer's streams (which requests are
+streamed and which wait: `fairness`); `convert` turns pika's messages into the
+roles' and back; `replies` is the second connection that replies and replay
+streams go out on (what flows on it: `reply_flow`). Short-lived operator tools
+use a BlockingConnection: `admin` (health) and `dead` (dead letters: listing
+and retrying them; what each letter is and who sent it in `letters`). Callers
+see thelca's errors, never pika's.
 
 Importing this package contains pika's decoder (`decoding`) for the whole
 process, so that no consumer (worker, logger, replay, the dead-letter tools)

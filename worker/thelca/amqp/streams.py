@@ -8,12 +8,8 @@ confirmed and at most `in_flight` of them are unconfirmed at any time, so a
 request for a million events neither floods the broker nor holds the log in
 memory, and a small request is not stuck behind a big one.
 
-Fairness: the prefetch is `streams + waiting`, so requests beyond those
-served are taken from the queue and wait here, in order, each for a slot its
-user may have; one user's many requests cannot keep another's in the broker's
-queue. A user with `waiting_per_user` requests waiting already, or a request
-that waited `max_wait` seconds, is answered 429 at once (acked, not
-requeued: a requeue would count towards the queue's delivery limit).
+Fairness: a user's requests beyond what it may have streamed wait here, in
+order (thelca.amqp.fairness), or are answered 429.
 
 The streams go out on the session's reply connection (thelca.amqp.replies),
 since their reply_to is the subscriber's: a reply_to the broker chokes on
@@ -34,9 +30,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pika
 import pika.channel
@@ -44,11 +38,11 @@ import pika.spec
 
 from thelca.amqp.connection import Reconnecting, SessionLike
 from thelca.amqp.convert import incoming_of
-from thelca.amqp.session import ConnectionSession
+from thelca.amqp.fairness import FairSession, Request
 from thelca.amqp.topology import Topology
 from thelca.errors import AuthorityUnavailable
 from thelca.logtext import shown
-from thelca.roles.messages import EventStream, Incoming, Outgoing, StreamOpener
+from thelca.roles.messages import Outgoing, StreamOpener
 from thelca_client.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -97,34 +91,14 @@ class ReplayConsumer(Reconnecting):
         return _ReplaySession(self, params)
 
 
-@dataclass(eq=False)
-class _Request:
-    """A request being answered, and where its stream stands."""
 
-    tag: int
-    incoming: Incoming
-    stream: EventStream
-    user: str | None = None  # who asked; None: an answer that costs nothing, never waits
-    taken: float = 0.0  # when it was delivered (monotonic)
-    unconfirmed: int = 0
-    ended: bool = False  # the stream gave its last message, or was abandoned
-    requeue: bool = False  # nack it (a refused publish, or stopping) instead of acking
-
-    @property
-    def reply_to(self) -> str | None:
-        return self.incoming.reply_to
-
-
-class _ReplaySession(ConnectionSession[_Request]):
+class _ReplaySession(FairSession):
     """One connection and its channel, serving requests until it closes."""
 
     DRAIN_TIMEOUT = 10.0
 
     def __init__(self, owner: ReplayConsumer, params: pika.URLParameters) -> None:
         super().__init__(owner, params)
-        self.owner: ReplayConsumer = owner
-        self._requests: deque[_Request] = deque()  # being served, taking turns
-        self._waiting: deque[_Request] = deque()  # taken from the queue, waiting for a turn
         self._pump_scheduled = False
         self._unavailable = 0.0  # the last backoff for an Authority that did not answer
 
@@ -163,46 +137,8 @@ class _ReplaySession(ConnectionSession[_Request]):
         except Exception:
             stream = self.owner.opener.broken(incoming, self._bug("a replay request failed"))
         self._unavailable = 0.0
-        self._place(_Request(tag, incoming, stream, stream.user, time.monotonic()))
+        self._place(Request(tag, incoming, stream, stream.user, time.monotonic()))
         self._schedule_pump()
-
-    # ------------------------------------------------------------ fairness
-
-    def _place(self, request: _Request) -> None:
-        """Serve the request now if its user may have one more stream, else let it wait."""
-        if request.user is None or self._room_for(request.user):
-            self._requests.append(request)
-        elif sum(w.user == request.user for w in self._waiting) >= self.owner.waiting_per_user:
-            self._refuse(request, f"too many replay requests from this user at once: "
-                         f"{self.owner.per_user} are streamed and {self.owner.waiting_per_user} "
-                         "wait; ask again when some have ended")
-        else:
-            self._waiting.append(request)
-
-    def _room_for(self, user: str) -> bool:
-        serving = [r.user for r in self._requests if r.user is not None and not r.ended]
-        return len(serving) < self.owner.streams and serving.count(user) < self.owner.per_user
-
-    def _admit(self) -> None:
-        """Move waiting requests, oldest first, to the streams their users have room for."""
-        now = time.monotonic()
-        for request in list(self._waiting):
-            if now - request.taken >= self.owner.max_wait:
-                self._waiting.remove(request)
-                self._refuse(request, f"this replay request waited {self.owner.max_wait:.0f}s "
-                             "for its turn; ask again later")
-            elif request.user is not None and self._room_for(request.user):
-                self._waiting.remove(request)
-                self._requests.append(request)
-
-    def _refuse(self, request: _Request, why: str) -> None:
-        """Answer 429 at once: an end marker, and the request acked like any other."""
-        log.warning("%s: replay request %s refused with 429: %s", self.owner.name,
-                    shown(request.incoming.correlation_id), why)
-        request.stream.close()
-        request.stream = self.owner.opener.refused(request.incoming, 429, why)
-        request.user = None
-        self._requests.append(request)
 
     def _bug(self, what: str) -> str:
         """Log the current exception under a new error id, and return the id."""
@@ -241,7 +177,7 @@ class _ReplaySession(ConnectionSession[_Request]):
         if any(not r.ended for r in self._requests):
             self._schedule_pump()
 
-    def _turn(self, request: _Request, limit: int) -> None:
+    def _turn(self, request: Request, limit: int) -> None:
         try:
             messages = request.stream.take(limit)
         except Exception:
@@ -253,7 +189,7 @@ class _ReplaySession(ConnectionSession[_Request]):
             messages = request.stream.take(limit)
         self._publish(request, messages)
 
-    def _publish(self, request: _Request, messages: list[Outgoing]) -> None:
+    def _publish(self, request: Request, messages: list[Outgoing]) -> None:
         assert self.replies is not None
         for message in messages:
             self.replies.publish(message, request, mandatory=True)
@@ -269,7 +205,7 @@ class _ReplaySession(ConnectionSession[_Request]):
                 request.stream.close()
                 request.ended = True
 
-    def _undeliverable(self, pending: _Request | None, message: Outgoing, why: str) -> None:
+    def _undeliverable(self, pending: Request | None, message: Outgoing, why: str) -> None:
         """The broker chokes on this request's reply_to: abandon it, ack it, serve the others."""
         if pending is None or pending not in self._requests:
             return
@@ -281,7 +217,7 @@ class _ReplaySession(ConnectionSession[_Request]):
         self._schedule_pump()
         self._close_if_drained()
 
-    def _confirmed(self, confirmed: list[_Request], refused: bool) -> None:
+    def _confirmed(self, confirmed: list[Request], refused: bool) -> None:
         for request in confirmed:
             if refused and not request.requeue:
                 log.warning("%s: the broker refused a replay message; the request goes back "
@@ -293,7 +229,7 @@ class _ReplaySession(ConnectionSession[_Request]):
         self._schedule_pump()
         self._close_if_drained()
 
-    def _settle(self, request: _Request) -> None:
+    def _settle(self, request: Request) -> None:
         """Ack (or requeue) a request whose stream ended and whose messages are confirmed."""
         if not request.ended or request.unconfirmed or request not in self._requests:
             return

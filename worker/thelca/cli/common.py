@@ -14,6 +14,9 @@ import sys
 EXIT_REFUSED = 1  # the command got a reply whose status is not 200
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3  # no broker, no reply in time, or a bad configuration
+# stdout was a pipe its reader closed (`thelca ... | head`): what a shell reports for a
+# program killed by SIGPIPE (128 + 13), so `set -o pipefail` still sees it.
+EXIT_BROKEN_PIPE = 141
 
 
 def configure_logging(level: str, format_: str = "text") -> None:

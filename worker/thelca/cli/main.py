@@ -11,14 +11,36 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from thelca import __version__
-from thelca.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, configure_logging
-from thelca.errors import ConfigurationError, QueueMissing, ThelcaError
+from thelca.cli.common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    configure_logging,
+)
+from thelca.cli.health import health as run_health
+from thelca.errors import ConfigurationError, ThelcaError
 from thelca.settings import Settings, add_options
 
 log = logging.getLogger("thelca")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command's exit status. Output into a closed pipe (`thelca ... | head`) ends it
+    quietly with EXIT_BROKEN_PIPE, as Python's documentation of SIGPIPE recommends."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # what is still buffered meets the closed pipe here, not at exit
+    except BrokenPipeError:
+        # Python flushes stdout again as it exits: point it at /dev/null so that this
+        # flush does not print the traceback this handler is here to avoid.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -53,20 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "--processes N (PostgreSQL only), start N such processes and "
                             "restart one that dies.")
     add_options(worker, "broker", "store", "worker", "logging", "metrics")
-    worker.set_defaults(func=_run_worker)
+    worker.set_defaults(func=_run_worker, role_name="worker")
 
     logger = sub.add_parser("logger", help="append every event to the JSON-lines event log",
                             description="Consume <prefix>.events.log and append each event "
                             "as one line; fsync before ack.")
     add_options(logger, "broker", "logger", "logging", "metrics")
-    logger.set_defaults(func=_run_logger)
+    logger.set_defaults(func=_run_role, role_name="logger")
 
     replay = sub.add_parser("replay", help="serve replay requests from the event log",
                             description="Consume <prefix>.replay: stream the log's matching "
                             "events to each subscriber that asks, then an end marker. Runs "
                             "where the logger writes the log.")
     add_options(replay, "broker", "replay", "logging", "metrics")
-    replay.set_defaults(func=_run_replay)
+    replay.set_defaults(func=_run_role, role_name="replay")
 
     run = sub.add_parser("run", help="worker, logger and replay consumer together, for one "
                          "machine",
@@ -81,13 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit 0 only when the broker answers, a worker consumes the commands "
         "queue, none is stuck on a batch that keeps failing, the store answers and, under "
         "jwt, the key set holds keys (an emptied or removed JWKS file revokes every token); "
-        "3 otherwise. Says whether a logger runs (or is stuck) too. With --role logger or "
+        "3 otherwise. Says whether a logger runs (or is stuck) too, and the deduplication "
+        "window with the age of the oldest processed-command record. With --role logger or "
         "replay: only the broker and that role's queue (and, for replay, the key set), so "
         "that a logger's or replay consumer's health does not depend on a worker.")
     health.add_argument("--role", choices=("worker", "logger", "replay"), default="worker",
                         help="whose health to check (default worker)")
-    add_options(health, "broker", "store", "authority", "logging")
-    health.set_defaults(func=_health)
+    add_options(health, "broker", "store", "dedup", "authority", "logging")
+    health.set_defaults(func=run_health)
 
     from thelca.cli.publish import add_publish_parser
 
@@ -107,32 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.bootstrap import build_worker
-
     if settings.processes > 1:
         return _supervise(settings, with_logger=False)
-    role = build_worker(settings)
-    _stop_on_signals(role.stop, "worker")
-    _serve_metrics(settings)
-    role.run()
-    return 0
+    return _run_role(args, settings)
 
 
-def _run_logger(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.bootstrap import build_logger
+def _run_role(args: argparse.Namespace, settings: Settings) -> int:
+    """One long-running role in this process (args.role_name: worker, logger or replay),
+    until SIGTERM or Ctrl-C, with its metrics served."""
+    from thelca import bootstrap
 
-    role = build_logger(settings)
-    _stop_on_signals(role.stop, "logger")
-    _serve_metrics(settings)
-    role.run()
-    return 0
-
-
-def _run_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from thelca.bootstrap import build_replay
-
-    role = build_replay(settings)
-    _stop_on_signals(role.stop, "replay")
+    builders: dict[str, Callable[[Settings], bootstrap.Role]] = {
+        "worker": bootstrap.build_worker, "logger": bootstrap.build_logger,
+        "replay": bootstrap.build_replay}
+    role = builders[args.role_name](settings)
+    _stop_on_signals(role.stop, args.role_name)
     _serve_metrics(settings)
     role.run()
     return 0
@@ -178,7 +190,6 @@ def _serve_metrics(settings: Settings) -> None:
                  settings.metrics_port)
 
 
-
 def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
     """First SIGTERM/SIGINT: finish what is in flight and stop. Second: exit at once."""
     received: list[int] = []
@@ -193,94 +204,3 @@ def _stop_on_signals(stop: Callable[[], None], role: str) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-
-
-# ------------------------------------------------------------ health
-
-STUCK = ("a batch keeps failing and a consumer has stopped taking more until it goes "
-         "through; its log says why, under 'stuck batch'")
-
-
-def _health(args: argparse.Namespace, settings: Settings) -> int:
-    """0 only when the broker answers, a worker consumes the commands, the store answers and
-    the Authority can verify tokens."""
-    from thelca.amqp import queue_consumers, stuck
-    from thelca.bootstrap import authority_health, tls_files
-    from thelca.stores import open_store
-
-    if args.role != "worker":
-        return _role_health(args.role, settings)
-    names = settings.names
-    healthy = True
-    tls = tls_files(settings)
-    try:
-        workers = queue_consumers(settings.amqp_url, names.commands, tls=tls)
-        loggers = queue_consumers(settings.amqp_url, names.events_log, tls=tls)
-        print("broker: ok")
-        if stuck(settings.amqp_url, names.commands, tls=tls):
-            healthy = False
-            print(f"worker: FAILED (stuck batch: {STUCK})")
-        elif workers:
-            print(f"worker: ok ({workers} consuming {names.commands})")
-        else:
-            healthy = False
-            print(f"worker: FAILED (nothing consumes {names.commands})")
-        if stuck(settings.amqp_url, names.events_log, tls=tls):
-            print(f"logger: stuck batch ({STUCK}); events wait in the queue")
-        else:
-            print(f"logger: {'ok' if loggers else 'not running; events wait in the queue'} "
-                  f"({loggers} consuming {names.events_log})")
-    except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
-        healthy = False
-        print(_broker_failure(error, "worker", names.commands))
-    try:
-        store = open_store(settings.store, writer=False)
-        try:
-            store.ping()
-        finally:
-            store.close()
-        print("store: ok")
-    except Exception as error:
-        healthy = False
-        print(f"store: FAILED ({type(error).__name__}: {error})")
-    verifies, line = authority_health(settings)
-    print(f"authority: {line}")
-    healthy = healthy and verifies
-    return 0 if healthy else EXIT_UNAVAILABLE
-
-
-def _broker_failure(error: ThelcaError, role: str, queue: str) -> str:
-    """What health says when asking the broker failed: its fault, or a queue never declared."""
-    if isinstance(error, QueueMissing):  # the broker answered: nothing declared the queue
-        return f"broker: ok\n{role}: FAILED (no worker has declared {queue})"
-    return f"broker: FAILED ({type(error).__name__}: {error})"
-
-
-def _role_health(role: str, settings: Settings) -> int:
-    """A logger's or replay consumer's health: the broker, and that role on its queue (and
-    the replay consumer's Authority)."""
-    from thelca.amqp import queue_consumers, stuck
-    from thelca.bootstrap import authority_health, tls_files
-
-    names = settings.names
-    queue = names.events_log if role == "logger" else names.replay
-    tls = tls_files(settings)
-    try:
-        consumers = queue_consumers(settings.amqp_url, queue, tls=tls)
-        stuck_batch = role == "logger" and stuck(settings.amqp_url, queue, tls=tls)
-    except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
-        print(_broker_failure(error, role, queue))
-        return EXIT_UNAVAILABLE
-    print("broker: ok")
-    healthy = bool(consumers) and not stuck_batch
-    if stuck_batch:
-        print(f"{role}: FAILED (stuck batch: {STUCK})")
-    elif not consumers:
-        print(f"{role}: FAILED (nothing consumes {queue})")
-    else:
-        print(f"{role}: ok ({consumers} consuming {queue})")
-    if role == "replay":  # it verifies the subscribers' tokens with the same Authority
-        verifies, line = authority_health(settings)
-        print(f"authority: {line}")
-        healthy = healthy and verifies
-    return 0 if healthy else EXIT_UNAVAILABLE

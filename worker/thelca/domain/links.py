@@ -15,8 +15,9 @@ from typing import Any
 
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
-from thelca.domain.model import SERVER_FIELDS, Link, Origin, StoredLink
-from thelca.errors import Conflict, InvalidCommand, ItemNotFound
+from thelca.domain.checks import check_unchanged, check_version, found, refuse_server_fields
+from thelca.domain.model import Link, Origin, StoredLink
+from thelca.errors import InvalidCommand
 from thelca.stores.base import StoreTransaction
 from thelca_client.contract import (
     JSON,
@@ -78,25 +79,18 @@ class LinkResult:
     event: Event
 
 
+@dataclass(frozen=True)
 class LinkService:
     """Create, read, update and delete links: authorise, validate, store, event."""
 
-    def __init__(
-        self,
-        authority: Authority,
-        clock: Callable[[], str] = model.utc_now,
-        new_id: Callable[[], str] = model.new_item_id,
-    ) -> None:
-        self.authority = authority
-        self.clock = clock
-        self.new_id = new_id
+    authority: Authority
+    clock: Callable[[], str] = model.utc_now
+    new_id: Callable[[], str] = model.new_item_id
 
     def create(
         self, tx: StoreTransaction, principal: Principal, proposed: JSON, origin: Origin
     ) -> LinkResult:
-        for name in SERVER_FIELDS:
-            if proposed.get(name) is not None:
-                raise InvalidCommand(f"{name} cannot be set externally")
+        refuse_server_fields(proposed)
         source, target = _checked_ends(tx, proposed)
         user = self.authority.check_create_link(principal, proposed)
         now = self.clock()
@@ -108,7 +102,7 @@ class LinkService:
     def read(
         self, tx: StoreTransaction, principal: Principal, link_id: str, origin: Origin
     ) -> LinkResult:
-        stored = self._find(tx, link_id)
+        stored = found(tx.get_link(link_id), "link", link_id)
         user = self.authority.check_read_link(principal, stored.link)
         return LinkResult(stored, link_read(stored, user, self.clock(), origin))
 
@@ -122,13 +116,13 @@ class LinkService:
         expected_version: int | None,
         origin: Origin,
     ) -> LinkResult:
-        current = self._find(tx, link_id)
-        _check_unchanged(current.link, link_id, proposed)
+        current = found(tx.get_link(link_id), "link", link_id)
+        check_unchanged(current.link, link_id, proposed)
         source, target = _checked_ends(tx, proposed)
         new_link = Link(current.link.id, current.link.created_at, current.link.created_by,
                         source, target, dict(proposed.get("properties") or {}))
         user = self.authority.check_update_link(principal, current.link, new_link)
-        _check_version(expected_version, current)
+        check_version(expected_version, current.version, "link", link_id)
         stored = tx.replace_link(new_link, current.version + 1)
         return LinkResult(stored, link_updated(stored, user, self.clock(), origin))
 
@@ -141,27 +135,11 @@ class LinkService:
         expected_version: int | None,
         origin: Origin,
     ) -> LinkResult:
-        current = self._find(tx, link_id)
+        current = found(tx.get_link(link_id), "link", link_id)
         user = self.authority.check_delete_link(principal, current.link)
-        _check_version(expected_version, current)
+        check_version(expected_version, current.version, "link", link_id)
         tx.delete_link(link_id, current.version)
         return LinkResult(current, link_deleted(current, user, self.clock(), origin))
-
-    @staticmethod
-    def _find(tx: StoreTransaction, link_id: str) -> StoredLink:
-        stored = tx.get_link(link_id)
-        if stored is None:
-            raise ItemNotFound(f"no link with id {link_id}")
-        return stored
-
-
-def _check_unchanged(current: Link, link_id: str, proposed: JSON) -> None:
-    """The server's fields of an update must come back as they were."""
-    if proposed.get("id") != link_id:
-        raise InvalidCommand("id cannot be modified")
-    for name in ("created_at", "created_by"):
-        if proposed.get(name) != getattr(current, name):
-            raise InvalidCommand(f"{name} cannot be modified")
 
 
 def _checked_ends(tx: StoreTransaction, proposed: JSON) -> tuple[str, str]:
@@ -176,11 +154,3 @@ def _checked_ends(tx: StoreTransaction, proposed: JSON) -> tuple[str, str]:
         if not tx.has_item(item_id):
             raise InvalidCommand(f"{name} must be a valid item id")
     return source, target
-
-
-def _check_version(expected_version: int | None, current: StoredLink) -> None:
-    if expected_version is not None and expected_version != current.version:
-        raise Conflict(
-            f"expected_version is {expected_version} but link {current.link.id} "
-            f"is at version {current.version}"
-        )

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from thelca.authority.base import Authority, Principal
 from thelca.domain import model
+from thelca.domain.checks import check_unchanged, check_version, found, refuse_server_fields
 from thelca.domain.links import LinkService
-from thelca.domain.model import SERVER_FIELDS, Item, Origin, StoredItem
+from thelca.domain.model import Item, Origin, StoredItem
 from thelca.domain.search import SearchService
-from thelca.errors import Conflict, InvalidCommand, ItemNotFound
 from thelca.stores.base import StoreTransaction
 from thelca_client.contract import JSON, Event
 
@@ -46,9 +46,7 @@ class ItemService:
     def create(
         self, tx: StoreTransaction, principal: Principal, proposed: JSON, origin: Origin
     ) -> Result:
-        for name in SERVER_FIELDS:
-            if proposed.get(name) is not None:
-                raise InvalidCommand(f"{name} cannot be set externally")
+        refuse_server_fields(proposed)
         user = self.authority.check_create_item(principal, proposed)
         now = self.clock()
         item = Item(self.new_id(), now, user, dict(proposed.get("properties") or {}))
@@ -58,7 +56,7 @@ class ItemService:
     def read(
         self, tx: StoreTransaction, principal: Principal, item_id: str, origin: Origin
     ) -> Result:
-        stored = self._find(tx, item_id)
+        stored = found(tx.get_item(item_id), "item", item_id)
         user = self.authority.check_read_item(principal, stored.item)
         return Result(stored, model.item_read(stored, user, self.clock(), origin))
 
@@ -72,31 +70,11 @@ class ItemService:
         expected_version: int | None,
         origin: Origin,
     ) -> Result:
-        current = self._find(tx, item_id)
-        new_item = _checked_update(current.item, item_id, proposed)
+        current = found(tx.get_item(item_id), "item", item_id)
+        check_unchanged(current.item, item_id, proposed)
+        new_item = Item(current.item.id, current.item.created_at, current.item.created_by,
+                        dict(proposed.get("properties") or {}))
         user = self.authority.check_update_item(principal, current.item, new_item)
-        if expected_version is not None and expected_version != current.version:
-            raise Conflict(
-                f"expected_version is {expected_version} but item {item_id} "
-                f"is at version {current.version}"
-            )
+        check_version(expected_version, current.version, "item", item_id)
         stored = tx.replace_item(new_item, current.version + 1)
         return Result(stored, model.item_updated(stored, user, self.clock(), origin))
-
-    @staticmethod
-    def _find(tx: StoreTransaction, item_id: str) -> StoredItem:
-        stored = tx.get_item(item_id)
-        if stored is None:
-            raise ItemNotFound(f"no item with id {item_id}")
-        return stored
-
-
-def _checked_update(current: Item, item_id: str, proposed: JSON) -> Item:
-    """The item an update asks for; the server's fields must be sent back unchanged."""
-    if proposed.get("id") != item_id:
-        raise InvalidCommand("id cannot be modified")
-    for name in ("created_at", "created_by"):
-        if proposed.get(name) != getattr(current, name):
-            raise InvalidCommand(f"{name} cannot be modified")
-    return Item(current.id, current.created_at, current.created_by,
-                dict(proposed.get("properties") or {}))

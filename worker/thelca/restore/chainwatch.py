@@ -5,7 +5,7 @@ the fold applies it, and restore stops at the first block where the chain
 breaks. Hashing every line costs about a fifth of a restore, so a big log is
 followed by a process of its own beside the fold (on a machine with a core to
 spare that costs restore nothing), and a break is known at the end.
-Either way the walk is audit's own (thelca.audit.verify.ChainWalk).
+Either way the walk is audit's own (thelca.audit.walk.ChainWalk).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
-from thelca.audit.verify import ChainWalk
+from thelca.audit.walk import ChainWalk
 from thelca.errors import ChainBroken
 from thelca.eventlog.reader import Block, LogSnapshot
 

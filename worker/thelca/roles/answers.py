@@ -1,10 +1,14 @@
 """What the command role sends back: a command's reply to its client, and events.
 
 Every answer is counted (thelca_commands_total, by command and status),
-whether or not it has a reply_to to go to.
+whether or not it has a reply_to to go to: in the batch's Tally, which the
+command role applies once the batch is committed (a batch's first run may be
+rolled back and run again, and must not be counted twice).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -22,12 +26,28 @@ from thelca_client.contract import (
 )
 
 
+@dataclass
+class Tally:
+    """What a batch counts and leaves behind, applied once it is committed."""
+
+    commands: list[tuple[str, str]] = field(default_factory=list)  # (command, status)
+    dead_letters: int = 0
+    outboxed: list[str] = field(default_factory=list)  # ids of events the outbox now holds
+
+    def apply(self) -> None:
+        for command, status in self.commands:
+            metrics.COMMANDS.labels(command, status).inc()
+        if self.dead_letters:
+            metrics.DEAD_LETTERS.labels("worker").inc(self.dead_letters)
+
+
 class Answers:
     """Builds the command role's replies and event messages."""
 
     def __init__(self, names: Names, max_body: int) -> None:
         self.names = names
         self.max_body = max_body
+        self.tally = Tally()  # the running batch's (the command role sets a new one)
 
     def reply(
         self, message: Incoming, reply: Reply, command: str | None = None
@@ -41,7 +61,7 @@ class Answers:
         """The reply to send (none without reply_to); every answer is counted either way."""
         if status is None:
             status = int(orjson.loads(body)["status"])
-        metrics.COMMANDS.labels(command or self.command_name(message), str(status)).inc()
+        self.tally.commands.append((command or self.command_name(message), str(status)))
         if not message.reply_to:
             return []
         return [Outgoing(

@@ -7,57 +7,76 @@ store cannot keep (400), the idempotency record (a different command under a
 used message_id: 409), then the service (400, 404, 403, 409) through the
 command's handler (thelca.roles.handlers). Event ids derive from what makes a
 delivery itself (thelca.roles.fingerprints), so that only a redelivery of the
-same message repeats one. Everything a batch changes — items, the
-processed-command records with their replies, the outbox of events — is
-committed in one store transaction, each command inside its own savepoint,
-before anything is published; whatever fails while one command's outcome is
-built costs that command alone (a 500), never its batch. The plumbing acks
-the batch only once the broker has confirmed every event (replies go out on
-a connection of their own), and the outbox keeps each event until then, so a
+same message repeats one. The idempotency record (thelca.roles.records)
+answers for the deduplication window only, and older ones are pruned a
+bounded number per batch (thelca.roles.dedup). Everything a batch changes —
+items, the processed-command records with their replies, the outbox of
+events — is committed in one store transaction before anything is
+published; whatever fails while one command's outcome is built costs that
+command alone (a 500), never its batch. For that each command has a
+savepoint of its own — but only when one needs it: a batch runs first
+without savepoints, in a deferred transaction (on PostgreSQL its writes go
+in a few round trips for the whole batch: thelca.stores.postgres.deferred);
+if any command fails there, or a held write is refused when sent, that run
+is rolled back, nothing of it published or counted, and the batch runs
+again with a savepoint per command, as it always did. The plumbing acks the
+batch only once the broker has confirmed every event (replies go out on a
+connection of their own), and the outbox keeps each event until then, so a
 crash at any point can neither lose an event nor apply a command twice.
 
-This module is the flow of a batch and of one command (its transaction,
-savepoints, idempotency record and outbox); what the service makes of a
-command is thelca.roles.outcomes', the refusals before a command is served
-and its poison thelca.roles.refusals', the replies and event messages
-thelca.roles.answers'.
+This module is the flow of a batch and of one command; what the service
+makes of a command is in thelca.roles.outcomes, the refusals and poison in
+.refusals, the replies and event messages in .answers.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 
 from thelca.authority.base import Authority, Principal
 from thelca.domain.model import Origin
 from thelca.domain.service import ItemService
-from thelca.errors import AuthorityUnavailable, CommandRefused, ConcurrentUpdate, StoreUnavailable
+from thelca.errors import (
+    AuthorityUnavailable,
+    CommandRefused,
+    ConcurrentUpdate,
+    StoreError,
+    StoreUnavailable,
+)
 from thelca.roles import fingerprints
-from thelca.roles.answers import Answers
+from thelca.roles.answers import Answers, Tally, peek
+from thelca.roles.dedup import DedupWindow
 from thelca.roles.messages import Incoming, Outgoing
-from thelca.roles.outcomes import Outcome, noted_retry, remembered, serve
+from thelca.roles.outbox import OutboxBook
+from thelca.roles.outcomes import noted_retry, remembered, serve
+from thelca.roles.records import remember, repeat
 from thelca.roles.refusals import Refusals
-from thelca.stores.base import ItemStore, OutboxEvent, ProcessedCommand, StoreTransaction
+from thelca.stores.base import (
+    DEFAULT_DEDUP_WINDOW,
+    ItemStore,
+    OutboxEvent,
+    StoreTransaction,
+)
 from thelca_client.contract import (
     ContractError,
     Names,
     Reply,
     bearer_token,
-    encode_event,
-    encode_reply,
 )
 
 log = logging.getLogger(__name__)
 
+ITEM_COMMANDS = ("read", "update")  # the commands whose "id" names an item
 ATTEMPTS = 3  # a concurrent writer (PostgreSQL, many workers) may win a race
 NUL_USER_ID = ("the user id contains a NUL character (\\u0000), which this store cannot keep "
                "outside properties")
-DIFFERENT_COMMAND = "message_id already used for a different command"
-# Confirmed events leave the outbox this many at a time at the least (or at the tidy, once
-# traffic stops): one command at a time, removing each in the next command's transaction
-# cost a statement, a round trip on PostgreSQL, per command. Until removed, an event is
-# only published again after a crash, and the logger drops what it wrote already.
-OUTBOX_REMOVAL = 100
+
+
+class _Redo(Exception):
+    """A command failed in a batch's first run, which has no savepoints: run it again."""
 
 
 class CommandRole:
@@ -71,17 +90,19 @@ class CommandRole:
         *,
         max_body: int,
         service: ItemService | None = None,
+        dedup_window: float = DEFAULT_DEDUP_WINDOW,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.authority = authority
         self.names = names
         self.max_body = max_body
         self.service = service or ItemService(authority)
-        self._confirmed_event_ids: list[str] = []
-        self._outboxed: set[str] = set()  # ids of published events that the outbox holds
+        self._outbox = OutboxBook()  # which published events the outbox holds
         self._key: bytes | None = None  # the store's deployment key, read once
         self._answers = Answers(names, max_body)  # replies and event messages
         self._refusals = Refusals(self._answers)
+        self.window = DedupWindow(dedup_window, clock)  # and the pruning of older records
 
     # ------------------------------------------------------------ BatchHandler
 
@@ -91,21 +112,42 @@ class CommandRole:
     def handle(self, batch: list[Incoming]) -> list[Outgoing]:
         if self._key is None:  # in a transaction of its own, before the batch's
             self._key = self.store.deployment_key()
-        confirmed = self._confirmed_to_remove(len(batch))
+        confirmed = self._outbox.take_confirmed(len(batch))
         try:
-            with self.store.transaction() as tx:
-                tx.remove_outbox(confirmed)
-                return [out for message in batch for out in self._guarded(tx, message)]
+            try:
+                return self._run(batch, confirmed, deferred=True)
+            except _Redo:
+                return self._run(batch, confirmed, deferred=False)
         except BaseException:
-            self._confirmed_event_ids = confirmed + self._confirmed_event_ids
+            self._outbox.give_back(confirmed)
             raise
+
+    def _run(self, batch: list[Incoming], confirmed: list[str], *, deferred: bool
+             ) -> list[Outgoing]:
+        """The batch in one transaction: deferred and without savepoints (raising _Redo
+        when anything failed), or with a savepoint per command."""
+        tally = self._answers.tally = Tally()
+        try:
+            with self.store.transaction(deferred=deferred) as tx:
+                tx.remove_outbox(confirmed)
+                pruned = self.window.prune(tx, len(batch))
+                _read_ahead(tx, batch, self.max_body)
+                out = [out for message in batch
+                       for out in self._guarded(tx, message, deferred)]
+        except StoreError as error:
+            if not deferred or isinstance(error, StoreUnavailable):
+                raise
+            raise _Redo from error  # a held write refused when it was sent
+        tally.apply()
+        self._outbox.hold(tally.outboxed)
+        self.window.count(pruned)
+        return out
 
     def confirmed(self, published: list[Outgoing]) -> None:
         # Only events the outbox holds need removing: reads and refusals never enter it.
         for message in published:
-            if message.message_id in self._outboxed:
-                self._outboxed.discard(message.message_id)
-                self._confirmed_event_ids.append(message.message_id)
+            if message.message_id:
+                self._outbox.confirm(message.message_id)
 
     def nacked(self, published: list[Outgoing]) -> bool:
         """Keep every refused batch's events in the outbox, to be published again.
@@ -118,32 +160,26 @@ class CommandRole:
         return counts against its delivery limit.
         """
         events = [m for m in published if m.exchange == self.names.events and m.message_id
-                  and m.message_id not in self._outboxed]
+                  and m.message_id not in self._outbox]
         if not events:
             return True
         with self.store.transaction() as tx:
             for message in events:
                 if message.message_id and tx.get_outbox(message.message_id) is None:
                     tx.add_outbox(OutboxEvent(message.message_id, message.body))
-        self._outboxed.update(m.message_id for m in events if m.message_id)
+        self._outbox.hold(m.message_id for m in events if m.message_id)
         return True
 
-    def _confirmed_to_remove(self, batch_size: int) -> list[str]:
-        """The confirmed events this batch's transaction removes from the outbox: all of
-        them once there are OUTBOX_REMOVAL, or for the tidy (an empty batch), else none."""
-        if batch_size and len(self._confirmed_event_ids) < OUTBOX_REMOVAL:
-            return []
-        confirmed, self._confirmed_event_ids = self._confirmed_event_ids, []
-        return confirmed
-
     def tidy(self) -> None:
-        """Remove confirmed events from the outbox when no batch came to do it."""
-        if self._confirmed_event_ids:
+        """Remove confirmed events from the outbox, and expired records from the store, when
+        no batch came to do it."""
+        if self._outbox.has_confirmed or self.window.prune_due():
             self.handle([])
 
     # ------------------------------------------------------------ one command
 
-    def _guarded(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+    def _guarded(self, tx: StoreTransaction, message: Incoming, deferred: bool = False
+                 ) -> list[Outgoing]:
         """One command's reply and event; whatever fails in building them costs this
         command alone (a 500 and a dead letter), never its batch.
 
@@ -151,13 +187,14 @@ class CommandRole:
         What a command wrote is inside its own savepoint, undone when it raised.
         """
         try:
-            return self._handle_one(tx, message)
-        except (StoreUnavailable, AuthorityUnavailable):
+            return self._handle_one(tx, message, deferred)
+        except (StoreUnavailable, AuthorityUnavailable, _Redo):
             raise
         except Exception:
             return self._refusals.poison_or_drop(message)
 
-    def _handle_one(self, tx: StoreTransaction, message: Incoming) -> list[Outgoing]:
+    def _handle_one(self, tx: StoreTransaction, message: Incoming, deferred: bool
+                    ) -> list[Outgoing]:
         refused = self._refusals.up_front(message)
         if refused is not None:
             return refused
@@ -169,8 +206,8 @@ class CommandRole:
                         "(generated %s)", command_id)
         fingerprint = fingerprints.fingerprint(message.body)
         assert self._key is not None  # read by handle()
-        origin = Origin(command_id, fingerprints.id_seed(self._key, command_id, fingerprint,
-                                                         message.headers))
+        seed = fingerprints.id_seed(self._key, command_id, fingerprint, message.headers)
+        origin = Origin(command_id, self.window.seed(seed, self.window.clock()))
         try:
             principal = self.authority.authenticate(bearer_token(message.headers))
         except (CommandRefused, ContractError) as refused:  # both are 401s here
@@ -183,7 +220,22 @@ class CommandRole:
             # Neither the item's created_by nor the record of the command could be kept;
             # refused before anything is written, so not remembered either.
             return self._answers.reply(message, Reply(400, error=NUL_USER_ID))
+        if deferred:
+            return self._without_savepoint(tx, message, principal, origin, fingerprint)
         return self._in_savepoint(tx, message, principal, origin, fingerprint)
+
+    def _without_savepoint(
+        self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
+        fingerprint: str,
+    ) -> list[Outgoing]:
+        """The authenticated command in a batch's first run: whatever fails here would have
+        rolled its savepoint back, so the whole batch runs again, with savepoints."""
+        try:
+            return self._authenticated(tx, message, principal, origin, fingerprint)
+        except (StoreUnavailable, AuthorityUnavailable):
+            raise
+        except Exception as error:
+            raise _Redo from error
 
     def _in_savepoint(
         self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
@@ -212,49 +264,43 @@ class CommandRole:
         fingerprint: str,
     ) -> list[Outgoing]:
         """Everything after the token check, undone as a whole if it raises."""
+        now = self.window.clock()
         if message.message_id:
             prior = tx.get_processed(message.message_id)
-            if prior is not None:
-                return self._repeat(tx, message, principal, prior, fingerprint)
+            # A record past the deduplication window answers no more: a new command.
+            if prior is not None and not self.window.forgot_expired(tx, prior, now):
+                return repeat(self._answers, tx, message, principal=principal, prior=prior,
+                              fingerprint=fingerprint,
+                              republish=self._unconfirmed_from_outbox)
         outcome = noted_retry(serve(self.service, tx, principal, message, origin), message)
         if message.message_id and remembered(outcome.command):
-            self._remember(tx, message.message_id, outcome, fingerprint)
+            remember(self._answers, tx, message.message_id, outcome=outcome,
+                     fingerprint=fingerprint, now=now)
         command = outcome.command.name if outcome.command else None
         out = self._answers.reply(message, outcome.reply, command)
         if outcome.event is not None:
             out.append(self._answers.event(outcome.event))
         return out
 
-    def _repeat(
-        self, tx: StoreTransaction, message: Incoming, principal: Principal,
-        prior: ProcessedCommand, fingerprint: str,
-    ) -> list[Outgoing]:
-        """A message_id seen before: the same command gets the same reply again, and nothing
-        changes; another command under it is refused, as a reused idempotency key is."""
-        if prior.user_id != principal.user_id:
-            return self._answers.reply(message, Reply(
-                409, error=f"message_id {message.message_id} was already used by another user"))
-        if prior.fingerprint is not None and prior.fingerprint != fingerprint:
-            return self._answers.reply(message, Reply(409, error=DIFFERENT_COMMAND))
-        out = self._answers.reply_bytes(message, prior.reply)
-        pending = tx.get_outbox(prior.event_id) if prior.event_id else None
-        if pending is not None:  # not yet confirmed: publish again, same id
-            out.append(self._event_message_from_outbox(pending))
-        return out
-
-    def _remember(
-        self, tx: StoreTransaction, message_id: str, outcome: Outcome, fingerprint: str
-    ) -> None:
-        event = outcome.event
-        tx.add_processed(ProcessedCommand(
-            message_id, outcome.user or "", encode_reply(outcome.reply),
-            event.id if event else None, fingerprint))
-        if event is not None:
-            tx.add_outbox(OutboxEvent(event.id, encode_event(event)))
-            self._outboxed.add(event.id)
-
     # ------------------------------------------------------------ messages
 
+    def _unconfirmed_from_outbox(self, event: OutboxEvent) -> Outgoing | None:
+        """A repeat's event, unless the broker confirmed it already (it lingers in the
+        outbox until enough confirmed events leave together)."""
+        if self._outbox.was_confirmed(event.event_id):
+            return None
+        return self._event_message_from_outbox(event)
+
     def _event_message_from_outbox(self, event: OutboxEvent) -> Outgoing:
-        self._outboxed.add(event.event_id)
+        self._outbox.hold([event.event_id])
         return self._answers.outbox_event(event)
+
+
+def _read_ahead(tx: StoreTransaction, batch: list[Incoming], max_body: int) -> None:
+    """Tell the store what the batch will ask for: its records and the items it names
+    (on PostgreSQL one statement each, instead of one per command)."""
+    tx.prefetch_processed([m.message_id for m in batch
+                           if m.message_id and isinstance(m.message_id, str)])
+    named = (peek(m.body) for m in batch if len(m.body) <= max_body)
+    tx.prefetch_items([item_id for command, item_id in named
+                       if command in ITEM_COMMANDS and item_id is not None])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import uuid
 
-from thelca import metrics
 from thelca.authority.base import Principal
 from thelca.domain import model
 from thelca.domain.model import Origin
@@ -64,7 +63,7 @@ class Refusals:
             500, error=f"internal error; the worker's log has it under error id {error_id}"))
         out.append(dead_letter(message, self.names.dead, f"exception (error id {error_id})",
                                user=principal.user_id if principal else None))
-        metrics.DEAD_LETTERS.labels("worker").inc()
+        self.answers.tally.dead_letters += 1
         return out
 
     def poison_or_drop(self, message: Incoming) -> list[Outgoing]:
@@ -74,7 +73,7 @@ class Refusals:
             return self.poison(message, None)
         except Exception:
             log.exception("a command could not even be dead-lettered; dropped")
-            metrics.COMMANDS.labels("unknown", "500").inc()
+            self.answers.tally.commands.append(("unknown", "500"))
             return []
 
     def hijacked(self, message: Incoming) -> list[Outgoing]:
@@ -85,7 +84,7 @@ class Refusals:
                   "to clients, never into thelca; not executed")
         log.warning("a command (message_id %s) went to %s: %s", shown(message.message_id),
                     self.names.dead, reason)
-        metrics.DEAD_LETTERS.labels("worker").inc()
+        self.answers.tally.dead_letters += 1
         return [dead_letter(message, self.names.dead, reason)]
 
     def refuse_unreadable(self, message: Incoming) -> list[Outgoing]:
@@ -97,13 +96,13 @@ class Refusals:
                         for name, what in sorted(unreadable(message).items()))
         log.warning("a command was refused: %s", why)
         if "reply_to" in message.unreadable:
-            metrics.COMMANDS.labels(self.answers.command_name(message), "400").inc()
+            self.answers.tally.commands.append((self.answers.command_name(message), "400"))
             out: list[Outgoing] = []
         else:
             out = self.answers.reply(message, Reply(400, error=why))
         if not out:  # nobody to answer
             out.append(dead_letter(message, self.names.dead, f"refused: {why}"))
-            metrics.DEAD_LETTERS.labels("worker").inc()
+            self.answers.tally.dead_letters += 1
         return out
 
 

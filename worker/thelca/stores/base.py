@@ -3,7 +3,8 @@
 A store keeps four things, always changed together in one transaction:
 the items with their versions, the links between items with theirs, the
 commands already processed (with the reply they got, so that a redelivery
-gets it again), and the outbox of events not yet confirmed by the broker.
+gets it again; each kept for the deduplication window, then pruned), and the
+outbox of events not yet confirmed by the broker.
 Beside them it keeps the deployment key, a random secret that every worker of
 the store shares.
 
@@ -14,9 +15,10 @@ so that a search costs about a read whatever the size of the store.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from thelca.domain.model import Item, Link, StoredItem, StoredLink
@@ -25,6 +27,9 @@ from thelca_client.contract import JSON, LinkEnd
 T = TypeVar("T")
 
 DEPLOYMENT_KEY_BYTES = 32
+# How long a processed-command record answers its message_id by default (seconds): 7 days,
+# as the longest duplicate-detection windows of managed brokers (THELCA_DEDUP_WINDOW).
+DEFAULT_DEDUP_WINDOW = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,11 @@ class ProcessedCommand:
     `fingerprint` is the command's (thelca.roles.fingerprints): a command re-sent
     under the message_id with another fingerprint is a different command, not a
     redelivery. Records kept by releases before it have None.
+
+    `created_at` is when the worker made the record (seconds since the epoch, its
+    clock): once it is older than the deduplication window the record is pruned
+    (thelca.roles.commands). Records of releases before it count as made when a
+    worker of this one first opened the store.
     """
 
     message_id: str
@@ -41,6 +51,7 @@ class ProcessedCommand:
     reply: bytes
     event_id: str | None
     fingerprint: str | None = None
+    created_at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,15 @@ class Found(Generic[T]):
 class StoreTransaction(Protocol):
     """What one command may do to the store, all of it committed or none."""
 
-    def get_item(self, item_id: str) -> StoredItem | None: ...
+    def get_item(self, item_id: str) -> StoredItem | None:
+        """The item, its row locked until the transaction ends where other writers share
+        the store (PostgreSQL)."""
+        ...
+
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        """Say that get_item will be asked for these (a store may read and lock them all at
+        once). get_item's answers stay what they would be."""
+        ...
 
     def add_item(self, item: Item) -> StoredItem:
         """Insert a new item at version 1."""
@@ -106,8 +125,23 @@ class StoreTransaction(Protocol):
 
     def get_processed(self, message_id: str) -> ProcessedCommand | None: ...
 
+    def prefetch_processed(self, message_ids: list[str]) -> None:
+        """Say that get_processed will be asked for these: a store whose every read is a
+        round trip reads them at once. get_processed's answers stay what they would be."""
+        ...
+
     def add_processed(self, processed: ProcessedCommand) -> None:
         """Record a command; raise ConcurrentUpdate if its message_id is recorded already."""
+        ...
+
+    def forget_processed(self, message_id: str, *, before: float) -> None:
+        """Remove message_id's record if it was made before `before` (it has expired);
+        a later one stays (another worker may just have made it)."""
+        ...
+
+    def prune_processed(self, *, before: float, limit: int) -> int:
+        """Remove the records made before `before`, oldest first, at most `limit` of them
+        (so that one call costs a bounded time); how many were removed."""
         ...
 
     def add_outbox(self, event: OutboxEvent) -> None:
@@ -134,8 +168,14 @@ class ItemStore(Protocol):
         always may. PostgreSQL text cannot hold it: the worker refuses such a user id."""
         ...
 
-    def transaction(self) -> AbstractContextManager[StoreTransaction]:
-        """Commit on normal exit, roll back if the block raises."""
+    def transaction(self, *, deferred: bool = False) -> AbstractContextManager[StoreTransaction]:
+        """Commit on normal exit, roll back if the block raises.
+
+        `deferred`: the store may hold back the writes made outside a savepoint and send
+        them together later (before a savepoint, a search, the commit), so that a write's
+        StoreError may come from any later call or from the end of the block. It is for a
+        caller that then rolls back and runs the whole block again (the command role);
+        reads by key and searches see the transaction's own writes either way."""
         ...
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
@@ -153,6 +193,10 @@ class ItemStore(Protocol):
         ...
 
     def count_links(self) -> int: ...
+
+    def oldest_processed(self) -> float | None:
+        """When the oldest processed-command record was made; None when there is none."""
+        ...
 
     def ping(self) -> None:
         """Raise unless the store answers."""

@@ -7,6 +7,7 @@ PostgreSQL answer them from indexes.
 from __future__ import annotations
 
 import copy
+import heapq
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -41,12 +42,16 @@ class MemoryStore:
         self._items: dict[str, StoredItem] = {}
         self._links: dict[str, StoredLink] = {}
         self._processed: dict[str, ProcessedCommand] = {}
+        # (created_at, message_id) of every record, oldest first; an entry whose record
+        # is gone or was made again (a rollback, forget_processed) is skipped when met.
+        self._by_age: list[tuple[float, str]] = []
         self._outbox: dict[str, OutboxEvent] = {}  # dicts keep insertion order: oldest first
         self._key: bytes | None = None
         self._lock = threading.RLock()
 
     @contextmanager
-    def transaction(self) -> Iterator[_MemoryTransaction]:
+    def transaction(self, *, deferred: bool = False) -> Iterator[_MemoryTransaction]:
+        # Every write is made at once (deferred allows holding them back, never requires it).
         with self._lock:
             tx = _MemoryTransaction(self)
             try:
@@ -75,6 +80,10 @@ class MemoryStore:
     def count_links(self) -> int:
         return len(self._links)
 
+    def oldest_processed(self) -> float | None:
+        with self._lock:
+            return min((p.created_at for p in self._processed.values()), default=None)
+
     def ping(self) -> None:
         return None
 
@@ -89,7 +98,12 @@ class MemoryStore:
             self._items.clear()
             self._links.clear()
             self._processed.clear()
+            self._by_age.clear()
             self._outbox.clear()
+
+    def _keep_again(self, record: ProcessedCommand) -> None:
+        self._processed[record.message_id] = record
+        heapq.heappush(self._by_age, (record.created_at, record.message_id))
 
     def load_items(self, rows: Iterable[ItemRow]) -> None:
         with self._lock:
@@ -196,6 +210,12 @@ class _MemoryTransaction:
         start = None if after is None else _link_position(links[after].link)
         return _page(found, _link_position, start, limit, _copy_one_link)
 
+    def prefetch_processed(self, message_ids: list[str]) -> None:
+        return None  # a read here costs no round trip
+
+    def prefetch_items(self, item_ids: list[str]) -> None:
+        return None
+
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         return self._store._processed.get(message_id)
 
@@ -203,6 +223,28 @@ class _MemoryTransaction:
         if processed.message_id in self._store._processed:
             raise ConcurrentUpdate(f"message_id {processed.message_id} is recorded already")
         self._set(self._store._processed, processed.message_id, processed)
+        heapq.heappush(self._store._by_age, (processed.created_at, processed.message_id))
+
+    def forget_processed(self, message_id: str, *, before: float) -> None:
+        record = self._store._processed.get(message_id)
+        if record is not None and record.created_at < before:
+            self._remove_processed(record)
+
+    def prune_processed(self, *, before: float, limit: int) -> int:
+        by_age, records = self._store._by_age, self._store._processed
+        removed = 0
+        while by_age and removed < limit and by_age[0][0] < before:
+            created_at, message_id = heapq.heappop(by_age)
+            record = records.get(message_id)
+            if record is not None and record.created_at == created_at:
+                self._remove_processed(record)
+                removed += 1
+        return removed
+
+    def _remove_processed(self, record: ProcessedCommand) -> None:
+        """Remove a record; undone, it is back in the table and in the age order."""
+        del self._store._processed[record.message_id]
+        self._undo.append(partial(self._store._keep_again, record))
 
     def add_outbox(self, event: OutboxEvent) -> None:
         if event.event_id not in self._store._outbox:

@@ -11,8 +11,10 @@ The user id is the `sub` claim; scopes come from `scope` (space-separated) or
 `scp` (a list, or a string as Entra ID sends it). Refusals say what is wrong
 in words that help a legitimate client, never echoing the token or its claims.
 
-keys.py: where the public keys come from (a PEM key, a JWKS file or URL).
-checks.py: the claims, the scopes and ownership, and the Authority built from settings.
+keys.py: where the public keys come from (KeySource), and a JWKS file;
+pem.py: one PEM key; jwks_url.py: a JWKS URL.
+checks.py: the claims, the scopes and ownership, and the Authority and its key source
+built from settings.
 """
 
 from thelca.authority.jwt.checks import (
@@ -23,16 +25,12 @@ from thelca.authority.jwt.checks import (
     JwtAuthority,
     JwtRules,
     from_settings,
+    key_source,
     rules_from_settings,
 )
-from thelca.authority.jwt.keys import (
-    REFETCH_COOLDOWN,
-    JwksFile,
-    JwksUrl,
-    KeySource,
-    PemKey,
-    key_source,
-)
+from thelca.authority.jwt.jwks_url import JwksUrl
+from thelca.authority.jwt.keys import REFETCH_COOLDOWN, JwksFile, KeySource
+from thelca.authority.jwt.pem import PemKey
 
 __all__ = [
     "REFETCH_COOLDOWN",

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import jwt
 from jwt.algorithms import get_default_algorithms
 
 from thelca.authority.base import Principal
-from thelca.authority.jwt.keys import KeySource, key_source
+from thelca.authority.jwt.jwks_url import JwksUrl
+from thelca.authority.jwt.keys import JwksFile, KeySource
+from thelca.authority.jwt.pem import PemKey
 from thelca.domain.model import Item, Link
 from thelca.errors import ConfigurationError, Forbidden, NotAuthenticated
 from thelca.settings import OPTIONS, Settings
@@ -216,3 +219,23 @@ def from_settings(settings: Settings) -> JwtAuthority:
 
 def _symmetric(algorithms: Iterable[str]) -> set[str]:
     return {a for a in algorithms if a.startswith("HS")}
+
+
+def key_source(settings: Settings, algorithms: Iterable[str]) -> KeySource:
+    """The keys: THELCA_JWKS (https URL or file) or THELCA_JWT_KEY_FILE, exactly one."""
+    jwks_env, pem_env = OPTIONS["jwks"].env, OPTIONS["jwt_key_file"].env
+    if settings.jwks and settings.jwt_key_file:
+        raise ConfigurationError(f"both {jwks_env} and {pem_env} are set: choose one")
+    if settings.jwt_key_file:
+        return PemKey(settings.jwt_key_file, algorithms)
+    if not settings.jwks:
+        raise ConfigurationError(
+            f"the jwt Authority has no keys: set {jwks_env} (an https URL or a file of your "
+            f"issuer's JSON Web Key Set) or {pem_env} (one PEM public key). To try it locally: "
+            f"`thelca dev-keys`, then {jwks_env}=thelca-dev-keys/jwks.json")
+    scheme = urlparse(settings.jwks).scheme.lower()
+    if scheme == "https":
+        return JwksUrl(settings.jwks)
+    if scheme == "http":
+        raise ConfigurationError(f"{jwks_env}: the keys must come over https, not http")
+    return JwksFile(settings.jwks)

@@ -1,8 +1,10 @@
-"""Where the jwt Authority's public keys come from: one PEM key, a JWKS file, or a JWKS URL.
+"""Where the jwt Authority's public keys come from, and the JWKS file as one such source.
 
-Each is a KeySource: given a token's kid and alg it returns the key to verify
-it with, or refuses (NotAuthenticated; AuthorityUnavailable when a key set URL
-cannot be fetched). Symmetric (oct) keys are never used: a shared secret never
+The sources are one PEM key (pem.py), a JWKS file (here) or a JWKS URL
+(jwks_url.py); checks.key_source picks one from the settings. Each is a
+KeySource: given a token's kid and alg it returns the key to verify it with,
+or refuses (NotAuthenticated; AuthorityUnavailable when a key set URL cannot
+be fetched). Symmetric (oct) keys are never used: a shared secret never
 verifies a token here.
 
 Revoking is removing: a JWKS file that is emptied (`{"keys": []}`), removed,
@@ -19,29 +21,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from ssl import SSLContext
-from typing import Any, Protocol
-from urllib.parse import urlparse
+from typing import Protocol
 
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from thelca import metrics
-from thelca.errors import AuthorityUnavailable, ConfigurationError, NotAuthenticated
-from thelca.settings import OPTIONS, Settings
+from thelca.errors import ConfigurationError, NotAuthenticated
+from thelca.settings import OPTIONS
 
 log = logging.getLogger(__name__)
 
 # An unknown kid fetches the key set again at most this often, so a stream of
 # forged kids cannot turn the worker into a load generator against the IdP.
 REFETCH_COOLDOWN = 5.0
-JWKS_LIFESPAN = 300.0  # a URL's key set is fetched again after this long
-FETCH_TIMEOUT = 10.0
 # How long a JWKS file that cannot be parsed (being rewritten, say: truncated or
 # half-written) leaves the keys read before in force, before it fails closed.
 UNREADABLE_GRACE = 15.0
@@ -69,40 +63,6 @@ class KeySource(Protocol):
         """Why no token can be verified now (the key set was emptied or removed), or None."""
         ...
 
-
-class PemKey:
-    """One PEM public key (or certificate), for every allowed algorithm that fits it."""
-
-    def __init__(self, path: str, algorithms: Iterable[str]) -> None:
-        env = OPTIONS["jwt_key_file"].env
-        self.description = f"{env} {path}"
-        public = _load_pem(path, env)
-        jwk = _public_jwk(public)
-        self._by_alg: dict[str, jwt.PyJWK] = {}
-        for alg in algorithms:
-            try:
-                candidate = jwt.PyJWK(jwk, algorithm=alg)
-                candidate.Algorithm.prepare_key(candidate.key)  # checks an EC key's curve
-            except jwt.PyJWTError:
-                continue  # this algorithm does not fit this kind of key
-            self._by_alg[alg] = candidate
-        if not self._by_alg:
-            raise ConfigurationError(
-                f"{env}={path}: a {jwk['kty']} key fits none of the algorithms in "
-                f"{OPTIONS['jwt_algorithms'].env} ({', '.join(algorithms)})")
-
-    def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        found = self._by_alg.get(alg)
-        if found is None:
-            raise NotAuthenticated("the token's algorithm does not match its key")
-        return found
-
-    def warm_up(self) -> None:
-        """Nothing to fetch: the key was read at start."""
-        metrics.AUTHORITY_KEYS.labels("pem").set(1)
-
-    def failure(self) -> str | None:
-        return None  # read once at start; a restart reads it again
 
 
 class JwksFile:
@@ -140,7 +100,7 @@ class JwksFile:
             keys = self._keys
         if not keys:
             raise NotAuthenticated(NOT_IN_SET)
-        found = _match(keys, kid)
+        found = key_for(keys, kid)
         if found is None:
             raise NotAuthenticated(NOT_IN_SET)
         return found
@@ -213,91 +173,14 @@ class JwksFile:
         self._keys, self._failure, self._unreadable_since = keys, None, None
 
 
-class JwksUrl:
-    """A JWKS at an https URL, through PyJWKClient: cached, fetched again for a new kid.
 
-    A fetch that fails (network, the IdP down, not a key set) is the
-    infrastructure's fault, not the client's: AuthorityUnavailable, and the
-    worker retries the batch.
-    """
-
-    def __init__(
-        self, url: str, *, cooldown: float = REFETCH_COOLDOWN, ssl_context: SSLContext | None = None
-    ) -> None:
-        self.url = url
-        self.description = f"{OPTIONS['jwks'].env} {url}"
-        self._client = jwt.PyJWKClient(
-            url, cache_jwk_set=True, lifespan=JWKS_LIFESPAN, timeout=FETCH_TIMEOUT,
-            ssl_context=ssl_context, cooldown_duration=cooldown,
-        )
-
-    def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        keys = _public(self._fetched(self._client.get_signing_keys))
-        found = _match(keys, kid)
-        if found is None and kid is not None:
-            found = self._fetched(lambda: self._refreshed(kid))
-        if found is None:
-            raise NotAuthenticated("the token's key id (kid) is not in the key set")
-        return found
-
-    def warm_up(self) -> None:
-        """Fetch the key set now: an unreachable URL shows in the log at start, and a key
-        set that answers but holds no usable signing key refuses the start (PyJWKClient
-        would fail every token on it, and the worker would retry every batch forever)."""
-        env = OPTIONS["jwks"].env
-        try:
-            jwk_set = self._client.get_jwk_set()
-        except (jwt.PyJWKClientConnectionError, OSError) as error:
-            log.warning("jwt: the key set at %s cannot be fetched (%s); commands wait (are "
-                        "retried) until it answers", self.url, str(error)[:200])
-            return
-        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError):
-            raise ConfigurationError(f"{env}={self.url} does not answer with a JSON Web Key Set "
-                                     '({"keys": [...]}) holding a usable public key') from None
-        # PyJWKClient's own rule for a signing key (use sig or unset, and a kid), less oct.
-        usable = [k for k in _public(jwk_set.keys)
-                  if k.public_key_use in ("sig", None) and k.key_id]
-        if not usable:
-            raise ConfigurationError(
-                f"{env}={self.url} holds no usable signing key: every key of the set needs a "
-                "kid, a public key type (RSA, EC, OKP) and use sig (or no use)")
-        log.info("jwt: %d signing key(s) from %s", len(usable), self.url)
-        metrics.AUTHORITY_KEYS.labels("jwks-url").set(len(usable))
-
-    def failure(self) -> str | None:
-        """Why the key set cannot be used now; fetching it when it is not cached."""
-        try:
-            keys = _public(self._client.get_signing_keys())
-        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError, OSError) as error:
-            return (f"the key set at {self.url} cannot be fetched or used "
-                    f"({type(error).__name__}: {str(error)[:200]})")
-        metrics.AUTHORITY_KEYS.labels("jwks-url").set(len(keys))
-        return None if keys else f"the key set at {self.url} holds no usable signing key"
-
-    def _refreshed(self, kid: str) -> jwt.PyJWK | None:
-        try:
-            found = self._client.get_signing_key(kid)  # refetches, unless cooling down
-        except jwt.PyJWKClientConnectionError:
-            raise
-        except jwt.PyJWKClientError:
-            return None  # still unknown after the refetch
-        return next(iter(_public([found])), None)
-
-    def _fetched(self, fetch: Callable[[], Any]) -> Any:
-        try:
-            return fetch()
-        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError, OSError) as error:
-            raise AuthorityUnavailable(
-                f"the key set at {self.url} cannot be fetched or used "
-                f"({type(error).__name__}: {str(error)[:200]})") from None
-
-
-def _public(keys: list[jwt.PyJWK]) -> list[jwt.PyJWK]:
+def public_keys(keys: list[jwt.PyJWK]) -> list[jwt.PyJWK]:
     """The keys less symmetric (oct) ones: a shared secret never verifies a token here."""
     return [k for k in keys if k.key_type != "oct"]
 
 
-def _match(keys: list[jwt.PyJWK], kid: str | None) -> jwt.PyJWK | None:
+def key_for(keys: list[jwt.PyJWK], kid: str | None) -> jwt.PyJWK | None:
+    """The key the kid names (None when no key has it); without a kid, the only key."""
     if kid is None:
         if len(keys) == 1:
             return keys[0]
@@ -338,53 +221,3 @@ def _jwks_from_file(path: str) -> list[jwt.PyJWK]:
         raise ConfigurationError(f"{env}={path} holds no signing key (use: sig)")
     return signing
 
-
-def _load_pem(path: str, env: str) -> Any:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigurationError(f"{env}={path} cannot be read ({error.strerror})") from None
-    if b"PRIVATE KEY" in data:
-        raise ConfigurationError(f"{env}={path} holds a private key: give the worker only the "
-                                 "public key")
-    try:
-        if b"BEGIN CERTIFICATE" in data:
-            return x509.load_pem_x509_certificate(data).public_key()
-        return serialization.load_pem_public_key(data)
-    except ValueError:
-        raise ConfigurationError(f"{env}={path} is not a PEM public key or certificate") \
-            from None
-
-
-def _public_jwk(public: Any) -> dict[str, Any]:
-    if isinstance(public, rsa.RSAPublicKey):
-        return RSAAlgorithm.to_jwk(public, as_dict=True)
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        return ECAlgorithm.to_jwk(public, as_dict=True)
-    if isinstance(public, ed25519.Ed25519PublicKey):
-        return OKPAlgorithm.to_jwk(public, as_dict=True)
-    raise ConfigurationError(f"{OPTIONS['jwt_key_file'].env}: only RSA, EC and Ed25519 keys "
-                             "are supported")
-
-
-# ---------------------------------------------------------------- from settings
-
-
-def key_source(settings: Settings, algorithms: Iterable[str]) -> KeySource:
-    """The keys: THELCA_JWKS (https URL or file) or THELCA_JWT_KEY_FILE, exactly one."""
-    jwks_env, pem_env = OPTIONS["jwks"].env, OPTIONS["jwt_key_file"].env
-    if settings.jwks and settings.jwt_key_file:
-        raise ConfigurationError(f"both {jwks_env} and {pem_env} are set: choose one")
-    if settings.jwt_key_file:
-        return PemKey(settings.jwt_key_file, algorithms)
-    if not settings.jwks:
-        raise ConfigurationError(
-            f"the jwt Authority has no keys: set {jwks_env} (an https URL or a file of your "
-            f"issuer's JSON Web Key Set) or {pem_env} (one PEM public key). To try it locally: "
-            f"`thelca dev-keys`, then {jwks_env}=thelca-dev-keys/jwks.json")
-    scheme = urlparse(settings.jwks).scheme.lower()
-    if scheme == "https":
-        return JwksUrl(settings.jwks)
-    if scheme == "http":
-        raise ConfigurationError(f"{jwks_env}: the keys must come over https, not http")
-    return JwksFile(settings.jwks)
