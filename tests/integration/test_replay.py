@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pika
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from tests.integration.conftest import (
     RunningSystem,
@@ -79,18 +80,31 @@ class Subscriber:
         self.arrived_at: list[float] = []  # when each arrival came (monotonic)
 
     def ask(self, body: bytes | dict[str, Any] = b"{}", *, token: str | None = "abcd",
-            headers: dict[str, Any] | None = None, correlation_id: str | None = None) -> str:
+            headers: dict[str, Any] | None = None, correlation_id: str | None = None,
+            channel: BlockingChannel | None = None) -> str:
+        """Publish a request (confirmed; on `channel` instead, as that channel does)."""
         correlation_id = correlation_id or str(uuid.uuid4())
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         if headers is None:
             headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        self.channel.basic_publish(
+        (channel or self.channel).basic_publish(
             "", self.names.replay, raw,
             pika.BasicProperties(reply_to=self.queue, correlation_id=correlation_id,
                                  headers=headers, content_type="application/json",
                                  delivery_mode=2),
-            mandatory=True)
+            mandatory=channel is None)
         return correlation_id
+
+    def ask_at_once(self, *requests: tuple[dict[str, Any], str, str]) -> list[str]:
+        """Publish (body, token, correlation_id) requests in one transaction: the broker
+        queues them all at the commit, so none is served before the last is queued."""
+        channel = self.connection.channel()
+        channel.tx_select()
+        asked = [self.ask(body, token=token, correlation_id=correlation_id, channel=channel)
+                 for body, token, correlation_id in requests]
+        channel.tx_commit()
+        channel.close()
+        return asked
 
     def collect(self, *correlation_ids: str, timeout: float = 60) -> dict[str, Replay]:
         """Consume until every request named has sent its end marker."""
@@ -422,10 +436,13 @@ def test_one_user_s_many_requests_that_match_nothing_do_not_starve_another_s(
     subscriber = Subscriber(amqp_url, in_process.names.prefix)
     try:
         asked = time.monotonic()
-        flood = [subscriber.ask({"types": ["Nothing"]}, token="flooder",
-                                correlation_id=f"flood-{n}") for n in range(16)]
-        victim = subscriber.ask({"until": until, "types": ["Item created"]}, token="victim",
-                                correlation_id="victim")
+        # All at once: asked one by one, each publish waiting for its confirm, the victim's
+        # request could reach the queue only after the flood's first two ended (this thread
+        # waits for the GIL while the consumer's thread reads the log for them).
+        *flood, victim = subscriber.ask_at_once(
+            *[({"types": ["Nothing"]}, "flooder", f"flood-{n}") for n in range(16)],
+            ({"until": until, "types": ["Item created"]}, "victim", "victim"))
+        print(f"requests queued after {time.monotonic() - asked:.2f}s")
         replays = subscriber.collect(*flood, victim, timeout=300)
     finally:
         subscriber.close()
