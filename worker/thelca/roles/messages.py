@@ -41,6 +41,17 @@ class Incoming:
     user_id: str | None = None
 
 
+def unreadable(message: Incoming) -> dict[str, str]:
+    """The properties a reply depends on that cannot be used as sent, and why."""
+    return {name: why for name, why in message.unreadable.items()
+            if name in ("message_id", "correlation_id", "reply_to")}
+
+
+def unreadable_why(unusable: dict[str, str]) -> str:
+    """Why a message with these unreadable properties is refused, in one line."""
+    return "; ".join(f"the {name} property is {what}" for name, what in sorted(unusable.items()))
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """A message for the plumbing to publish (and to wait for the broker's confirm)."""

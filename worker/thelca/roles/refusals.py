@@ -19,7 +19,7 @@ from thelca.domain import model
 from thelca.domain.model import Origin
 from thelca.logtext import shown
 from thelca.roles.answers import Answers, peek
-from thelca.roles.messages import Incoming, Outgoing, dead_letter
+from thelca.roles.messages import Incoming, Outgoing, dead_letter, unreadable, unreadable_why
 from thelca_client.contract import Reply
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ class Refusals:
         that no reply can reach): refused first, like a body over the limit, so neither
         remembered nor an event. Answered 400 when the reply_to can be used, else kept
         once in the dead letters (without the token) for the operator."""
-        why = "; ".join(f"the {name} property is {what}"
-                        for name, what in sorted(unreadable(message).items()))
+        why = unreadable_why(unreadable(message))
         log.warning("a command was refused: %s", why)
         if "reply_to" in message.unreadable:
             self.answers.tally.commands.append((self.answers.command_name(message), "400"))
@@ -104,9 +103,3 @@ class Refusals:
             out.append(dead_letter(message, self.names.dead, f"refused: {why}"))
             self.answers.tally.dead_letters += 1
         return out
-
-
-def unreadable(message: Incoming) -> dict[str, str]:
-    """The properties a command's reply depends on that cannot be used as sent, and why."""
-    return {name: why for name, why in message.unreadable.items()
-            if name in ("message_id", "correlation_id", "reply_to")}

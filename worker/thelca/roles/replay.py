@@ -35,7 +35,14 @@ from thelca.eventlog.format import LogLine
 from thelca.eventlog.index import LogIndex, read_chunks
 from thelca.eventlog.reader import LogSnapshot
 from thelca.logtext import shown
-from thelca.roles.messages import EventStream, Incoming, Outgoing, dead_letter
+from thelca.roles.messages import (
+    EventStream,
+    Incoming,
+    Outgoing,
+    dead_letter,
+    unreadable,
+    unreadable_why,
+)
 from thelca.roles.replay_filter import Matcher
 from thelca_client.contract import (
     REPLAY_END_HEADER,
@@ -82,13 +89,11 @@ class ReplayRole:
             log.warning("replay: a request without reply_to (correlation_id %s) cannot be "
                         "answered; dropped", shown(correlation_id))
             return ReplayStream(None, correlation_id, None, status=400, error="no reply_to")
-        unreadable = {name: why for name, why in request.unreadable.items()
-                      if name in ("message_id", "correlation_id", "reply_to")}
-        if unreadable:  # refused before the token, like a request without reply_to
-            why = "; ".join(f"the {name} property is {what}"
-                            for name, what in sorted(unreadable.items()))
+        unusable = unreadable(request)
+        if unusable:  # refused before the token, like a request without reply_to
+            why = unreadable_why(unusable)
             log.warning("replay: a request was refused: %s", why)
-            reply_to = None if "reply_to" in unreadable else request.reply_to
+            reply_to = None if "reply_to" in unusable else request.reply_to
             return ReplayStream(reply_to, correlation_id, None, status=400, error=why)
         try:
             user, wanted = self._check(request)
