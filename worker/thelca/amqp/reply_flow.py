@@ -19,7 +19,6 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import takewhile
 from typing import Any, Generic, Protocol, TypeVar
 
 import pika.channel
@@ -28,6 +27,7 @@ import pika.frame
 import pika.spec
 
 from thelca import metrics
+from thelca.amqp.confirms import take_confirmed
 from thelca.amqp.convert import basic_properties
 from thelca.roles.messages import Outgoing
 
@@ -120,16 +120,9 @@ class ReplyFlow(Generic[T]):
         return len(self._in_flight) == 1 and next(iter(self._in_flight.values())).suspect
 
     def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
-        method = frame.method
-        tag = int(method.delivery_tag)
-        refused = isinstance(method, pika.spec.Basic.Nack)
-        seqs = (list(takewhile(lambda seq: seq <= tag, self._in_flight))
-                if method.multiple else [tag])
+        entries, refused = take_confirmed(self._in_flight, frame)
         owners: list[T] = []
-        for seq in seqs:
-            entry = self._in_flight.pop(seq, None)
-            if entry is None:
-                continue
+        for entry in entries:
             self._waiting_bytes -= len(entry.message.body)
             if entry.owner is not None:
                 entry.owner.unconfirmed -= 1

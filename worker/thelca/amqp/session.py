@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from itertools import takewhile
 from typing import Any, Generic, Protocol, TypeVar
 
 import pika
@@ -31,6 +30,7 @@ import pika.frame
 import pika.spec
 
 from thelca import metrics
+from thelca.amqp.confirms import take_confirmed
 from thelca.amqp.connection import Reconnecting, refusal
 from thelca.amqp.flushing import FlushingConnection
 from thelca.amqp.replies import ReplyConnection
@@ -197,19 +197,9 @@ class ConnectionSession(Generic[P]):
         pending.unconfirmed += 1
 
     def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
-        method = frame.method
-        tag = int(method.delivery_tag)
-        refused = isinstance(method, pika.spec.Basic.Nack)
-        # Sequence numbers enter the dict in increasing order, so a multiple confirm
-        # only needs its head, not a scan of everything in flight.
-        seqs = (list(takewhile(lambda seq: seq <= tag, self._in_flight))
-                if method.multiple else [tag])
-        confirmed = []
-        for seq in seqs:
-            pending = self._in_flight.pop(seq, None)
-            if pending is not None:
-                pending.unconfirmed -= 1
-                confirmed.append(pending)
+        confirmed, refused = take_confirmed(self._in_flight, frame)
+        for pending in confirmed:
+            pending.unconfirmed -= 1
         self._confirmed(confirmed, refused)
 
     def _confirmed(self, confirmed: list[P], refused: bool) -> None:
