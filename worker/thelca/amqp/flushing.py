@@ -43,7 +43,7 @@ class FlushingConnection(pika.SelectConnection):
         self._flush_due = False
         if not self._unsent:
             return
-        data = self._unsent[0] if len(self._unsent) == 1 else b"".join(self._unsent)
+        data = b"".join(self._unsent)  # one frame: that frame itself, not a copy
         self._unsent.clear()
         transport = self._transport  # type: ignore[attr-defined]  # pika's, not in the stubs
         if transport is None:  # the connection is gone, and what it had to say with it
