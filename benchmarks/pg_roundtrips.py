@@ -17,16 +17,13 @@ afterwards.
 from __future__ import annotations
 
 import argparse
-import os
-import uuid
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg import sql
+from bench.systems import postgres_schema
 from psycopg._connection_base import BaseConnection
 from psycopg._cursor_base import BaseCursor
 
@@ -36,7 +33,6 @@ from thelca.roles.messages import Incoming, Outgoing
 from thelca.stores.postgres import PostgresStore
 from thelca_client.contract import Names, authorization_headers
 
-URL = os.environ.get("THELCA_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 READABLE = 1  # the bit of a wait's answer that says the server's answer can be read
 
 
@@ -90,17 +86,6 @@ def install_counters() -> None:
     BaseCursor._execute_send = counting_send  # type: ignore[method-assign]
     BaseCursor._send_query_prepared = counting_send_prepared  # type: ignore[method-assign]
     BaseConnection._exec_command = counting_command  # type: ignore[method-assign]
-
-
-@contextmanager
-def schema_of_its_own() -> Iterator[str]:
-    schema = f"roundtrips_{uuid.uuid4().hex[:8]}"
-    try:
-        yield f"{URL}{'&' if '?' in URL else '?'}schema={schema}"
-    finally:
-        with psycopg.connect(URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                sql.Identifier(schema)))
 
 
 class Bench:
@@ -159,7 +144,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=200, help="the large batch (default 200)")
     args = parser.parse_args()
     install_counters()
-    with schema_of_its_own() as url:
+    with postgres_schema() as url:
         store = PostgresStore(url)
         try:
             bench = Bench(store)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,11 +36,11 @@ from typing import Any
 
 import orjson
 import pika
-import pika.exceptions
 import psycopg
+from bench.load import URL
+from bench.processes import delete, start, stop, wait_consumed
 from psycopg import sql
 
-URL = os.environ.get("THELCA_AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
 PG_URL = os.environ.get("THELCA_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 HEADERS = {"Authorization": "Bearer growth"}
 ITEMS = 100  # the items the updates go round
@@ -163,50 +161,6 @@ class PostgresSize:
                 sql.Identifier(self.schema)))
 
 
-# ---------------------------------------------------------------- processes
-
-
-def wait_consumed(queue: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        connection = pika.BlockingConnection(pika.URLParameters(URL))
-        try:
-            if connection.channel().queue_declare(queue, passive=True).method.consumer_count:
-                return
-        except pika.exceptions.ChannelClosedByBroker:
-            pass
-        finally:
-            if connection.is_open:
-                connection.close()
-        time.sleep(0.2)
-    raise SystemExit(f"nothing consumes {queue}")
-
-
-def delete(prefix: str) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(URL))
-    for name in ("commands", "events.log", "dead", "replay"):
-        connection.channel().queue_delete(f"{prefix}.{name}")
-    for name in ("events", "dead", "checkpoints"):
-        connection.channel().exchange_delete(f"{prefix}.{name}")
-    connection.close()
-
-
-def start(role: str, env: dict[str, str], work: Path) -> subprocess.Popen[bytes]:
-    out = open(work / f"{role}.out", "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen([sys.executable, "-m", "thelca", role], env=env, stdout=out,
-                            stderr=out)
-
-
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -217,7 +171,8 @@ def run(store: SQLiteSize | PostgresSize, work: Path, commands: int, window: int
            "THELCA_STORE": store.url, "THELCA_EVENT_LOG": str(work / "events.log"),
            "THELCA_LOG_LEVEL": "WARNING", "THELCA_AMQP_URL": URL,
            "THELCA_DEDUP_WINDOW": str(window)}
-    processes = [start("worker", env, work), start("logger", env, work)]
+    processes = [start([sys.executable, "-m", "thelca", role], env, work / f"{role}.out")
+                 for role in ("worker", "logger")]
     samples: list[Sample] = []
     try:
         wait_consumed(f"{prefix}.commands")
@@ -233,7 +188,8 @@ def run(store: SQLiteSize | PostgresSize, work: Path, commands: int, window: int
         load.close()
     finally:
         stop(processes)
-        delete(prefix)
+        delete(prefix, ["commands", "events.log", "dead", "replay"],
+               ["events", "dead", "checkpoints"])
     return samples, load
 
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.systems import NAMES, THELCA_SYSTEMS
+from bench.systems import NAMES
 
 FULL = {"commands": 10_000, "latency_commands": 2000, "memory_commands": 100_000}
 QUICK = {"commands": 2000, "latency_commands": 400, "memory_commands": 0}
@@ -80,7 +80,3 @@ def parse(argv: list[str] | None = None, description: str | None = None) -> Opti
               for key in sizes}
     return Options(systems=args.only, window=args.window, quick=args.quick, long=args.long,
                    json=args.json, **chosen)
-
-
-def thelca_systems(options: Options) -> list[str]:
-    return [name for name in options.systems if name in THELCA_SYSTEMS]
