@@ -75,9 +75,9 @@ def hook_transactions(store_class: Any) -> None:
     original = store_class.transaction
 
     @contextmanager
-    def traced(self: Any) -> Iterator[Any]:
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
         note("begin")
-        with original(self) as tx:
+        with original(self, *args, **kwargs) as tx:
             note("body")
             yield tx
             note("commit")
