@@ -19,7 +19,7 @@ loses its connection over a header it cannot decode.
 """
 
 from thelca.amqp import decoding
-from thelca.amqp.admin import queue_consumers, stuck
+from thelca.amqp.admin import QueueState, queue_consumers, queue_states
 from thelca.amqp.batch import BatchConsumer
 from thelca.amqp.connection import connection_parameters, safe_url
 from thelca.amqp.dead import DeadLettersUnavailable, DeadQueue, Retried, list_dead, retry_dead
@@ -37,6 +37,7 @@ __all__ = [
     "DeadQueue",
     "Death",
     "QueueMissing",
+    "QueueState",
     "ReplayConsumer",
     "Retried",
     "Sender",
@@ -45,9 +46,9 @@ __all__ = [
     "list_dead",
     "logger_topology",
     "queue_consumers",
+    "queue_states",
     "replay_topology",
     "retry_dead",
     "safe_url",
-    "stuck",
     "thelca_topology",
 ]

@@ -7,6 +7,7 @@ QueueMissing), so that no caller needs to know pika's exceptions.
 from __future__ import annotations
 
 from contextlib import suppress
+from dataclasses import dataclass
 
 import pika
 import pika.exceptions
@@ -36,6 +37,32 @@ def connect(
     raise BrokerUnavailable(f"no broker answered: {last_error!r}")
 
 
+@dataclass(frozen=True)
+class QueueState:
+    """What `thelca health` asks of a queue: its consumers, and whether one is stuck."""
+
+    consumers: int
+    stuck: bool
+
+
+def queue_states(
+    urls: str, queues: list[str], timeout: float = 5.0, *, tls: TlsFiles | None = None
+) -> dict[str, QueueState]:
+    """Each queue's consumers and stuck marker, asked on one connection.
+
+    Raises BrokerUnavailable when no broker answers (or one drops the connection),
+    QueueMissing when a queue does not exist.
+    """
+    connection = connect(urls, timeout, tls=tls)
+    try:
+        return {queue: QueueState(_consumers(connection, queue), _stuck(connection, queue))
+                for queue in queues}
+    except pika.exceptions.AMQPError as error:
+        raise BrokerUnavailable(f"the broker dropped the connection: {error!r}") from None
+    finally:
+        close_quietly(connection)
+
+
 def queue_consumers(
     urls: str, queue: str, timeout: float = 5.0, *, tls: TlsFiles | None = None
 ) -> int:
@@ -46,25 +73,27 @@ def queue_consumers(
     """
     connection = connect(urls, timeout, tls=tls)
     try:
-        frame = connection.channel().queue_declare(queue, passive=True)
-        return int(frame.method.consumer_count)
-    except pika.exceptions.ChannelClosedByBroker as error:
-        if error.reply_code == NOT_FOUND:
-            raise QueueMissing(f"no queue {queue}: {error.reply_text}") from None
-        raise BrokerUnavailable(f"the broker refused: {error.reply_text}") from None
+        return _consumers(connection, queue)
     except pika.exceptions.AMQPError as error:
         raise BrokerUnavailable(f"the broker dropped the connection: {error!r}") from None
     finally:
         close_quietly(connection)
 
 
-def stuck(urls: str, queue: str, timeout: float = 5.0, *, tls: TlsFiles | None = None) -> bool:
-    """Whether a consumer of `queue` is stuck on a batch that keeps failing: it then holds
-    `<queue>.stuck` exclusively, and the broker says so (RESOURCE_LOCKED) to anyone else.
+def _consumers(connection: pika.BlockingConnection, queue: str) -> int:
+    # A refused passive declare closes its channel: each question gets a channel of its own.
+    try:
+        frame = connection.channel().queue_declare(queue, passive=True)
+        return int(frame.method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == NOT_FOUND:
+            raise QueueMissing(f"no queue {queue}: {error.reply_text}") from None
+        raise BrokerUnavailable(f"the broker refused: {error.reply_text}") from None
 
-    Raises BrokerUnavailable when no broker answers.
-    """
-    connection = connect(urls, timeout, tls=tls)
+
+def _stuck(connection: pika.BlockingConnection, queue: str) -> bool:
+    """Whether a consumer of `queue` is stuck on a batch that keeps failing: it then holds
+    `<queue>.stuck` exclusively, and the broker says so (RESOURCE_LOCKED) to anyone else."""
     try:
         connection.channel().queue_declare(stuck_marker(queue), passive=True)
         return False  # there, but nobody's own: not a stuck consumer's
@@ -72,10 +101,6 @@ def stuck(urls: str, queue: str, timeout: float = 5.0, *, tls: TlsFiles | None =
         if error.reply_code in (NOT_FOUND, RESOURCE_LOCKED):
             return bool(error.reply_code == RESOURCE_LOCKED)
         raise BrokerUnavailable(f"the broker refused: {error.reply_text}") from None
-    except pika.exceptions.AMQPError as error:
-        raise BrokerUnavailable(f"the broker dropped the connection: {error!r}") from None
-    finally:
-        close_quietly(connection)
 
 
 def close_quietly(connection: pika.BlockingConnection) -> None:

@@ -17,7 +17,7 @@ STUCK = ("a batch keeps failing and a consumer has stopped taking more until it 
 def health(args: argparse.Namespace, settings: Settings) -> int:
     """0 only when the broker answers, a worker consumes the commands, the store answers and
     the Authority can verify tokens."""
-    from thelca.amqp import queue_consumers, stuck
+    from thelca.amqp import queue_states
     from thelca.bootstrap import authority_health, tls_files
     from thelca.stores import open_store
 
@@ -27,22 +27,22 @@ def health(args: argparse.Namespace, settings: Settings) -> int:
     healthy = True
     tls = tls_files(settings)
     try:
-        workers = queue_consumers(settings.amqp_url, names.commands, tls=tls)
-        loggers = queue_consumers(settings.amqp_url, names.events_log, tls=tls)
+        states = queue_states(settings.amqp_url, [names.commands, names.events_log], tls=tls)
+        workers, loggers = states[names.commands], states[names.events_log]
         print("broker: ok")
-        if stuck(settings.amqp_url, names.commands, tls=tls):
+        if workers.stuck:
             healthy = False
             print(f"worker: FAILED (stuck batch: {STUCK})")
-        elif workers:
-            print(f"worker: ok ({workers} consuming {names.commands})")
+        elif workers.consumers:
+            print(f"worker: ok ({workers.consumers} consuming {names.commands})")
         else:
             healthy = False
             print(f"worker: FAILED (nothing consumes {names.commands})")
-        if stuck(settings.amqp_url, names.events_log, tls=tls):
+        if loggers.stuck:
             print(f"logger: stuck batch ({STUCK}); events wait in the queue")
         else:
-            print(f"logger: {'ok' if loggers else 'not running; events wait in the queue'} "
-                  f"({loggers} consuming {names.events_log})")
+            waiting = "ok" if loggers.consumers else "not running; events wait in the queue"
+            print(f"logger: {waiting} ({loggers.consumers} consuming {names.events_log})")
     except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         healthy = False
         print(_broker_failure(error, "worker", names.commands))
@@ -73,15 +73,15 @@ def _broker_failure(error: ThelcaError, role: str, queue: str) -> str:
 def _role_health(role: str, settings: Settings) -> int:
     """A logger's or replay consumer's health: the broker, and that role on its queue (and
     the replay consumer's Authority)."""
-    from thelca.amqp import queue_consumers, stuck
+    from thelca.amqp import queue_states
     from thelca.bootstrap import authority_health, tls_files
 
     names = settings.names
     queue = names.events_log if role == "logger" else names.replay
     tls = tls_files(settings)
     try:
-        consumers = queue_consumers(settings.amqp_url, queue, tls=tls)
-        stuck_batch = role == "logger" and stuck(settings.amqp_url, queue, tls=tls)
+        state = queue_states(settings.amqp_url, [queue], tls=tls)[queue]
+        consumers, stuck_batch = state.consumers, role == "logger" and state.stuck
     except ThelcaError as error:  # the AMQP room says BrokerUnavailable or QueueMissing
         print(_broker_failure(error, role, queue))
         return EXIT_UNAVAILABLE
