@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from thelca.logtext import shown
 from thelca_client.contract import DEAD_REASON_HEADER, DEAD_REPLY_TO_HEADER, DEAD_USER_HEADER
 
 # What thelca and the broker add on a message's way to the dead queue. A client can
@@ -137,6 +138,13 @@ def dead_letter(
         headers[DEAD_REPLY_TO_HEADER] = message.reply_to
     return Outgoing(exchange, "", message.body, message_id=message.message_id,
                     correlation_id=message.correlation_id, headers=headers)
+
+
+def hijacked_reason(reply_to: str | None, unanswered: str) -> str:
+    """Why a message whose reply_to names one of thelca's own queues is dead-lettered, not
+    served (`unanswered`: "not executed", "not answered")."""
+    return (f"reply_to names thelca's own queue {shown(reply_to)}: replies go to clients, "
+            f"never into thelca; {unanswered}")
 
 
 def bookkeeping(header: object) -> bool:

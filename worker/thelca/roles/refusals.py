@@ -19,7 +19,14 @@ from thelca.domain import model
 from thelca.domain.model import Origin
 from thelca.logtext import shown
 from thelca.roles.answers import Answers, peek
-from thelca.roles.messages import Incoming, Outgoing, dead_letter, unreadable, unreadable_why
+from thelca.roles.messages import (
+    Incoming,
+    Outgoing,
+    dead_letter,
+    hijacked_reason,
+    unreadable,
+    unreadable_why,
+)
 from thelca_client.contract import Reply
 
 log = logging.getLogger(__name__)
@@ -80,8 +87,7 @@ class Refusals:
         """A reply_to that names one of thelca's own queues (its log, its commands, its dead
         letters...): not executed and nothing published there, so that no client can write
         into thelca through a reply; kept in the dead letters, without its token."""
-        reason = (f"reply_to names thelca's own queue {shown(message.reply_to)}: replies go "
-                  "to clients, never into thelca; not executed")
+        reason = hijacked_reason(message.reply_to, "not executed")
         log.warning("a command (message_id %s) went to %s: %s", shown(message.message_id),
                     self.names.dead, reason)
         self.answers.tally.dead_letters += 1

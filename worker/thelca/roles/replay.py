@@ -40,6 +40,7 @@ from thelca.roles.messages import (
     Incoming,
     Outgoing,
     dead_letter,
+    hijacked_reason,
     unreadable,
     unreadable_why,
 )
@@ -110,8 +111,7 @@ class ReplayRole:
 
     def _hijacked(self, request: Incoming) -> EventStream:
         """Not answered, since its reply_to is thelca's own: the dead letters keep it."""
-        reason = (f"reply_to names thelca's own queue {shown(request.reply_to)}: replies go "
-                  "to clients, never into thelca; not answered")
+        reason = hijacked_reason(request.reply_to, "not answered")
         log.warning("replay: request %s went to %s: %s",
                     shown(request.correlation_id or request.message_id), self.names.dead,
                     reason)
