@@ -4,6 +4,7 @@
     python benchmarks/latency_ladder.py --quick      # 300 per system
     python benchmarks/latency_ladder.py --only echo,floor,sqlite --no-trace
     python benchmarks/latency_ladder.py --baseline DIR   # also DIR's thelca, interleaved
+    python benchmarks/latency_ladder.py --only echo,floor,sqlite --ablations --no-trace
 
 One client sends creates one at a time (persistent, with a message_id, the
 reply by direct reply-to) to each system in turn, in rounds, so that the
@@ -19,7 +20,12 @@ shared machine's drift hits all alike. The rungs:
   SQLite file and on a PostgreSQL schema of the run's own;
 - with --baseline DIR (a checkout, say `git archive main | tar -x -C DIR`),
   sqlite-base and pg-base: DIR's thelca the same way, taking turns with this
-  one, which is how a change is best judged on a shared machine.
+  one, which is how a change is best judged on a shared machine;
+- with --ablations, thelca with one piece of work taken away, to show what
+  that piece costs the reply (benchmarks/ablate.py, untraced): sqlite-no-events
+  (no event published, each batch acked at once), sqlite-no-fsync (SQLite's
+  synchronous=OFF) and memory (the memory store: no database at all). These
+  are measurements, not ways to run thelca.
 
 It prints p50, p90 and p99 of each, their ratios to the echo and the floor,
 and the CPU time each system's processes spent per command in its own turns
@@ -59,8 +65,11 @@ HERE = Path(__file__).resolve().parent
 BODY = orjson.dumps({"command": "create", "item": {"properties": {"type": "STORY"}}})
 TARGETS = {"sqlite": 2.0, "pg": 2.5}  # thelca's p50 at most this many times the floor's
 SYSTEMS = ("echo", "floor", "sqlite", "pg")
+ABLATIONS = ("sqlite-no-events", "sqlite-no-fsync", "memory")  # with --ablations
 LABELS = {"echo": "echo through a quorum queue", "floor": "floor (benchmarks/floor.py)",
           "sqlite": "thelca, SQLite", "pg": "thelca, PostgreSQL",
+          "sqlite-no-events": "thelca, SQLite, no events", "sqlite-no-fsync":
+          "thelca, SQLite, no fsync", "memory": "thelca, memory store",
           "sqlite-base": "baseline thelca, SQLite", "pg-base": "baseline thelca, PostgreSQL"}
 
 
@@ -149,7 +158,7 @@ def start(name: str, work: Path, trace: bool, baseline: Path | None,
         system.cleanup.append(("queues", [f"{prefix}.commands", f"{prefix}.events.log"],
                                [f"{prefix}.events"]))
         return system
-    store = f"sqlite:///{work / f'{name}.db'}"
+    store = "memory:" if name == "memory" else f"sqlite:///{work / f'{name}.db'}"
     if name.startswith("pg"):
         schema = prefix.replace("-", "_")
         store = f"{POSTGRES}?schema={schema}"
@@ -161,7 +170,9 @@ def start(name: str, work: Path, trace: bool, baseline: Path | None,
         assert baseline is not None
         env["PYTHONPATH"] = f"{baseline / 'worker'}{os.pathsep}{baseline / 'publisher'}"
     worker = ["-m", "thelca", "worker"]
-    if trace:
+    if name.startswith("sqlite-no-"):  # an ablation rung: see benchmarks/ablate.py
+        worker = [str(HERE / "ablate.py"), name.removeprefix("sqlite-"), "worker"]
+    elif trace and name not in ABLATIONS:
         system.trace = work / f"{name}.trace"
         if profile is not None:
             env["LATENCY_TRACE_PROFILE"] = str(profile / f"{name}.prof")
@@ -302,12 +313,17 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run the traced workers under cProfile too, into DIR/NAME.prof")
     parser.add_argument("--quick", action="store_true", help="300 commands per system")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also thelca on SQLite with no events, with no fsync, and on the "
+                             "memory store (benchmarks/ablate.py): what each of those costs")
     args = parser.parse_args()
     if args.quick:
         args.commands, args.rounds = 300, 5
     names = [n for n in SYSTEMS if n in args.only.split(",")]
     if args.baseline is not None:
         names += [f"{n}-base" for n in ("sqlite", "pg") if n in names]
+    if args.ablations:
+        names += list(ABLATIONS)
     with tempfile.TemporaryDirectory(prefix="thelca-ladder-") as directory:
         work = Path(directory)
         systems: list[System] = []
