@@ -169,3 +169,24 @@ def test_the_ceiling_refuses_an_update_that_changes_what_is_fixed() -> None:
         assert status == 400 and error in orjson.loads(reply)["error"]
     stale = {"command": "update", "id": item["id"], "item": item, "expected_version": 3}
     assert ceiling.handle(items, properties(), orjson.dumps(stale))[0] == 409
+
+
+def test_the_ablations_take_away_what_they_name(tmp_path: Path) -> None:
+    """benchmarks/ablate.py's hooks find what they wrap (a rename fails here, not in a run):
+    no-fsync opens SQLite with synchronous=OFF, where the store's own is FULL (2)."""
+    script = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import ablate\n"
+        "from thelca.stores.sqlite import SQLiteStore\n"
+        "from thelca.amqp.publishing import PublishingSession\n"
+        "whole = SQLiteStore(sys.argv[1] + '/a.db')\n"
+        "before = PublishingSession._publish_batch\n"
+        "ablate.no_events(); ablate.no_fsync()\n"
+        "ablated = SQLiteStore(sys.argv[1] + '/b.db')\n"
+        "print(whole._db.execute('PRAGMA synchronous').fetchone()[0],"
+        " ablated._db.execute('PRAGMA synchronous').fetchone()[0],"
+        " PublishingSession._publish_batch is not before)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["2", "0", "True"]
