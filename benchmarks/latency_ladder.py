@@ -35,7 +35,8 @@ latency_trace.py, and the ladder prints the median time (and the worker's
 CPU time) of each stage of a command's path, from the client's publish to the
 client's reply, and of the event's (written, confirmed, acked), with socket
 writes and reads, transactions and PostgreSQL round trips per command;
---profile DIR also runs them under a CPU-time cProfile. Exit 1 when a target
+--profile DIR also runs them under a CPU-time cProfile and prints where that
+time went by package (benchmarks/profile_shares.py). Exit 1 when a target
 is missed.
 """
 
@@ -343,7 +344,15 @@ def main() -> int:
         print(f"{os.cpu_count()} cores, load {' '.join(load)}, {args.commands} commands per "
               f"system in {args.rounds} rounds, {seconds:.0f} s"
               f"{', thelca traced' if args.trace else ''}")
-        return 0 if report(systems) else 1
+        met = report(systems)
+        if args.profile is not None:  # where each traced worker's CPU went, by package
+            for system in systems:
+                profile = args.profile / f"{system.name}.prof"
+                if profile.exists():
+                    print()
+                    subprocess.run([sys.executable, str(HERE / "profile_shares.py"), str(profile),
+                                    "--commands", str(len(system.sent))], check=False)
+        return 0 if met else 1
 
 
 if __name__ == "__main__":
