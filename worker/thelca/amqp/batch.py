@@ -186,8 +186,9 @@ class _BatchSession(PeriodicSession):
         if self._failures:
             self._unstuck()
         del self._waiting[: len(batch)]
-        metrics.child(metrics.BATCH_SIZE, self.owner.name).observe(len(batch))
         self._publish_batch([tag for tag, _, _ in batch], publish, [t for _, _, t in batch])
+        # Counted once the replies are written: not on their way.
+        metrics.child(metrics.BATCH_SIZE, self.owner.name).observe(len(batch))
         if self._waiting:
             self._schedule_flush(0)
 
