@@ -40,11 +40,6 @@ class FlushingConnection(pika.SelectConnection):
             self._flush_due = True
             self.ioloop.call_later(0, self._turn_ended)
 
-    def send_marshaled(self, frames: list[bytes]) -> None:
-        """Send frames marshalled elsewhere (thelca.amqp.frames), counted as pika counts
-        its own (the heartbeat checker reads the counts)."""
-        self._output_marshaled_frames(frames)  # type: ignore[attr-defined]  # pika's own
-
     def _turn_ended(self) -> None:
         self._flush_due = False
         self.flush()

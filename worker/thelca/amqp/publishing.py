@@ -32,8 +32,8 @@ import pika.frame
 import pika.spec
 
 from thelca import metrics
-from thelca.amqp import frames
 from thelca.amqp.connection import broker_login
+from thelca.amqp.convert import basic_properties
 from thelca.amqp.session import ConnectionSession
 from thelca.roles.messages import Outgoing
 
@@ -189,7 +189,11 @@ class PublishingSession(ConnectionSession[Batch]):
             key = key_of(message)
             if key is not None and key in self._on_their_way:
                 continue  # already on its way in another batch, which answers for it
-            frames.publish(self.publisher, message, self._login)
+            properties = basic_properties(message)
+            properties.user_id = self._login
+            self.publisher.basic_publish(
+                message.exchange, message.routing_key, message.body, properties
+            )
             self._published(batch)
             batch.published.append(message)
             if key is not None:

@@ -27,8 +27,8 @@ import pika.frame
 import pika.spec
 
 from thelca import metrics
-from thelca.amqp import frames
 from thelca.amqp.confirms import take_confirmed
+from thelca.amqp.convert import basic_properties
 from thelca.roles.messages import Outgoing
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,11 @@ class ReplyFlow(Generic[T]):
                 return  # a suspect goes alone: after the others' confirms, before the next
             self._queue.popleft()
             message = entry.message
+            properties = basic_properties(message)
+            properties.user_id = self.login
             try:
-                frames.publish(channel, message, self.login, mandatory=entry.mandatory)
+                channel.basic_publish(message.exchange, message.routing_key, message.body,
+                                      properties, mandatory=entry.mandatory)
             except Exception as error:  # pika cannot even encode it: this message alone
                 self._drop(entry, f"it cannot be sent: {error!r}")
                 continue
