@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import uuid
 
 import pytest
 
+from thelca.domain import model
 from thelca.roles.fingerprints import canonical, fingerprint, id_seed
 
 KEY = bytes(range(32))
@@ -82,3 +85,27 @@ def test_the_token_enters_the_seed_only_through_the_keyed_hash() -> None:
 
 def test_length_prefixes_keep_the_parts_apart() -> None:
     assert id_seed(KEY, "ab", "c", {}) != id_seed(KEY, "a", "bc", {})
+
+
+def test_event_and_item_ids_are_the_uuids_the_uuid_module_makes() -> None:
+    """model writes its UUIDs without uuid.UUID (cheaper); they must be the same text."""
+    for seed in ("a", "x" * 100, "é/123"):
+        for user in (None, "alice", "ü"):
+            name = f"{seed}\x1fitem created\x1f{user or ''}"
+            assert model.event_id_for(model.Origin("c", seed), "item created", user) == \
+                str(uuid.uuid5(model.EVENT_NAMESPACE, name))
+    for _ in range(1000):
+        raw = os.urandom(16)
+        assert model._uuid_text(raw, 0x40) == str(uuid.UUID(bytes=raw, version=4))
+    item_id = model.new_item_id()
+    assert str(uuid.UUID(item_id)) == item_id and uuid.UUID(item_id).version == 4
+
+
+def test_the_id_seed_is_the_hmac_of_the_length_prefixed_parts() -> None:
+    """id_seed in one hmac.digest call: the same value as an HMAC fed part by part."""
+    key, headers = b"k" * 32, {"Authorization": "Bearer t", "authorization": b"x"}
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in (b"m", b"f", b"bx", b"sBearer t"):
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    assert id_seed(key, "m", "f", headers) == mac.hexdigest()

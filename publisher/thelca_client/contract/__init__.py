@@ -61,6 +61,7 @@ from thelca_client.contract.commands import (
     UpdateItem,
     UpdateLink,
     decode_command,
+    decode_command_object,
     encode,
     encode_command,
 )
@@ -133,6 +134,7 @@ __all__ = [
     "authorization_headers",
     "bearer_token",
     "decode_command",
+    "decode_command_object",
     "decode_event",
     "decode_replay_request",
     "decode_reply",

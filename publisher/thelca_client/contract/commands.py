@@ -242,7 +242,12 @@ def encode(command: Command) -> bytes:
 
 def decode_command(body: bytes) -> Command:
     """Decode and type-check a command body; raise ContractError naming the field."""
-    data = loads_object(body)
+    return decode_command_object(loads_object(body))
+
+
+def decode_command_object(data: JSON) -> Command:
+    """Type-check a command body already decoded to a JSON object (decode_command), for a
+    caller that decoded it once for other uses too; raise ContractError naming the field."""
     name = data.get("command")
     if name is None:
         raise ContractError(f"command is missing: use one of {listed(COMMANDS)}")

@@ -186,8 +186,9 @@ class _BatchSession(PeriodicSession):
         if self._failures:
             self._unstuck()
         del self._waiting[: len(batch)]
-        metrics.BATCH_SIZE.labels(self.owner.name).observe(len(batch))
         self._publish_batch([tag for tag, _, _ in batch], publish, [t for _, _, t in batch])
+        # Counted once the replies are written: not on their way.
+        metrics.child(metrics.BATCH_SIZE, self.owner.name).observe(len(batch))
         if self._waiting:
             self._schedule_flush(0)
 
@@ -266,7 +267,7 @@ class _BatchSession(PeriodicSession):
             delivery_seconds.observe(now - received)
         for message in batch.published:
             if message.exchange:  # the reply connection counts the replies it delivered
-                metrics.PUBLISHED.labels(role, message.exchange).inc()
+                metrics.child(metrics.PUBLISHED, role, message.exchange).inc()
 
     def _busy(self) -> bool:
         return bool(self._waiting)

@@ -35,12 +35,17 @@ class FlushingConnection(pika.SelectConnection):
     def _adapter_emit_data(self, data: bytes) -> None:
         self._unsent.append(data)
         if not self._flush_due:
+            # One timer a turn: an explicit flush() leaves it be, and it writes whatever
+            # frames came after that flush (a timer costs a heap push and a debug log).
             self._flush_due = True
-            self.ioloop.call_later(0, self.flush)
+            self.ioloop.call_later(0, self._turn_ended)
+
+    def _turn_ended(self) -> None:
+        self._flush_due = False
+        self.flush()
 
     def flush(self) -> None:
         """Write every frame not yet written, in one write when the socket takes it."""
-        self._flush_due = False
         if not self._unsent:
             return
         data = b"".join(self._unsent)  # one frame: that frame itself, not a copy

@@ -128,7 +128,7 @@ class ReplyFlow(Generic[T]):
                 entry.owner.unconfirmed -= 1
                 owners.append(entry.owner)
             if not refused:
-                metrics.PUBLISHED.labels(self.role, "(default)").inc()
+                metrics.child(metrics.PUBLISHED, self.role, "(default)").inc()
         self._deaths = 0
         self._pump()
         self.on_confirmed(owners, refused)

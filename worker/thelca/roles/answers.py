@@ -9,10 +9,12 @@ rolled back and run again, and must not be counted twice).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from thelca import metrics
+from thelca.roles.fingerprints import UNREAD, decoded
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.stores.base import OutboxEvent
 from thelca_client.contract import (
@@ -36,7 +38,7 @@ class Tally:
 
     def apply(self) -> None:
         for command, status in self.commands:
-            metrics.COMMANDS.labels(command, status).inc()
+            metrics.child(metrics.COMMANDS, command, status).inc()
         if self.dead_letters:
             metrics.DEAD_LETTERS.labels("worker").inc(self.dead_letters)
 
@@ -75,9 +77,10 @@ class Answers:
             return "unknown"
         return peek(message.body)[0] or "unknown"
 
-    def event(self, event: Event) -> Outgoing:
-        return Outgoing(self.names.events, "", encode_event(event), message_id=event.id,
-                        type=event.type)
+    def event(self, event: Event, body: bytes | None = None) -> Outgoing:
+        """The event's message (`body`: the event encoded already)."""
+        return Outgoing(self.names.events, "", encode_event(event) if body is None else body,
+                        message_id=event.id, type=event.type)
 
     def outbox_event(self, event: OutboxEvent) -> Outgoing:
         kind = orjson.loads(event.body).get("type")
@@ -85,13 +88,12 @@ class Answers:
                         type=kind if isinstance(kind, str) else None)
 
 
-def peek(body: bytes) -> tuple[str | None, str | None]:
-    """The command and id of a body, when it can be read, for an Access refused event."""
-    try:
-        data = orjson.loads(body)
-    except (orjson.JSONDecodeError, RecursionError):
-        return None, None
-    if not isinstance(data, dict):
+def peek(body: bytes, data: Any = UNREAD) -> tuple[str | None, str | None]:
+    """The command and id of a body (decoded already: `data`), when it can be read, for an
+    Access refused event."""
+    if data is UNREAD:
+        data = decoded(body)
+    if not isinstance(data, dict):  # NOT_JSON is not one either
         return None, None
     command, item_id = data.get("command"), data.get("id")
     return (command if command in COMMANDS else None,

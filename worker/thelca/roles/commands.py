@@ -35,6 +35,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from thelca.authority.base import Authority, Principal
 from thelca.domain.model import Origin
@@ -65,6 +66,8 @@ from thelca_client.contract import (
     Names,
     Reply,
     bearer_token,
+    encode_event,
+    encode_reply,
 )
 
 log = logging.getLogger(__name__)
@@ -131,9 +134,13 @@ class CommandRole:
             with self.store.transaction(deferred=deferred) as tx:
                 tx.remove_outbox(confirmed)
                 pruned = self.window.prune(tx, len(batch))
-                _read_ahead(tx, batch, self.max_body)
-                out = [out for message in batch
-                       for out in self._guarded(tx, message, deferred)]
+                # Each body decoded once, for the read-ahead, its fingerprint and its
+                # command (anew in each run: a handler may keep what it was given).
+                values = [fingerprints.decoded(m.body) if len(m.body) <= self.max_body
+                          else fingerprints.UNREAD for m in batch]
+                _read_ahead(tx, batch, values)
+                out = [out for message, data in zip(batch, values, strict=True)
+                       for out in self._guarded(tx, message, deferred, data)]
         except StoreError as error:
             if not deferred or isinstance(error, StoreUnavailable):
                 raise
@@ -178,8 +185,8 @@ class CommandRole:
 
     # ------------------------------------------------------------ one command
 
-    def _guarded(self, tx: StoreTransaction, message: Incoming, deferred: bool = False
-                 ) -> list[Outgoing]:
+    def _guarded(self, tx: StoreTransaction, message: Incoming, deferred: bool = False,
+                 data: Any = fingerprints.UNREAD) -> list[Outgoing]:
         """One command's reply and event; whatever fails in building them costs this
         command alone (a 500 and a dead letter), never its batch.
 
@@ -187,14 +194,15 @@ class CommandRole:
         What a command wrote is inside its own savepoint, undone when it raised.
         """
         try:
-            return self._handle_one(tx, message, deferred)
+            return self._handle_one(tx, message, deferred, data)
         except (StoreUnavailable, AuthorityUnavailable, _Redo):
             raise
         except Exception:
             return self._refusals.poison_or_drop(message)
 
-    def _handle_one(self, tx: StoreTransaction, message: Incoming, deferred: bool
-                    ) -> list[Outgoing]:
+    def _handle_one(self, tx: StoreTransaction, message: Incoming, deferred: bool,
+                    data: Any) -> list[Outgoing]:
+        """One command, its body decoded already (`data`: fingerprints.decoded)."""
         refused = self._refusals.up_front(message)
         if refused is not None:
             return refused
@@ -204,7 +212,7 @@ class CommandRole:
         if not message.message_id:
             log.warning("a command without message_id is served without idempotency "
                         "(generated %s)", command_id)
-        fingerprint = fingerprints.fingerprint(message.body)
+        fingerprint = fingerprints.fingerprint(message.body, data)
         assert self._key is not None  # read by handle()
         seed = fingerprints.id_seed(self._key, command_id, fingerprint, message.headers)
         origin = Origin(command_id, self.window.seed(seed, self.window.clock()))
@@ -221,17 +229,17 @@ class CommandRole:
             # refused before anything is written, so not remembered either.
             return self._answers.reply(message, Reply(400, error=NUL_USER_ID))
         if deferred:
-            return self._without_savepoint(tx, message, principal, origin, fingerprint)
-        return self._in_savepoint(tx, message, principal, origin, fingerprint)
+            return self._without_savepoint(tx, message, principal, origin, fingerprint, data=data)
+        return self._in_savepoint(tx, message, principal, origin, fingerprint, data=data)
 
     def _without_savepoint(
         self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
-        fingerprint: str,
+        fingerprint: str, *, data: Any,
     ) -> list[Outgoing]:
         """The authenticated command in a batch's first run: whatever fails here would have
         rolled its savepoint back, so the whole batch runs again, with savepoints."""
         try:
-            return self._authenticated(tx, message, principal, origin, fingerprint)
+            return self._authenticated(tx, message, principal, origin, fingerprint, data=data)
         except (StoreUnavailable, AuthorityUnavailable):
             raise
         except Exception as error:
@@ -239,14 +247,15 @@ class CommandRole:
 
     def _in_savepoint(
         self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
-        fingerprint: str,
+        fingerprint: str, *, data: Any,
     ) -> list[Outgoing]:
         """The authenticated command in a savepoint of its own, run again if another
         writer won a race for its rows."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with tx.savepoint():
-                    return self._authenticated(tx, message, principal, origin, fingerprint)
+                    return self._authenticated(tx, message, principal, origin, fingerprint,
+                                               data=data)
             except (StoreUnavailable, AuthorityUnavailable):
                 raise
             except ConcurrentUpdate:
@@ -261,7 +270,7 @@ class CommandRole:
 
     def _authenticated(
         self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
-        fingerprint: str,
+        fingerprint: str, *, data: Any,
     ) -> list[Outgoing]:
         """Everything after the token check, undone as a whole if it raises."""
         now = self.window.clock()
@@ -272,14 +281,19 @@ class CommandRole:
                 return repeat(self._answers, tx, message, principal=principal, prior=prior,
                               fingerprint=fingerprint,
                               republish=self._unconfirmed_from_outbox)
-        outcome = noted_retry(serve(self.service, tx, principal, message, origin), message)
+        outcome = noted_retry(serve(self.service, tx, principal, message, origin, data=data),
+                              message)
+        # Encoded once: the same bytes are recorded, kept in the outbox and sent.
+        reply_body = encode_reply(outcome.reply)
+        event_body = encode_event(outcome.event) if outcome.event is not None else None
         if message.message_id and remembered(outcome.command):
             remember(self._answers, tx, message.message_id, outcome=outcome,
-                     fingerprint=fingerprint, now=now)
+                     fingerprint=fingerprint, now=now, reply_body=reply_body,
+                     event_body=event_body)
         command = outcome.command.name if outcome.command else None
-        out = self._answers.reply(message, outcome.reply, command)
+        out = self._answers.reply_bytes(message, reply_body, outcome.reply.status, command)
         if outcome.event is not None:
-            out.append(self._answers.event(outcome.event))
+            out.append(self._answers.event(outcome.event, event_body))
         return out
 
     # ------------------------------------------------------------ messages
@@ -296,11 +310,13 @@ class CommandRole:
         return self._answers.outbox_event(event)
 
 
-def _read_ahead(tx: StoreTransaction, batch: list[Incoming], max_body: int) -> None:
+def _read_ahead(tx: StoreTransaction, batch: list[Incoming], values: list[Any]) -> None:
     """Tell the store what the batch will ask for: its records and the items it names
-    (on PostgreSQL one statement each, instead of one per command)."""
+    (on PostgreSQL one statement each, instead of one per command). `values`: the
+    bodies decoded, UNREAD for one too large to be read."""
     tx.prefetch_processed([m.message_id for m in batch
                            if m.message_id and isinstance(m.message_id, str)])
-    named = (peek(m.body) for m in batch if len(m.body) <= max_body)
+    named = (peek(m.body, data) for m, data in zip(batch, values, strict=True)
+             if data is not fingerprints.UNREAD)
     tx.prefetch_items([item_id for command, item_id in named
                        if command in ITEM_COMMANDS and item_id is not None])

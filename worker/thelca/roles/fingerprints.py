@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -29,32 +29,53 @@ _JSON = b"json\x00"  # the canonical form of a JSON value
 _RAW = b"raw\x00"  # the bytes of a body that is not JSON (or too deep to encode again)
 
 
-def canonical(body: bytes) -> bytes:
-    """The body's canonical form: its decoded JSON value encoded with sorted keys and no
-    spacing, or, when it is not JSON, its bytes (each tagged, so that neither can pass
-    for the other)."""
+class _Marker:
+    """A value no JSON text decodes to."""
+
+
+NOT_JSON: Final = _Marker()  # what decoded() gives for a body that is not JSON
+UNREAD: Final = _Marker()  # no decoded value at hand: the body is decoded where needed
+
+
+def decoded(body: bytes) -> Any:
+    """The body's JSON value, or NOT_JSON: decoded once per command, then handed to
+    canonical(), answers.peek() and the command's decoding, which each decoded it anew."""
     try:
-        value = orjson.loads(body)
-        return _JSON + orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError):
-        return _RAW + body
+        return orjson.loads(body)
+    except (orjson.JSONDecodeError, RecursionError):
+        return NOT_JSON
 
 
-def fingerprint(body: bytes) -> str:
+def canonical(body: bytes, value: Any = UNREAD) -> bytes:
+    """The body's canonical form: its decoded JSON value (`value`, when decoded already)
+    encoded with sorted keys and no spacing, or, when it is not JSON, its bytes (each
+    tagged, so that neither can pass for the other)."""
+    if value is UNREAD:
+        value = decoded(body)
+    if value is not NOT_JSON:
+        try:
+            return _JSON + orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except (orjson.JSONEncodeError, RecursionError):
+            pass
+    return _RAW + body
+
+
+def fingerprint(body: bytes, value: Any = UNREAD) -> str:
     """The lowercase hex SHA-256 of the body's canonical form."""
-    return hashlib.sha256(canonical(body)).hexdigest()
+    return hashlib.sha256(canonical(body, value)).hexdigest()
 
 
 def id_seed(key: bytes, message_id: str, body_fingerprint: str,
             headers: Mapping[str, Any] | None) -> str:
     """The seed of one delivery's event ids: HMAC-SHA256 under the deployment key of the
     message_id, the body's fingerprint and the Authorization header(s) as sent."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in (message_id.encode("utf-8", "surrogatepass"), body_fingerprint.encode(),
-                 *_credentials(headers)):
-        mac.update(len(part).to_bytes(8, "big"))  # length-prefixed: no two splits collide
-        mac.update(part)
-    return mac.hexdigest()
+    message = b"".join(
+        # length-prefixed: no two splits collide
+        len(part).to_bytes(8, "big") + part
+        for part in (message_id.encode("utf-8", "surrogatepass"), body_fingerprint.encode(),
+                     *_credentials(headers)))
+    # One call into OpenSSL (hmac.digest) instead of an HMAC object fed part by part.
+    return hmac.digest(key, message, "sha256").hex()
 
 
 def _credentials(headers: Mapping[str, Any] | None) -> list[bytes]:

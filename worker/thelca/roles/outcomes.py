@@ -9,12 +9,14 @@ role (thelca.roles.commands) does, inside the command's savepoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from thelca.authority.base import Principal
 from thelca.domain import model
 from thelca.domain.model import Origin
 from thelca.domain.service import ItemService
 from thelca.errors import CommandRefused
+from thelca.roles.fingerprints import UNREAD
 from thelca.roles.handlers import HANDLERS, Context
 from thelca.roles.messages import Incoming
 from thelca.stores.base import StoreTransaction
@@ -25,6 +27,7 @@ from thelca_client.contract import (
     Event,
     Reply,
     decode_command,
+    decode_command_object,
 )
 
 LONGEST_USER = 255  # a retry_of longer than any user id is not one
@@ -40,11 +43,14 @@ class Outcome:
 
 def serve(
     service: ItemService, tx: StoreTransaction, principal: Principal, message: Incoming,
-    origin: Origin,
+    origin: Origin, *, data: Any = UNREAD,
 ) -> Outcome:
+    """The command's outcome; `data` is its body decoded already (fingerprints.decoded)."""
     command: Command | None = None
     try:
-        command = decode_command(message.body)
+        # A body that is not a JSON object is decoded again, for decode_command's words.
+        command = (decode_command_object(data) if isinstance(data, dict)
+                   else decode_command(message.body))
         handler = HANDLERS[type(command)]
         served = handler.handle(Context(service, tx, principal, origin), command)
     except (CommandRefused, ContractError) as refused:

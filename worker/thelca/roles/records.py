@@ -37,14 +37,18 @@ def repeat(
 
 def remember(
     answers: Answers, tx: StoreTransaction, message_id: str, *, outcome: Outcome,
-    fingerprint: str, now: float,
+    fingerprint: str, now: float, reply_body: bytes | None = None,
+    event_body: bytes | None = None,
 ) -> None:
     """Record the command and its reply, and keep its event in the outbox (noted in the
-    batch's tally: the role knows it there once the batch is committed)."""
+    batch's tally: the role knows it there once the batch is committed). `reply_body`
+    and `event_body`: the reply and the event as encoded already for sending."""
     event = outcome.event
     tx.add_processed(ProcessedCommand(
-        message_id, outcome.user or "", encode_reply(outcome.reply),
+        message_id, outcome.user or "",
+        encode_reply(outcome.reply) if reply_body is None else reply_body,
         event.id if event else None, fingerprint, now))
     if event is not None:
-        tx.add_outbox(OutboxEvent(event.id, encode_event(event)))
+        tx.add_outbox(OutboxEvent(event.id, encode_event(event) if event_body is None
+                                  else event_body))
         answers.tally.outboxed.append(event.id)
