@@ -112,6 +112,15 @@ class _Pipelined:
             return  # the queued reads' answers are unwanted now
         if self._conn.pgconn.transaction_status == TransactionStatus.INERROR:
             raise StoreError("the PostgreSQL transaction failed before its commit")
+        if not self._begun and not self._queued and len(statements) == 1:
+            # One statement alone (removing confirmed events, at window 1 after every
+            # command) is a transaction of its own: no BEGIN or COMMIT to send with it.
+            query, params = statements[0]
+            try:
+                self._conn.execute(query, params)
+            except psycopg.Error as error:
+                raise _translated(error) from error
+            return
         self._send(statements, commit=True)
 
     def rollback(self) -> bool:
