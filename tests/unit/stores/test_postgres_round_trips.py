@@ -200,7 +200,7 @@ def test_a_schema_without_the_check_function_gets_it(pg_store_url: str) -> None:
     first = PostgresStore(pg_store_url)
     with psycopg.connect(first._conninfo, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP FUNCTION {}.").format(sql.Identifier(first.schema))
-                     + sql.SQL(next(iter(FUNCTIONS))))  # type: ignore[arg-type]
+                     + sql.SQL(next(iter(FUNCTIONS))))
     first.close()
     store = PostgresStore(pg_store_url)  # as a writer of an earlier release left it
     try:

@@ -69,11 +69,16 @@ class _Pipelined:
         try:
             with self._conn.pipeline():
                 if not self._begun:
-                    self._conn.execute("BEGIN")
+                    self._conn.execute("BEGIN", prepare=False)
                     self._begun = True
-                reads = [self._conn.execute(query, params) for query, params, _ in queued]
-                cursors = [self._conn.execute(query, params) for query, params in statements]
-                ended = self._conn.execute("COMMIT") if commit else None
+                # Not prepared: a statement's PREPARE in a pipeline that an error aborts
+                # is not made, yet psycopg would take it as made ("prepared statement
+                # _pg3_N does not exist" at its next use).
+                reads = [self._conn.execute(query, params, prepare=False)
+                         for query, params, _ in queued]
+                cursors = [self._conn.execute(query, params, prepare=False)
+                           for query, params in statements]
+                ended = self._conn.execute("COMMIT", prepare=False) if commit else None
         except psycopg.Error as error:
             raise _translated(error) from error
         if ended is not None and ended.statusmessage != "COMMIT":
