@@ -209,3 +209,21 @@ def test_a_schema_without_the_check_function_gets_it(pg_store_url: str) -> None:
         assert store.count_items() == 1
     finally:
         store.close()
+
+
+def test_statements_prepared_around_failed_pipelines_still_work(store: PostgresStore) -> None:
+    """psycopg prepares a statement at its 5th use; one whose PREPARE an earlier failure in
+    the same pipeline skipped must not be taken as made (the connection is replaced)."""
+    with store.transaction() as tx:
+        tx.add_item(_item("taken"))
+    for n in range(12):
+        with pytest.raises(ConcurrentUpdate), store.transaction(deferred=True) as tx:
+            tx.add_item(_item("taken"))
+            tx.add_processed(_processed(f"lost-{n}"))
+            tx.add_outbox(OutboxEvent(f"lost-{n}", b"{}"))
+        with store.transaction(deferred=True) as tx:
+            tx.add_item(_item(f"new-{n}"))
+            tx.add_processed(_processed(f"kept-{n}"))
+            tx.add_outbox(OutboxEvent(f"kept-{n}", b"{}"))
+    assert store.count_items() == 13
+    assert [e.event_id for e in store.pending_outbox()] == [f"kept-{n}" for n in range(12)]

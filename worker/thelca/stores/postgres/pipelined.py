@@ -42,6 +42,7 @@ class _Pipelined:
         self._conn = conn
         self._begun = False  # BEGIN sent (it goes with the first statement)
         self._queued: list[QueuedRead] = []
+        self.spoiled = False  # a pipeline failed: the connection is to be replaced
 
     def _execute(self, query: LiteralString, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         if self._begun and not self._queued:
@@ -69,17 +70,19 @@ class _Pipelined:
         try:
             with self._conn.pipeline():
                 if not self._begun:
-                    self._conn.execute("BEGIN", prepare=False)
+                    self._conn.execute("BEGIN")
                     self._begun = True
-                # Not prepared: a statement's PREPARE in a pipeline that an error aborts
-                # is not made, yet psycopg would take it as made ("prepared statement
-                # _pg3_N does not exist" at its next use).
-                reads = [self._conn.execute(query, params, prepare=False)
-                         for query, params, _ in queued]
-                cursors = [self._conn.execute(query, params, prepare=False)
-                           for query, params in statements]
-                ended = self._conn.execute("COMMIT", prepare=False) if commit else None
+                reads = [self._conn.execute(query, params) for query, params, _ in queued]
+                cursors = [self._conn.execute(query, params) for query, params in statements]
+                ended = self._conn.execute("COMMIT") if commit else None
         except psycopg.Error as error:
+            # A statement that psycopg prepares (the server plans a prepared one once,
+            # not at every use: half the time of a batch of one) in a pipeline that an
+            # error aborts is never made, yet psycopg takes it as made ("prepared
+            # statement _pg3_N does not exist" at its next use): this connection is not
+            # to be used again. Errors are rare here (lost races, values PostgreSQL
+            # cannot keep); a new connection costs a few milliseconds.
+            self.spoiled = True
             raise _translated(error) from error
         if ended is not None and ended.statusmessage != "COMMIT":
             # PostgreSQL ends a failed transaction at COMMIT by rolling it back, silently.

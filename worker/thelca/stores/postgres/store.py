@@ -137,9 +137,11 @@ class PostgresStore:
                 yield tx
                 tx.commit()
             except BaseException:
-                if not tx.rollback():
+                if tx.spoiled or not tx.rollback():
                     self._forget()  # never to carry a transaction over into the next
                 raise
+            if tx.spoiled:  # an error inside was caught by the caller: see .pipelined
+                self._forget()
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
         with self._using() as conn:
