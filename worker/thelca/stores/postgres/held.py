@@ -61,9 +61,8 @@ REMOVE_OUTBOX: LiteralString = (
     "WHERE event_id = ANY(%b::text[]) FOR UPDATE SKIP LOCKED)")
 # A write that must write every row it holds checks its count in PostgreSQL, so that a
 # shortfall fails the transaction before the COMMIT sent behind it (see .pipelined).
-CHECKED: LiteralString = (
-    "WITH written AS ({write} RETURNING 1) "
-    "SELECT thelca_check_written((SELECT count(*) FROM written), %s::bigint, '{refused}')")
+CHECK: LiteralString = (
+    "thelca_check_written((SELECT count(*) FROM {name}), %s::bigint, '{refused}')")
 
 
 @dataclass(frozen=True)
@@ -98,37 +97,44 @@ class Held:
         return None if held is None else StoredItem(held.item, held.version)
 
     def statements(self) -> list[Statement]:
-        """What sends every held write: removals first, as they were asked for first."""
-        sent = []
+        """What sends every held write: one statement, each kind of write a part of it
+        (data-modifying WITH queries all run, to completion, on the same snapshot: the
+        kinds touch disjoint rows). Removals first, as they were asked for first."""
+        parts: list[tuple[LiteralString, LiteralString, tuple[Any, ...]]] = []
+        checks: list[tuple[LiteralString, LiteralString, int]] = []
         if self.removed:
-            sent.append(Statement(REMOVE_OUTBOX, (sorted(self.removed),)))
+            parts.append(("removed", REMOVE_OUTBOX, (sorted(self.removed),)))
         new = [held for held in self.items.values() if held.stored == 0]
         if new:
-            sent.append(_written(INSERT_ITEMS, ITEM_TYPES, "an item id is taken already",
-                [(h.item.id, h.item.created_at, h.item.created_by, _json(h.item.properties),
-                  h.version, jsonb_text(h.item.properties)) for h in new]))
+            parts.append(("new", *_shaped(INSERT_ITEMS, ITEM_TYPES, [
+                (h.item.id, h.item.created_at, h.item.created_by, _json(h.item.properties),
+                 h.version, jsonb_text(h.item.properties)) for h in new])))
+            checks.append(("new", "an item id is taken already", len(new)))
         changed = [held for held in self.items.values() if held.stored]
         if changed:
-            sent.append(_written(UPDATE_ITEMS, CHANGE_TYPES, "an item changed since it was read",
-                [(h.item.id, _json(h.item.properties), h.version, h.stored,
-                  jsonb_text(h.item.properties)) for h in changed]))
+            parts.append(("changed", *_shaped(UPDATE_ITEMS, CHANGE_TYPES, [
+                (h.item.id, _json(h.item.properties), h.version, h.stored,
+                 jsonb_text(h.item.properties)) for h in changed])))
+            checks.append(("changed", "an item changed since it was read", len(changed)))
         if self.processed:
-            sent.append(_written(INSERT_PROCESSED, PROCESSED_TYPES,
-                "a message_id was recorded by another writer",
-                [(p.message_id, p.user_id, p.reply, p.event_id, p.fingerprint, p.created_at)
-                 for p in self.processed.values()]))
+            parts.append(("recorded", *_shaped(INSERT_PROCESSED, PROCESSED_TYPES, [
+                (p.message_id, p.user_id, p.reply, p.event_id, p.fingerprint, p.created_at)
+                for p in self.processed.values()])))
+            checks.append(("recorded", "a message_id was recorded by another writer",
+                           len(self.processed)))
         if self.outbox:
-            events = [(e.event_id, e.body) for e in self.outbox.values()]
-            query, params = _shaped(INSERT_OUTBOX, OUTBOX_TYPES, events, numbered=True)
-            sent.append(Statement(query, params))
-        return sent
-
-
-def _written(write: LiteralString, types: tuple[LiteralString, ...], refused: LiteralString,
-             rows: list[tuple[Any, ...]]) -> Statement:
-    """The write of these rows, failing in PostgreSQL unless it writes every one."""
-    query, params = _shaped(write, types, rows)
-    return Statement(CHECKED.format(write=query, refused=refused), (*params, len(rows)))
+            parts.append(("events", *_shaped(INSERT_OUTBOX, OUTBOX_TYPES, [
+                (e.event_id, e.body) for e in self.outbox.values()], numbered=True)))
+        if not parts:
+            return []
+        counted = {name for name, _, _ in checks}
+        query = "WITH " + ", ".join(
+            f"{name} AS ({write}{' RETURNING 1' if name in counted else ''})"
+            for name, write, _ in parts)
+        query += " SELECT " + (", ".join(CHECK.format(name=name, refused=refused)
+                                         for name, refused, _ in checks) or "1")
+        params = tuple(param for _, _, values in parts for param in values)
+        return [Statement(query, (*params, *(rows for _, _, rows in checks)))]
 
 
 def _shaped(write: LiteralString, types: tuple[LiteralString, ...],
