@@ -1,13 +1,14 @@
-"""The writes a PostgreSQL batch holds back, sent together: one statement per kind.
+"""The writes a PostgreSQL batch holds back, sent together: one statement for them all.
 
 In a deferred transaction (thelca.stores.postgres.deferred: the command
 role's first run of a batch, without savepoints) the writes of items,
 processed commands and the outbox are not sent one by one. They are kept here, and sent when
-something must see them — a savepoint, a search, the commit — as at most one
-statement per kind of write (rows given as arrays, through unnest), all in one
-round trip. Reads by key see them first: an item held is the item as the
-batch has it (its row is locked already, or is new), a record or outbox event
-held is there.
+something must see them — a savepoint, a search, the commit — as one
+statement, a WITH part per kind of write (one row given as values, more as
+arrays through unnest), in one round trip (with the COMMIT, at the end).
+Reads by key see them first: an item held is the item as the batch has it
+(its row is locked already, or is new), a record or outbox event held is
+there.
 
 What a held write would have refused at once is refused when it is sent,
 with the same checks: a new item whose id is taken, an update whose stored
