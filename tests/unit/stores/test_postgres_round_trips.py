@@ -4,6 +4,7 @@ ahead and COMMIT ride with other statements, and nothing is committed that must 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -11,8 +12,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.postgres import terminate
 from thelca.domain.model import Item, StoredItem
-from thelca.errors import ConcurrentUpdate, StoreError
+from thelca.errors import ConcurrentUpdate, StoreError, StoreUnavailable
 from thelca.stores import OutboxEvent, ProcessedCommand
 from thelca.stores.postgres import PostgresStore
 from thelca.stores.postgres.schema import FUNCTIONS
@@ -227,3 +229,21 @@ def test_statements_prepared_around_failed_pipelines_still_work(store: PostgresS
             tx.add_outbox(OutboxEvent(f"kept-{n}", b"{}"))
     assert store.count_items() == 13
     assert [e.event_id for e in store.pending_outbox()] == [f"kept-{n}" for n in range(12)]
+
+
+def test_a_connection_lost_in_a_pipeline_is_reported_and_replaced(
+    pg_store_url: str, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"thelca-test-{uuid.uuid4().hex[:8]}"
+    store = PostgresStore(f"{pg_store_url}&application_name={name}")
+    try:
+        assert terminate(pg_url, name) == 1
+        with pytest.raises(StoreUnavailable), store.transaction(deferred=True) as tx:
+            tx.prefetch_processed(["m1"])
+            tx.prefetch_items(["a"])  # the first round trip: BEGIN and both reads
+        assert "was lost" in caplog.text
+        with store.transaction(deferred=True) as tx:
+            tx.add_item(_item("a"))
+        assert store.count_items() == 1
+    finally:
+        store.close()

@@ -138,6 +138,7 @@ class PostgresStore:
                 tx.commit()
             except BaseException:
                 if tx.spoiled or not tx.rollback():
+                    self._forget_if_broken()  # the warning, when the connection was lost
                     self._forget()  # never to carry a transaction over into the next
                 raise
             if tx.spoiled:  # an error inside was caught by the caller: see .pipelined
