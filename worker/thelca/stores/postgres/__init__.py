@@ -27,14 +27,16 @@ How many writers stay correct:
   it retried; the other batch goes on.
 - A deferred transaction (the command role's first run of a batch, without
   savepoints: deferred.py, held.py) holds its writes back and sends them as
-  one statement per kind (arrays through unnest) in one pipelined round trip.
+  one statement (a WITH part per kind; one row as values, more as binary
+  arrays through unnest), pipelined with the COMMIT (pipelined.py).
   The same checks hold: get_item still locks its row when it reads it, an
   update is sent with the version it was read at and must find it, a new item
-  or record must be inserted (ON CONFLICT DO NOTHING, counted): any shortfall
-  is a ConcurrentUpdate, and the role runs the batch again with savepoints.
-  The batch's processed records are read in one statement
-  (prefetch_processed); one that another worker keeps meanwhile is found when
-  ours is inserted.
+  or record must be inserted (ON CONFLICT DO NOTHING, counted in PostgreSQL by
+  thelca_check_written, which fails the transaction before its COMMIT): any
+  shortfall is a ConcurrentUpdate, and the role runs the batch again with
+  savepoints. The batch's processed records are read in one statement
+  (prefetch_processed), sent with its read of its items and the BEGIN; one
+  that another worker keeps meanwhile is found when ours is inserted.
 - Outbox rows are removed with SKIP LOCKED: two workers that both published a
   pending event (every worker republishes the outbox when it starts) both
   remove it without waiting for each other. The body of an event id is the

@@ -21,15 +21,16 @@ from typing import Any, LiteralString
 import psycopg
 
 from thelca.domain.model import Item, StoredItem
-from thelca.errors import ConcurrentUpdate
+from thelca.errors import ConcurrentUpdate, StoreError
 from thelca.stores.base import Found, OutboxEvent, ProcessedCommand
 from thelca.stores.postgres.held import Held, HeldItem
-from thelca.stores.postgres.rows import ITEM_COLUMNS, _stored, _translated
+from thelca.stores.postgres.pipelined import Sent
+from thelca.stores.postgres.rows import ITEM_COLUMNS, _stored
 from thelca.stores.postgres.transaction import _PostgresTransaction
 from thelca_client.contract import JSON
 
 SELECT_ITEMS_FOR_UPDATE: LiteralString = (
-    f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ANY(%s) ORDER BY id FOR UPDATE")  # noqa: S608
+    f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE")  # noqa: S608
 
 
 class _DeferredTransaction(_PostgresTransaction):
@@ -39,7 +40,7 @@ class _DeferredTransaction(_PostgresTransaction):
         super().__init__(conn)
         self._held = Held()
         self._savepoints = 0  # open savepoints: inside one, every write goes at once
-        self._refused: ConcurrentUpdate | None = None  # held writes that did not all take
+        self._refused: StoreError | None = None  # held writes that did not all take
         # Items read (and locked) ahead by prefetch_items (None: no such item), each
         # answered once: asked again, the item is read again.
         self._items_ahead: dict[str, StoredItem | None] = {}
@@ -49,22 +50,25 @@ class _DeferredTransaction(_PostgresTransaction):
         return None if self._savepoints else self._held
 
     def flush(self) -> None:
-        """Send every held write, in one round trip, and check that each took effect; once
-        one did not, nothing of this transaction may be committed."""
+        """Send every held write, in one round trip; one that does not take fails the
+        transaction in PostgreSQL (see .held), and nothing of it may be committed."""
         if self._refused is not None:
             raise self._refused
-        if not self._held:
+        statements = self._final_statements()
+        if not statements:
             return
-        statements, self._held = self._held.statements(), Held()
         try:
-            with self._conn.pipeline():
-                cursors = [self._conn.execute(s.query, s.params) for s in statements]
-        except psycopg.Error as error:
-            raise _translated(error) from error
-        for statement, cursor in zip(statements, cursors, strict=True):
-            if statement.rows is not None and cursor.rowcount != statement.rows:
-                self._refused = ConcurrentUpdate(f"held writes refused: {statement.refused}")
-                raise self._refused
+            self._send(statements)
+        except StoreError as error:
+            self._refused = error
+            raise
+
+    def _final_statements(self) -> list[Sent]:
+        """The held writes, now sent: with COMMIT by commit(), else by flush()."""
+        if self._refused is not None:
+            raise self._refused
+        statements, self._held = self._held.statements(), Held()
+        return [(s.query, s.params) for s in statements]
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -84,6 +88,7 @@ class _DeferredTransaction(_PostgresTransaction):
         wanted = sorted({i for i in item_ids if "\x00" not in i} - self._held.items.keys())
         if not wanted:
             return
+        # With the batch's read of its records (queued by prefetch_processed).
         rows = self._execute(SELECT_ITEMS_FOR_UPDATE, (wanted,)).fetchall()
         self._items_ahead.update(dict.fromkeys(wanted))
         self._items_ahead.update((row[0], _stored(row)) for row in rows)

@@ -75,6 +75,22 @@ INDEXES: dict[str, LiteralString] = {
     "processed_by_age": "CREATE INDEX processed_by_age ON processed (created_at)",
 }
 
+# Functions, made by the first writer that opens a schema without them (asked first, as the
+# indexes): the held writes' check (thelca.stores.postgres.held), which fails the
+# transaction, as a lost race, when a write did not write every row it held.
+FUNCTIONS: dict[str, LiteralString] = {
+    "thelca_check_written(bigint,bigint,text)": """
+        CREATE FUNCTION thelca_check_written(written bigint, wanted bigint, refused text)
+        RETURNS bigint LANGUAGE plpgsql AS $$
+        BEGIN
+            IF written IS DISTINCT FROM wanted THEN
+                RAISE EXCEPTION 'held writes refused: % (% of % rows written)',
+                    refused, written, wanted USING ERRCODE = 'serialization_failure';
+            END IF;
+            RETURN written;
+        END $$""",
+}
+
 
 def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     # Several workers starting at once would race on the catalog (CREATE ... IF NOT
@@ -89,6 +105,9 @@ def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
             _index_old_items(conn)
         for name, statement in INDEXES.items():
             if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,):
+                conn.execute(statement)
+        for signature, statement in FUNCTIONS.items():
+            if conn.execute("SELECT to_regprocedure(%s)", (signature,)).fetchone() == (None,):
                 conn.execute(statement)
 
 

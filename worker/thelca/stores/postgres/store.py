@@ -11,6 +11,7 @@ from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from thelca.domain.model import StoredItem, StoredLink
 from thelca.errors import ConfigurationError, StoreUnavailable
@@ -125,10 +126,23 @@ class PostgresStore:
 
     @contextmanager
     def transaction(self, *, deferred: bool = False) -> Iterator[_PostgresTransaction]:
-        with self._using() as conn, conn.transaction():
+        # BEGIN and COMMIT are the transaction's own to send, each with other statements
+        # (see .pipelined); the connection is in autocommit mode for that.
+        with self._using() as conn:
+            if conn.pgconn.transaction_status != TransactionStatus.IDLE:
+                self._forget()  # a bug: the batch is retried on a new connection
+                raise StoreUnavailable("the PostgreSQL connection was left in a transaction")
             tx = _DeferredTransaction(conn) if deferred else _PostgresTransaction(conn)
-            yield tx
-            tx.flush()
+            try:
+                yield tx
+                tx.commit()
+            except BaseException:
+                if tx.spoiled or not tx.rollback():
+                    self._forget_if_broken()  # the warning, when the connection was lost
+                    self._forget()  # never to carry a transaction over into the next
+                raise
+            if tx.spoiled:  # an error inside was caught by the caller: see .pipelined
+                self._forget()
 
     def pending_outbox(self, limit: int = 1000) -> list[OutboxEvent]:
         with self._using() as conn:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, LiteralString
 
 import psycopg
@@ -14,6 +12,7 @@ from thelca.errors import ConcurrentUpdate
 from thelca.logtext import shown
 from thelca.stores.base import Found, OutboxEvent, ProcessedCommand
 from thelca.stores.matching import jsonb_safe, jsonb_text
+from thelca.stores.postgres.pipelined import _Pipelined
 from thelca.stores.postgres.rows import (
     ITEM_COLUMNS,
     LINK_COLUMNS,
@@ -21,7 +20,6 @@ from thelca.stores.postgres.rows import (
     _json,
     _stored,
     _stored_link,
-    _translated,
 )
 from thelca_client.contract import JSON, LinkEnd
 
@@ -35,35 +33,21 @@ SELECT_ITEM_FOR_UPDATE = (
 )
 
 
-class _PostgresTransaction:
-    """One transaction on the store's connection; every statement's error is translated."""
+SELECT_PROCESSED_AHEAD: LiteralString = (
+    "SELECT message_id, user_id, reply, event_id, fingerprint, created_at "
+    "FROM processed WHERE message_id = ANY(%b::text[])")
+
+
+class _PostgresTransaction(_Pipelined):
+    """One transaction on the store's connection: the queries a command makes."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
+        super().__init__(conn)
         # Records read ahead by prefetch_processed (None: none kept), each answered once.
         self._read_ahead: dict[str, ProcessedCommand | None] = {}
 
-    def _execute(self, query: LiteralString, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
-        try:
-            return self._conn.execute(query, params)
-        except psycopg.Error as error:
-            raise _translated(error) from error
-
-    def flush(self) -> None:
-        """Send what is held back before the commit: nothing here (see .deferred)."""
-
     def prefetch_items(self, item_ids: list[str]) -> None:
         return None  # each is read as it is asked for (a deferred transaction reads ahead)
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        try:
-            with self._conn.transaction():
-                yield
-        except psycopg.Error as error:
-            # Opening, releasing or rolling back to the savepoint failed (the statements
-            # inside translate their own): most likely the connection is gone.
-            raise _translated(error) from error
 
     def get_item(self, item_id: str) -> StoredItem | None:
         if "\x00" in item_id:  # PostgreSQL text cannot hold NUL, so no item has this id
@@ -190,6 +174,7 @@ class _PostgresTransaction:
     def get_processed(self, message_id: str) -> ProcessedCommand | None:
         if "\x00" in message_id:  # no command was recorded under it: see add_processed
             return None
+        self._settle()  # the batch's records, when they are still to be read
         if message_id in self._read_ahead:
             return self._read_ahead.pop(message_id)
         row = self._execute(
@@ -222,10 +207,11 @@ class _PostgresTransaction:
         wanted = [m for m in message_ids if "\x00" not in m]
         if not wanted:
             return
-        rows = self._execute(
-            "SELECT message_id, user_id, reply, event_id, fingerprint, created_at "
-            "FROM processed WHERE message_id = ANY(%s)", (wanted,)).fetchall()
+        # Not sent on its own: with the batch's read of its items, or its first statement.
+        self._queue_read(SELECT_PROCESSED_AHEAD, (wanted,), self._took_processed)
         self._read_ahead.update(dict.fromkeys(wanted))
+
+    def _took_processed(self, rows: list[Any]) -> None:
         self._read_ahead.update((row[0], ProcessedCommand(
             row[0], row[1], bytes(row[2]), row[3], row[4], row[5])) for row in rows)
 
@@ -268,7 +254,7 @@ class _PostgresTransaction:
         # for the same event): skip it rather than wait, and never deadlock on it.
         self._execute(
             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
-            "WHERE event_id = ANY(%s) FOR UPDATE SKIP LOCKED)",
+            "WHERE event_id = ANY(%b::text[]) FOR UPDATE SKIP LOCKED)",
             (event_ids,),
         )
 
