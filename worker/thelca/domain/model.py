@@ -6,8 +6,6 @@ the store, never inside it, so that items read, stored and logged are equal.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,7 +29,6 @@ from thelca_client.contract import (
 # token gets events of its own; and a 401 and a later successful attempt of one
 # message (refusals before authentication are not remembered) do not collide.
 EVENT_NAMESPACE = uuid.UUID("6f1c2a52-8f0e-4c55-9a57-2a8f4c1f7d10")
-_NAMESPACE = EVENT_NAMESPACE.bytes
 SERVER_FIELDS = ("id", "created_at", "created_by")
 
 
@@ -126,23 +123,11 @@ def utc_now() -> str:
 
 
 def new_item_id() -> str:
-    """A random UUID (version 4), as str(uuid.uuid4()) writes it."""
-    return _uuid_text(os.urandom(16), 0x40)
+    return str(uuid.uuid4())
 
 
 def event_id_for(origin: Origin, kind: str, user: str | None) -> str:
-    """uuid.uuid5(EVENT_NAMESPACE, name) as text, without uuid.UUID's checks on the way."""
-    name = f"{origin.id_seed}\x1f{kind}\x1f{user or ''}"
-    return _uuid_text(hashlib.sha1(_NAMESPACE + name.encode()).digest(), 0x50)  # noqa: S324
-
-
-def _uuid_text(raw: bytes, version: int) -> str:
-    """The UUID text of 16 bytes (or the first 16) with the version's and RFC 4122's
-    variant's bits set, as uuid.UUID(bytes=..., version=...) writes it: an item and an
-    event get one per command, and building a uuid.UUID costs several times more."""
-    hexed = bytes((*raw[:6], (raw[6] & 0x0F) | version, raw[7], (raw[8] & 0x3F) | 0x80,
-                   *raw[9:16])).hex()
-    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{origin.id_seed}\x1f{kind}\x1f{user or ''}"))
 
 
 def item_created(stored: StoredItem, user: str, time: str, origin: Origin) -> Event:
