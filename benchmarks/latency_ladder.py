@@ -58,6 +58,7 @@ import pika
 import pika.exceptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.processes import sigint_not_ignored
 from latency_stages import Sent, stages
 
 URL = os.environ.get("THELCA_AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
@@ -143,6 +144,7 @@ def start(name: str, work: Path, trace: bool, baseline: Path | None,
     python = sys.executable
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        sigint_not_ignored()
         return subprocess.Popen([python, *args], env=env, stdout=out, stderr=out)
 
     if name == "echo":

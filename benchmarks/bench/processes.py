@@ -14,8 +14,21 @@ from bench.load import URL
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    sigint_not_ignored()
     out = open(log, "ab")  # noqa: SIM115 - the child owns it
     return subprocess.Popen(args, env=env, stdout=out, stderr=out)
+
+
+def sigint_not_ignored() -> None:
+    """Take SIGINT back if this run was started with it ignored, so children get it too.
+
+    A shell without job control starts a background command (`... &`) with SIGINT
+    ignored, and children inherit an ignored signal: the scripts, which stop on
+    SIGINT, then went on until killed a minute later, each. A handled signal is
+    reset to its default in a child, which Python then takes as KeyboardInterrupt.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def wait_consumed(queue: str, consumers: int = 1) -> None:
