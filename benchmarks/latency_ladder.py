@@ -16,6 +16,11 @@ shared machine's drift hits all alike. The rungs:
 - floor: benchmarks/floor.py, the least pika code that honours the
   contract's happy path (a transient classic queue, no confirms, no store),
   which the issue's targets are relative to;
+- guarded, guarded-pg: benchmarks/guarded.py, the floor's work with exactly
+  thelca's guarantees (the durable quorum queue, the store's transaction with
+  the processed-command record and the outbox, the event confirmed before the
+  ack, the logger's fsync) and none of thelca's code: what the guarantees
+  alone cost, so that what is left is thelca's own;
 - sqlite, pg: `thelca worker` and `thelca logger` with their defaults, on a
   SQLite file and on a PostgreSQL schema of the run's own;
 - with --baseline DIR (a checkout, say `git archive main | tar -x -C DIR`),
@@ -25,7 +30,8 @@ shared machine's drift hits all alike. The rungs:
   that piece costs the reply (benchmarks/ablate.py, untraced): sqlite-no-events
   (no event published, each batch acked at once), sqlite-no-fsync (SQLite's
   synchronous=OFF) and memory (the memory store: no database at all). These
-  are measurements, not ways to run thelca.
+  are measurements, not ways to run thelca; and guarded-no-event, the
+  guarded floor publishing no event.
 
 It prints p50, p90 and p99 of each, their ratios to the echo and the floor,
 and the CPU time each system's processes spent per command in its own turns
@@ -49,6 +55,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,9 +73,13 @@ POSTGRES = os.environ.get("THELCA_TEST_POSTGRES_URL", "postgresql://postgres@127
 HERE = Path(__file__).resolve().parent
 BODY = orjson.dumps({"command": "create", "item": {"properties": {"type": "STORY"}}})
 TARGETS = {"sqlite": 2.0, "pg": 2.5}  # thelca's p50 at most this many times the floor's
-SYSTEMS = ("echo", "floor", "sqlite", "pg")
-ABLATIONS = ("sqlite-no-events", "sqlite-no-fsync", "memory")  # with --ablations
+SYSTEMS = ("echo", "floor", "guarded", "sqlite", "guarded-pg", "pg")
+GUARDED = ("guarded", "guarded-pg", "guarded-no-event")  # benchmarks/guarded.py, stopped by SIGINT
+ABLATIONS = ("sqlite-no-events", "sqlite-no-fsync", "memory",  # with --ablations
+             "guarded-no-event")
 LABELS = {"echo": "echo through a quorum queue", "floor": "floor (benchmarks/floor.py)",
+          "guarded": "guarded floor, SQLite", "guarded-pg": "guarded floor, PostgreSQL",
+          "guarded-no-event": "guarded floor, SQLite, no event",
           "sqlite": "thelca, SQLite", "pg": "thelca, PostgreSQL",
           "sqlite-no-events": "thelca, SQLite, no events", "sqlite-no-fsync":
           "thelca, SQLite, no fsync", "memory": "thelca, memory store",
@@ -161,6 +172,8 @@ def start(name: str, work: Path, trace: bool, baseline: Path | None,
         system.cleanup.append(("queues", [f"{prefix}.commands", f"{prefix}.events.log"],
                                [f"{prefix}.events"]))
         return system
+    if name in GUARDED:
+        return guarded(system, prefix, work, run)
     store = "memory:" if name == "memory" else f"sqlite:///{work / f'{name}.db'}"
     if name.startswith("pg"):
         schema = prefix.replace("-", "_")
@@ -185,6 +198,24 @@ def start(name: str, work: Path, trace: bool, baseline: Path | None,
     system.cleanup.append(("queues", [f"{prefix}.{q}" for q in (
         "commands", "events.log", "dead", "replay")],
         [f"{prefix}.{e}" for e in ("events", "dead", "checkpoints")]))
+    return system
+
+
+def guarded(system: System, prefix: str, work: Path,
+            run: Callable[..., subprocess.Popen[bytes]]) -> System:
+    """benchmarks/guarded.py's worker and logger, on a SQLite file or a PostgreSQL schema."""
+    store = str(work / f"{system.name}.db")
+    if system.name == "guarded-pg":
+        schema = prefix.replace("-", "_")
+        store = f"{POSTGRES}?schema={schema}"
+        system.cleanup.append(("schema", schema))
+    script = str(HERE / "guarded.py")
+    no_event = ["--no-event"] if system.name == "guarded-no-event" else []
+    system.processes += [run(script, "worker", prefix, store, *no_event),
+                         run(script, "logger", prefix, str(work / f"{system.name}.log"))]
+    system.roles += ["worker", "logger"]
+    system.cleanup.append(("queues", [f"{prefix}.commands", f"{prefix}.events.log"],
+                           [f"{prefix}.events", f"{prefix}.dead"]))
     return system
 
 
@@ -215,7 +246,8 @@ def wait_consumed(system: System) -> None:
 
 def stop(system: System) -> None:
     for process in system.processes:
-        process.send_signal(2 if system.name in ("echo", "floor") else 15)  # floor: SIGINT
+        # The scripts stop on SIGINT, thelca on SIGTERM.
+        process.send_signal(2 if system.name in ("echo", "floor", *GUARDED) else 15)
     for process in system.processes:
         try:
             process.wait(timeout=60)

@@ -190,3 +190,22 @@ def test_the_ablations_take_away_what_they_name(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root,
                           capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.split() == ["2", "0", "True"]
+
+
+def test_the_guarded_floor_keeps_item_record_and_event_in_one_transaction(
+        tmp_path: Path) -> None:
+    """benchmarks/guarded.py's SQLite store: a message_id seen before is answered from its
+    record and writes nothing; confirmed events leave the outbox."""
+    import sqlite3
+
+    import guarded
+
+    path = tmp_path / "guarded.db"
+    transaction, removal = guarded.sqlite_store(str(path))
+    assert transaction("m-1", ("i-1", "{}"), "reply 1", ("e-1", "event 1")) is None
+    assert transaction("m-1", ("i-2", "{}"), "reply 2", ("e-2", "event 2")) == "reply 1"
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT id FROM items").fetchall() == [("i-1",)]
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    removal(["e-1"])
+    assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
