@@ -1,4 +1,4 @@
-"""The deduplication window against the real broker and a real SQLite file.
+"""The deduplication window against the real broker, on a real SQLite file and PostgreSQL.
 
 A worker with a window of WINDOW seconds: a message_id re-sent within it gets
 the reply it got the first time and no new event; after it the command is
@@ -14,14 +14,17 @@ import sqlite3
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from tests.integration.conftest import delete_prefix, run_system, wait_for_consumers
 from tests.integration.plain import PlainClient, next_message, watch
+from tests.postgres import fresh_schema, with_schema
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.bootstrap import build_worker
 from thelca.roles.dedup import PRUNE_ROWS
@@ -35,13 +38,49 @@ CREATE = {"command": "create", "item": {"properties": {"n": 1}}}
 SEEDED = 20_000
 
 
-def _records(path: Path) -> dict[str, tuple[bytes, float]]:
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT message_id, reply, created_at FROM processed").fetchall()
-    finally:
-        db.close()
-    return {message_id: (bytes(reply), created_at) for message_id, reply, created_at in rows}
+class Records:
+    """The processed-command records of the store a test's worker runs on, read from outside
+    it: a SQLite file, or a PostgreSQL schema of the test's own."""
+
+    def __init__(self, env: dict[str, str], read: Callable[[], list[tuple[str, Any]]]) -> None:
+        self.env = env  # THELCA_STORE for the worker
+        self._read = read
+
+    def __call__(self) -> dict[str, bytes]:
+        return {message_id: bytes(reply) for message_id, reply in self._read()}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def records(request: pytest.FixtureRequest, tmp_path: Path) -> Records:
+    """Every store a worker keeps its records in across restarts (the memory store's are
+    in the worker's process, and the store contract tests prune them)."""
+    if request.param == "sqlite":
+        path = tmp_path / "thelca.db"
+
+        def from_sqlite() -> list[tuple[str, Any]]:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                return db.execute("SELECT message_id, reply FROM processed").fetchall()
+            finally:
+                db.close()
+
+        return Records({"THELCA_STORE": f"sqlite:///{path}"}, from_sqlite)
+    pg_url = request.getfixturevalue("pg_url")
+    schema = request.getfixturevalue("pg_schema")
+
+    def from_postgres() -> list[tuple[str, Any]]:
+        table = sql.Identifier(schema, "processed")
+        with psycopg.connect(pg_url) as conn:
+            return conn.execute(sql.SQL("SELECT message_id, reply FROM {}").format(
+                table)).fetchall()
+
+    return Records({"THELCA_STORE": with_schema(pg_url, schema)}, from_postgres)
+
+
+@pytest.fixture
+def pg_schema(pg_url: str) -> Iterator[str]:
+    with fresh_schema(pg_url) as schema:
+        yield schema
 
 
 def _events_until(channel: Any, queue: str, seen: str | None) -> list[dict[str, Any]]:
@@ -56,9 +95,10 @@ def _events_until(channel: Any, queue: str, seen: str | None) -> list[dict[str, 
 
 
 def test_a_resend_within_the_window_gets_the_record_and_after_it_is_a_new_command(
-    amqp_url: str, prefix: str, tmp_path: Path
+    amqp_url: str, prefix: str, tmp_path: Path, records: Records
 ) -> None:
-    with run_system(amqp_url, prefix, tmp_path, THELCA_DEDUP_WINDOW=str(WINDOW)) as system:
+    with run_system(amqp_url, prefix, tmp_path, THELCA_DEDUP_WINDOW=str(WINDOW),
+                    **records.env) as system:
         client = PlainClient(amqp_url, prefix)
         channel, queue = watch(client, system.names.events)
         try:
@@ -85,25 +125,26 @@ def test_a_resend_within_the_window_gets_the_record_and_after_it_is_a_new_comman
             lambda ls: sum(line.get("command_id") == "m-dedup" for line in ls) >= 2)
         assert [line["id"] for line in lines if line.get("command_id") == "m-dedup"] == [
             event["id"], new_event["id"]]
-        records = _records(system.store_path)
-        assert list(records) == ["m-dedup"]  # the first one's record was replaced
-        assert b'"' + third.body["item"]["id"].encode() + b'"' in records["m-dedup"][0]
+        kept = records()
+        assert list(kept) == ["m-dedup"]  # the first one's record was replaced
+        assert b'"' + third.body["item"]["id"].encode() + b'"' in kept["m-dedup"]
 
 
 def test_records_older_than_the_window_leave_the_store(
-    amqp_url: str, prefix: str, tmp_path: Path
+    amqp_url: str, prefix: str, tmp_path: Path, records: Records
 ) -> None:
-    with run_system(amqp_url, prefix, tmp_path, THELCA_DEDUP_WINDOW=str(WINDOW)) as system:
+    with run_system(amqp_url, prefix, tmp_path, THELCA_DEDUP_WINDOW=str(WINDOW),
+                    **records.env):
         client = PlainClient(amqp_url, prefix)
         try:
             for n in range(30):
                 assert client.send(CREATE, message_id=f"m-{n}").status == 200
-            assert len(_records(system.store_path)) == 30
+            assert len(records()) == 30
             time.sleep(WINDOW + 1.5)  # past the window, and past the next prune's turn
             assert client.send(CREATE, message_id="m-last").status == 200
         finally:
             client.close()
-        assert list(_records(system.store_path)) == ["m-last"]
+        assert list(records()) == ["m-last"]
 
 
 # ---------------------------------------------------------------- pruning under load
