@@ -3,6 +3,7 @@
     python benchmarks/store_growth.py                    # 300,000 commands, window 60 s
     python benchmarks/store_growth.py --quick            # 30,000 commands, window 10 s
     python benchmarks/store_growth.py --store postgres   # the same on PostgreSQL
+    python benchmarks/store_growth.py --store postgres --vacuum   # vacuumed as autovacuum would
 
 A real `thelca worker` and `thelca logger` run with THELCA_DEDUP_WINDOW set to
 the window. The load first creates a few items, then sends updates of them
@@ -11,7 +12,8 @@ with a bounded number awaiting their reply. Every few seconds it prints the
 commands answered so far, the processed-command records, the outbox's rows and
 the store's size on disk (the SQLite file with its WAL; on PostgreSQL
 pg_total_relation_size of `processed`, whose pruned rows' space is reused only
-once (auto)vacuum has seen them: the run says whether autovacuum is on). After
+once (auto)vacuum has seen them: the run says whether autovacuum is on, and
+--vacuum vacuums the table before each sample where it is off). After
 the first window the records should stay near rate x window, pruned as fast
 as they come: the run exits 1 when a sample taken after the first window (and
 a few seconds of slack for the pruning to catch up) holds more than rate x
@@ -141,7 +143,8 @@ class PostgresSize:
     """On PostgreSQL a pruned row's space is reused once (auto)vacuum has seen it: with
     autovacuum off the table's size grows, its rows do not."""
 
-    def __init__(self) -> None:
+    def __init__(self, vacuum: bool = False) -> None:
+        self.vacuum = vacuum  # VACUUM processed before each sample, as autovacuum would
         self.schema = f"growth_{uuid.uuid4().hex[:8]}"
         separator = "&" if "?" in PG_URL else "?"
         self.url = f"{PG_URL}{separator}schema={self.schema}"
@@ -149,6 +152,8 @@ class PostgresSize:
     def sample(self) -> tuple[int, int, int]:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            if self.vacuum:
+                conn.execute("VACUUM processed")
             processed = conn.execute("SELECT count(*) FROM processed").fetchone()
             outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()
             size = conn.execute("SELECT pg_total_relation_size('processed')").fetchone()
@@ -248,14 +253,19 @@ def main() -> int:
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--quick", action="store_true",
                         help="30,000 commands, window 10 s, a sample every 2 s")
+    parser.add_argument("--vacuum", action="store_true",
+                        help="on PostgreSQL, VACUUM processed before each sample, as "
+                        "autovacuum does where it is on (PostgreSQL's default); the run "
+                        "says whether it is")
     args = parser.parse_args()
     if args.quick:
         args.commands, args.window, args.every = 30_000, 10, 2.0
     with tempfile.TemporaryDirectory(prefix="thelca-growth-") as directory:
         work = Path(directory)
-        store = SQLiteSize(work) if args.store == "sqlite" else PostgresSize()
+        store = SQLiteSize(work) if args.store == "sqlite" else PostgresSize(args.vacuum)
         print(f"{args.commands:,} commands, window {args.window} s, store {args.store}, "
-              f"load {os.getloadavg()[0]:.2f}{_autovacuum(args.store)}")
+              f"load {os.getloadavg()[0]:.2f}{_autovacuum(args.store)}"
+              f"{', VACUUM before each sample' if args.vacuum else ''}")
         try:
             samples, load = run(store, work, args.commands, args.window, args.every)
         finally:
