@@ -13,6 +13,12 @@ Systems, each on a prefix of its own, all started before the first command:
   broker's own durable round trip, the reference for latency at window 1;
 - ceiling: benchmarks/ceiling.py, the contract's work on pika's asynchronous
   connection with orjson and no guarantee at all: the higher reference;
+- guarded, guarded-pg: benchmarks/guarded.py, the floor's work with exactly
+  thelca's guarantees (durable quorum queue, the store's transaction with the
+  processed-command record and the outbox, the event confirmed before the ack,
+  the logger's fsync) on SQLite and on PostgreSQL, and none of thelca's code;
+  measured at window 1 only (its blocking confirms make no throughput
+  figure): what the guarantees alone cost a reply;
 - sqlite: `thelca worker` and `thelca logger` with their default settings
   (SQLite store, publisher confirms, idempotency, the outbox, logger fsync,
   the hash chain, checkpoints signed with a key made for the run);

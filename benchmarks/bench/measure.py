@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from bench.load import Load, Run, creates, pooled, run_once
 from bench.processes import lines_in, rss_mib
-from bench.systems import System
+from bench.systems import LATENCY_ONLY, System
 
 ROUNDS = 2  # each throughput figure is the best of these
 WARM_UP = 2000
@@ -26,12 +26,13 @@ class Figures:
     rss: list[float] = field(default_factory=list)
 
     @property
-    def best_creates(self) -> Run:
-        return max(self.creates, key=lambda run: run.rate)
+    def best_creates(self) -> Run | None:
+        """The better round of creates; None for a system measured at window 1 only."""
+        return max(self.creates, key=lambda run: run.rate, default=None)
 
     @property
-    def best_mix(self) -> Run:
-        return max(self.mix, key=lambda run: run.rate)
+    def best_mix(self) -> Run | None:
+        return max(self.mix, key=lambda run: run.rate, default=None)
 
     @property
     def one_at_a_time(self) -> Run:
@@ -52,14 +53,15 @@ def measure(systems: list[System], commands: int, window: int, latency_commands:
     for system in systems:
         counted(system, run_once(system.prefix, min(WARM_UP, commands), window, "creates",
                                  system.items))
+    busy = [system for system in systems if system.name not in LATENCY_ONLY]
     for round_ in range(1, ROUNDS + 1):
-        for system in systems:
+        for system in busy:
             run, lag = creates_and_lag(system, commands, window)
             figures[system.name].creates.append(run)
             if lag is not None:
                 figures[system.name].lags.append(lag)
             say(f"round {round_}: {system.name} creates {run.rate:,.0f}/s")
-        for system in systems:
+        for system in busy:
             run = counted(system, run_once(system.prefix, commands, window, "mix", system.items))
             figures[system.name].mix.append(run)
             say(f"round {round_}: {system.name} mix {run.rate:,.0f}/s")

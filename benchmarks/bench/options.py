@@ -25,7 +25,7 @@ class Options:
 
     @property
     def postgres(self) -> bool:
-        return any(name.startswith("pg") for name in self.systems)
+        return any(name.startswith("pg") or name == "guarded-pg" for name in self.systems)
 
 
 def systems(text: str) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """The systems a run measures, each started on a prefix of its own and cleaned up after.
 
-floor, ceiling and echo are the scripts beside this package; sqlite, pg1 and
+floor, ceiling, echo and the guarded floors are the scripts beside this package; sqlite, pg1 and
 pg2 are `thelca worker` and `thelca logger` with every guarantee on, on the
 default SQLite store or on PostgreSQL (a schema of its own per run, dropped
 afterwards, as the tests do).
@@ -30,12 +30,17 @@ LABELS = {
     "floor": "floor (pika, no persistence)",
     "echo": "echo through a quorum queue",
     "ceiling": "ceiling (async pika, no guarantee)",
+    "guarded": "guarded floor, SQLite (window 1)",
+    "guarded-pg": "guarded floor, PostgreSQL (window 1)",
     "sqlite": "thelca, SQLite",
     "pg1": "thelca, PostgreSQL, 1 worker",
     "pg2": "thelca, PostgreSQL, 2 workers",
 }
 NAMES = tuple(LABELS)
 THELCA_SYSTEMS = ("sqlite", "pg1", "pg2")
+# Measured one command at a time only (their blocking confirms make no throughput figure),
+# each the reference for the thelca systems on its store: what the guarantees alone cost.
+LATENCY_ONLY = {"guarded": ("sqlite",), "guarded-pg": ("pg1", "pg2")}
 
 
 @dataclass
@@ -72,6 +77,12 @@ def running(name: str, work: Path, keys: Keys) -> Iterator[System]:
         path = str(HERE / f"{name}.py")
         with script(name, work, [path, "worker"], logger=[path, "logger"]) as system:
             yield system
+    elif name == "guarded":
+        with guarded(name, work, str(work / "guarded.db")) as system:
+            yield system
+    elif name == "guarded-pg":
+        with postgres_schema() as url, guarded(name, work, url) as system:
+            yield system
     elif name == "sqlite":
         with thelca(name, work, f"sqlite:///{work / 'thelca.db'}", 1, keys) as system:
             yield system
@@ -81,13 +92,28 @@ def running(name: str, work: Path, keys: Keys) -> Iterator[System]:
 
 
 @contextmanager
-def script(name: str, work: Path, worker: list[str],
-           logger: list[str] | None) -> Iterator[System]:
-    """A benchmark script's worker (and logger), stopped by SIGINT as they expect."""
+def guarded(name: str, work: Path, store: str) -> Iterator[System]:
+    """benchmarks/guarded.py, the floor's work with thelca's guarantees, on `store`."""
+    path = str(HERE / "guarded.py")
+    with script(name, work, [path, "worker"], logger=[path, "logger"],
+                after_prefix=[store], also_delete=["dead"]) as system:
+        yield system
+
+
+@contextmanager
+def script(name: str, work: Path, worker: list[str], logger: list[str] | None,
+           after_prefix: list[str] | None = None,
+           also_delete: list[str] | None = None) -> Iterator[System]:
+    """A benchmark script's worker (and logger), stopped by SIGINT as they expect.
+
+    `after_prefix`: the worker's arguments after the prefix; `also_delete`: exchanges it
+    declares beside those of the floor.
+    """
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
     log = work / f"{name}-events.log" if logger else None
     env = dict(os.environ)
-    processes = [start([sys.executable, *worker, prefix], env, work / f"{name}-worker.out")]
+    processes = [start([sys.executable, *worker, prefix, *(after_prefix or [])], env,
+                       work / f"{name}-worker.out")]
     if logger:
         processes.append(start([sys.executable, *logger, prefix, str(log)], env,
                                work / f"{name}-logger.out"))
@@ -99,7 +125,7 @@ def script(name: str, work: Path, worker: list[str],
     finally:
         stop(processes, signal.SIGINT)
         if logger:
-            delete(prefix, ["commands", "events.log"], ["events"])
+            delete(prefix, ["commands", "events.log"], ["events", *(also_delete or [])])
         else:
             delete(prefix, ["commands"], [])
 

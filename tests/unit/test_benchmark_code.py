@@ -20,13 +20,14 @@ import ceiling
 from bench.load import Run, pooled
 from bench.measure import Figures
 from bench.options import FULL, QUICK, parse
-from bench.report import Target, aligned, rows, targets
+from bench.report import Target, aligned, notes, rows, targets
 from bench.systems import System
 
 
 def test_no_options_mean_every_system_at_the_full_sizes() -> None:
     options = parse([])
-    assert options.systems == ("floor", "echo", "ceiling", "sqlite", "pg1", "pg2")
+    assert options.systems == ("floor", "echo", "ceiling", "guarded", "guarded-pg", "sqlite",
+                               "pg1", "pg2")
     assert (options.commands, options.latency_commands, options.memory_commands) == (
         FULL["commands"], FULL["latency_commands"], FULL["memory_commands"])
     assert options.window == 200 and options.postgres and not options.long
@@ -108,6 +109,19 @@ def test_the_table_has_a_row_per_system_and_the_ratios() -> None:
     assert table[3] == ["thelca, SQLite", "1,500", "1,500", "2.00 ms", "2.00 ms", "1.50x",
                         "2.00x", "0.75"]
     assert len({len(line) for line in aligned(table).splitlines()}) == 1
+
+
+def test_a_system_measured_at_window_1_only_has_no_throughput_and_explains_thelca_s_p50(
+) -> None:
+    guarded = Figures(latency=[run(500, 1.8), run(500, 1.8)])
+    measured = {"floor": figures(1000, 1.0), "guarded": guarded, "sqlite": figures(1500, 2.0)}
+    table = rows(measured)
+    assert table[2] == ["guarded floor, SQLite (window 1)", "", "", "1.80 ms", "1.80 ms", "",
+                        "1.80x", ""]
+    assert ("thelca, SQLite: p50 w1 2.00 ms = 1.80 ms of its guarantees alone (the guarded "
+            "floor, 1.80x the floor's) + 0.20 ms of thelca's own (1.11x the guarded floor)"
+            ) in notes(measured)
+    assert not any(label.startswith("guarded") for label in verdicts(targets(measured, [])))
 
 
 def test_pooled_runs_add_their_commands_time_and_statuses() -> None:
