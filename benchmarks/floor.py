@@ -15,6 +15,7 @@ import contextlib
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,10 +75,13 @@ def worker(prefix: str) -> None:
         channel.start_consuming()
 
 
-def logger(prefix: str, path: str) -> None:
+def logger(prefix: str, path: str,
+           declared_by: Callable[[Any, str], None] | None = None) -> None:
+    """Append each batch of events, fsync, ack; `declared_by` declares the queues (the
+    guarded floor's logger is this one on quorum queues)."""
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     channel = connection.channel()
-    declare(channel, prefix)
+    (declared_by or declare)(channel, prefix)
     channel.basic_qos(prefetch_count=200)
     batch: list[int] = []
     out = open(path, "ab")  # noqa: SIM115 - open for the process's life

@@ -16,7 +16,8 @@ worker does what benchmarks/floor.py does, plus exactly what thelca keeps:
   to a durable fanout exchange bound to a quorum queue, under publisher
   confirms; the command is acked once the event is confirmed; confirmed events
   leave the outbox a hundred at a time;
-- the logger appends each batch of events, fsyncs, then acks.
+- the logger appends each batch of events, fsyncs, then acks (floor.py's
+  logger, on the quorum queue).
 
 It keeps no metrics, no hash chain, no checks beyond the token's prefix; it
 is a measuring stick, not a way to run anything. One command at a time only:
@@ -31,7 +32,6 @@ guarantee kept) or `python guarded.py logger PREFIX FILE`; each stops on SIGINT.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import sys
 import uuid
@@ -40,10 +40,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import floor
 import orjson
 import pika
 
-URL = os.environ.get("THELCA_AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
+URL = floor.URL
 OUTBOX_REMOVAL = 100  # confirmed events leave the outbox this many at a time, as thelca's
 TABLES = ("CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, body TEXT NOT NULL)",
           "CREATE TABLE IF NOT EXISTS processed (message_id TEXT PRIMARY KEY, reply TEXT)",
@@ -171,31 +172,8 @@ def worker(prefix: str, store: str, events_on: bool = True) -> None:
         channel.start_consuming()
 
 
-def logger(prefix: str, path: str) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(URL))
-    channel = connection.channel()
-    declare(channel, prefix)
-    channel.basic_qos(prefetch_count=200)
-    batch: list[int] = []
-    out = open(path, "ab")  # noqa: SIM115 - open for the process's life
-
-    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-        out.write(body + b"\n")
-        batch.append(method.delivery_tag)
-
-    channel.basic_consume(f"{prefix}.events.log", on_message)
-    with contextlib.suppress(KeyboardInterrupt):
-        while True:
-            connection.process_data_events(time_limit=None)
-            if batch:
-                out.flush()
-                os.fsync(out.fileno())
-                channel.basic_ack(batch[-1], multiple=True)
-                batch.clear()
-
-
 if __name__ == "__main__":
     if sys.argv[1] == "worker":
         worker(sys.argv[2], sys.argv[3], events_on="--no-event" not in sys.argv[4:])
     else:
-        logger(sys.argv[2], sys.argv[3])
+        floor.logger(sys.argv[2], sys.argv[3], declared_by=declare)
