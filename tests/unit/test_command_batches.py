@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -98,17 +99,36 @@ def test_a_failing_command_costs_itself_alone_and_its_neighbours_apply_once(
     assert [e.event_id for e in store.pending_outbox()] == [events[0]["id"]]  # reads: none
 
 
+class Overclaiming(PostgresStore):
+    """A PostgreSQL store that says it can record any message_id, which it cannot: the
+    command role's refusal up front is passed, and the held writes meet the NUL."""
+
+    keeps_nul = True
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.opened: list[bool] = []  # each transaction the role opens: deferred or not
+
+    def transaction(self, *, deferred: bool = False) -> Any:
+        self.opened.append(deferred)
+        return super().transaction(deferred=deferred)
+
+
 @pytest.mark.postgres
-def test_a_message_id_postgresql_cannot_keep_fails_only_its_command(pg_store_url: str) -> None:
-    """The record of a message_id with NUL is refused when the held writes are sent, after
-    the whole batch ran: the batch runs again and only that command is a 500."""
-    store = PostgresStore(pg_store_url)
+def test_a_held_write_postgresql_refuses_fails_only_its_command(pg_store_url: str) -> None:
+    """The defence behind the refusal up front (test_command_role): a record PostgreSQL
+    cannot keep is refused when the held writes are sent, after the whole batch ran: the
+    batch runs again, with savepoints, and only that command is a 500."""
+    store = Overclaiming(pg_store_url)
     try:
         role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
         create = encode_command("create", item={"properties": {"type": "STORY"}})
         out = role.handle([message(create, "m-1"), message(create, "m-\x00"),
                            message(create, "m-3")])
         assert statuses(out) == {"m-1": 200, "m-\x00": 500, "m-3": 200}
+        assert store.opened == [True, False]  # the deferred run, then the one redone
+        (dead,) = [m for m in out if m.exchange == NAMES.dead]
+        assert dead.message_id == "m-\x00"
         events = [orjson.loads(m.body) for m in out if m.exchange == NAMES.events]
         assert sorted(e["command_id"] for e in events) == ["m-1", "m-3"]
         assert store.count_items() == 2

@@ -1,4 +1,5 @@
-"""The command role: every command has a handler, what it remembers, NUL in user ids.
+"""The command role: every command has a handler, what it remembers, NUL in user ids and
+message_ids.
 
 The role runs here on a memory store (and PostgreSQL, for NUL) with the
 test-only Authority; the same role against the real broker is tested in
@@ -8,10 +9,14 @@ tests/integration.
 from __future__ import annotations
 
 import logging
+import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from thelca.authority.base import Principal
 from thelca.authority.test_only import TestOnlyAuthority
@@ -22,9 +27,12 @@ from thelca.roles.handlers import HANDLERS
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.roles.outbox import OUTBOX_REMOVAL
 from thelca.roles.records import DIFFERENT_COMMAND
+from thelca.roles.refusals import NUL_MESSAGE_ID
+from thelca.stores import ItemStore
 from thelca.stores.base import ProcessedCommand
 from thelca.stores.memory import MemoryStore
 from thelca.stores.postgres import PostgresStore
+from thelca.stores.sqlite import SQLiteStore
 from thelca_client.contract import (
     COMMAND_TYPES,
     DEAD_REASON_HEADER,
@@ -46,6 +54,11 @@ def test_reads_are_answered_afresh_and_writes_are_remembered() -> None:
         "create": True, "read": False, "update": True,
         "create_link": True, "read_link": False, "update_link": True, "delete_link": True,
         "search_items": False, "search_links": False}
+
+
+def _counted(command: str, status: str) -> float:
+    return REGISTRY.get_sample_value("thelca_commands_total",
+                                     {"command": command, "status": status}) or 0.0
 
 
 def _send(role: CommandRole, body: bytes, message_id: str) -> dict[str, Any]:
@@ -140,24 +153,117 @@ def test_a_user_id_with_nul_is_served_by_a_store_that_keeps_nul() -> None:
     assert store.count_items() == 1
 
 
+# ---------------------------------------------------------------- NUL in message_ids
+
+
+class WatchedStore(PostgresStore):
+    """The PostgreSQL store, noting each transaction the role opens (deferred or not): a
+    batch redone with savepoints is a second one, not deferred."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.opened: list[bool] = []
+
+    def transaction(self, *, deferred: bool = False) -> Any:
+        self.opened.append(deferred)
+        return super().transaction(deferred=deferred)
+
+
+def _backend_pids(url: str, application_name: str) -> list[int]:
+    """The server's processes serving that application_name: a replaced connection is a
+    new one."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                            (application_name,)).fetchall()
+    return sorted(row[0] for row in rows)
+
+
+def _by_correlation(out: list[Outgoing]) -> dict[str, dict[str, Any]]:
+    return {str(m.correlation_id): orjson.loads(m.body) for m in out if not m.exchange}
+
+
 @pytest.mark.postgres
-def test_a_message_id_with_nul_is_a_500_and_a_dead_letter_on_postgresql(
-    pg_store_url: str,
+def test_a_recorded_command_with_a_nul_message_id_is_a_400_up_front_on_postgresql(
+    pg_url: str, pg_store_url: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """As the README says: the command cannot be recorded, so it is not applied either."""
-    store = PostgresStore(pg_store_url)
+    """PostgreSQL cannot record the message_id, so the command is refused before it is
+    served: not found when the batch's held writes are sent, which cost a second run of
+    the batch and a new connection. Reads and searches, which are not recorded, are
+    served; a read whose body does not decode is recorded (its refusal is), so refused."""
+    name = f"thelca-nul-{uuid.uuid4().hex[:8]}"
+    url = f"{pg_store_url}&application_name={name}"
+    store = WatchedStore(url)
     try:
         role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
-        reply, dead = _answer(role, encode_command("create", item={}), "m\x00", "alice")
-        assert decode_reply(reply.body).status == 500
-        assert dead.exchange == NAMES.dead
-        assert store.count_items() == 0
-        created = _send(role, encode_command("create", item={}), "m-create")
-        # a read is not recorded, so its message_id need not be kept: it is served
-        reply, event = _answer(role, encode_command("read", id=created["item"]["id"]), "m\x00",
-                               "alice")
-        assert decode_reply(reply.body).status == 200
-        assert event.exchange == NAMES.events
+        first = _send(role, encode_command("create", item={}), "m-first")["item"]
+        item_id = first["id"]
+        pids = _backend_pids(pg_url, name)
+        assert len(pids) == 1
+        del store.opened[:]
+        before = _counted("create", "400")
+        create = encode_command("create", item={"properties": {"n": 1}})
+        update = encode_command("update", id=item_id, item={**first, "properties": {"n": 2}})
+        batch = [("ok-1", create, "m-1"), ("create", create, "m\x00"),
+                 ("update", update, "u\x00"),
+                 ("bad-read", b'{"command": "read", "id": 5}', "b\x00"),
+                 ("read", encode_command("read", id=item_id), "r\x00"),
+                 ("search", orjson.dumps({"command": "search_items", "where": {"n": 1}}), "s\x00"),
+                 ("ok-3", create, "m-3")]
+        caplog.set_level(logging.WARNING)
+        out = role.handle([Incoming(body, message_id=message_id, correlation_id=key,
+                                    reply_to="replies", headers=authorization_headers("alice"))
+                           for key, body, message_id in batch])
+
+        replies = _by_correlation(out)
+        assert {key: reply["status"] for key, reply in replies.items()} == {
+            "ok-1": 200, "create": 400, "update": 400, "bad-read": 400, "read": 200,
+            "search": 200, "ok-3": 200}
+        assert {replies[key]["error"] for key in ("create", "update", "bad-read")} == {
+            NUL_MESSAGE_ID}
+        assert "NUL" in NUL_MESSAGE_ID and "message_id" in NUL_MESSAGE_ID
+        assert [m for m in out if m.exchange == NAMES.dead] == []  # nothing dead-lettered
+        events = [orjson.loads(m.body) for m in out if m.exchange == NAMES.events]
+        assert sorted(e["command_id"] for e in events) == ["m-1", "m-3", "r\x00", "s\x00"]
+        assert store.opened == [True]  # one deferred run: the batch was not redone
+        assert _backend_pids(pg_url, name) == pids  # and its connection was kept
+        assert _counted("create", "400") == before + 1
+        assert store.count_items() == 3
+        with store.transaction() as tx:
+            assert tx.get_processed("m-1") is not None and tx.get_processed("m-3") is not None
+            item = tx.get_item(item_id)
+        assert item is not None and item.version == 1  # the update was not applied
+        # the log shows the id escaped, never with the NUL itself
+        refused = [r.getMessage() for r in caplog.records if NUL_MESSAGE_ID in r.getMessage()]
+        assert len(refused) == 3 and not any("\x00" in line for line in refused)
+        assert "'m\\x00'" in refused[0]
+        # sent again, it is refused again: nothing was recorded under it
+        (reply,) = _answer(role, create, "m\x00", "alice")
+        assert decode_reply(reply.body).status == 400
+        # with no reply_to, nothing at all goes out: like the other 400s, no dead letter
+        assert role.handle([Incoming(create, message_id="m\x00",
+                                     headers=authorization_headers("alice"))]) == []
+        assert _counted("create", "400") == before + 3
+        assert store.count_items() == 3
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_nul_message_id_is_recorded_and_answered_by_a_store_that_keeps_nul(
+    kind: str, tmp_path: Path,
+) -> None:
+    store: ItemStore = MemoryStore() if kind == "memory" else SQLiteStore(
+        str(tmp_path / "thelca.db"))
+    try:
+        role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+        body = encode_command("create", item={})
+        first = _send(role, body, "m\x00")
+        assert first["status"] == 200
+        with store.transaction() as tx:
+            record = tx.get_processed("m\x00")
+        assert record is not None and record.message_id == "m\x00"
+        assert _send(role, body, "m\x00") == first  # answered from its record
+        assert store.count_items() == 1
     finally:
         store.close()
 

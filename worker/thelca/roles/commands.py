@@ -2,7 +2,8 @@
 
 For each command, in the contract's order: a reply_to naming one of
 thelca's own queues (not executed at all: to the dead letters), properties
-that cannot be used as sent (400), size (413), token (401), a user id the
+that cannot be used as sent (400), size (413), a message_id the store cannot
+record for a command that is recorded (400), token (401), a user id the
 store cannot keep (400), the idempotency record (a different command under a
 used message_id: 409), then the service (400, 404, 403, 409) through the
 command's handler (thelca.roles.handlers). Event ids derive from what makes a
@@ -104,7 +105,7 @@ class CommandRole:
         self._outbox = OutboxBook()  # which published events the outbox holds
         self._key: bytes | None = None  # the store's deployment key, read once
         self._answers = Answers(names, max_body)  # replies and event messages
-        self._refusals = Refusals(self._answers)
+        self._refusals = Refusals(self._answers, keeps_nul=store.keeps_nul)
         self.window = DedupWindow(dedup_window, clock)  # and the pruning of older records
 
     # ------------------------------------------------------------ BatchHandler
@@ -203,7 +204,7 @@ class CommandRole:
     def _handle_one(self, tx: StoreTransaction, message: Incoming, deferred: bool,
                     data: Any) -> list[Outgoing]:
         """One command, its body decoded already (`data`: fingerprints.decoded)."""
-        refused = self._refusals.up_front(message)
+        refused = self._refusals.up_front(message, data)
         if refused is not None:
             return refused
         # Without a message_id a command cannot be idempotent; it is still served,

@@ -95,6 +95,18 @@ def remembered(command: Command | None) -> bool:
     return command is None or HANDLERS[type(command)].remembered
 
 
+def recorded(message: Incoming, data: Any = UNREAD) -> bool:
+    """Whether the outcome of this command will be recorded under its message_id, known
+    before it is served (`data`: its body decoded already): as `remembered` says of the
+    command its body decodes to, or of the refusal when it does not decode."""
+    try:
+        command = (decode_command_object(data) if isinstance(data, dict)
+                   else decode_command(message.body))
+    except ContractError:
+        return True
+    return remembered(command)
+
+
 def _named_id(command: Command | None) -> str | None:
     """The id a command names (a create names none), for an Access refused event."""
     item_id = getattr(command, "id", None)

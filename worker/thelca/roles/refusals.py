@@ -3,9 +3,13 @@
 Before the token is even read, neither remembered nor audited: a reply_to
 naming one of thelca's own queues (not executed at all: to the dead
 letters), properties that cannot be used as sent (400), a body over the
-limit (413). A token the Authority refuses is a 401 with an Access refused
-event. Whatever fails unexpectedly costs its command alone: a 500 and a dead
-letter (poison), and if even those cannot be built, the command is dropped.
+limit (413), a message_id that the store cannot record for a command that is
+recorded (400: NUL on PostgreSQL; refused here, before the command writes
+anything, rather than found when its held writes are sent, which would cost
+its whole batch a second run and the store its connection). A token the
+Authority refuses is a 401 with an Access refused event. Whatever fails
+unexpectedly costs its command alone: a 500 and a dead letter (poison), and if
+even those cannot be built, the command is dropped.
 Dead letters never carry the command's token.
 """
 
@@ -13,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from thelca.authority.base import Principal
 from thelca.domain import model
 from thelca.domain.model import Origin
 from thelca.logtext import shown
 from thelca.roles.answers import Answers, peek
+from thelca.roles.fingerprints import UNREAD
 from thelca.roles.messages import (
     Incoming,
     Outgoing,
@@ -27,22 +33,29 @@ from thelca.roles.messages import (
     unreadable,
     unreadable_why,
 )
+from thelca.roles.outcomes import recorded
 from thelca_client.contract import Reply
 
 log = logging.getLogger(__name__)
+
+NUL_MESSAGE_ID = ("the message_id cannot contain a NUL character (\\u0000) on this store, "
+                  "which cannot record it: only a command that is not recorded (a read or a "
+                  "search) may have one")
 
 
 class Refusals:
     """Builds the command role's refusals, with its Answers."""
 
-    def __init__(self, answers: Answers) -> None:
+    def __init__(self, answers: Answers, *, keeps_nul: bool) -> None:
         self.answers = answers
         self.names = answers.names
         self.max_body = answers.max_body
+        self.keeps_nul = keeps_nul  # the store's: whether it can record a NUL message_id
 
-    def up_front(self, message: Incoming) -> list[Outgoing] | None:
+    def up_front(self, message: Incoming, data: Any = UNREAD) -> list[Outgoing] | None:
         """What is refused before the token is even read, neither remembered nor audited:
-        a reply_to of thelca's own, properties that cannot be used, a body over the limit."""
+        a reply_to of thelca's own, properties that cannot be used, a body over the limit,
+        a message_id the store cannot record (`data`: the body decoded already)."""
         if self.names.owns(message.reply_to):
             return self.hijacked(message)
         if unreadable(message):
@@ -50,7 +63,18 @@ class Refusals:
         if len(message.body) > self.max_body:
             return self.answers.reply(message, Reply(
                 413, error=f"the body is larger than the limit of {self.max_body} bytes"))
+        if self.unrecordable(message, data):
+            log.warning("a command (message_id %s) was refused: %s", shown(message.message_id),
+                        NUL_MESSAGE_ID)
+            return self.answers.reply(message, Reply(400, error=NUL_MESSAGE_ID))
         return None
+
+    def unrecordable(self, message: Incoming, data: Any = UNREAD) -> bool:
+        """A command that would be recorded under a message_id the store cannot keep. The
+        body is decoded here only for a NUL message_id on such a store: every other command
+        passes at once."""
+        return (not self.keeps_nul and message.message_id is not None
+                and "\x00" in message.message_id and recorded(message, data))
 
     def before_auth(self, message: Incoming, origin: Origin, why: str) -> list[Outgoing]:
         """A token the Authority refused: a 401, and an Access refused event."""

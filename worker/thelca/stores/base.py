@@ -165,7 +165,8 @@ class ItemStore(Protocol):
     @property
     def keeps_nul(self) -> bool:
         """Whether ids, user ids and message_ids may contain NUL (U+0000), as properties
-        always may. PostgreSQL text cannot hold it: the worker refuses such a user id."""
+        always may. PostgreSQL text cannot hold it: the worker refuses such a user id, and
+        such a message_id for a command that is recorded under it (400, before serving)."""
         ...
 
     def transaction(self, *, deferred: bool = False) -> AbstractContextManager[StoreTransaction]:

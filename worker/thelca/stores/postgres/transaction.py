@@ -186,8 +186,10 @@ class _PostgresTransaction(_Pipelined):
                                                          row[4], row[5])
 
     def add_processed(self, processed: ProcessedCommand) -> None:
-        # A message_id with NUL cannot be kept: psycopg refuses it (UnstorableValue), and
-        # the command is answered 500 and dead-lettered, never applied unrecorded.
+        # A message_id with NUL cannot be kept: the command role refuses such a command
+        # before it is served (keeps_nul; roles.refusals). Should one come here all the
+        # same, psycopg refuses it (UnstorableValue), and the command is answered 500 and
+        # dead-lettered, never applied unrecorded.
         self._read_ahead.pop(processed.message_id, None)
         cursor = self._execute(
             "INSERT INTO processed (message_id, user_id, reply, event_id, fingerprint, "
