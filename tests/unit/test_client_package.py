@@ -3,6 +3,7 @@ brings pika and orjson, and the client imports with nothing of the server there.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -47,8 +48,11 @@ def test_the_client_installs_alone_and_imports_without_the_server(tmp_path: Path
         capture_output=True, text=True, timeout=600, check=False)
     assert install.returncode == 0, install.stdout + install.stderr
 
+    # Without PYTHONPATH: one naming a checkout's worker/ (as a worktree's runs do) would
+    # let the server in, and the check would no longer be of the package alone.
+    alone = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     checked = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True,
-                             cwd=tmp_path, timeout=120, check=False)
+                             cwd=tmp_path, timeout=120, check=False, env=alone)
 
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.strip() == "ok x.commands AsyncClient Client"
