@@ -30,15 +30,24 @@ from thelca_client.contract import (
 
 @dataclass
 class Tally:
-    """What a batch counts and leaves behind, applied once it is committed."""
+    """What a batch counts and leaves behind, applied once it is committed.
 
+    `counters`: thelca_commands_total's children by (command, status), the Answers'
+    for good (labels() takes a lock and checks its arguments at every call).
+    """
+
+    counters: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
     commands: list[tuple[str, str]] = field(default_factory=list)  # (command, status)
     dead_letters: int = 0
     outboxed: list[str] = field(default_factory=list)  # ids of events the outbox now holds
 
     def apply(self) -> None:
-        for command, status in self.commands:
-            metrics.child(metrics.COMMANDS, command, status).inc()
+        counters = self.counters
+        for labels in self.commands:
+            counter = counters.get(labels)
+            if counter is None:
+                counter = counters[labels] = metrics.COMMANDS.labels(*labels)
+            counter.inc()
         if self.dead_letters:
             metrics.DEAD_LETTERS.labels("worker").inc(self.dead_letters)
 
@@ -49,7 +58,13 @@ class Answers:
     def __init__(self, names: Names, max_body: int) -> None:
         self.names = names
         self.max_body = max_body
-        self.tally = Tally()  # the running batch's (the command role sets a new one)
+        self._counters: dict[tuple[str, str], Any] = {}  # kept from batch to batch
+        self.tally = self.new_tally()
+
+    def new_tally(self) -> Tally:
+        """A new batch's Tally, now the running one."""
+        self.tally = Tally(self._counters)
+        return self.tally
 
     def reply(
         self, message: Incoming, reply: Reply, command: str | None = None

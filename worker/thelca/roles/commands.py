@@ -48,7 +48,7 @@ from thelca.errors import (
     StoreUnavailable,
 )
 from thelca.roles import fingerprints
-from thelca.roles.answers import Answers, Tally, peek
+from thelca.roles.answers import Answers, peek
 from thelca.roles.dedup import DedupWindow
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.roles.outbox import OutboxBook
@@ -129,7 +129,7 @@ class CommandRole:
              ) -> list[Outgoing]:
         """The batch in one transaction: deferred and without savepoints (raising _Redo
         when anything failed), or with a savepoint per command."""
-        tally = self._answers.tally = Tally()
+        tally = self._answers.new_tally()
         try:
             with self.store.transaction(deferred=deferred) as tx:
                 tx.remove_outbox(confirmed)
