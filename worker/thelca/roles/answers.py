@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from thelca import metrics
-from thelca.roles.fingerprints import UNREAD, decoded
+from thelca.roles.fingerprints import decoded
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.stores.base import OutboxEvent
 from thelca_client.contract import (
@@ -103,12 +103,15 @@ class Answers:
                         type=kind if isinstance(kind, str) else None)
 
 
-def peek(body: bytes, data: Any = UNREAD) -> tuple[str | None, str | None]:
-    """The command and id of a body (decoded already: `data`), when it can be read, for an
-    Access refused event."""
-    if data is UNREAD:
-        data = decoded(body)
-    if not isinstance(data, dict):  # NOT_JSON is not one either
+def peek(body: bytes) -> tuple[str | None, str | None]:
+    """The command and id of a body, when it can be read, for an Access refused event."""
+    return named(decoded(body))
+
+
+def named(data: Any) -> tuple[str | None, str | None]:
+    """The command and id a decoded body (fingerprints.Received.value) names, when it
+    names them."""
+    if not isinstance(data, dict):  # neither NOT_JSON nor UNREAD is one
         return None, None
     command, item_id = data.get("command"), data.get("id")
     return (command if command in COMMANDS else None,

@@ -18,7 +18,8 @@ from thelca.authority.base import Principal
 from thelca.domain import model
 from thelca.domain.model import Origin
 from thelca.logtext import shown
-from thelca.roles.answers import Answers, peek
+from thelca.roles.answers import Answers, named
+from thelca.roles.fingerprints import Received
 from thelca.roles.messages import (
     Incoming,
     Outgoing,
@@ -52,9 +53,10 @@ class Refusals:
                 413, error=f"the body is larger than the limit of {self.max_body} bytes"))
         return None
 
-    def before_auth(self, message: Incoming, origin: Origin, why: str) -> list[Outgoing]:
+    def before_auth(self, received: Received, origin: Origin, why: str) -> list[Outgoing]:
         """A token the Authority refused: a 401, and an Access refused event."""
-        command, item_id = peek(message.body)
+        message = received.message
+        command, item_id = named(received.value)
         event = model.access_refused(command, item_id, 401, user=None, time=model.utc_now(),
                                      origin=origin)
         out = self.answers.reply(message, Reply(401, error=why))
