@@ -99,28 +99,26 @@ def test_a_failing_command_costs_itself_alone_and_its_neighbours_apply_once(
 
 
 @pytest.mark.postgres
-def test_a_message_id_postgresql_cannot_keep_fails_only_its_command(pg_store_url: str) -> None:
+def test_a_message_id_postgresql_cannot_keep_fails_only_its_command(
+    pg_store: PostgresStore,
+) -> None:
     """The record of a message_id with NUL is refused when the held writes are sent, after
     the whole batch ran: the batch runs again and only that command is a 500."""
-    store = PostgresStore(pg_store_url)
-    try:
-        role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
-        create = encode_command("create", item={"properties": {"type": "STORY"}})
-        out = role.handle([message(create, "m-1"), message(create, "m-\x00"),
-                           message(create, "m-3")])
-        assert statuses(out) == {"m-1": 200, "m-\x00": 500, "m-3": 200}
-        events = [orjson.loads(m.body) for m in out if m.exchange == NAMES.events]
-        assert sorted(e["command_id"] for e in events) == ["m-1", "m-3"]
-        assert store.count_items() == 2
-        assert len(store.pending_outbox()) == 2
-        # each is answered from its record when it comes again, and nothing is applied twice
-        again = role.handle([message(create, "m-1"), message(create, "m-3")])
-        assert [orjson.loads(m.body) for m in again if not m.exchange] == [
-            orjson.loads(m.body) for m in out if not m.exchange
-            and m.correlation_id in ("m-1", "m-3")]
-        assert store.count_items() == 2
-    finally:
-        store.close()
+    role = CommandRole(pg_store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    create = encode_command("create", item={"properties": {"type": "STORY"}})
+    out = role.handle([message(create, "m-1"), message(create, "m-\x00"),
+                       message(create, "m-3")])
+    assert statuses(out) == {"m-1": 200, "m-\x00": 500, "m-3": 200}
+    events = [orjson.loads(m.body) for m in out if m.exchange == NAMES.events]
+    assert sorted(e["command_id"] for e in events) == ["m-1", "m-3"]
+    assert pg_store.count_items() == 2
+    assert len(pg_store.pending_outbox()) == 2
+    # each is answered from its record when it comes again, and nothing is applied twice
+    again = role.handle([message(create, "m-1"), message(create, "m-3")])
+    assert [orjson.loads(m.body) for m in again if not m.exchange] == [
+        orjson.loads(m.body) for m in out if not m.exchange
+        and m.correlation_id in ("m-1", "m-3")]
+    assert pg_store.count_items() == 2
 
 
 def test_a_message_id_twice_in_one_batch_is_applied_once(store: ItemStore) -> None:

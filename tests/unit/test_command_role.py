@@ -116,19 +116,15 @@ def _answer(role: CommandRole, body: bytes, message_id: str | None, token: str) 
 @pytest.mark.postgres
 @pytest.mark.parametrize("message_id", [None, "m-nul-user"])
 def test_a_user_id_with_nul_is_refused_with_400_on_postgresql(
-    pg_store_url: str, message_id: str | None
+    pg_store: PostgresStore, message_id: str | None
 ) -> None:
-    store = PostgresStore(pg_store_url)
-    try:
-        role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
-        (reply,) = _answer(role, encode_command("create", item={}), message_id, "a\x00b")
-        refused = decode_reply(reply.body)
-        assert refused.status == 400 and refused.error is not None and "NUL" in refused.error
-        assert store.count_items() == 0
-        with store.transaction() as tx:  # not remembered: there is nothing to keep it under
-            assert tx.get_processed("m-nul-user") is None
-    finally:
-        store.close()
+    role = CommandRole(pg_store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    (reply,) = _answer(role, encode_command("create", item={}), message_id, "a\x00b")
+    refused = decode_reply(reply.body)
+    assert refused.status == 400 and refused.error is not None and "NUL" in refused.error
+    assert pg_store.count_items() == 0
+    with pg_store.transaction() as tx:  # not remembered: there is nothing to keep it under
+        assert tx.get_processed("m-nul-user") is None
 
 
 def test_a_user_id_with_nul_is_served_by_a_store_that_keeps_nul() -> None:
@@ -142,24 +138,20 @@ def test_a_user_id_with_nul_is_served_by_a_store_that_keeps_nul() -> None:
 
 @pytest.mark.postgres
 def test_a_message_id_with_nul_is_a_500_and_a_dead_letter_on_postgresql(
-    pg_store_url: str,
+    pg_store: PostgresStore,
 ) -> None:
     """As the README says: the command cannot be recorded, so it is not applied either."""
-    store = PostgresStore(pg_store_url)
-    try:
-        role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
-        reply, dead = _answer(role, encode_command("create", item={}), "m\x00", "alice")
-        assert decode_reply(reply.body).status == 500
-        assert dead.exchange == NAMES.dead
-        assert store.count_items() == 0
-        created = _send(role, encode_command("create", item={}), "m-create")
-        # a read is not recorded, so its message_id need not be kept: it is served
-        reply, event = _answer(role, encode_command("read", id=created["item"]["id"]), "m\x00",
-                               "alice")
-        assert decode_reply(reply.body).status == 200
-        assert event.exchange == NAMES.events
-    finally:
-        store.close()
+    role = CommandRole(pg_store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    reply, dead = _answer(role, encode_command("create", item={}), "m\x00", "alice")
+    assert decode_reply(reply.body).status == 500
+    assert dead.exchange == NAMES.dead
+    assert pg_store.count_items() == 0
+    created = _send(role, encode_command("create", item={}), "m-create")
+    # a read is not recorded, so its message_id need not be kept: it is served
+    reply, event = _answer(role, encode_command("read", id=created["item"]["id"]), "m\x00",
+                           "alice")
+    assert decode_reply(reply.body).status == 200
+    assert event.exchange == NAMES.events
 
 
 # ---------------------------------------------------------------- replies go to clients
