@@ -40,7 +40,9 @@ timings do). Traced (the default), thelca's workers run under
 latency_trace.py, and the ladder prints the median time (and the worker's
 CPU time) of each stage of a command's path, from the client's publish to the
 client's reply, and of the event's (written, confirmed, acked), with socket
-writes and reads, transactions and PostgreSQL round trips per command;
+writes and reads, transactions and psycopg waits per command (calls of its
+Connection.wait, which are not round trips: benchmarks/pg_roundtrips.py
+counts those);
 --profile DIR also runs them under a CPU-time cProfile and prints where that
 time went by package (benchmarks/profile_shares.py). Exit 1 when a target
 is missed.

@@ -5,7 +5,8 @@ the client knows when it published each command and when its reply came, on
 the same clock. Every command's points are found in the notes after the
 worker read it, and the median of each stage printed (and, inside the worker,
 the CPU time it took, which swings less with the machine's load than the
-time), with the socket writes and reads, and the transactions, per command.
+time), with the socket writes and reads, the transactions and the psycopg
+waits (not round trips), per command.
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def _p90(spans: list[float]) -> float:
 
 
 def _counts(sent: list[Sent], notes: list[Note], at: dict[Any, int]) -> str:
-    """Socket writes and reads, transactions, confirms and the worker thread's CPU time per
-    command, over the measured span."""
+    """Socket writes and reads, transactions, confirms, acks, psycopg waits (calls of its
+    Connection.wait, not round trips: benchmarks/pg_roundtrips.py counts those) and the
+    worker thread's CPU time per command, over the measured span."""
     measured = sorted(at[s.message_id] for s in sent if s.message_id in at)
     if len(measured) < 2:
         return "(too few commands)"
@@ -123,6 +125,6 @@ def _counts(sent: list[Sent], notes: list[Note], at: dict[Any, int]) -> str:
     return (f"{count['send']:.1f} socket writes, {count['read']:.1f} socket reads, "
             f"{count['begin']:.2f} transactions, {count['confirm']:.2f} event confirms, "
             f"{count['reply_confirm']:.2f} reply confirms, {count['ack']:.2f} acks, "
-            f"{count['pg_wait']:.1f} PostgreSQL round trips; "
+            f"{count['pg_wait']:.1f} psycopg waits; "
             f"the worker's loop thread {statistics.median(cycles) * 1000:.3f} ms CPU "
             "(median from one command to the next)")

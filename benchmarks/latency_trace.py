@@ -106,7 +106,9 @@ def install() -> None:
     wrap(replies.ReplyConnection, "publish",
          before=lambda _self, _message, *_a, **_k: note("reply"))
     wrap(pika.channel.Channel, "basic_ack", before=lambda *_a, **_k: note("ack"))
-    # psycopg waits for the server once per round trip (statement, BEGIN, SAVEPOINT...)
+    # psycopg's Connection.wait runs once per operation it hands the server (a statement,
+    # a commit, a pipeline's sync...), whether or not the client then reads an answer:
+    # noted as psycopg waits, not round trips (benchmarks/pg_roundtrips.py counts those).
     wrap(psycopg.Connection, "wait", before=lambda *_a, **_k: note("pg_wait"))
 
 

@@ -11,11 +11,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
+
+from thelca.stores.postgres import PostgresStore
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 HOW_TO_GET_POSTGRES = (
@@ -55,6 +58,17 @@ def fresh_schema(url: str) -> Iterator[str]:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(schema)))
+
+
+class OpenStore(Protocol):
+    """The pg_stores fixture: opens a store on the test's schema, closed after the test."""
+
+    def __call__(self, application_name: str | None = None) -> PostgresStore: ...
+
+
+def connection_name() -> str:
+    """An application_name of the test's own, for terminate() to find its connection by."""
+    return f"thelca-test-{uuid.uuid4().hex[:8]}"
 
 
 def terminate(url: str, application_name: str) -> int:

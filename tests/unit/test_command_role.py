@@ -129,19 +129,15 @@ def _answer(role: CommandRole, body: bytes, message_id: str | None, token: str) 
 @pytest.mark.postgres
 @pytest.mark.parametrize("message_id", [None, "m-nul-user"])
 def test_a_user_id_with_nul_is_refused_with_400_on_postgresql(
-    pg_store_url: str, message_id: str | None
+    pg_store: PostgresStore, message_id: str | None
 ) -> None:
-    store = PostgresStore(pg_store_url)
-    try:
-        role = CommandRole(store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
-        (reply,) = _answer(role, encode_command("create", item={}), message_id, "a\x00b")
-        refused = decode_reply(reply.body)
-        assert refused.status == 400 and refused.error is not None and "NUL" in refused.error
-        assert store.count_items() == 0
-        with store.transaction() as tx:  # not remembered: there is nothing to keep it under
-            assert tx.get_processed("m-nul-user") is None
-    finally:
-        store.close()
+    role = CommandRole(pg_store, TestOnlyAuthority(), NAMES, max_body=1 << 20)
+    (reply,) = _answer(role, encode_command("create", item={}), message_id, "a\x00b")
+    refused = decode_reply(reply.body)
+    assert refused.status == 400 and refused.error is not None and "NUL" in refused.error
+    assert pg_store.count_items() == 0
+    with pg_store.transaction() as tx:  # not remembered: there is nothing to keep it under
+        assert tx.get_processed("m-nul-user") is None
 
 
 def test_a_user_id_with_nul_is_served_by_a_store_that_keeps_nul() -> None:

@@ -22,6 +22,7 @@ from thelca.authority.test_only import TestOnlyAuthority
 from thelca.cli.health import dedup_line
 from thelca.roles.commands import CommandRole
 from thelca.roles.dedup import PRUNE_EVERY, PRUNE_ROWS
+from thelca.roles.fingerprints import Received
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.stores.base import ProcessedCommand
 from thelca.stores.memory import MemoryStore, _MemoryTransaction
@@ -146,7 +147,7 @@ def test_a_new_command_after_the_window_keeps_its_event_ids_when_redelivered(
     _send(role, CREATE, "m1")
     clock.now += WINDOW + 1
     with pytest.raises(RuntimeError), store.transaction() as tx:
-        lost = role._guarded(tx, _message(CREATE, "m1"))
+        lost = role._guarded(tx, Received(_message(CREATE, "m1"), role.max_body))
         raise RuntimeError("the worker dies before the commit")
     _, redelivered = _send(role, CREATE, "m1")
     assert redelivered == [m.message_id for m in lost if m.exchange]

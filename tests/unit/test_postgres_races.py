@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -18,6 +18,7 @@ import orjson
 import psycopg
 import pytest
 
+from tests.postgres import OpenStore
 from thelca.authority.test_only import TestOnlyAuthority
 from thelca.domain.model import Item, Link, StoredItem, StoredLink
 from thelca.errors import ConcurrentUpdate, StoreUnavailable
@@ -46,20 +47,6 @@ def item(item_id: str, properties: dict[str, Any] | None = None) -> Item:
     return Item(item_id, CREATED_AT, USER, properties or {})
 
 
-@pytest.fixture
-def stores(pg_store_url: str) -> Iterator[Callable[[], PostgresStore]]:
-    """Opens stores on the test's schema, and closes them all afterwards."""
-    opened: list[PostgresStore] = []
-
-    def open_one() -> PostgresStore:
-        opened.append(PostgresStore(pg_store_url))
-        return opened[-1]
-
-    yield open_one
-    for store in opened:
-        store.close()
-
-
 def in_thread(target: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
     errors: list[BaseException] = []
 
@@ -81,10 +68,10 @@ def blocked(thread: threading.Thread, seconds: float = 0.3) -> bool:
 
 
 def test_concurrent_read_modify_write_loses_no_update(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
     """Four writers increment one counter 25 times each, every time from what they read."""
-    setup = stores()
+    setup = pg_stores()
     with setup.transaction() as tx:
         tx.add_item(item("counter", {"n": 0}))
     writers, rounds = 4, 25
@@ -99,7 +86,7 @@ def test_concurrent_read_modify_write_loses_no_update(
                 n = current.item.properties["n"]
                 tx.replace_item(item("counter", {"n": n + 1}), current.version + 1)
 
-    runs = [in_thread(partial(increment, stores())) for _ in range(writers)]
+    runs = [in_thread(partial(increment, pg_stores())) for _ in range(writers)]
     for thread, errors in runs:
         thread.join(timeout=120)
         assert not errors, errors
@@ -109,9 +96,9 @@ def test_concurrent_read_modify_write_loses_no_update(
 
 
 def test_a_reader_waits_for_the_writer_and_then_sees_its_version(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
-    first, second = stores(), stores()
+    first, second = pg_stores(), pg_stores()
     with first.transaction() as tx:
         tx.add_item(item("a", {"n": 1}))
     seen: list[StoredItem | None] = []
@@ -137,10 +124,10 @@ def test_a_reader_waits_for_the_writer_and_then_sees_its_version(
 
 
 def test_a_stale_version_written_from_another_connection_is_refused(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
     """replace_item checks the version itself, also for a writer that did not lock first."""
-    first, second = stores(), stores()
+    first, second = pg_stores(), pg_stores()
     with first.transaction() as tx:
         tx.add_item(item("a", {"n": 1}))
     outcome: list[str] = []
@@ -166,9 +153,9 @@ def test_a_stale_version_written_from_another_connection_is_refused(
 
 
 def test_one_message_id_recorded_by_two_writers_at_once_is_recorded_once(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
-    first, second = stores(), stores()
+    first, second = pg_stores(), pg_stores()
     mine = ProcessedCommand("m1", USER, b'{"status": 200, "version": 2}', "e-first")
     theirs = ProcessedCommand("m1", USER, b'{"status": 200, "version": 3}', "e-second")
     outcome: list[object] = []
@@ -194,13 +181,13 @@ def test_one_message_id_recorded_by_two_writers_at_once_is_recorded_once(
 
 
 def test_two_handlers_given_the_same_command_at_once_apply_it_once(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
     """Two workers, one redelivered update each, at the same moment: one effect, one reply."""
-    setup = stores()
+    setup = pg_stores()
     with setup.transaction() as tx:
         tx.add_item(item("a", {"n": 0}))
-    handlers = [CommandRole(stores(), TestOnlyAuthority(), Names("race"), max_body=1 << 20)
+    handlers = [CommandRole(pg_stores(), TestOnlyAuthority(), Names("race"), max_body=1 << 20)
                 for _ in range(2)]
     for round_ in range(20):
         body = encode_command("update", id="a", item={**item("a").to_json(),
@@ -229,10 +216,10 @@ def _handle(handler: CommandRole, message: Incoming, start: threading.Barrier,
 
 
 def test_a_deadlock_between_two_batches_rolls_one_back_as_store_unavailable(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
     """Retrying one command could not help (it would wait for the same lock): the batch retries."""
-    first, second = stores(), stores()
+    first, second = pg_stores(), pg_stores()
     with first.transaction() as tx:
         tx.add_item(item("x"))
         tx.add_item(item("y"))
@@ -267,10 +254,10 @@ def test_a_deadlock_between_two_batches_rolls_one_back_as_store_unavailable(
 
 
 def test_two_workers_removing_the_same_confirmed_events_neither_waits_nor_fails(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
     """Every worker republishes the outbox at start, so two may remove the same event."""
-    first, second = stores(), stores()
+    first, second = pg_stores(), pg_stores()
     with first.transaction() as tx:
         for event_id in ("e1", "e2", "e3", "other-workers"):
             tx.add_outbox(OutboxEvent(event_id, b"{}"))
@@ -288,9 +275,9 @@ def _remove(store: PostgresStore, event_ids: list[str]) -> None:
 
 
 def test_two_workers_pruning_at_once_neither_waits_and_each_record_goes_once(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
-    first, second = stores(), stores()
+    first, second = pg_stores(), pg_stores()
     with first.transaction() as tx:
         for n in range(10):
             tx.add_processed(ProcessedCommand(f"m{n}", USER, b"{}", None, None, float(n)))
@@ -310,12 +297,12 @@ def _prune(store: PostgresStore, limit: int) -> int:
 
 
 def test_an_expired_record_made_anew_by_one_worker_is_not_forgotten_by_another(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
     """Two workers both read the expired record; the first forgets it and records the
     command anew; the second's forget must leave that new record, and its own record is
     then a lost race (the handler's retry answers from the first's)."""
-    first, second = stores(), stores()
+    first, second = pg_stores(), pg_stores()
     with first.transaction() as tx:
         tx.add_processed(ProcessedCommand("m1", USER, b'{"old": 1}', None, None, 10.0))
     cutoff = 100.0
@@ -348,10 +335,10 @@ def link(link_id: str, properties: dict[str, Any] | None = None) -> Link:
     return Link(link_id, CREATED_AT, USER, "a", "b", properties or {})
 
 
-def test_concurrent_link_updates_lose_none(stores: Callable[[], PostgresStore]) -> None:
+def test_concurrent_link_updates_lose_none(pg_stores: OpenStore) -> None:
     """Four writers increment one link's counter 25 times each, every time from what they
     read: get_link locks the row as get_item does, so they queue up."""
-    setup = stores()
+    setup = pg_stores()
     with setup.transaction() as tx:
         tx.add_link(link("l", {"n": 0}))
     writers, rounds = 4, 25
@@ -366,7 +353,7 @@ def test_concurrent_link_updates_lose_none(stores: Callable[[], PostgresStore]) 
                 n = current.link.properties["n"]
                 tx.replace_link(link("l", {"n": n + 1}), current.version + 1)
 
-    runs = [in_thread(partial(increment, stores())) for _ in range(writers)]
+    runs = [in_thread(partial(increment, pg_stores())) for _ in range(writers)]
     for thread, errors in runs:
         thread.join(timeout=120)
         assert not errors, errors
@@ -375,13 +362,13 @@ def test_concurrent_link_updates_lose_none(stores: Callable[[], PostgresStore]) 
     assert final == StoredLink(link("l", {"n": writers * rounds}), 1 + writers * rounds)
 
 
-def _link_commands(stores: Callable[[], PostgresStore]) -> tuple[dict[str, Any], list[CommandRole]]:
+def _link_commands(pg_stores: OpenStore) -> tuple[dict[str, Any], list[CommandRole]]:
     """Two items, a link between them made through a worker, and two workers on the schema."""
-    setup = stores()
+    setup = pg_stores()
     with setup.transaction() as tx:
         tx.add_item(item("a"))
         tx.add_item(item("b"))
-    first, second = (CommandRole(stores(), TestOnlyAuthority(), Names("race"), max_body=1 << 20)
+    first, second = (CommandRole(pg_stores(), TestOnlyAuthority(), Names("race"), max_body=1 << 20)
                      for _ in range(2))
     created = _reply(first, encode(CreateLink({"source": "a", "target": "b"})), "m-create")
     assert created["status"] == 200, created
@@ -412,9 +399,9 @@ def _at_once(roles: list[CommandRole], bodies: list[bytes]) -> list[dict[str, An
 
 
 def test_two_workers_updating_one_link_at_one_expected_version_one_wins(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
-    created, roles = _link_commands(stores)
+    created, roles = _link_commands(pg_stores)
     for round_ in range(10):
         current = _reply(roles[0], encode(ReadLink(created["id"])), f"read-{round_}")
         version = current["version"]
@@ -432,11 +419,11 @@ def test_two_workers_updating_one_link_at_one_expected_version_one_wins(
 
 
 def test_a_delete_racing_an_update_of_one_link_leaves_one_story(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
     """Either the update comes first and the delete removes its version, or the delete
     comes first and the update finds no link; never an update of a deleted link."""
-    created, roles = _link_commands(stores)
+    created, roles = _link_commands(pg_stores)
     update = encode(UpdateLink(created["id"], {**created, "properties": {"n": 1}}))
     replies = _at_once(roles, [update, encode(DeleteLink(created["id"]))])
     updated, deleted = replies
@@ -450,11 +437,11 @@ def test_a_delete_racing_an_update_of_one_link_leaves_one_story(
 
 
 def test_items_read_ahead_are_locked_as_a_read_locks_them(
-    stores: Callable[[], PostgresStore],
+    pg_stores: OpenStore,
 ) -> None:
     """A deferred transaction reads a batch's items at once, and holds their locks: another
     writer's read waits for its commit and then sees its update."""
-    first, second = stores(), stores()
+    first, second = pg_stores(), pg_stores()
     with first.transaction() as tx:
         tx.add_item(item("a", {"n": 1}))
     seen: list[StoredItem | None] = []

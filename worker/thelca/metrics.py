@@ -6,8 +6,6 @@ labels stay few and bounded: role, command, status, exchange.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 COMMANDS = Counter("thelca_commands", "Commands answered, by command and reply status",
@@ -55,21 +53,6 @@ AUTHORITY_KEYS = Gauge(
 FSYNC_SECONDS = Histogram(
     "thelca_log_fsync_seconds", "One flush and fsync of the event log",
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))
-
-# The children of labelled metrics, by metric and label values: `labels()` checks and
-# joins its arguments under a lock at every call, which the command path would pay
-# several times per command. A child, once made, stays the metric's for good.
-_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-
-def child(metric: Any, *values: str) -> Any:
-    """metric.labels(*values), looked up once per metric and label values."""
-    key = (id(metric), values)
-    found = _CHILDREN.get(key)
-    if found is None:
-        found = _CHILDREN[key] = metric.labels(*values)
-    return found
-
 
 def serve(port: int, host: str) -> None:
     """Serve /metrics on host:port from a background thread; port 0 means off."""

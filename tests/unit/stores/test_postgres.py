@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from typing import Any, LiteralString
 
 import orjson
@@ -13,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.postgres import fresh_schema, terminate, with_schema
+from tests.postgres import OpenStore, connection_name, fresh_schema, terminate, with_schema
 from tests.unit.stores.contract import (
     CREATED_AT,
     CREATED_BY,
@@ -48,44 +47,37 @@ class TestPostgresStore(StoreContract):
     def make_store(self) -> ItemStore:
         return PostgresStore(self.url)
 
-    def test_the_data_survives_closing_and_reopening(self) -> None:
-        store = PostgresStore(self.url)
+    def test_the_data_survives_closing_and_reopening(self, pg_stores: OpenStore) -> None:
+        store = pg_stores()
         with store.transaction() as tx:
             tx.add_item(item("a", RICH_PROPERTIES))
             tx.add_processed(processed("m1"))
             tx.add_outbox(outbox("e2"))
             tx.add_outbox(outbox("e1"))
         store.close()
-        reopened = PostgresStore(self.url)
-        try:
-            assert list(reopened.items()) == [StoredItem(item("a", RICH_PROPERTIES), 1)]
-            assert reopened.pending_outbox() == [outbox("e2"), outbox("e1")]
-            with reopened.transaction() as tx:
-                assert tx.get_processed("m1") == processed("m1")
-        finally:
-            reopened.close()
+        reopened = pg_stores()
+        assert list(reopened.items()) == [StoredItem(item("a", RICH_PROPERTIES), 1)]
+        assert reopened.pending_outbox() == [outbox("e2"), outbox("e1")]
+        with reopened.transaction() as tx:
+            assert tx.get_processed("m1") == processed("m1")
 
-    def test_many_writers_share_one_schema(self) -> None:
-        first, second = PostgresStore(self.url), PostgresStore(self.url)
-        try:
-            with first.transaction() as tx:
-                tx.add_item(item("a"))
-            with second.transaction() as tx:
-                assert tx.get_item("a") == StoredItem(item("a"), 1)
-                tx.replace_item(item("a", {"n": 2}), 2)
-            assert list(first.items()) == [StoredItem(item("a", {"n": 2}), 2)]
-        finally:
-            first.close()
-            second.close()
+    def test_many_writers_share_one_schema(self, pg_stores: OpenStore) -> None:
+        first, second = pg_stores(), pg_stores()
+        with first.transaction() as tx:
+            tx.add_item(item("a"))
+        with second.transaction() as tx:
+            assert tx.get_item("a") == StoredItem(item("a"), 1)
+            tx.replace_item(item("a", {"n": 2}), 2)
+        assert list(first.items()) == [StoredItem(item("a", {"n": 2}), 2)]
         assert many_writers(self.url)
 
-    def test_workers_starting_at_once_create_the_schema_once(self) -> None:
+    def test_workers_starting_at_once_create_the_schema_once(self, pg_stores: OpenStore) -> None:
         opened: list[PostgresStore] = []
         errors: list[BaseException] = []
 
         def open_one() -> None:
             try:
-                opened.append(PostgresStore(self.url))
+                opened.append(pg_stores())
             except BaseException as error:
                 errors.append(error)
 
@@ -94,61 +86,50 @@ class TestPostgresStore(StoreContract):
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
-        for store in opened:
-            store.close()
         assert not errors
         assert len(opened) == 6
 
-    def test_items_are_paged_in_id_order(self) -> None:
-        store = PostgresStore(self.url)
-        try:
-            ids = [f"item-{n:05d}" for n in range(2500)]
-            with store.transaction() as tx:
-                for item_id in reversed(ids):
-                    tx.add_item(item(item_id))
-            assert [s.item.id for s in store.items()] == ids
-        finally:
-            store.close()
+    def test_items_are_paged_in_id_order(self, pg_stores: OpenStore) -> None:
+        store = pg_stores()
+        ids = [f"item-{n:05d}" for n in range(2500)]
+        with store.transaction() as tx:
+            for item_id in reversed(ids):
+                tx.add_item(item(item_id))
+        assert [s.item.id for s in store.items()] == ids
 
     def test_a_killed_connection_fails_one_transaction_then_reconnects(
-        self, pg_url: str
+        self, pg_url: str, pg_stores: OpenStore
     ) -> None:
-        name = f"thelca-test-{uuid.uuid4().hex[:8]}"
-        store = PostgresStore(f"{self.url}&application_name={name}")
-        try:
-            with store.transaction() as tx:
-                tx.add_item(item("before"))
-            assert terminate(pg_url, name) == 1
-            with pytest.raises(StoreUnavailable, match="PostgreSQL"), \
-                    store.transaction() as tx:
-                tx.add_item(item("lost"))
-            with store.transaction() as tx:
-                tx.add_item(item("after"))
-            assert [s.item.id for s in store.items()] == ["after", "before"]
-            assert terminate(pg_url, name) == 1
-            with pytest.raises(StoreUnavailable):
-                store.ping()
+        name = connection_name()
+        store = pg_stores(name)
+        with store.transaction() as tx:
+            tx.add_item(item("before"))
+        assert terminate(pg_url, name) == 1
+        with pytest.raises(StoreUnavailable, match="PostgreSQL"), \
+                store.transaction() as tx:
+            tx.add_item(item("lost"))
+        with store.transaction() as tx:
+            tx.add_item(item("after"))
+        assert [s.item.id for s in store.items()] == ["after", "before"]
+        assert terminate(pg_url, name) == 1
+        with pytest.raises(StoreUnavailable):
             store.ping()
-            assert store.count_items() == 2
-        finally:
-            store.close()
+        store.ping()
+        assert store.count_items() == 2
 
     def test_a_connection_killed_inside_a_savepoint_is_store_unavailable(
-        self, pg_url: str
+        self, pg_url: str, pg_stores: OpenStore
     ) -> None:
         """Not a 500 for the command: the batch is rolled back and retried."""
-        name = f"thelca-test-{uuid.uuid4().hex[:8]}"
-        store = PostgresStore(f"{self.url}&application_name={name}")
-        try:
-            with pytest.raises(StoreUnavailable), store.transaction() as tx:
-                with tx.savepoint():
-                    tx.add_item(item("a"))
-                terminate(pg_url, name)
-                with tx.savepoint():
-                    tx.add_item(item("b"))
-            assert store.count_items() == 0
-        finally:
-            store.close()
+        name = connection_name()
+        store = pg_stores(name)
+        with pytest.raises(StoreUnavailable), store.transaction() as tx:
+            with tx.savepoint():
+                tx.add_item(item("a"))
+            terminate(pg_url, name)
+            with tx.savepoint():
+                tx.add_item(item("b"))
+        assert store.count_items() == 0
 
     def test_no_server_is_store_unavailable_and_never_shows_the_password(self) -> None:
         url = "postgresql://postgres:hunter2@127.0.0.1:1/test?schema=x"
@@ -175,7 +156,7 @@ class TestPostgresStore(StoreContract):
             assert tx.get_item("b") is None
 
     def test_a_schema_of_the_previous_release_gets_links_and_search_when_opened(
-        self, pg_url: str
+        self, pg_url: str, pg_stores: OpenStore
     ) -> None:
         """The previous release's tables, as it made them (properties json, no search column,
         no links): a writer adds the column, fills it, NUL included, and the indexes."""
@@ -194,67 +175,61 @@ class TestPostgresStore(StoreContract):
         reader = PostgresStore(self.url, writer=False)  # verify, before any writer opened it
         assert list(reader.links()) == [] and reader.count_links() == 0
         reader.close()
-        store = PostgresStore(self.url)
-        try:
-            with store.transaction() as tx:
-                found = tx.search_items({"type": "STORY"}, after=None, limit=10)
-                assert found is not None and [one.id for one in found.results] == ["a", "c"]
-                assert tx.search_items({"nul": "\x00\x01"}, after=None, limit=10) == Found(
-                    [made_at("c", 3, {"type": "STORY", "nul": "\x00\x01"})], False)
-                assert tx.search_items({"nul": "\x01\x02"}, after=None, limit=10) == Found(
-                    [], False)
-                tx.add_link(link_at("l", 4, "a", "b"))
-            assert store.count_links() == 1
-            with store._using() as conn:
-                types = dict(conn.execute(
-                    "SELECT column_name, data_type FROM information_schema.columns "
-                    "WHERE table_schema = current_schema() AND table_name = 'items'").fetchall())
-                indexes = {row[0] for row in conn.execute(
-                    "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
-            assert types["properties"] == "json"  # as before: it keeps NUL
-            assert types["search"] == "jsonb"
-            assert {"items_by_properties", "items_by_creation", "links_by_source",
-                    "links_by_target", "links_by_creation"} <= indexes
-        finally:
-            store.close()
+        store = pg_stores()
+        with store.transaction() as tx:
+            found = tx.search_items({"type": "STORY"}, after=None, limit=10)
+            assert found is not None and [one.id for one in found.results] == ["a", "c"]
+            assert tx.search_items({"nul": "\x00\x01"}, after=None, limit=10) == Found(
+                [made_at("c", 3, {"type": "STORY", "nul": "\x00\x01"})], False)
+            assert tx.search_items({"nul": "\x01\x02"}, after=None, limit=10) == Found(
+                [], False)
+            tx.add_link(link_at("l", 4, "a", "b"))
+        assert store.count_links() == 1
+        with store._using() as conn:
+            types = dict(conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = 'items'").fetchall())
+            indexes = {row[0] for row in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+        assert types["properties"] == "json"  # as before: it keeps NUL
+        assert types["search"] == "jsonb"
+        assert {"items_by_properties", "items_by_creation", "links_by_source",
+                "links_by_target", "links_by_creation"} <= indexes
 
     @pytest.mark.parametrize("search", [
         "where one key", "where two keys", "where {}", "links by source", "links by target",
         "links by either",
     ])
     def test_every_search_is_answered_from_an_index(
-        self, search: str, monkeypatch: pytest.MonkeyPatch
+        self, pg_stores: OpenStore, search: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """On a store large enough for the planner to care: no sequential scan."""
-        store = PostgresStore(self.url)
-        try:
-            store.load_items((f"i{n:05d}", at(n % 60), CREATED_BY,
-                              orjson.dumps({"type": f"T{n % 20}", "status": f"S{n % 5}"}), 1)
-                             for n in range(20_000))
-            with store.transaction() as tx:
-                for n in range(2_000):
-                    tx.add_link(link_at(f"l{n:05d}", n % 60, f"i{n:05d}", f"i{n + 1:05d}"))
-            with store._using() as conn:
-                conn.execute("ANALYZE items")
-                conn.execute("ANALYZE links")
-            statements = _recorded_statements(monkeypatch)
-            with store.transaction() as tx:
-                if search.startswith("where"):
-                    where = {"{}": {}, "one key": {"type": "T3"},
-                             "two keys": {"type": "T3", "status": "S3"}}[search[6:]]
-                    tx.search_items(where, after="i00042", limit=100)
-                else:
-                    tx.search_links(LINK_END[search], "i00042", after="l00007", limit=100)
-            searches = [(q, p) for q, p in statements if "LIMIT" in q]
-            assert searches, statements
-            with store._using() as conn:
-                for query, params in searches:
-                    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, params))
-                    assert "Seq Scan" not in plan, plan
-                    if search.startswith("where") and search != "where {}":
-                        assert "items_by_properties" in plan, plan
-        finally:
-            store.close()
+        store = pg_stores()
+        store.load_items((f"i{n:05d}", at(n % 60), CREATED_BY,
+                          orjson.dumps({"type": f"T{n % 20}", "status": f"S{n % 5}"}), 1)
+                         for n in range(20_000))
+        with store.transaction() as tx:
+            for n in range(2_000):
+                tx.add_link(link_at(f"l{n:05d}", n % 60, f"i{n:05d}", f"i{n + 1:05d}"))
+        with store._using() as conn:
+            conn.execute("ANALYZE items")
+            conn.execute("ANALYZE links")
+        statements = _recorded_statements(monkeypatch)
+        with store.transaction() as tx:
+            if search.startswith("where"):
+                where = {"{}": {}, "one key": {"type": "T3"},
+                         "two keys": {"type": "T3", "status": "S3"}}[search[6:]]
+                tx.search_items(where, after="i00042", limit=100)
+            else:
+                tx.search_links(LINK_END[search], "i00042", after="l00007", limit=100)
+        searches = [(q, p) for q, p in statements if "LIMIT" in q]
+        assert searches, statements
+        with store._using() as conn:
+            for query, params in searches:
+                plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, params))
+                assert "Seq Scan" not in plan, plan
+                if search.startswith("where") and search != "where {}":
+                    assert "items_by_properties" in plan, plan
 
     def test_a_reader_does_not_create_the_schema(self, pg_url: str) -> None:
         with fresh_schema(pg_url) as schema:
@@ -275,8 +250,10 @@ class TestPostgresStore(StoreContract):
             finally:
                 store.close()
 
-    def test_workers_share_one_deployment_key_however_they_race_for_it(self) -> None:
-        stores = [PostgresStore(self.url) for _ in range(6)]
+    def test_workers_share_one_deployment_key_however_they_race_for_it(
+        self, pg_stores: OpenStore
+    ) -> None:
+        stores = [pg_stores() for _ in range(6)]
         keys: list[bytes] = []
         errors: list[BaseException] = []
         start = threading.Barrier(len(stores))
@@ -289,44 +266,38 @@ class TestPostgresStore(StoreContract):
                 errors.append(error)
 
         threads = [threading.Thread(target=ask, args=(store,)) for store in stores]
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=60)
-        finally:
-            for store in stores:
-                store.close()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
         assert not errors
         assert len(keys) == 6 and len(set(keys)) == 1
-        again = PostgresStore(self.url)
-        try:
-            assert again.deployment_key() == keys[0]  # kept, not made again
-        finally:
-            again.close()
+        again = pg_stores()
+        assert again.deployment_key() == keys[0]  # kept, not made again
 
-    def test_a_worker_that_finds_a_key_being_made_waits_and_takes_it(self) -> None:
+    def test_a_worker_that_finds_a_key_being_made_waits_and_takes_it(
+        self, pg_stores: OpenStore
+    ) -> None:
         """The race made certain: another worker's key is inserted but not yet committed."""
-        name = f"thelca-test-{uuid.uuid4().hex[:8]}"
-        store = PostgresStore(f"{self.url}&application_name={name}")
+        name = connection_name()
+        store = pg_stores(name)
         conninfo, schema = split_schema(self.url)
         theirs = bytes(range(32))
         got: list[bytes] = []
-        try:
-            with psycopg.connect(conninfo) as other:
-                other.execute(sql.SQL("INSERT INTO {}.deployment_keys VALUES (%s, %s)").format(
-                    sql.Identifier(schema)), ("event-ids", theirs))
-                asking = threading.Thread(target=lambda: got.append(store.deployment_key()))
-                asking.start()
-                _wait_until_blocked(conninfo, name)  # on the other worker's row
-                assert got == []
-                other.commit()
-                asking.join(timeout=30)
-            assert got == [theirs]
-        finally:
-            store.close()
+        with psycopg.connect(conninfo) as other:
+            other.execute(sql.SQL("INSERT INTO {}.deployment_keys VALUES (%s, %s)").format(
+                sql.Identifier(schema)), ("event-ids", theirs))
+            asking = threading.Thread(target=lambda: got.append(store.deployment_key()))
+            asking.start()
+            _wait_until_blocked(conninfo, name)  # on the other worker's row
+            assert got == []
+            other.commit()
+            asking.join(timeout=30)
+        assert got == [theirs]
 
-    def test_a_schema_of_the_previous_release_is_migrated_when_opened(self) -> None:
+    def test_a_schema_of_the_previous_release_is_migrated_when_opened(
+        self, pg_stores: OpenStore
+    ) -> None:
         _, schema = split_schema(self.url)
         with psycopg.connect(split_schema(self.url)[0], autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
@@ -335,51 +306,44 @@ class TestPostgresStore(StoreContract):
                 conn.execute(statement)
             conn.execute("INSERT INTO processed VALUES ('m-old', 'u', '\\x7b7d', 'e-old')")
         opened = time.time()
-        stores = [PostgresStore(self.url), PostgresStore(self.url)]  # the second finds it done
-        try:
-            with stores[1].transaction() as tx:
-                old = tx.get_processed("m-old")
-                assert old is not None and (old.reply, old.event_id, old.fingerprint) == (
-                    b"{}", "e-old", None)
-                # made, as far as the window goes, when this release first opened it
-                assert opened <= old.created_at <= time.time()
-                assert tx.prune_processed(before=opened, limit=10) == 0
-                tx.add_processed(processed("m-new", created_at=opened + 3600))
-            with stores[0].transaction() as tx:
-                assert tx.get_processed("m-new") == processed("m-new", created_at=opened + 3600)
-                assert tx.prune_processed(before=old.created_at + 0.001, limit=10) == 1
-                assert tx.get_processed("m-old") is None
-            assert stores[0].deployment_key() == stores[1].deployment_key()
-            with stores[0]._using() as conn:
-                assert conn.execute("SELECT to_regclass('processed_by_age') IS NOT NULL"
-                                    ).fetchone() == (True,)
-        finally:
-            for store in stores:
-                store.close()
+        stores = [pg_stores(), pg_stores()]  # the second finds it done
+        with stores[1].transaction() as tx:
+            old = tx.get_processed("m-old")
+            assert old is not None and (old.reply, old.event_id, old.fingerprint) == (
+                b"{}", "e-old", None)
+            # made, as far as the window goes, when this release first opened it
+            assert opened <= old.created_at <= time.time()
+            assert tx.prune_processed(before=opened, limit=10) == 0
+            tx.add_processed(processed("m-new", created_at=opened + 3600))
+        with stores[0].transaction() as tx:
+            assert tx.get_processed("m-new") == processed("m-new", created_at=opened + 3600)
+            assert tx.prune_processed(before=old.created_at + 0.001, limit=10) == 1
+            assert tx.get_processed("m-old") is None
+        assert stores[0].deployment_key() == stores[1].deployment_key()
+        with stores[0]._using() as conn:
+            assert conn.execute("SELECT to_regclass('processed_by_age') IS NOT NULL"
+                                ).fetchone() == (True,)
 
     def test_pruning_reads_the_oldest_records_from_an_index(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, pg_stores: OpenStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """On a table large enough for the planner to care: no sequential scan."""
-        store = PostgresStore(self.url)
-        try:
-            with store.transaction() as tx:
-                for n in range(5_000):
-                    tx.add_processed(processed(f"m{n}", created_at=float(n)))
-            with store._using() as conn:
-                conn.execute("ANALYZE processed")
-            statements = _recorded_statements(monkeypatch)
-            with store.transaction() as tx:
-                assert tx.prune_processed(before=100.0, limit=50) == 50
-                tx.forget_processed("m4000", before=10_000.0)
-            deletes = [(q, p) for q, p in statements if q.startswith("DELETE")]
-            assert len(deletes) == 2, statements
-            with store._using() as conn:
-                for query, params in deletes:
-                    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, params))
-                    assert "Seq Scan" not in plan, plan
-        finally:
-            store.close()
+        store = pg_stores()
+        with store.transaction() as tx:
+            for n in range(5_000):
+                tx.add_processed(processed(f"m{n}", created_at=float(n)))
+        with store._using() as conn:
+            conn.execute("ANALYZE processed")
+        statements = _recorded_statements(monkeypatch)
+        with store.transaction() as tx:
+            assert tx.prune_processed(before=100.0, limit=50) == 50
+            tx.forget_processed("m4000", before=10_000.0)
+        deletes = [(q, p) for q, p in statements if q.startswith("DELETE")]
+        assert len(deletes) == 2, statements
+        with store._using() as conn:
+            for query, params in deletes:
+                plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, params))
+                assert "Seq Scan" not in plan, plan
 
     def test_libpq_options_in_the_url_reach_the_server(self) -> None:
         store = PostgresStore(f"{self.url}&options=-c%20statement_timeout%3D4321")

@@ -112,7 +112,11 @@ class _BatchSession(PeriodicSession):
         self._retry_delay = 0.0
         self._failures = 0  # of the batch at the head, in a row
         self._marker = StuckMarker(owner.name, owner.queue)  # held while stuck
+        # The labelled metrics' children, held: labels() checks and joins its arguments
+        # under a lock at every call, which every batch would pay.
         self._delivery_seconds = metrics.DELIVERY_SECONDS.labels(owner.name)
+        self._batch_size = metrics.BATCH_SIZE.labels(owner.name)
+        self._published_by_exchange: dict[str, Any] = {}  # thelca_published_total's
 
     def _start(self) -> None:
         metrics.BATCH_STUCK.labels(self.owner.name).set(0)
@@ -188,7 +192,7 @@ class _BatchSession(PeriodicSession):
         del self._waiting[: len(batch)]
         self._publish_batch([tag for tag, _, _ in batch], publish, [t for _, _, t in batch])
         # Counted once the replies are written: not on their way.
-        metrics.child(metrics.BATCH_SIZE, self.owner.name).observe(len(batch))
+        self._batch_size.observe(len(batch))
         if self._waiting:
             self._schedule_flush(0)
 
@@ -260,14 +264,21 @@ class _BatchSession(PeriodicSession):
         self._close_if_drained()
 
     def _observe(self, batch: Batch) -> None:
-        role = self.owner.name
         now = time.monotonic()
         delivery_seconds = self._delivery_seconds
         for received in batch.received:
             delivery_seconds.observe(now - received)
         for message in batch.published:
             if message.exchange:  # the reply connection counts the replies it delivered
-                metrics.child(metrics.PUBLISHED, role, message.exchange).inc()
+                self._published_to(message.exchange).inc()
+
+    def _published_to(self, exchange: str) -> Any:
+        """thelca_published_total's child for this role and exchange, made once."""
+        held = self._published_by_exchange
+        counter = held.get(exchange)
+        if counter is None:
+            counter = held[exchange] = metrics.PUBLISHED.labels(self.owner.name, exchange)
+        return counter
 
     def _busy(self) -> bool:
         return bool(self._waiting)

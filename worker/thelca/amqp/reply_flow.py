@@ -88,6 +88,8 @@ class ReplyFlow(Generic[T]):
         self._next_seq = 1
         self._waiting_bytes = 0
         self._deaths = 0  # in a row, without a confirm in between: backoff
+        # Held: labels() takes a lock and checks its arguments at every call.
+        self._replies_published = metrics.PUBLISHED.labels(role, "(default)")
 
     @property
     def outstanding(self) -> int:
@@ -128,7 +130,7 @@ class ReplyFlow(Generic[T]):
                 entry.owner.unconfirmed -= 1
                 owners.append(entry.owner)
             if not refused:
-                metrics.child(metrics.PUBLISHED, self.role, "(default)").inc()
+                self._replies_published.inc()
         self._deaths = 0
         self._pump()
         self.on_confirmed(owners, refused)

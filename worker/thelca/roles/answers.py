@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from thelca import metrics
-from thelca.roles.fingerprints import UNREAD, decoded
+from thelca.roles.fingerprints import decoded
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.stores.base import OutboxEvent
 from thelca_client.contract import (
@@ -30,15 +30,24 @@ from thelca_client.contract import (
 
 @dataclass
 class Tally:
-    """What a batch counts and leaves behind, applied once it is committed."""
+    """What a batch counts and leaves behind, applied once it is committed.
 
+    `counters`: thelca_commands_total's children by (command, status), the Answers'
+    for good (labels() takes a lock and checks its arguments at every call).
+    """
+
+    counters: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
     commands: list[tuple[str, str]] = field(default_factory=list)  # (command, status)
     dead_letters: int = 0
     outboxed: list[str] = field(default_factory=list)  # ids of events the outbox now holds
 
     def apply(self) -> None:
-        for command, status in self.commands:
-            metrics.child(metrics.COMMANDS, command, status).inc()
+        counters = self.counters
+        for labels in self.commands:
+            counter = counters.get(labels)
+            if counter is None:
+                counter = counters[labels] = metrics.COMMANDS.labels(*labels)
+            counter.inc()
         if self.dead_letters:
             metrics.DEAD_LETTERS.labels("worker").inc(self.dead_letters)
 
@@ -49,7 +58,13 @@ class Answers:
     def __init__(self, names: Names, max_body: int) -> None:
         self.names = names
         self.max_body = max_body
-        self.tally = Tally()  # the running batch's (the command role sets a new one)
+        self._counters: dict[tuple[str, str], Any] = {}  # kept from batch to batch
+        self.tally = self.new_tally()
+
+    def new_tally(self) -> Tally:
+        """A new batch's Tally, now the running one."""
+        self.tally = Tally(self._counters)
+        return self.tally
 
     def reply(
         self, message: Incoming, reply: Reply, command: str | None = None
@@ -88,12 +103,15 @@ class Answers:
                         type=kind if isinstance(kind, str) else None)
 
 
-def peek(body: bytes, data: Any = UNREAD) -> tuple[str | None, str | None]:
-    """The command and id of a body (decoded already: `data`), when it can be read, for an
-    Access refused event."""
-    if data is UNREAD:
-        data = decoded(body)
-    if not isinstance(data, dict):  # NOT_JSON is not one either
+def peek(body: bytes) -> tuple[str | None, str | None]:
+    """The command and id of a body, when it can be read, for an Access refused event."""
+    return named(decoded(body))
+
+
+def named(data: Any) -> tuple[str | None, str | None]:
+    """The command and id a decoded body (fingerprints.Received.value) names, when it
+    names them."""
+    if not isinstance(data, dict):  # neither NOT_JSON nor UNREAD is one
         return None, None
     command, item_id = data.get("command"), data.get("id")
     return (command if command in COMMANDS else None,

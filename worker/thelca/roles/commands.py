@@ -36,7 +36,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from thelca.authority.base import Authority, Principal
 from thelca.domain.model import Origin
@@ -49,8 +48,9 @@ from thelca.errors import (
     StoreUnavailable,
 )
 from thelca.roles import fingerprints
-from thelca.roles.answers import Answers, Tally, peek
+from thelca.roles.answers import Answers, named
 from thelca.roles.dedup import DedupWindow
+from thelca.roles.fingerprints import Received
 from thelca.roles.messages import Incoming, Outgoing
 from thelca.roles.outbox import OutboxBook
 from thelca.roles.outcomes import noted_retry, remembered, serve
@@ -130,18 +130,17 @@ class CommandRole:
              ) -> list[Outgoing]:
         """The batch in one transaction: deferred and without savepoints (raising _Redo
         when anything failed), or with a savepoint per command."""
-        tally = self._answers.tally = Tally()
+        tally = self._answers.new_tally()
         try:
             with self.store.transaction(deferred=deferred) as tx:
                 tx.remove_outbox(confirmed)
                 pruned = self.window.prune(tx, len(batch))
                 # Each body decoded once, for the read-ahead, its fingerprint and its
                 # command (anew in each run: a handler may keep what it was given).
-                values = [fingerprints.decoded(m.body) if len(m.body) <= self.max_body
-                          else fingerprints.UNREAD for m in batch]
-                _read_ahead(tx, batch, values)
-                out = [out for message, data in zip(batch, values, strict=True)
-                       for out in self._guarded(tx, message, deferred, data)]
+                commands = [Received(message, self.max_body) for message in batch]
+                _read_ahead(tx, commands)
+                out = [out for received in commands
+                       for out in self._guarded(tx, received, deferred)]
         except StoreError as error:
             if not deferred or isinstance(error, StoreUnavailable):
                 raise
@@ -186,8 +185,8 @@ class CommandRole:
 
     # ------------------------------------------------------------ one command
 
-    def _guarded(self, tx: StoreTransaction, message: Incoming, deferred: bool = False,
-                 data: Any = fingerprints.UNREAD) -> list[Outgoing]:
+    def _guarded(self, tx: StoreTransaction, received: Received, deferred: bool = False
+                 ) -> list[Outgoing]:
         """One command's reply and event; whatever fails in building them costs this
         command alone (a 500 and a dead letter), never its batch.
 
@@ -195,16 +194,17 @@ class CommandRole:
         What a command wrote is inside its own savepoint, undone when it raised.
         """
         try:
-            return self._handle_one(tx, message, deferred, data)
+            return self._handle_one(tx, received, deferred)
         except (StoreUnavailable, AuthorityUnavailable, _Redo):
             raise
         except Exception:
-            return self._refusals.poison_or_drop(message)
+            return self._refusals.poison_or_drop(received.message)
 
-    def _handle_one(self, tx: StoreTransaction, message: Incoming, deferred: bool,
-                    data: Any) -> list[Outgoing]:
-        """One command, its body decoded already (`data`: fingerprints.decoded)."""
-        refused = self._refusals.up_front(message, data)
+    def _handle_one(self, tx: StoreTransaction, received: Received, deferred: bool
+                    ) -> list[Outgoing]:
+        """One command, its body decoded already."""
+        message = received.message
+        refused = self._refusals.up_front(received)
         if refused is not None:
             return refused
         # Without a message_id a command cannot be idempotent; it is still served,
@@ -213,14 +213,14 @@ class CommandRole:
         if not message.message_id:
             log.warning("a command without message_id is served without idempotency "
                         "(generated %s)", command_id)
-        fingerprint = fingerprints.fingerprint(message.body, data)
+        fingerprint = received.fingerprint()
         assert self._key is not None  # read by handle()
         seed = fingerprints.id_seed(self._key, command_id, fingerprint, message.headers)
         origin = Origin(command_id, self.window.seed(seed, self.window.clock()))
         try:
             principal = self.authority.authenticate(bearer_token(message.headers))
         except (CommandRefused, ContractError) as refused:  # both are 401s here
-            return self._refusals.before_auth(message, origin, str(refused))
+            return self._refusals.before_auth(received, origin, str(refused))
         except AuthorityUnavailable:
             raise
         except Exception:  # a token the Authority's library chokes on: this message only
@@ -230,33 +230,32 @@ class CommandRole:
             # refused before anything is written, so not remembered either.
             return self._answers.reply(message, Reply(400, error=NUL_USER_ID))
         if deferred:
-            return self._without_savepoint(tx, message, principal, origin, fingerprint, data=data)
-        return self._in_savepoint(tx, message, principal, origin, fingerprint, data=data)
+            return self._without_savepoint(tx, received, principal, origin, fingerprint)
+        return self._in_savepoint(tx, received, principal, origin, fingerprint)
 
     def _without_savepoint(
-        self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
-        fingerprint: str, *, data: Any,
+        self, tx: StoreTransaction, received: Received, principal: Principal, origin: Origin,
+        fingerprint: str,
     ) -> list[Outgoing]:
         """The authenticated command in a batch's first run: whatever fails here would have
         rolled its savepoint back, so the whole batch runs again, with savepoints."""
         try:
-            return self._authenticated(tx, message, principal, origin, fingerprint, data=data)
+            return self._authenticated(tx, received, principal, origin, fingerprint)
         except (StoreUnavailable, AuthorityUnavailable):
             raise
         except Exception as error:
             raise _Redo from error
 
     def _in_savepoint(
-        self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
-        fingerprint: str, *, data: Any,
+        self, tx: StoreTransaction, received: Received, principal: Principal, origin: Origin,
+        fingerprint: str,
     ) -> list[Outgoing]:
         """The authenticated command in a savepoint of its own, run again if another
         writer won a race for its rows."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with tx.savepoint():
-                    return self._authenticated(tx, message, principal, origin, fingerprint,
-                                               data=data)
+                    return self._authenticated(tx, received, principal, origin, fingerprint)
             except (StoreUnavailable, AuthorityUnavailable):
                 raise
             except ConcurrentUpdate:
@@ -264,16 +263,17 @@ class CommandRole:
                 # savepoint undid our part; run the command again on fresh state.
                 if attempt < ATTEMPTS:
                     continue
-                return self._refusals.poison(message, principal)
+                return self._refusals.poison(received.message, principal)
             except Exception:
-                return self._refusals.poison(message, principal)
+                return self._refusals.poison(received.message, principal)
         raise AssertionError("unreachable")
 
     def _authenticated(
-        self, tx: StoreTransaction, message: Incoming, principal: Principal, origin: Origin,
-        fingerprint: str, *, data: Any,
+        self, tx: StoreTransaction, received: Received, principal: Principal, origin: Origin,
+        fingerprint: str,
     ) -> list[Outgoing]:
         """Everything after the token check, undone as a whole if it raises."""
+        message = received.message
         now = self.window.clock()
         if message.message_id:
             prior = tx.get_processed(message.message_id)
@@ -282,8 +282,7 @@ class CommandRole:
                 return repeat(self._answers, tx, message, principal=principal, prior=prior,
                               fingerprint=fingerprint,
                               republish=self._unconfirmed_from_outbox)
-        outcome = noted_retry(serve(self.service, tx, principal, message, origin, data=data),
-                              message)
+        outcome = noted_retry(serve(self.service, tx, principal, received, origin), message)
         # Encoded once: the same bytes are recorded, kept in the outbox and sent.
         reply_body = encode_reply(outcome.reply)
         event_body = encode_event(outcome.event) if outcome.event is not None else None
@@ -311,13 +310,13 @@ class CommandRole:
         return self._answers.outbox_event(event)
 
 
-def _read_ahead(tx: StoreTransaction, batch: list[Incoming], values: list[Any]) -> None:
+def _read_ahead(tx: StoreTransaction, commands: list[Received]) -> None:
     """Tell the store what the batch will ask for: its records and the items it names
-    (on PostgreSQL one statement each, instead of one per command). `values`: the
-    bodies decoded, UNREAD for one too large to be read."""
-    tx.prefetch_processed([m.message_id for m in batch
+    (on PostgreSQL one statement each, instead of one per command). A body too large to
+    be read names nothing."""
+    messages = [received.message for received in commands]
+    tx.prefetch_processed([m.message_id for m in messages
                            if m.message_id and isinstance(m.message_id, str)])
-    named = (peek(m.body, data) for m, data in zip(batch, values, strict=True)
-             if data is not fingerprints.UNREAD)
-    tx.prefetch_items([item_id for command, item_id in named
+    items = (named(received.value) for received in commands)
+    tx.prefetch_items([item_id for command, item_id in items
                        if command in ITEM_COMMANDS and item_id is not None])

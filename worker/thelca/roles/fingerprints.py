@@ -25,6 +25,8 @@ from typing import Any, Final
 
 import orjson
 
+from thelca.roles.messages import Incoming
+
 _JSON = b"json\x00"  # the canonical form of a JSON value
 _RAW = b"raw\x00"  # the bytes of a body that is not JSON (or too deep to encode again)
 
@@ -37,9 +39,29 @@ NOT_JSON: Final = _Marker()  # what decoded() gives for a body that is not JSON
 UNREAD: Final = _Marker()  # no decoded value at hand: the body is decoded where needed
 
 
+class Received:
+    """One command as the command role handles it: its message, and its body decoded
+    once, shared by the batch's read-ahead, the fingerprint, an Access refused event
+    and the command's decoding.
+
+    `value`: the body's JSON value, NOT_JSON, or UNREAD for a body over the size limit
+    (refused with a 413 before anything reads it). Made anew for each run of a batch:
+    a handler may keep what it was given.
+    """
+
+    __slots__ = ("message", "value")
+
+    def __init__(self, message: Incoming, max_body: int) -> None:
+        self.message = message
+        self.value: Any = decoded(message.body) if len(message.body) <= max_body else UNREAD
+
+    def fingerprint(self) -> str:
+        """The body's fingerprint, from the value decoded already."""
+        return fingerprint(self.message.body, self.value)
+
+
 def decoded(body: bytes) -> Any:
-    """The body's JSON value, or NOT_JSON: decoded once per command, then handed to
-    canonical(), answers.peek() and the command's decoding, which each decoded it anew."""
+    """The body's JSON value, or NOT_JSON."""
     try:
         return orjson.loads(body)
     except (orjson.JSONDecodeError, RecursionError):

@@ -9,14 +9,13 @@ role (thelca.roles.commands) does, inside the command's savepoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from thelca.authority.base import Principal
 from thelca.domain import model
 from thelca.domain.model import Origin
 from thelca.domain.service import ItemService
 from thelca.errors import CommandRefused
-from thelca.roles.fingerprints import UNREAD
+from thelca.roles.fingerprints import Received
 from thelca.roles.handlers import HANDLERS, Context
 from thelca.roles.messages import Incoming
 from thelca.stores.base import StoreTransaction
@@ -42,15 +41,16 @@ class Outcome:
 
 
 def serve(
-    service: ItemService, tx: StoreTransaction, principal: Principal, message: Incoming,
-    origin: Origin, *, data: Any = UNREAD,
+    service: ItemService, tx: StoreTransaction, principal: Principal, received: Received,
+    origin: Origin,
 ) -> Outcome:
-    """The command's outcome; `data` is its body decoded already (fingerprints.decoded)."""
+    """The command's outcome, from its body decoded already."""
     command: Command | None = None
+    data = received.value
     try:
         # A body that is not a JSON object is decoded again, for decode_command's words.
         command = (decode_command_object(data) if isinstance(data, dict)
-                   else decode_command(message.body))
+                   else decode_command(received.message.body))
         handler = HANDLERS[type(command)]
         served = handler.handle(Context(service, tx, principal, origin), command)
     except (CommandRefused, ContractError) as refused:
@@ -95,13 +95,13 @@ def remembered(command: Command | None) -> bool:
     return command is None or HANDLERS[type(command)].remembered
 
 
-def recorded(message: Incoming, data: Any = UNREAD) -> bool:
+def recorded(received: Received) -> bool:
     """Whether the outcome of this command will be recorded under its message_id, known
-    before it is served (`data`: its body decoded already): as `remembered` says of the
-    command its body decodes to, or of the refusal when it does not decode."""
+    before it is served: as `remembered` says of the command its body decodes to, or of
+    the refusal when it does not decode."""
     try:
-        command = (decode_command_object(data) if isinstance(data, dict)
-                   else decode_command(message.body))
+        command = (decode_command_object(received.value) if isinstance(received.value, dict)
+                   else decode_command(received.message.body))
     except ContractError:
         return True
     return remembered(command)

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 from thelca.authority.base import Principal
 from thelca.domain import model
 from thelca.domain.model import Origin
 from thelca.logtext import shown
-from thelca.roles.answers import Answers, peek
-from thelca.roles.fingerprints import UNREAD
+from thelca.roles.answers import Answers, named
+from thelca.roles.fingerprints import Received
 from thelca.roles.messages import (
     Incoming,
     Outgoing,
@@ -52,10 +51,11 @@ class Refusals:
         self.max_body = answers.max_body
         self.keeps_nul = keeps_nul  # the store's: whether it can record a NUL message_id
 
-    def up_front(self, message: Incoming, data: Any = UNREAD) -> list[Outgoing] | None:
+    def up_front(self, received: Received) -> list[Outgoing] | None:
         """What is refused before the token is even read, neither remembered nor audited:
         a reply_to of thelca's own, properties that cannot be used, a body over the limit,
-        a message_id the store cannot record (`data`: the body decoded already)."""
+        a message_id the store cannot record."""
+        message = received.message
         if self.names.owns(message.reply_to):
             return self.hijacked(message)
         if unreadable(message):
@@ -63,22 +63,24 @@ class Refusals:
         if len(message.body) > self.max_body:
             return self.answers.reply(message, Reply(
                 413, error=f"the body is larger than the limit of {self.max_body} bytes"))
-        if self.unrecordable(message, data):
+        if self.unrecordable(received):
             log.warning("a command (message_id %s) was refused: %s", shown(message.message_id),
                         NUL_MESSAGE_ID)
             return self.answers.reply(message, Reply(400, error=NUL_MESSAGE_ID))
         return None
 
-    def unrecordable(self, message: Incoming, data: Any = UNREAD) -> bool:
-        """A command that would be recorded under a message_id the store cannot keep. The
-        body is decoded here only for a NUL message_id on such a store: every other command
+    def unrecordable(self, received: Received) -> bool:
+        """A command that would be recorded under a message_id the store cannot keep. Its
+        command is looked at only for a NUL message_id on such a store: every other command
         passes at once."""
-        return (not self.keeps_nul and message.message_id is not None
-                and "\x00" in message.message_id and recorded(message, data))
+        message_id = received.message.message_id
+        return (not self.keeps_nul and message_id is not None and "\x00" in message_id
+                and recorded(received))
 
-    def before_auth(self, message: Incoming, origin: Origin, why: str) -> list[Outgoing]:
+    def before_auth(self, received: Received, origin: Origin, why: str) -> list[Outgoing]:
         """A token the Authority refused: a 401, and an Access refused event."""
-        command, item_id = peek(message.body)
+        message = received.message
+        command, item_id = named(received.value)
         event = model.access_refused(command, item_id, 401, user=None, time=model.utc_now(),
                                      origin=origin)
         out = self.answers.reply(message, Reply(401, error=why))
