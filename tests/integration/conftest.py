@@ -370,6 +370,52 @@ def wait_for_consumers(amqp_url: str, queue: str, processes: Sequence[subprocess
     raise AssertionError(f"nothing consumed {queue} within {timeout}s")
 
 
+def queue_counts(amqp_url: str, queue: str) -> tuple[int, int]:
+    """A queue's (messages ready, consumers), as the broker says them now."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        method = connection.channel().queue_declare(queue, passive=True).method
+        return int(method.message_count), int(method.consumer_count)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def wait_for_count(system: RunningSystem, queue: str, count: int, timeout: float = 60) -> None:
+    """Wait until `count` consumers consume `queue` (one `thelca worker --processes N` is N
+    of them); fails with the processes' output if one of them exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for role, process in system.processes.items():
+            assert process.poll() is None, f"{role} exited early:\n{system.output()[-3000:]}"
+        try:
+            if queue_counts(system.amqp_url, queue)[1] >= count:
+                return
+        except pika.exceptions.ChannelClosedByBroker:
+            pass  # not declared yet
+        assert time.monotonic() < deadline, f"{queue} did not get {count} consumers"
+        time.sleep(0.2)
+
+
+def run_workers(amqp_url: str, prefix: str, directory: Path, store_url: str, workers: int,
+                **env: str) -> Iterator[RunningSystem]:
+    """`thelca worker --processes N` on store_url, then a logger, each once it consumes;
+    stopped and cleaned up after (for a fixture to yield from)."""
+    running = RunningSystem(amqp_url, prefix, directory, system_env(
+        amqp_url, prefix, directory, THELCA_STORE=store_url, THELCA_PROCESSES=str(workers),
+        **env))
+    try:
+        running.start("worker")
+        wait_for_count(running, running.names.commands, workers)
+        running.start("logger")
+        wait_for_count(running, running.names.events_log, 1)
+        yield running
+    finally:
+        for role in list(running.processes):
+            running.stop(role)
+        delete_prefix(amqp_url, prefix)
+
+
 def delete_prefix(amqp_url: str, prefix: str) -> None:
     names = Names(prefix)
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))

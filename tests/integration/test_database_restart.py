@@ -31,12 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pika
-import pika.exceptions
 import psycopg
 import pytest
 
-from tests.integration.conftest import RunningSystem, delete_prefix, system_env
+from tests.integration.conftest import RunningSystem, queue_counts, run_workers
 from thelca.stores.postgres import PostgresStore
 from thelca_client import Client, ThelcaClientError
 from thelca_client.contract import encode_command
@@ -140,20 +138,8 @@ def _wait_for_postgres(url: str, version: str) -> float:
 @pytest.fixture
 def three_workers(amqp_url: str, prefix: str, tmp_path: Path,
                   pg_store_url: str) -> Iterator[RunningSystem]:
-    env = system_env(amqp_url, prefix, tmp_path, THELCA_STORE=pg_store_url,
-                     THELCA_PROCESSES=str(WORKERS), THELCA_PREFETCH="50",
-                     THELCA_LOG_LEVEL="INFO")
-    running = RunningSystem(amqp_url, prefix, tmp_path, env)
-    try:
-        running.start("worker")
-        _wait_for_consumers(running, running.names.commands, WORKERS)
-        running.start("logger")
-        _wait_for_consumers(running, running.names.events_log, 1)
-        yield running
-    finally:
-        for role in list(running.processes):
-            running.stop(role)
-        delete_prefix(amqp_url, prefix)
+    yield from run_workers(amqp_url, prefix, tmp_path, pg_store_url, WORKERS,
+                           THELCA_PREFETCH="50", THELCA_LOG_LEVEL="INFO")
 
 
 def test_a_database_restart_loses_no_command_and_applies_none_twice(
@@ -192,7 +178,7 @@ def test_a_database_restart_loses_no_command_and_applies_none_twice(
     events = Counter(line.get("command_id") for line in lines)
     lost_events = [m for m in tally.tags if events[m] == 0]
     doubled_events = [m for m in tally.tags if events[m] > 1]
-    dead = _depth(system, system.names.dead)
+    dead = queue_counts(system.amqp_url, system.names.dead)[0]
     pause = _longest_pause(tally.answered_at, restart.began)
 
     print(
@@ -235,36 +221,3 @@ def _longest_pause(answered_at: list[float], restarted_at: float) -> float:
     last_before = max((t for t in times if t < restarted_at), default=restarted_at)
     after = [t for t in times if t >= last_before]
     return max((b - a for a, b in itertools.pairwise(after)), default=0.0)
-
-
-def _wait_for_consumers(system: RunningSystem, queue: str, count: int,
-                        timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        for role, process in system.processes.items():
-            assert process.poll() is None, f"{role} exited early:\n{system.output()[-3000:]}"
-        try:
-            if _consumers(system, queue) >= count:
-                return
-        except pika.exceptions.ChannelClosedByBroker:
-            pass
-        assert time.monotonic() < deadline, f"{queue} did not get {count} consumers"
-        time.sleep(0.2)
-
-
-def _consumers(system: RunningSystem, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
-    try:
-        return int(connection.channel().queue_declare(queue, passive=True)
-                   .method.consumer_count)
-    finally:
-        connection.close()
-
-
-def _depth(system: RunningSystem, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
-    try:
-        return int(connection.channel().queue_declare(queue, passive=True)
-                   .method.message_count)
-    finally:
-        connection.close()

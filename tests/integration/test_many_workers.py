@@ -29,7 +29,6 @@ import random
 import re
 import signal
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -37,10 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
-from tests.integration.conftest import RunningSystem, delete_prefix, system_env
+from tests.integration.conftest import (
+    RunningSystem,
+    delete_prefix,
+    queue_counts,
+    run_workers,
+    system_env,
+    wait_for_count,
+)
 from tests.postgres import terminate
 from thelca.restore import restore
 from thelca.stores.memory import MemoryStore
@@ -92,19 +97,8 @@ class Tally:
 @pytest.fixture
 def three_workers(amqp_url: str, prefix: str, tmp_path: Path,
                   pg_store_url: str) -> Iterator[RunningSystem]:
-    env = system_env(amqp_url, prefix, tmp_path, THELCA_STORE=pg_store_url,
-                     THELCA_PROCESSES=str(WORKERS), THELCA_PREFETCH="50")
-    running = RunningSystem(amqp_url, prefix, tmp_path, env)
-    try:
-        running.start("worker")
-        _wait_for_consumers(running, running.names.commands, WORKERS)
-        running.start("logger")
-        _wait_for_consumers(running, running.names.events_log, 1)
-        yield running
-    finally:
-        for role in list(running.processes):
-            running.stop(role)
-        delete_prefix(amqp_url, prefix)
+    yield from run_workers(amqp_url, prefix, tmp_path, pg_store_url, WORKERS,
+                           THELCA_PREFETCH="50")
 
 
 def test_three_workers_on_one_database_keep_every_guarantee(
@@ -130,7 +124,7 @@ def test_three_workers_on_one_database_keep_every_guarantee(
         thread.join(timeout=600)
     assert not any(thread.is_alive() for thread in threads), "a producer did not finish"
     # The killed worker's supervisor has started it again: it republished the outbox.
-    _wait_for_consumers(system, system.names.commands, WORKERS)
+    wait_for_count(system, system.names.commands, WORKERS)
 
     effects = tally.creates | {m for m in tally.updates if tally.accepted(m)}
     lines = system.wait_for_log(
@@ -214,7 +208,7 @@ def test_a_worker_whose_database_connection_is_killed_retries_and_answers(
     system = RunningSystem(amqp_url, prefix, tmp_path, env)
     try:
         system.start("worker")
-        _wait_for_consumers(system, system.names.commands, 1)
+        wait_for_count(system, system.names.commands, 1)
         with Client(amqp_url, prefix=prefix, token="abcd", timeout=TIMEOUT) as client:
             created = client.create({"n": 1})
             assert terminate(pg_url, name) == 1
@@ -327,30 +321,5 @@ def _kill_one_worker(system: RunningSystem) -> int:
     return victim
 
 
-def _wait_for_consumers(system: RunningSystem, queue: str, count: int,
-                        timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for role, process in system.processes.items():
-            assert process.poll() is None, f"{role} exited early:\n{system.output()[-3000:]}"
-        connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
-        try:
-            frame = connection.channel().queue_declare(queue, passive=True)
-            if frame.method.consumer_count >= count:
-                return
-        except pika.exceptions.ChannelClosedByBroker:
-            pass
-        finally:
-            if connection.is_open:
-                connection.close()
-        time.sleep(0.2)
-    raise AssertionError(f"{queue} did not get {count} consumers within {timeout}s")
-
-
 def _depth(system: RunningSystem) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(system.amqp_url))
-    try:
-        frame = connection.channel().queue_declare(system.names.dead, passive=True)
-        return int(frame.method.message_count)
-    finally:
-        connection.close()
+    return queue_counts(system.amqp_url, system.names.dead)[0]
