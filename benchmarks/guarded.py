@@ -65,7 +65,7 @@ def declare(channel: Any, prefix: str) -> None:
     channel.queue_declare(f"{prefix}.commands", durable=True,
                           arguments={**QUORUM, **dead, "x-delivery-limit": 20})
     channel.queue_declare(f"{prefix}.events.log", durable=True,
-                          arguments={**QUORUM, **dead, "x-delivery-limit": 20})
+                          arguments={**QUORUM, **dead, "x-delivery-limit": 1000})
     channel.queue_bind(f"{prefix}.events.log", f"{prefix}.events")
 
 
