@@ -244,6 +244,22 @@ def test_a_recorded_command_with_a_nul_message_id_is_a_400_up_front_on_postgresq
         store.close()
 
 
+@pytest.mark.postgres
+def test_a_refused_token_with_a_nul_message_id_is_still_a_401_with_its_event_on_postgresql(
+    pg_store: PostgresStore,
+) -> None:
+    """The message_id is looked at once the token is accepted: a refused token is audited
+    (401, Access refused) whatever the message_id, as on every store."""
+    role = CommandRole(pg_store, RefusesForgeries(), NAMES, max_body=1 << 20)
+    reply, event = _answer(role, encode_command("create", item={}), "m\x00", "forged-1")
+    assert decode_reply(reply.body).status == 401
+    assert event.exchange == NAMES.events
+    refused = orjson.loads(event.body)
+    assert (refused["type"], refused["command_id"]) == ("Access refused", "m\x00")
+    (accepted,) = _answer(role, encode_command("create", item={}), "m\x00", "alice")
+    assert decode_reply(accepted.body).status == 400  # the same id with a good token
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_a_nul_message_id_is_recorded_and_answered_by_a_store_that_keeps_nul(
     kind: str, tmp_path: Path,

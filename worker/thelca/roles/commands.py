@@ -2,8 +2,8 @@
 
 For each command, in the contract's order: a reply_to naming one of
 thelca's own queues (not executed at all: to the dead letters), properties
-that cannot be used as sent (400), size (413), a message_id the store cannot
-record for a command that is recorded (400), token (401), a user id the
+that cannot be used as sent (400), size (413), token (401), a message_id the
+store cannot record for a command that is recorded (400), a user id the
 store cannot keep (400), the idempotency record (a different command under a
 used message_id: 409), then the service (400, 404, 403, 409) through the
 command's handler (thelca.roles.handlers). Event ids derive from what makes a
@@ -225,6 +225,9 @@ class CommandRole:
             raise
         except Exception:  # a token the Authority's library chokes on: this message only
             return self._refusals.poison(message, None)
+        unrecordable = self._refusals.unrecordable(received)
+        if unrecordable is not None:
+            return unrecordable
         if "\x00" in principal.user_id and not self.store.keeps_nul:
             # Neither the item's created_by nor the record of the command could be kept;
             # refused before anything is written, so not remembered either.

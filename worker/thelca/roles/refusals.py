@@ -3,11 +3,11 @@
 Before the token is even read, neither remembered nor audited: a reply_to
 naming one of thelca's own queues (not executed at all: to the dead
 letters), properties that cannot be used as sent (400), a body over the
-limit (413), a message_id that the store cannot record for a command that is
-recorded (400: NUL on PostgreSQL; refused here, before the command writes
+limit (413). A token the Authority refuses is a 401 with an Access refused
+event. Then a message_id that the store cannot record for a command that is
+recorded (400: NUL on PostgreSQL; refused before the command writes
 anything, rather than found when its held writes are sent, which would cost
-its whole batch a second run and the store its connection). A token the
-Authority refuses is a 401 with an Access refused event. Whatever fails
+its whole batch a second run and the store its connection). Whatever fails
 unexpectedly costs its command alone: a 500 and a dead letter (poison), and if
 even those cannot be built, the command is dropped.
 Dead letters never carry the command's token.
@@ -53,8 +53,7 @@ class Refusals:
 
     def up_front(self, received: Received) -> list[Outgoing] | None:
         """What is refused before the token is even read, neither remembered nor audited:
-        a reply_to of thelca's own, properties that cannot be used, a body over the limit,
-        a message_id the store cannot record."""
+        a reply_to of thelca's own, properties that cannot be used, a body over the limit."""
         message = received.message
         if self.names.owns(message.reply_to):
             return self.hijacked(message)
@@ -63,13 +62,20 @@ class Refusals:
         if len(message.body) > self.max_body:
             return self.answers.reply(message, Reply(
                 413, error=f"the body is larger than the limit of {self.max_body} bytes"))
-        if self.unrecordable(received):
-            log.warning("a command (message_id %s) was refused: %s", shown(message.message_id),
-                        NUL_MESSAGE_ID)
-            return self.answers.reply(message, Reply(400, error=NUL_MESSAGE_ID))
         return None
 
-    def unrecordable(self, received: Received) -> bool:
+    def unrecordable(self, received: Received) -> list[Outgoing] | None:
+        """A 400 for a command that would be recorded under a message_id the store cannot
+        keep, or None. Asked once the token is known good, so that a refused token keeps its
+        401 and its Access refused event."""
+        if not self._unrecordable(received):
+            return None
+        message = received.message
+        log.warning("a command (message_id %s) was refused: %s", shown(message.message_id),
+                    NUL_MESSAGE_ID)
+        return self.answers.reply(message, Reply(400, error=NUL_MESSAGE_ID))
+
+    def _unrecordable(self, received: Received) -> bool:
         """A command that would be recorded under a message_id the store cannot keep. Its
         command is looked at only for a NUL message_id on such a store: every other command
         passes at once."""
