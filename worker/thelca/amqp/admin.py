@@ -6,8 +6,10 @@ QueueMissing), so that no caller needs to know pika's exceptions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pika
 import pika.exceptions
@@ -19,6 +21,8 @@ from thelca_client.tls import TlsFiles
 
 NOT_FOUND = 404
 RESOURCE_LOCKED = 405  # an exclusive queue of another connection
+
+T = TypeVar("T")
 
 
 def connect(
@@ -53,14 +57,9 @@ def queue_states(
     Raises BrokerUnavailable when no broker answers (or one drops the connection),
     QueueMissing when a queue does not exist.
     """
-    connection = connect(urls, timeout, tls=tls)
-    try:
-        return {queue: QueueState(_consumers(connection, queue), _stuck(connection, queue))
-                for queue in queues}
-    except pika.exceptions.AMQPError as error:
-        raise BrokerUnavailable(f"the broker dropped the connection: {error!r}") from None
-    finally:
-        close_quietly(connection)
+    return _asked(urls, timeout, tls, lambda connection: {
+        queue: QueueState(_consumers(connection, queue), _stuck(connection, queue))
+        for queue in queues})
 
 
 def queue_consumers(
@@ -71,9 +70,15 @@ def queue_consumers(
     Raises BrokerUnavailable when no broker answers (or one drops the connection),
     QueueMissing when the queue does not exist.
     """
+    return _asked(urls, timeout, tls, lambda connection: _consumers(connection, queue))
+
+
+def _asked(urls: str, timeout: float, tls: TlsFiles | None,
+           ask: Callable[[pika.BlockingConnection], T]) -> T:
+    """What `ask` learns on a connection of its own, pika's failures as BrokerUnavailable."""
     connection = connect(urls, timeout, tls=tls)
     try:
-        return _consumers(connection, queue)
+        return ask(connection)
     except pika.exceptions.AMQPError as error:
         raise BrokerUnavailable(f"the broker dropped the connection: {error!r}") from None
     finally:
